@@ -1,0 +1,117 @@
+"""The backend contract: the one class a plugin implements so the host can serve its models.
+
+A backend class describes a kind of model (XTTS, Piper ONNX, ...). The host creates one instance
+per loaded copy of a configured model and calls it from worker threads, never from the event loop,
+and never with more concurrent requests than ``capabilities.max_concurrency``.
+
+Lifecycle of an instance:  validate_settings() -> __init__() -> load() -> synthesize()/stream()
+... -> unload().  Import heavy libraries (torch, onnxruntime) inside load(), never at module
+import: discovery imports every plugin.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do. Declared, never guessed by the host."""
+
+    streaming: bool = False
+    languages: tuple[str, ...] = ("en",)
+    voice_cloning: bool = False
+    # How many requests one loaded instance can serve at once; the host queues beyond that.
+    max_concurrency: int = 1
+    devices: tuple[str, ...] = ("cpu",)
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """Where a model instance lives on this machine."""
+
+    name: str  # the model's name in the config
+    models_dir: Path  # relative paths in settings resolve against this
+    cache_dir: Path  # a folder the backend may keep derived data in (e.g. voice latents)
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    text: str
+    voice: str | None = None
+    language: str = "en"
+    speed: float = 1.0
+    # Backend-specific parameters (temperature, noise_scale, ...), validated by the backend.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    # Set when the caller has gone away; long-running backends check it between chunks.
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: np.ndarray  # mono float32, nominally in [-1, 1]
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+class Backend(ABC):
+    """Subclass this, set ``name`` and ``capabilities``, implement the abstract methods."""
+
+    name: ClassVar[str]
+    capabilities: Capabilities = Capabilities()  # an instance may narrow it from its settings
+
+    @classmethod
+    @abstractmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> Any:
+        """Check one model's settings namespace; return the parsed form given to ``__init__``.
+
+        Raise ``ValueError`` with a message that names the offending key. Runs before any swap,
+        so it must be cheap and must not touch the model files' contents.
+        """
+
+    def __init__(self, settings: Any, context: ModelContext) -> None:
+        self.settings = settings
+        self.context = context
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights. Raise with a clear message on failure; the old model keeps serving."""
+
+    @abstractmethod
+    def unload(self) -> None:
+        """Release everything load() took (references, device memory)."""
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int:
+        """The rate of every Audio this instance returns (checked at warm-up)."""
+
+    @abstractmethod
+    def voices(self) -> list[str]:
+        """Voices a request may name. An empty list means the backend has a single voice."""
+
+    @abstractmethod
+    def synthesize(self, request: SpeechRequest) -> Audio:
+        """The whole utterance."""
+
+    def stream(self, request: SpeechRequest) -> Iterator[Audio]:
+        """Chunks as they are ready. Backends with ``capabilities.streaming`` override this."""
+        yield self.synthesize(request)
+
+    def memory_estimate(self) -> int:
+        """Bytes this loaded instance holds, as well as the backend can tell."""
+        return 0
+
+    def status(self) -> dict[str, Any]:
+        """Extra facts for the control status (e.g. the execution providers really in use)."""
+        return {}

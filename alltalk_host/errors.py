@@ -1,0 +1,86 @@
+"""Errors meant for users: each carries a stable code, a message and an HTTP-like status.
+
+Front-ends render them in one place; everything else that escapes is an internal error whose
+details go to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HostError(Exception):
+    """Base of every error a client may see."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class BadRequest(HostError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(HostError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(HostError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(HostError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(HostError):
+    status = 409
+    code = "conflict"
+
+
+class ConfigInvalid(HostError):
+    """A commit's configuration cannot be loaded or does not validate."""
+
+    status = 422
+    code = "config_invalid"
+
+
+class ApplyFailed(HostError):
+    """A valid configuration whose models failed to load or warm up."""
+
+    status = 422
+    code = "apply_failed"
+
+
+class Unavailable(HostError):
+    status = 503
+    code = "unavailable"
+
+
+class PluginConflict(Exception):
+    """Two plugins register backends with one name: a startup error, never a client error."""

@@ -1,0 +1,182 @@
+"""The reference backend: deterministic, speech-like synthetic audio with no model weights.
+
+It exists for two readers. Tests use it as the fast backend for swaps and concurrency; plugin
+authors copy it as the template of a real backend (see README.md). Everything the host needs is
+here: settings validation, load/unload, synthesis, streaming, voices and a memory estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+import tomllib
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest, hookimpl
+
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    pitch_hz: float = 140.0
+    amplitude: float = 0.3
+    sample_rate: int = 22050
+    voices: tuple[str, ...] = ("female_01", "male_01")
+    # Simulated costs, so swaps and queues behave like a real model's.
+    load_seconds: float = 0.0
+    rtf: float = 0.0  # seconds of work per second of audio produced
+    memory_mb: int = 8  # held while loaded, released on unload
+    max_concurrency: int = 2
+    # Optional "weights": a TOML file whose pitch_hz/amplitude override the settings, read at
+    # load time (so a missing or damaged file fails the load, and a model reload re-reads it).
+    model_file: str | None = None
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "pitch_hz": (50.0, 500.0),
+    "amplitude": (0.0, 1.0),
+    "load_seconds": (0.0, 600.0),
+    "rtf": (0.0, 10.0),
+    "memory_mb": (0, 4096),
+    "max_concurrency": (1, 64),
+}
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+    capabilities = Capabilities(
+        streaming=True, languages=("en", "de", "es", "fr", "it"), max_concurrency=2
+    )
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> ReferenceSettings:
+        known = {f.name for f in fields(ReferenceSettings)}
+        unknown = set(settings) - known
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        parsed = ReferenceSettings(**{
+            k: tuple(v) if k == "voices" else v for k, v in settings.items()
+        })
+        for key, (lo, hi) in _RANGES.items():
+            value = getattr(parsed, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{key}: expected a number, got {value!r}")
+            if not lo <= value <= hi:
+                raise ValueError(f"{key}: {value} is outside {lo}..{hi}")
+        if parsed.sample_rate not in SAMPLE_RATES:
+            raise ValueError(f"sample_rate: {parsed.sample_rate} is not one of {SAMPLE_RATES}")
+        if not parsed.voices or not all(isinstance(v, str) and v for v in parsed.voices):
+            raise ValueError("voices: expected a non-empty list of names")
+        return parsed
+
+    def __init__(self, settings: ReferenceSettings, context: ModelContext) -> None:
+        super().__init__(settings, context)
+        self.capabilities = replace(self.capabilities, max_concurrency=settings.max_concurrency)
+        self._pitch = settings.pitch_hz
+        self._amplitude = settings.amplitude
+        self._ballast: np.ndarray | None = None
+        # Counts callers inside synthesize, to prove the host never exceeds max_concurrency.
+        self._active = 0
+        self._active_lock = threading.Lock()
+
+    def load(self) -> None:
+        if self.settings.model_file:
+            path = Path(self.settings.model_file)
+            if not path.is_absolute():
+                path = self.context.models_dir / path
+            if not path.is_file():
+                raise FileNotFoundError(f"model file {path} not found")
+            weights = tomllib.loads(path.read_text(encoding="utf-8"))
+            self._pitch = float(weights.get("pitch_hz", self._pitch))
+            self._amplitude = float(weights.get("amplitude", self._amplitude))
+        time.sleep(self.settings.load_seconds)
+        self._ballast = np.ones(self.settings.memory_mb * 1024 * 1024 // 8, dtype=np.float64)
+
+    def unload(self) -> None:
+        self._ballast = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.settings.sample_rate
+
+    def voices(self) -> list[str]:
+        return list(self.settings.voices)
+
+    def memory_estimate(self) -> int:
+        return 0 if self._ballast is None else self._ballast.nbytes
+
+    def synthesize(self, request: SpeechRequest) -> Audio:
+        with self._active_lock:
+            self._active += 1
+            over = self._active > self.capabilities.max_concurrency
+        try:
+            if over:
+                raise RuntimeError("more concurrent requests than max_concurrency")
+            if self._ballast is None:
+                raise RuntimeError("model is not loaded")
+            samples = self._render(request)
+            # Simulate inference cost, in slices so a cancelled request stops early.
+            deadline = time.monotonic() + self.settings.rtf * len(samples) / self.sample_rate
+            while time.monotonic() < deadline and not request.cancelled.is_set():
+                time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+            return Audio(samples, self.sample_rate)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    def stream(self, request: SpeechRequest) -> Iterator[Audio]:
+        for sentence in _SENTENCE_END.split(request.text.strip()):
+            if request.cancelled.is_set():
+                return
+            if sentence:
+                yield self.synthesize(replace(request, text=sentence))
+
+    def _render(self, request: SpeechRequest) -> np.ndarray:
+        """One voiced 'syllable' per letter group, pauses at spaces and punctuation."""
+        sr = self.sample_rate
+        voice = request.voice or self.settings.voices[0]
+        # Each voice gets its own pitch, deterministically from its name.
+        f0 = self._pitch * (0.8 + 0.4 * (zlib.crc32(voice.encode()) % 100) / 100)
+        unit = int(0.075 * sr / request.speed)
+        parts: list[np.ndarray] = []
+        for ch in request.text:
+            if ch.isalnum():
+                parts.append(self._syllable(ch, f0, unit))
+            elif ch.isspace():
+                parts.append(np.zeros(unit // 2, dtype=np.float32))
+            elif ch in ".!?;:,":
+                parts.append(np.zeros(unit * 2, dtype=np.float32))
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(parts)
+
+    def _syllable(self, ch: str, f0: float, n: int) -> np.ndarray:
+        sr = self.sample_rate
+        t = np.arange(n, dtype=np.float32) / sr
+        code = ord(ch.lower())
+        formant = 300.0 + (code * 37) % 1800  # the letter decides which harmonics are strong
+        wave = np.zeros(n, dtype=np.float32)
+        for k in range(1, 9):
+            fk = f0 * k
+            if fk >= sr / 2:
+                break
+            gain = math.exp(-(((fk - formant) / 400.0) ** 2)) + 0.3 / k
+            wave += gain * np.sin(2 * np.pi * fk * t, dtype=np.float32)
+        envelope = np.sin(np.pi * np.arange(n, dtype=np.float32) / n)
+        peak = float(np.max(np.abs(wave))) or 1.0
+        return (self._amplitude * envelope * wave / peak).astype(np.float32)
+
+
+@hookimpl
+def alltalk_host_register_backends(register):  # type: ignore[no-untyped-def]
+    register(ReferenceBackend)
