@@ -1,0 +1,1 @@
+"""Versioned, layered configuration: the git repo (repo.py), the settings built from it."""
