@@ -1,0 +1,110 @@
+"""The core, assembled: plugins, config repo, state, registry, controller and speech service.
+
+A front-end (the aiohttp app, a CLI, later a Ray Serve deployment) builds one ``Host``, calls
+``start()``/``stop()`` around its own lifetime and talks to ``host.speech`` and ``host.control``.
+Nothing here imports a web framework.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config.repo import ConfigRepo
+from .config.settings import ENV_PREFIX, ConfigLoader
+from .control import Controller
+from .errors import ConfigInvalid
+from .plugins import BackendCatalog, discover
+from .registry import ModelRegistry
+from .speech import SpeechService
+from .state import StateStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = Path("var/state")
+DEFAULT_CONFIG_REPO = Path("var/config")
+LOCAL_FILE_NAME = "local.toml"
+
+
+@dataclass
+class HostOptions:
+    """How this process runs: where things are. Per-machine, never in the config repo."""
+
+    config_repo: Path = DEFAULT_CONFIG_REPO
+    state_dir: Path = DEFAULT_STATE_DIR
+    branch: str = "main"
+    subdir: str = ""
+    # The host-local settings layer (outside git): defaults to <state_dir>/local.toml.
+    local_file: Path | None = None
+    plugins: list[str] | None = None  # allow-list; None loads every installed plugin
+    control_token: str | None = None
+    extra_plugins: list[tuple[str, object]] = field(default_factory=list)
+
+    @property
+    def local_path(self) -> Path:
+        return self.local_file or self.state_dir / LOCAL_FILE_NAME
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> HostOptions:
+        """Options from ``ALLTALK_*`` variables and the host-local file; overrides win."""
+        env = os.environ if environ is None else environ
+        opts = cls()
+        for key, attr in (("CONFIG_REPO", "config_repo"), ("STATE_DIR", "state_dir"),
+                          ("LOCAL_SETTINGS", "local_file")):
+            if env.get(f"{ENV_PREFIX}_{key}"):
+                setattr(opts, attr, Path(env[f"{ENV_PREFIX}_{key}"]))
+        opts.branch = env.get(f"{ENV_PREFIX}_BRANCH", opts.branch)
+        opts.subdir = env.get(f"{ENV_PREFIX}_SUBDIR", opts.subdir)
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(opts, key, value)
+        local = _read_local(opts.local_path)
+        allow = env.get(f"{ENV_PREFIX}_PLUGINS") or local.get("plugins")
+        if isinstance(allow, str):
+            allow = [p.strip() for p in allow.split(",") if p.strip()]
+        opts.plugins = list(allow) if allow else None
+        opts.control_token = env.get(f"{ENV_PREFIX}_CONTROL_TOKEN") or local.get("control_token")
+        return opts
+
+
+class Host:
+    def __init__(self, options: HostOptions, catalog: BackendCatalog | None = None) -> None:
+        self.options = options
+        self.catalog = catalog or discover(options.plugins, options.extra_plugins)
+        repo = ConfigRepo(options.config_repo, subdir=options.subdir, branch=options.branch)
+        self.registry = ModelRegistry()
+        self.speech = SpeechService(self.registry)
+        self.control = Controller(
+            repo=repo,
+            loader=ConfigLoader(repo, self.catalog, options.local_path),
+            store=StateStore(options.state_dir),
+            registry=self.registry,
+            catalog=self.catalog,
+            cache_dir=options.state_dir / "cache",
+        )
+
+    async def start(self) -> None:
+        for plugin in self.catalog.plugins:
+            if plugin.error:
+                log.warning("plugin %s (%s) is not available: %s",
+                            plugin.name, plugin.distribution, plugin.error)
+        await self.control.start()
+
+    async def stop(self) -> None:
+        await self.control.stop()
+        await self.registry.close()
+
+
+def _read_local(path: Path) -> dict[str, object]:
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigInvalid(f"host-local file {path} is not valid TOML: {exc}",
+                            code="invalid_toml") from None
+

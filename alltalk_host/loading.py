@@ -1,0 +1,81 @@
+"""Bringing one model up beside the serving ones: construct, load, warm up, check the output.
+
+Runs in a worker thread. On any failure everything it loaded is unloaded again and the caller
+gets an ApplyFailed that says which model failed and why; nothing serving is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from .audio import audio_problem
+from .backend import Backend, ModelContext, SpeechRequest
+from .config.settings import HostConfig, ModelDef
+from .errors import ApplyFailed
+from .plugins import BackendCatalog
+from .registry import unload_instances
+
+log = logging.getLogger(__name__)
+
+
+def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
+               cache_dir: Path) -> list[Backend]:
+    """Loaded and warmed-up instances of ``model`` (``model.instances`` of them)."""
+    cls = catalog.get(model.backend)
+    if cls is None:  # validated already; the catalog cannot shrink at run time
+        raise ApplyFailed(f"model {model.name}: backend {model.backend!r} is not installed")
+    context = ModelContext(
+        name=model.name, models_dir=config.models_dir, cache_dir=cache_dir / model.name
+    )
+    instances: list[Backend] = []
+    try:
+        for i in range(model.instances):
+            started = time.monotonic()
+            step = "create"
+            instance = cls(model.parsed, context)
+            step = "load"
+            instance.load()
+            instances.append(instance)
+            step = "warm up"
+            warm_up(instance, model, config)
+            log.info("model %s: instance %d/%d loaded and warmed up in %.2f s",
+                     model.name, i + 1, model.instances, time.monotonic() - started)
+    except ApplyFailed:
+        unload_instances(instances)
+        raise
+    except Exception as exc:
+        unload_instances(instances)
+        raise ApplyFailed(
+            f"model {model.name} ({model.backend}): {step} failed: {type(exc).__name__}: {exc}",
+            code="model_load_failed",
+            details={"model": model.name, "step": step},
+        ) from exc
+    return instances
+
+
+def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
+    """Synthesise a fixed phrase and insist on real audio at the declared rate."""
+    voices = instance.voices()
+    if model.default_voice and voices and model.default_voice not in voices:
+        raise ApplyFailed(
+            f"model {model.name}: default_voice {model.default_voice!r} is not one of its "
+            f"voices {voices[:20]}",
+            code="unknown_voice",
+            details={"model": model.name, "step": "warm up"},
+        )
+    voice = model.default_voice or (voices[0] if voices else None)
+    language = model.default_language or config.default_language
+    if language not in instance.capabilities.languages:
+        language = instance.capabilities.languages[0]
+    audio = instance.synthesize(
+        SpeechRequest(text=config.warmup_text, voice=voice, language=language)
+    )
+    problem = audio_problem(audio, instance.sample_rate)
+    if problem:
+        raise ApplyFailed(
+            f"model {model.name} ({model.backend}): warm-up output rejected: {problem}",
+            code="warmup_failed",
+            details={"model": model.name, "step": "warm up"},
+        )
