@@ -1,0 +1,300 @@
+"""The ``alltalk-host`` command: serve, manage the config repo, list plugins.
+
+``serve`` runs the server in this process. ``config init`` and ``plugins`` work locally. The
+other commands talk to a running server's /control routes (``--url``, token from
+``--token`` or ALLTALK_CONTROL_TOKEN), so they act on the models it has loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import HostError, PluginConflict
+
+DEFAULT_URL = "http://127.0.0.1:7851"
+TEMPLATE = Path(__file__).resolve().parent.parent / "config_repo"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (HostError, PluginConflict) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+
+
+# --- local commands ------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .config.repo import init_repo
+    from .host import Host, HostOptions
+    from .web.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = HostOptions.from_env(
+        config_repo=args.config_repo, state_dir=args.state_dir, branch=args.branch,
+        subdir=args.subdir, local_file=args.local_settings,
+    )
+    if args.init_config and not options.config_repo.exists():
+        commit = init_repo(options.config_repo, args.template, options.branch)
+        print(f"created config repo {options.config_repo} from {args.template} at {commit[:10]}")
+    app = create_app(Host(options))
+    web.run_app(app, host=args.host, port=args.port,
+                print=lambda _: print(f"alltalk-host {__version__} serving on "
+                                      f"http://{args.host}:{args.port}", flush=True))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .config.repo import init_repo
+
+    commit = init_repo(args.path, args.template, args.branch)
+    print(f"created config repo {args.path} (branch {args.branch}) at commit {commit}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .host import HostOptions
+    from .plugins import discover
+
+    catalog = discover(HostOptions.from_env().plugins)
+    rows = [p.to_dict() for p in catalog.plugins]
+    if args.json:
+        print(json.dumps({"plugins": rows}, indent=2))
+        return 0
+    if not rows:
+        print("no plugins installed (entry-point group 'alltalk_host')")
+    for row in rows:
+        line = f"{row['name']:<16} {row['status']:<8} {row['distribution']} {row['version']}"
+        if row["backends"]:
+            line += f"  backends: {', '.join(row['backends'])}"
+        if row["error"]:
+            line += f"  error: {row['error']}"
+        print(line)
+    return 0
+
+
+# --- commands that call a running server ---------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", "/control/status")
+    if args.json:
+        return _print_json(data)
+    print(f"version   {data['version']}")
+    print(f"serving   {data['serving_commit'] or '-'}  (env {data['env']}, "
+          f"default model {data['default_model']})")
+    print(f"attempted {data['attempted_commit'] or '-'}")
+    if data["apply_in_progress"]:
+        print(f"busy      {data['apply_in_progress']}")
+    for m in data["models"]:
+        gen = f"gen {m['generation']}" if "generation" in m else ""
+        print(f"  {m['name']:<20} {m['state']:<10} {m.get('backend', ''):<12} {gen} "
+              f"in flight {m.get('in_flight', 0)}")
+    if data["last_failure"]:
+        f = data["last_failure"]
+        print(f"last failure: {f['commit'][:10]} {f.get('reason', '')}")
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", f"/control/config/commits?limit={args.n}")
+    if args.json:
+        return _print_json(data)
+    for c in data["commits"]:
+        marks = [m for m in ("serving", "known_good", "failed") if c[m]]
+        line = f"{c['short']}  {c['date'][:19]}  {c['author']:<16} {c['message'].splitlines()[0]}"
+        print(f"{line}  [{', '.join(marks)}]" if marks else line)
+        if c.get("failure_reason"):
+            print(f"            failed: {c['failure_reason']}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    data = _call(args, "POST", "/control/config/plan", {"commit": args.commit})
+    if args.json:
+        return _print_json(data)
+    print(f"plan {data['from_commit'] and data['from_commit'][:10]} -> {data['commit'][:10]}")
+    for key in ("load", "reload", "unload", "keep"):
+        print(f"  {key:<8} {', '.join(data[key]) or '-'}")
+    print(f"  runtime-only: {data['runtime_only']}")
+    for change in data["changes"]:
+        print(f"  {change['key']}: {change['old']!r} -> {change['new']!r}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    return _print_json(_call(args, "POST", "/control/config/apply",
+                             {"commit": args.commit, "author": _author()}))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    return _print_json(_call(args, "POST", "/control/config/rollback",
+                             {"commit": args.commit, "author": _author()}))
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    return _print_json(_call(args, "POST", "/control/config/reload", {
+        "commit_working_tree": args.commit_working_tree, "message": args.message,
+        "author": _author()}))
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    return _print_json(_call(args, "POST", "/control/models/switch",
+                             {"model": args.model, "author": _author()}))
+
+
+def _author() -> str:
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _print_json(data: Any) -> int:
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def _call(args: argparse.Namespace, method: str, path: str,
+          body: dict[str, Any] | None = None) -> dict[str, Any]:
+    token = args.token or os.environ.get("ALLTALK_CONTROL_TOKEN")
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method,
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.load(exc)["error"]
+        except (ValueError, KeyError, TypeError):
+            error = {"code": "http_error", "message": f"HTTP {exc.code}"}
+        details = f"\n{json.dumps(error['details'], indent=2)}" if error.get("details") else ""
+        raise SystemExit(f"error ({error['code']}): {error['message']}{details}") from None
+    except urllib.error.URLError as exc:
+        raise SystemExit(f"cannot reach alltalk-host at {args.url} ({exc.reason}); "
+                         "is 'alltalk-host serve' running?") from None
+
+
+# --- argument parsing ----------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alltalk-host",
+        description="Text-to-speech server with plugin backends and git-versioned config.",
+    )
+    parser.add_argument("--version", action="version", version=f"alltalk-host {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP server",
+                           description="Serve speech and the control API over HTTP.")
+    serve.add_argument("--config-repo", type=Path,
+                       help="the config git repo (default: ALLTALK_CONFIG_REPO or var/config)")
+    serve.add_argument("--state-dir", type=Path,
+                       help="where applied/failed commits are remembered (default: "
+                            "ALLTALK_STATE_DIR or var/state)")
+    serve.add_argument("--branch", help="the branch to serve and watch (default: main)")
+    serve.add_argument("--subdir", help="the config folder inside the repo (default: its root)")
+    serve.add_argument("--local-settings", type=Path,
+                       help="the host-local settings file (default: <state dir>/local.toml)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=7851, help="port (default: %(default)s)")
+    serve.add_argument("--init-config", action="store_true",
+                       help="create the config repo from the template if it does not exist")
+    serve.add_argument("--template", type=Path, default=TEMPLATE, help=argparse.SUPPRESS)
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    plugins = sub.add_parser("plugins", help="list installed backend plugins",
+                             description="List plugins found in entry-point group "
+                                         "'alltalk_host', with any load errors.")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(func=cmd_plugins)
+
+    config = sub.add_parser("config", help="manage the config repo",
+                            description="Create the config repo, or inspect and apply its "
+                                        "commits on a running server.")
+    csub = config.add_subparsers(title="config commands", metavar="COMMAND")
+    init = csub.add_parser("init", help="create a config repo from the template",
+                           description="Create a git config repo at PATH from the template, "
+                                       "with an initial commit.")
+    init.add_argument("path", type=Path, metavar="PATH")
+    init.add_argument("--branch", default="main", help="initial branch (default: %(default)s)")
+    init.add_argument("--template", type=Path, default=TEMPLATE,
+                      help="template folder (default: the config_repo/ of this source tree)")
+    init.set_defaults(func=cmd_init)
+
+    def remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--url", default=os.environ.get("ALLTALK_URL", DEFAULT_URL),
+                       help="the server (default: ALLTALK_URL or %(default)s)")
+        p.add_argument("--token", help="control token (default: ALLTALK_CONTROL_TOKEN)")
+        p.add_argument("--timeout", type=float, default=600.0, help=argparse.SUPPRESS)
+        p.add_argument("--json", action="store_true", help="print the raw JSON reply")
+        return p
+
+    p = remote(csub.add_parser("log", help="the branch log with applied/good/failed marks",
+                               description="Show the config branch's commits with marks."))
+    p.add_argument("-n", type=int, default=20, help="how many commits (default: %(default)s)")
+    p.set_defaults(func=cmd_log)
+    p = remote(csub.add_parser("plan", help="what applying a commit would change",
+                               description="Diff a commit against the applied one; changes "
+                                           "nothing."))
+    p.add_argument("commit", help="full or short hash, branch or tag")
+    p.set_defaults(func=cmd_plan)
+    p = remote(csub.add_parser("apply", help="apply a commit",
+                               description="Load what the commit changes beside the serving "
+                                           "models, warm up, then switch."))
+    p.add_argument("commit", help="full or short hash, branch or tag")
+    p.set_defaults(func=cmd_apply)
+    p = remote(csub.add_parser("rollback", help="go back to a known-good commit",
+                               description="Apply COMMIT, or the previous known-good commit; "
+                                           "automatic apply then pauses until a new commit."))
+    p.add_argument("commit", nargs="?", help="default: the previous known-good commit")
+    p.set_defaults(func=cmd_rollback)
+    p = remote(csub.add_parser("reload", help="apply the branch head",
+                               description="Apply the branch head; with uncommitted changes, "
+                                           "refuse unless --commit-working-tree."))
+    p.add_argument("--commit-working-tree", action="store_true",
+                   help="commit uncommitted changes first (you as author)")
+    p.add_argument("-m", "--message", help="commit message for --commit-working-tree")
+    p.set_defaults(func=cmd_reload)
+    p = remote(csub.add_parser("status", help="what the server is serving",
+                               description="Applied and attempted commit, models, watch."))
+    p.set_defaults(func=cmd_status)
+
+    models = sub.add_parser("models", help="switch the default model",
+                            description="Model commands on a running server.")
+    msub = models.add_subparsers(title="models commands", metavar="COMMAND")
+    p = remote(msub.add_parser("switch", help="make MODEL the default (a commit, then apply)",
+                               description="Write a commit setting default_model, then apply "
+                                           "it."))
+    p.add_argument("model")
+    p.set_defaults(func=cmd_switch)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The /control routes: status, config history, plan, apply, rollback, reload, model switch."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import BadRequest
+from .errors import field, read_json
+from .keys import HOST
+
+routes = web.RouteTableDef()
+
+
+def _author(request: web.Request, body: dict) -> str:
+    """Who a commit or apply is recorded as: the body's author, else the caller's address."""
+    author = field(body, "author", str)
+    return author.strip()[:80] if author and author.strip() else f"api@{request.remote}"
+
+
+@routes.get("/control/status")
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HOST].control.status())
+
+
+@routes.get("/control/plugins")
+async def plugins(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"plugins": [p.to_dict() for p in request.app[HOST].catalog.plugins]})
+
+
+@routes.get("/control/config/commits")
+async def commits(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        raise BadRequest("limit must be a whole number", code="bad_field") from None
+    if not 1 <= limit <= 1000:
+        raise BadRequest("limit must be from 1 to 1000", code="bad_field")
+    return web.json_response({"commits": await request.app[HOST].control.commits(limit)})
+
+
+@routes.get("/control/config/effective")
+async def effective(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HOST].control.effective())
+
+
+@routes.post("/control/config/plan")
+async def plan(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    result = await request.app[HOST].control.plan(field(body, "commit", str, required=True))
+    return web.json_response(result.to_dict())
+
+
+@routes.post("/control/config/apply")
+async def apply(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    commit = field(body, "commit", str, required=True)
+    return web.json_response(
+        await request.app[HOST].control.apply(commit, _author(request, body)))
+
+
+@routes.post("/control/config/reload")
+async def reload(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    result = await request.app[HOST].control.reload(
+        _author(request, body),
+        commit_working_tree=bool(field(body, "commit_working_tree", bool)),
+        message=field(body, "message", str),
+    )
+    return web.json_response(result)
+
+
+@routes.post("/control/config/rollback")
+async def rollback(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await request.app[HOST].control.rollback(
+        field(body, "commit", str), _author(request, body)))
+
+
+@routes.post("/control/models/switch")
+async def switch(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    model = field(body, "model", str, required=True)
+    return web.json_response(
+        await request.app[HOST].control.switch_model(model, _author(request, body)))
+
+
+@routes.post("/control/models/{name}/reload")
+async def reload_model(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await request.app[HOST].control.reload_model(
+        request.match_info["name"], _author(request, body)))

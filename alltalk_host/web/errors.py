@@ -1,0 +1,77 @@
+"""One place where failures become JSON: ``{"error": {"code", "message", "details"?}}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import BadRequest, HostError
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+def error_response(error: HostError) -> web.Response:
+    return web.json_response(error.to_dict(), status=error.status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HostError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason if exc.status != 404 else (
+            f"no route {request.method} {request.path}")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        body = HostError(message, code=code).to_dict()
+        return web.json_response(body, status=exc.status, headers=headers)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        body = HostError("internal error; the server log has the details").to_dict()
+        return web.json_response(body, status=500)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; an empty body counts as ``{}``."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object", code="malformed_json")
+    return data
+
+
+def field(data: dict[str, Any], name: str, types: type | tuple[type, ...],
+          required: bool = False) -> Any:
+    """One typed field of a JSON body, or None when absent and optional."""
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"{name} is required", code="missing_field", details={"field": name})
+        return None
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+        raise BadRequest(f"{name} has the wrong type", code="bad_field", details={"field": name})
+    return value
+
+
+def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)

@@ -1,0 +1,9 @@
+"""Typed application keys: the only state the aiohttp app holds, set before start-up."""
+
+from aiohttp import web
+
+from ..host import Host
+
+HOST = web.AppKey("host", Host)
+# The bearer token for /control routes; None means loopback clients only.
+CONTROL_TOKEN = web.AppKey("control_token", str)

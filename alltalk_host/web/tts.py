@@ -1,0 +1,35 @@
+"""POST /tts: the native speech route. Route -> SpeechService -> registry lease -> backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ..audio import to_wav
+from ..speech import Provenance, SpeechInput
+from .errors import field, read_json
+from .keys import HOST
+
+routes = web.RouteTableDef()
+
+
+def provenance_headers(p: Provenance) -> dict[str, str]:
+    """Sent on every audio response: which config and which loaded model produced it."""
+    return {"X-AllTalk-Commit": p.commit, "X-AllTalk-Model": p.model_label}
+
+
+@routes.post("/tts")
+async def tts(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    wanted = SpeechInput(
+        text=field(body, "text", str, required=True),
+        model=field(body, "model", str),
+        voice=field(body, "voice", str),
+        language=field(body, "language", str),
+        speed=field(body, "speed", (int, float)),
+    )
+    result = await request.app[HOST].speech.synthesize(wanted)
+    wav = await asyncio.to_thread(to_wav, result.audio)
+    return web.Response(body=wav, content_type="audio/wav",
+                        headers=provenance_headers(result.provenance))
