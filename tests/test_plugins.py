@@ -1,0 +1,157 @@
+"""Plugin discovery through real entry points: installed, broken, duplicate, filtered."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from alltalk_host.errors import PluginConflict
+from alltalk_host.plugins import discover
+
+GOOD_BACKEND = """
+from alltalk_host import Backend, Capabilities, hookimpl
+from alltalk_host_reference import ReferenceBackend
+
+class {cls}(ReferenceBackend):
+    name = "{backend}"
+
+@hookimpl
+def alltalk_host_register_backends(register):
+    register({cls})
+"""
+
+
+def make_dist(site: Path, dist: str, module: str, code: str, ep_name: str | None = None) -> None:
+    """A real (tiny) installed distribution: a module plus dist-info with an entry point."""
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(code))
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[alltalk_host]\n{ep_name or module} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    importlib.invalidate_caches()
+    return path
+
+
+def by_name(catalog) -> dict:
+    return {p.name: p.to_dict() for p in catalog.plugins}
+
+
+def test_the_in_tree_reference_plugin_is_found_by_its_entry_point():
+    plugins = by_name(discover())
+    assert plugins["reference"]["distribution"] == "alltalk-host-reference"
+    assert plugins["reference"]["backends"] == ["reference"]
+    assert plugins["reference"]["status"] == "loaded"
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_others_still_load(site: Path):
+    make_dist(site, "broken-plugin", "broken_plugin", "raise ImportError('needs libfoo')")
+    catalog = discover()
+    report = by_name(catalog)["broken_plugin"]
+    assert report["status"] == "failed"
+    assert report["distribution"] == "broken-plugin"
+    assert "needs libfoo" in report["error"]
+    assert "reference" in catalog.backends
+
+
+def test_a_plugin_whose_registration_raises_is_reported(site: Path):
+    make_dist(site, "bad-register", "bad_register", """
+        from alltalk_host import hookimpl
+        @hookimpl
+        def alltalk_host_register_backends(register):
+            raise RuntimeError("no GPU driver")
+    """)
+    assert "no GPU driver" in by_name(discover())["bad_register"]["error"]
+
+
+def test_a_registered_class_that_is_not_a_backend_is_reported(site: Path):
+    make_dist(site, "not-backend", "not_backend", """
+        from alltalk_host import hookimpl
+        class Thing: name = "thing"
+        @hookimpl
+        def alltalk_host_register_backends(register):
+            register(Thing)
+    """)
+    catalog = discover()
+    assert "not a subclass" in by_name(catalog)["not_backend"]["error"]
+    assert "thing" not in catalog.backends
+
+
+def test_a_misspelled_hook_is_reported(site: Path):
+    make_dist(site, "typo-plugin", "typo_plugin", """
+        from alltalk_host import hookimpl
+        @hookimpl
+        def alltalk_host_register_backend(register):
+            pass
+    """)
+    assert "unknown hook" in by_name(discover())["typo_plugin"]["error"]
+
+
+def test_two_backends_with_one_name_stop_startup_naming_both_distributions(site: Path):
+    make_dist(site, "copycat-tts", "copycat",
+              GOOD_BACKEND.format(cls="Copy", backend="reference"))
+    with pytest.raises(PluginConflict) as info:
+        discover()
+    assert "alltalk-host-reference" in str(info.value)
+    assert "copycat-tts" in str(info.value)
+
+
+def test_the_allow_list_loads_only_named_plugins(site: Path):
+    make_dist(site, "copycat-tts", "copycat",
+              GOOD_BACKEND.format(cls="Copy", backend="reference"))
+    catalog = discover(allow=["copycat"])  # the duplicate is fine once reference is left out
+    assert by_name(catalog)["reference"]["status"] == "skipped"
+    assert catalog.backends["reference"].__name__ == "Copy"
+
+
+def _run_cli(args: list[str], site: Path | None = None,
+             **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
+    if site is not None:
+        environ["PYTHONPATH"] = str(site)
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", "alltalk_host.cli", *args], env=environ,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_plugins_lists_failures_and_honours_the_env_allow_list(site: Path):
+    make_dist(site, "broken-plugin", "broken_plugin", "raise ImportError('needs libfoo')")
+    out = _run_cli(["plugins"], site)
+    assert out.returncode == 0, out.stderr
+    assert "broken_plugin" in out.stdout and "needs libfoo" in out.stdout
+    assert "reference" in out.stdout
+    data = json.loads(_run_cli(["plugins", "--json"], site, ALLTALK_PLUGINS="reference").stdout)
+    status = {p["name"]: p["status"] for p in data["plugins"]}
+    assert status == {"reference": "loaded", "broken_plugin": "skipped"}
+
+
+def test_discovery_imports_no_heavy_library():
+    code = ("import sys; from alltalk_host.plugins import discover; discover(); "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'TTS') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+async def test_control_plugins_reports_a_broken_plugin_and_the_host_still_serves(
+        site: Path, start_server):
+    make_dist(site, "broken-plugin", "broken_plugin", "raise ImportError('needs libfoo')")
+    client = await start_server()
+    body = await (await client.get("/control/plugins")).json()
+    assert {p["name"]: p["status"] for p in body["plugins"]}["broken_plugin"] == "failed"
+    resp = await client.post("/tts", json={"text": "Still here."})
+    assert resp.status == 200

@@ -1,0 +1,238 @@
+"""Swaps under load on a real server on loopback: no request dropped, mixed or over-admitted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from .conftest import ROOT, dominant_pitch, error_of, read_wav, wait_until
+
+TEXT = "Hello there, how are you today?"
+
+
+async def post(client, path, **body):
+    return await client.post(path, json=body)
+
+
+def models_by_name(status) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for m in status["models"]:
+        out.setdefault(m["name"], []).append(m)
+    return out
+
+
+async def test_requests_during_repeated_swaps_all_succeed_and_are_never_mixed(
+        start_server, config_repo):
+    config_repo.model("reference", pitch_hz=100, rtf=0.15, load_seconds=0.05)
+    low = config_repo.commit("low voice")
+    high = config_repo.change("high voice", "models.toml",
+                              "default.models.reference.settings.pitch_hz", 220)
+    client = await start_server()
+    expected = {low: 100, high: 220}
+    results: list[tuple[int, str, float]] = []
+    swapping = True
+
+    async def worker() -> None:
+        while swapping:
+            resp = await post(client, "/tts", text=TEXT, voice="female_01")
+            data = await resp.read()
+            if resp.status != 200:
+                results.append((resp.status, "", 0.0))
+                continue
+            results.append((200, resp.headers["X-AllTalk-Commit"],
+                            dominant_pitch(*read_wav(data))))
+
+    workers = [asyncio.create_task(worker()) for _ in range(6)]
+    for i in range(8):
+        target = low if i % 2 else high
+        resp = await post(client, "/control/config/apply", commit=target)
+        assert resp.status == 200, await resp.text()
+        await asyncio.sleep(0.15)
+    swapping = False
+    await asyncio.gather(*workers)
+
+    failed = [r for r in results if r[0] != 200]
+    assert failed == []
+    assert len(results) > 20
+    for _, commit, pitch in results:
+        # The audio is what the commit in its header configures (voice factor ~0.98).
+        assert abs(pitch / expected[commit] - 0.98) < 0.08, (commit, pitch)
+    assert {c for _, c, _ in results} == {low, high}
+
+
+async def test_old_generation_is_unloaded_only_after_its_last_request(start_server,
+                                                                      config_repo):
+    config_repo.model("reference", rtf=1.0)
+    config_repo.set("settings.toml", "default.warmup_text", "Hi.")  # a quick warm-up
+    config_repo.commit("slow speech")
+    client = await start_server()
+    long_request = asyncio.create_task(post(client, "/tts", text="A long sentence to speak."))
+    await wait_until(client, lambda s: models_by_name(s)["reference"][0]["in_flight"] == 1)
+
+    commit = config_repo.change("new pitch", "models.toml",
+                                "default.models.reference.settings.pitch_hz", 200)
+    assert (await post(client, "/control/config/apply", commit=commit)).status == 200
+    status = await (await client.get("/control/status")).json()
+    states = {(m["generation"], m["state"], m["in_flight"])
+              for m in models_by_name(status)["reference"]}
+    assert states == {(1, "draining", 1), (2, "serving", 0)}
+
+    resp = await long_request
+    assert resp.status == 200
+    assert resp.headers["X-AllTalk-Model"] == "reference; generation=1"
+    await wait_until(client, lambda s: len(models_by_name(s)["reference"]) == 1)
+
+
+async def test_the_drain_deadline_bounds_how_long_an_old_generation_lingers(
+        start_server, config_repo):
+    config_repo.model("reference", rtf=2.0)
+    config_repo.set("settings.toml", "default.warmup_text", "Hi.")
+    config_repo.set("settings.toml", "default.drain_deadline_s", 0.2)
+    config_repo.commit("slow speech, short drain")
+    client = await start_server()
+    long_request = asyncio.create_task(post(client, "/tts", text="A long sentence to speak."))
+    await wait_until(client, lambda s: models_by_name(s)["reference"][0]["in_flight"] == 1)
+    commit = config_repo.change("new pitch", "models.toml",
+                                "default.models.reference.settings.pitch_hz", 200)
+    assert (await post(client, "/control/config/apply", commit=commit)).status == 200
+    await wait_until(client, lambda s: len(models_by_name(s)["reference"]) == 1)
+    assert not long_request.done()
+    assert (await long_request).status == 200
+
+
+async def test_the_host_never_exceeds_a_backends_declared_concurrency(start_server,
+                                                                      config_repo):
+    # The reference backend raises if it is ever called by more than max_concurrency callers.
+    config_repo.model("reference", max_concurrency=2, rtf=0.3, instances=2)
+    config_repo.commit("two instances of two")
+    client = await start_server()
+    status = await (await client.get("/control/status")).json()
+    assert models_by_name(status)["reference"][0]["max_concurrency"] == 4
+    responses = await asyncio.gather(*[post(client, "/tts", text="Hi there") for _ in range(16)])
+    assert [r.status for r in responses] == [200] * 16
+
+
+async def test_requests_beyond_the_queue_limit_get_busy(start_server, config_repo):
+    config_repo.model("reference", max_concurrency=1, rtf=1.0)
+    config_repo.set("settings.toml", "default.warmup_text", "Hi.")
+    config_repo.set("settings.toml", "default.queue_limit", 2)
+    config_repo.commit("tiny queue")
+    client = await start_server()
+    responses = await asyncio.gather(*[post(client, "/tts", text="Hi there") for _ in range(6)])
+    codes = sorted(r.status for r in responses)
+    assert codes == [200, 200, 200, 503, 503, 503]
+    busy = next(r for r in responses if r.status == 503)
+    assert (await error_of(busy))["code"] == "busy"
+
+
+async def test_low_memory_swap_makes_requests_wait_instead_of_failing(start_server,
+                                                                      config_repo):
+    config_repo.model("reference", low_memory_swap=True, load_seconds=0.3)
+    config_repo.commit("unload first")
+    client = await start_server()
+    commit = config_repo.change("new pitch", "models.toml",
+                                "default.models.reference.settings.pitch_hz", 200)
+    apply = asyncio.create_task(post(client, "/control/config/apply", commit=commit))
+    await wait_until(client, lambda s: any(m["state"] == "loading" for m in s["models"]))
+    during = await asyncio.gather(*[post(client, "/tts", text="Waiting") for _ in range(4)])
+    assert (await apply).status == 200
+    assert [r.status for r in during] == [200] * 4
+    assert {r.headers["X-AllTalk-Model"] for r in during} == {"reference; generation=2"}
+
+
+async def test_a_second_apply_while_one_runs_gets_409_naming_it(start_server, config_repo):
+    client = await start_server()
+    slow = config_repo.change("slow load", "models.toml",
+                              "default.models.reference.settings.load_seconds", 1.0)
+    first = asyncio.create_task(post(client, "/control/config/apply", commit=slow))
+    await wait_until(client, lambda s: s["apply_in_progress"] is not None)
+    for path, body in (("/control/config/apply", {"commit": config_repo.initial}),
+                       ("/control/config/rollback", {}),
+                       ("/control/config/reload", {}),
+                       ("/control/models/switch", {"model": "reference-low"})):
+        resp = await post(client, path, **body)
+        error = await error_of(resp)
+        assert resp.status == 409 and error["code"] == "apply_in_progress", error
+        assert error["details"]["commit"] == slow
+        assert slow[:10] in error["message"]
+    # Speech goes on meanwhile.
+    assert (await post(client, "/tts", text="still serving")).status == 200
+    assert (await first).status == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.load(resp)
+
+
+def _serve(config: Path, state: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo", str(config),
+         "--state-dir", str(state), "--port", str(port)],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait_ready(port: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = _get(f"http://127.0.0.1:{port}/control/status")
+            if status["ready"]:
+                return status
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")
+
+
+def test_a_crash_mid_apply_leaves_the_previous_good_state(config_repo, tmp_path):
+    port = _free_port()
+    state = tmp_path / "state"
+    server = _serve(config_repo.path, state, port)
+    try:
+        _wait_ready(port)
+        slow = config_repo.change("slow load", "models.toml",
+                                  "default.models.reference.settings.load_seconds", 30.0)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/control/config/apply",
+            data=json.dumps({"commit": slow}).encode(), method="POST")
+        # The apply call is abandoned when the server dies.
+        threading.Thread(target=lambda: _swallow(request), daemon=True).start()
+        deadline = time.monotonic() + 10
+        while _get(f"http://127.0.0.1:{port}/control/status")["apply_in_progress"] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+
+        server = _serve(config_repo.path, state, port)
+        status = _wait_ready(port)
+        assert status["serving_commit"] == config_repo.initial
+        assert status["attempted_commit"] == config_repo.initial  # the restart's own apply
+        assert status["applied_commit"] == config_repo.initial
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def _swallow(request: urllib.request.Request) -> None:
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(request, timeout=60).read()
