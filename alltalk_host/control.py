@@ -72,6 +72,7 @@ class Controller:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._io.shutdown(wait=True)
+        self.repo.close()
 
     async def _startup(self) -> None:
         if self.state.applied:

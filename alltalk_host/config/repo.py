@@ -69,6 +69,11 @@ class ConfigRepo:
                 f"config repo {self.path} has no branch {branch!r}", code="branch_not_found"
             )
 
+    def close(self) -> None:
+        """Stop the git helper processes GitPython keeps running."""
+        with self._lock:
+            self._repo.close()
+
     # --- reading -------------------------------------------------------------------------
 
     def resolve(self, ref: str) -> str:
@@ -77,6 +82,15 @@ class ConfigRepo:
         if not ref or not _REF_RE.match(ref):
             raise BadRequest(f"{ref!r} is not a commit name", code="bad_commit_name")
         with self._lock:
+            if len(ref) == 40 and _HEX_RE.match(ref):
+                # A full hash: one in-process object lookup, no git subprocess.
+                try:
+                    if self._repo.odb.info(bytes.fromhex(ref)).type == b"commit":
+                        return ref.lower()
+                except (ValueError, git.BadObject, git.BadName):
+                    pass
+                raise NotFound(f"no commit {ref!r} in config repo {self.path}",
+                               code="unknown_commit")
             if _HEX_RE.match(ref):
                 candidates = self._commits_with_prefix(ref)
                 if len(candidates) > 1:
@@ -266,4 +280,5 @@ def init_repo(path: Path, template: Path, branch: str = "main") -> str:
         author=HOST_ACTOR,
         committer=HOST_ACTOR,
     )
+    repo.close()
     return commit.hexsha

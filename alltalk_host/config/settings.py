@@ -20,6 +20,7 @@ import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,6 @@ class HostConfig:
     commit: str
     env: str
     values: dict[str, Any]  # the effective settings, plain data
-    sources: dict[str, str]  # dotted key -> the layer its value came from
     default_model: str
     models: dict[str, ModelDef]
     max_text_length: int
@@ -106,6 +106,14 @@ class HostConfig:
     warmup_text: str
     models_dir: Path
     watch: WatchSettings
+    # Kept to answer "where did this value come from?" on demand; never read for values.
+    _settings: Dynaconf = field(repr=False, compare=False)
+    _tree: Path = field(repr=False, compare=False)
+
+    @cached_property
+    def sources(self) -> dict[str, str]:
+        """Dotted key -> the layer its value came from (computed when first asked)."""
+        return _sources(self._settings, self.values, self._tree)
 
     @property
     def loaded_models(self) -> set[str]:
@@ -179,14 +187,14 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
         raise ConfigInvalid(
             f"default_model {values['default_model']!r} is not one of the configured models",
             code="validation_failed",
-            details={"models": sorted(models)},
+            details=[f"default_model: {values['default_model']!r} is not one of "
+                     f"{sorted(models)}"],
         )
     watch = values.get("watch", {})
     return HostConfig(
         commit=commit,
         env=str(settings.current_env),
         values=values,
-        sources=_sources(settings, values, tree),
         default_model=values["default_model"],
         models=models,
         max_text_length=values["max_text_length"],
@@ -198,6 +206,8 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
         watch=WatchSettings(
             enabled=watch["enabled"], interval_s=float(watch["interval_s"]), remote=watch["remote"]
         ),
+        _settings=settings,
+        _tree=tree,
     )
 
 

@@ -14,6 +14,8 @@ from .errors import error_middleware
 from .keys import CONTROL_TOKEN, HOST
 
 log = logging.getLogger(__name__)
+# Each module holds a RouteTableDef named ``routes``.
+ROUTE_MODULES = (tts, health, control)
 
 
 def create_app(host: Host) -> web.Application:
@@ -21,7 +23,7 @@ def create_app(host: Host) -> web.Application:
     app[HOST] = host
     if host.options.control_token:
         app[CONTROL_TOKEN] = host.options.control_token
-    for module in (tts, health, control):
+    for module in ROUTE_MODULES:
         app.add_routes(module.routes)
     app.cleanup_ctx.append(_host_lifetime)
     return app

@@ -32,12 +32,13 @@ async def model_health(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     control = request.app[HOST].control
     serving = control.registry.serving
-    if serving is None or name not in serving.config.models:
-        raise NotFound(f"unknown model {name!r}", code="unknown_model")
-    gen = serving.generations.get(name)
+    gen = serving.generations.get(name) if serving else None
     if gen is None:
-        state = "loading" if name in control.loading else "not_loaded"
-        return web.json_response({"name": name, "state": state}, status=503)
+        if name in control.loading:
+            return web.json_response({"name": name, "state": "loading"}, status=503)
+        if serving is None or name not in serving.config.models:
+            raise NotFound(f"unknown model {name!r}", code="unknown_model")
+        return web.json_response({"name": name, "state": "not_loaded"}, status=503)
     return web.json_response(
         {"name": name, "state": "ready", "generation": gen.number, "commit": gen.commit,
          "in_flight": gen.leases}
