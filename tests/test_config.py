@@ -182,3 +182,30 @@ def test_nan_in_backend_settings_is_rejected(loader, config_repo):
     with pytest.raises(ConfigInvalid) as info:
         loader.load(commit)
     assert "amplitude" in str(info.value.details)
+
+
+def test_a_config_folder_inside_a_larger_repo_on_another_branch(tmp_path: Path):
+    """path + subfolder + branch: the host reads only that folder of that branch."""
+    root = tmp_path / "ops"
+    raw = git.Repo.init(root, initial_branch="trunk")
+    (root / "README").write_text("other things live here\n")
+    import shutil
+    shutil.copytree(TEMPLATE, root / "tts")
+    (root / "tts" / "settings.toml").write_text(
+        (root / "tts" / "settings.toml").read_text().replace("max_text_length = 2000",
+                                                             "max_text_length = 321"))
+    raw.git.add("-A")
+    raw.index.commit("ops repo with a tts folder")
+    repo = ConfigRepo(root, subdir="tts", branch="trunk")
+    try:
+        config = ConfigLoader(repo, discover()).load(repo.head())
+        assert config.max_text_length == 321
+        (root / "README").write_text("changed\n")
+        assert repo.dirty_files() == []  # changes outside the config folder are not ours
+        (root / "tts" / "models.toml").write_text("")
+        assert repo.dirty_files() == ["tts/models.toml"]
+        with pytest.raises(BadRequest, match="no branch 'main'"):
+            ConfigRepo(root, subdir="tts")
+    finally:
+        repo.close()
+        raw.close()
