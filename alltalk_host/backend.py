@@ -102,7 +102,8 @@ class Backend(ABC):
 
     @abstractmethod
     def synthesize(self, request: SpeechRequest) -> Audio:
-        """The whole utterance."""
+        """The whole utterance. Raise ``alltalk_host.errors.BadRequest`` for a request this
+        model cannot take (an option out of range, nothing to say): the client gets a 400."""
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
         """Chunks as they are ready. Backends with ``capabilities.streaming`` override this."""

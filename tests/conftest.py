@@ -33,12 +33,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class ConfigRepoHelper:
-    """A real config repo made from the template, with shortcuts for editing and committing."""
+    """A real config repo made from the template, with shortcuts for editing and committing.
 
-    def __init__(self, path: Path) -> None:
+    With ``reference=True`` (most tests) a second commit swaps the template's models for the
+    fast reference backend's; ``initial`` is the commit the tests start from.
+    """
+
+    def __init__(self, path: Path, reference: bool = True) -> None:
         self.path = path
         self.initial = init_repo(path, TEMPLATE)
         self.repo = git.Repo(path)
+        if reference:
+            self.write("models.toml", (Path(__file__).parent / "reference_models.toml").read_text())
+            self.set("settings.toml", "default.default_model", "reference")
+            self.initial = self.commit("tests: serve the reference backend")
 
     def set(self, file: str, dotted: str, value: Any) -> None:
         """Set ``a.b.c = value`` in a TOML file of the working tree (None removes it)."""

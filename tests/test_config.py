@@ -29,11 +29,12 @@ def loader(repo: ConfigRepo, tmp_path: Path) -> ConfigLoader:
     return ConfigLoader(repo, discover(), tmp_path / "local.toml")
 
 
-def test_init_creates_a_repo_with_one_commit_of_the_template(config_repo: ConfigRepoHelper):
-    repo = git.Repo(config_repo.path)
-    assert [c.hexsha for c in repo.iter_commits()] == [config_repo.initial]
-    assert {p.name for p in config_repo.path.iterdir() if p.name != ".git"} == {
+def test_init_creates_a_repo_with_one_commit_of_the_template(tmp_path: Path):
+    helper = ConfigRepoHelper(tmp_path / "cfg", reference=False)
+    assert [c.hexsha for c in helper.repo.iter_commits()] == [helper.initial]
+    assert {p.name for p in helper.path.iterdir() if p.name != ".git"} == {
         p.name for p in TEMPLATE.iterdir()}
+    helper.repo.close()
 
 
 def test_init_refuses_a_non_empty_folder(config_repo: ConfigRepoHelper):
@@ -41,13 +42,20 @@ def test_init_refuses_a_non_empty_folder(config_repo: ConfigRepoHelper):
         init_repo(config_repo.path, TEMPLATE)
 
 
-def test_template_loads_with_reference_default(loader: ConfigLoader, config_repo):
-    config = loader.load(config_repo.initial)
-    assert config.default_model == "reference"
-    assert config.models["reference"].backend == "reference"
-    assert config.loaded_models == {"reference"}
+def test_the_template_serves_joe_and_offers_the_test_voice(tmp_path: Path):
+    helper = ConfigRepoHelper(tmp_path / "cfg", reference=False)
+    repo = ConfigRepo(helper.path)
+    try:
+        config = ConfigLoader(repo, discover()).load(helper.initial)
+    finally:
+        repo.close()
+        helper.repo.close()
+    assert config.default_model == "joe"
+    assert config.models["joe"].backend == "onnx"
+    assert config.models["test-voice"].backend == "onnx"
+    assert config.loaded_models == {"joe"}
     assert config.sources["default_model"] == "repo:settings.toml[default]"
-    assert config.sources["models.reference.settings.pitch_hz"] == "repo:models.toml[default]"
+    assert config.sources["models.joe.settings.voice_package"] == "repo:models.toml[default]"
 
 
 def test_a_path_that_is_not_a_git_repo_is_a_clear_error(tmp_path: Path):

@@ -136,7 +136,9 @@ def test_cli_plugins_lists_failures_and_honours_the_env_allow_list(site: Path):
     assert "reference" in out.stdout
     data = json.loads(_run_cli(["plugins", "--json"], site, ALLTALK_PLUGINS="reference").stdout)
     status = {p["name"]: p["status"] for p in data["plugins"]}
-    assert status == {"reference": "loaded", "broken_plugin": "skipped"}
+    assert status["reference"] == "loaded"
+    assert set(status.values()) == {"loaded", "skipped"}  # everything else left out
+    assert status["broken_plugin"] == "skipped"
 
 
 def test_discovery_imports_no_heavy_library():

@@ -28,6 +28,7 @@ async def tts(request: web.Request) -> web.Response:
         voice=field(body, "voice", str),
         language=field(body, "language", str),
         speed=field(body, "speed", (int, float)),
+        options=field(body, "options", dict) or {},  # backend parameters, checked by it
     )
     result = await request.app[HOST].speech.synthesize(wanted)
     wav = await asyncio.to_thread(to_wav, result.audio)

@@ -8,7 +8,6 @@ here: settings validation, load/unload, synthesis, streaming, voices and a memor
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 import tomllib
@@ -21,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest, hookimpl
+from alltalk_host.text import split_sentences
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass(frozen=True)
@@ -135,11 +134,10 @@ class ReferenceBackend(Backend):
                 self._active -= 1
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
-        for sentence in _SENTENCE_END.split(request.text.strip()):
+        for sentence in split_sentences(request.text):
             if request.cancelled.is_set():
                 return
-            if sentence:
-                yield self.synthesize(replace(request, text=sentence))
+            yield self.synthesize(replace(request, text=sentence))
 
     def _render(self, request: SpeechRequest) -> np.ndarray:
         """One voiced 'syllable' per letter group, pauses at spaces and punctuation."""

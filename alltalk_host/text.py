@@ -1,0 +1,66 @@
+"""Text utilities shared by backends and front-ends: the one sentence splitter.
+
+Streaming backends speak sentence by sentence so the first audio does not wait for the whole
+text; narrator mode and the streaming routes split the same way, so they use this too.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Words that end with a full stop without ending a sentence.
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st mt vs etc fig figs no nos vol p pp ch sec approx dept est "
+    "inc ltd co corp gen col lt sgt capt rev hon jan feb mar apr jun jul aug sep sept oct nov "
+    "dec mon tue wed thu fri sat sun e.g i.e a.m p.m cf al".split()
+)
+# A sentence end: terminal punctuation (and closing quotes/brackets), then white space.
+_END = re.compile(r"""[.!?\u2026]+["'\u201d\u2019)\]]*(?=\s)""")
+_BLANK_LINE = re.compile(r"\n\s*\n")
+_CLAUSE = re.compile(r"[,;:\u2013\u2014]\s")
+
+DEFAULT_MAX_CHARS = 400
+
+
+def split_sentences(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
+    """Sentences of ``text``, stripped, none empty and none longer than ``max_chars``.
+
+    Splits after ``.``, ``!``, ``?`` and ``…`` followed by white space, except before a
+    lower-case word ("Wait... what?"), after common abbreviations ("Dr.", "e.g.") and after
+    single initials ("J. Smith"); and at blank lines. An
+    over-long sentence is cut at its last clause mark (``,;:`` or a dash), else at a space,
+    before ``max_chars``.
+    """
+    sentences: list[str] = []
+    for paragraph in _BLANK_LINE.split(text):
+        start = 0
+        for match in _END.finditer(paragraph):
+            candidate = paragraph[start:match.end()]
+            following = paragraph[match.end():].lstrip()[:1]
+            if following.islower() or _ends_with_abbreviation(candidate):
+                continue
+            sentences.extend(_limit(candidate.strip(), max_chars))
+            start = match.end()
+        sentences.extend(_limit(paragraph[start:].strip(), max_chars))
+    return [s for s in sentences if s]
+
+
+def _ends_with_abbreviation(candidate: str) -> bool:
+    if not candidate.endswith("."):
+        return False
+    word = candidate.rstrip(".").rsplit(None, 1)[-1].lower() if candidate.strip(". ") else ""
+    word = word.lstrip("(\"'\u201c\u2018")
+    return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+def _limit(sentence: str, max_chars: int) -> list[str]:
+    pieces = []
+    while len(sentence) > max_chars:
+        window = sentence[:max_chars]
+        cut = max((m.end() for m in _CLAUSE.finditer(window)), default=0)
+        if cut < max_chars // 3:  # no useful clause mark: fall back to the last space
+            cut = window.rfind(" ") + 1 or max_chars
+        pieces.append(sentence[:cut].strip())
+        sentence = sentence[cut:].strip()
+    pieces.append(sentence)
+    return [p for p in pieces if p]

@@ -1,0 +1,327 @@
+"""The ONNX backend: Piper-format voices on onnxruntime (CPU, or CUDA with onnxruntime-gpu)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest
+from alltalk_host.errors import BadRequest
+from alltalk_host.text import split_sentences
+
+from .phonemize import EspeakPhonemizer, phonemes_to_ids
+from .voice import VoiceConfig, VoiceError, read_voice_config
+
+log = logging.getLogger(__name__)
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+# Every provider name onnxruntime 1.2x-1.3x knows (ort.get_all_providers()), so that a typo is a
+# config error before any swap, without importing onnxruntime to check.
+KNOWN_PROVIDERS = frozenset({
+    "TensorrtExecutionProvider", CUDA, "MIGraphXExecutionProvider", "ROCMExecutionProvider",
+    "OpenVINOExecutionProvider", "DnnlExecutionProvider", "VitisAIExecutionProvider",
+    "QNNExecutionProvider", "NnapiExecutionProvider", "VSINPUExecutionProvider",
+    "JsExecutionProvider", "CoreMLExecutionProvider", "ArmNNExecutionProvider",
+    "ACLExecutionProvider", "DmlExecutionProvider", "RknpuExecutionProvider",
+    "WebNNExecutionProvider", "WebGpuExecutionProvider", "XnnpackExecutionProvider",
+    "CANNExecutionProvider", "AzureExecutionProvider", CPU,
+})
+# Per-request and per-model inference parameters: (low, high).
+RANGES = {"noise_scale": (0.0, 2.0), "noise_w": (0.0, 2.0), "length_scale": (0.1, 5.0)}
+_PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class OnnxSettings:
+    model: str | None = None  # path to model.onnx (relative: against models_dir)
+    config: str | None = None  # default: the model path + ".json"
+    voice_package: str | None = None  # an installed package shipping a voice (model_path())
+    # "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu", "cuda", or a list of
+    # onnxruntime provider names in order of preference.
+    providers: str | tuple[str, ...] = "auto"
+    device_id: int = 0  # which GPU, for CUDA
+    max_concurrency: int = 1  # requests one session runs at once
+    intra_op_threads: int = 0  # 0: this machine's cores divided by max_concurrency
+    # None: the voice's own value from its .onnx.json
+    noise_scale: float | None = None
+    length_scale: float | None = None
+    noise_w: float | None = None
+    normalize: bool = True  # peak-normalise each sentence, as piper does
+    piper_compat: bool = True  # phonemes exactly as piper-tts 1.8.0 (see phonemize.py)
+
+    @property
+    def wants_cuda(self) -> bool:
+        return self.providers == "cuda" or (
+            isinstance(self.providers, tuple) and CUDA in self.providers)
+
+
+def _check_range(name: str, value: Any) -> float:
+    lo, hi = RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise ValueError(f"{name}: {value!r} is outside {lo}..{hi}")
+    return float(value)
+
+
+class OnnxBackend(Backend):
+    name = "onnx"
+    capabilities = Capabilities(streaming=True, languages=("en",), max_concurrency=1,
+                                devices=("cpu", "cuda"))
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> OnnxSettings:
+        known = {f.name for f in fields(OnnxSettings)}
+        unknown = set(settings) - known
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(settings)
+        if isinstance(values.get("providers"), list):
+            values["providers"] = tuple(values["providers"])
+        parsed = OnnxSettings(**values)
+        if bool(parsed.model) == bool(parsed.voice_package):
+            raise ValueError("set exactly one of model (a path to model.onnx) and voice_package")
+        if parsed.voice_package and not _PACKAGE_RE.match(parsed.voice_package):
+            raise ValueError(f"voice_package: {parsed.voice_package!r} is not a package name")
+        for key in ("model", "config"):
+            value = getattr(parsed, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{key}: expected a path")
+        providers = parsed.providers
+        if isinstance(providers, str):
+            if providers not in ("auto", "cpu", "cuda"):
+                raise ValueError(f"providers: {providers!r} is not auto, cpu, cuda or a list of "
+                                 "onnxruntime provider names")
+        else:
+            if not providers or not all(isinstance(p, str) for p in providers):
+                raise ValueError("providers: expected a non-empty list of provider names")
+            unknown_providers = [p for p in providers if p not in KNOWN_PROVIDERS]
+            if unknown_providers:
+                raise ValueError(f"providers: {unknown_providers} do not exist in onnxruntime; "
+                                 f"known: {sorted(KNOWN_PROVIDERS)}")
+        for key, lo, hi in (("max_concurrency", 1, 64), ("intra_op_threads", 0, 256),
+                            ("device_id", 0, 64)):
+            value = getattr(parsed, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{key}: {value!r} is outside {lo}..{hi}")
+        for key in RANGES:
+            if getattr(parsed, key) is not None:
+                _check_range(key, getattr(parsed, key))
+        for key in ("normalize", "piper_compat"):
+            if not isinstance(getattr(parsed, key), bool):
+                raise ValueError(f"{key}: expected true or false")
+        return parsed
+
+    def __init__(self, settings: OnnxSettings, context: ModelContext) -> None:
+        super().__init__(settings, context)
+        self.capabilities = replace(self.capabilities, max_concurrency=settings.max_concurrency)
+        self._session: Any = None
+        self._voice: VoiceConfig | None = None
+        self._phonemizer: EspeakPhonemizer | None = None
+        self._providers: list[str] = []
+        self._model_bytes = 0
+        self._warned: set[str] = set()
+        self._warn_lock = threading.Lock()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        model_path, config_path = self._paths()
+        if not model_path.is_file():
+            raise VoiceError(f"voice model {model_path} not found")
+        voice = read_voice_config(config_path)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeError("onnxruntime is not installed: install alltalk-host-onnx[cpu] "
+                               "(or [gpu] for onnxruntime-gpu; never both)") from None
+        providers = self._choose_providers(ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.settings.intra_op_threads or max(
+            1, (os.cpu_count() or 1) // self.settings.max_concurrency)
+        options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(model_path), sess_options=options,
+                                           providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise VoiceError(f"voice model {model_path} cannot be loaded by onnxruntime: "
+                             f"{exc}") from exc
+        self._check_signature(session, voice, model_path)
+        got = session.get_providers()
+        # onnxruntime-gpu falls back to CPU silently when CUDA cannot start: say so.
+        if CUDA in [p if isinstance(p, str) else p[0] for p in providers] and CUDA not in got:
+            if self.settings.wants_cuda:
+                raise RuntimeError(f"CUDA was asked for but onnxruntime runs on {got}")
+            log.warning("model %s: CUDA is available but the session fell back to %s",
+                        self.context.name, got)
+        self._phonemizer = EspeakPhonemizer(piper_compat=self.settings.piper_compat)
+        self._session, self._voice, self._providers = session, voice, got
+        self._model_bytes = model_path.stat().st_size
+        self.capabilities = replace(self.capabilities, languages=(voice.language,))
+
+    def unload(self) -> None:
+        self._session = None
+        self._phonemizer = None
+
+    def _paths(self) -> tuple[Path, Path]:
+        s = self.settings
+        if s.voice_package:
+            try:
+                package = importlib.import_module(s.voice_package)
+            except ImportError:
+                raise VoiceError(f"voice package {s.voice_package!r} is not installed "
+                                 f"(pip install {s.voice_package.replace('_', '-')})") from None
+            model = Path(package.model_path())
+            config = Path(package.config_path()) if hasattr(package, "config_path") else None
+        else:
+            model = self._resolve(s.model or "")
+            config = self._resolve(s.config) if s.config else None
+        return model, config or model.with_name(model.name + ".json")
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.context.models_dir / path
+
+    def _choose_providers(self, available: list[str]) -> list[Any]:
+        setting = self.settings.providers
+        cuda = (CUDA, {"device_id": self.settings.device_id,
+                       "cudnn_conv_algo_search": "HEURISTIC"})
+        if setting == "auto":
+            return [cuda, CPU] if CUDA in available else [CPU]
+        if setting == "cpu":
+            return [CPU]
+        wanted = [CUDA, CPU] if setting == "cuda" else list(setting)
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise RuntimeError(f"execution providers {missing} are not available in this "
+                               f"onnxruntime (available: {available}); for CUDA install "
+                               "alltalk-host-onnx[gpu] instead of [cpu]")
+        return [cuda if p == CUDA else p for p in wanted]
+
+    @staticmethod
+    def _check_signature(session: Any, voice: VoiceConfig, path: Path) -> None:
+        inputs = {i.name for i in session.get_inputs()}
+        required = {"input", "input_lengths", "scales"}
+        if not required <= inputs:
+            raise VoiceError(f"{path} is not a Piper voice: inputs {sorted(inputs)}, expected "
+                             f"{sorted(required)} (and sid for several speakers)")
+        if voice.multi_speaker and "sid" not in inputs:
+            raise VoiceError(f"{path.name}.json says {len(voice.speakers)} speakers but the "
+                             "model has no sid input: the two files do not belong together")
+        if not voice.multi_speaker and "sid" in inputs:
+            raise VoiceError(f"the model has a sid input (several speakers) but {voice.path} "
+                             "declares one: the two files do not belong together")
+
+    # --- what it serves --------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return self._require_voice().sample_rate
+
+    def voices(self) -> list[str]:
+        voice = self._require_voice()
+        if voice.multi_speaker:
+            return sorted(voice.speakers, key=voice.speakers.__getitem__)
+        return [voice.name]
+
+    def memory_estimate(self) -> int:
+        return self._model_bytes if self._session is not None else 0
+
+    def status(self) -> dict[str, Any]:
+        voice = self._voice
+        return {"providers": self._providers, "voice": voice.name if voice else None,
+                "espeak_voice": voice.espeak_voice if voice else None,
+                "speakers": len(voice.speakers) if voice else 0}
+
+    def synthesize(self, request: SpeechRequest) -> Audio:
+        chunks = [a.samples for a in self._sentences(request, [request.text])]
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        return Audio(samples, self.sample_rate)
+
+    def stream(self, request: SpeechRequest) -> Iterator[Audio]:
+        # The host's splitter bounds the first chunk: time to first audio does not grow
+        # with the length of the text.
+        yield from self._sentences(request, split_sentences(request.text))
+
+    # --- inference -------------------------------------------------------------------------
+
+    def _sentences(self, request: SpeechRequest, pieces: list[str]) -> Iterator[Audio]:
+        voice, session, phonemizer = self._require_voice(), self._session, self._phonemizer
+        if session is None or phonemizer is None:
+            raise RuntimeError("model is not loaded")
+        scales, sid = self._inputs(request, voice)
+        spoken = False
+        for piece in pieces:
+            sentences = phonemizer.phonemize(voice.espeak_voice, piece, voice.vowel_clusters)
+            for phonemes in sentences:
+                if request.cancelled.is_set():
+                    return
+                ids, missing = phonemes_to_ids(phonemes, voice.phoneme_id_map)
+                self._warn_missing(missing)
+                if len(ids) <= 3:  # BOS, PAD, EOS: nothing to say in this sentence
+                    continue
+                feeds = {
+                    "input": np.array([ids], dtype=np.int64),
+                    "input_lengths": np.array([len(ids)], dtype=np.int64),
+                    "scales": scales,
+                }
+                if sid is not None:
+                    feeds["sid"] = np.array([sid], dtype=np.int64)
+                audio = session.run(None, feeds)[0].squeeze().astype(np.float32)
+                if self.settings.normalize:
+                    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+                    audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
+                spoken = True
+                yield Audio(np.clip(audio, -1.0, 1.0), voice.sample_rate)
+        if not spoken:
+            raise BadRequest("the text has nothing pronounceable", code="nothing_to_say")
+
+    def _inputs(self, request: SpeechRequest, voice: VoiceConfig) -> tuple[np.ndarray, int | None]:
+        s, options = self.settings, dict(request.options)
+        unknown = set(options) - {"noise_scale", "noise_w"}
+        if unknown:
+            raise BadRequest(f"unknown options {sorted(unknown)} for an onnx model",
+                             code="bad_option")
+        try:
+            noise_scale = _check_range("noise_scale", options.get(
+                "noise_scale", s.noise_scale if s.noise_scale is not None else voice.noise_scale))
+            noise_w = _check_range("noise_w", options.get(
+                "noise_w", s.noise_w if s.noise_w is not None else voice.noise_w))
+            base = s.length_scale if s.length_scale is not None else voice.length_scale
+            length_scale = _check_range("length_scale", base / request.speed)
+        except ValueError as exc:
+            raise BadRequest(str(exc), code="bad_option") from None
+        sid = None
+        if voice.multi_speaker:
+            speaker = request.voice or self.voices()[0]
+            if speaker not in voice.speakers:
+                raise BadRequest(f"unknown speaker {speaker!r}", code="unknown_voice",
+                                 details={"voices": self.voices()[:100]})
+            sid = voice.speakers[speaker]
+        scales = np.array([noise_scale, length_scale, noise_w], dtype=np.float32)
+        return scales, sid
+
+    def _warn_missing(self, missing: list[str]) -> None:
+        """Characters outside the phoneme map are skipped; say so once per character."""
+        if not missing:
+            return
+        with self._warn_lock:
+            new = sorted(set(missing) - self._warned)
+            self._warned.update(new)
+        if new:
+            log.warning("model %s: skipping phonemes not in the voice's map: %s",
+                        self.context.name, new)
+
+    def _require_voice(self) -> VoiceConfig:
+        if self._voice is None:
+            raise RuntimeError("model is not loaded")
+        return self._voice
