@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 
 # Words that end with a full stop without ending a sentence.
-ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st mt vs etc fig figs no nos vol p pp ch sec approx dept est "
-    "inc ltd co corp gen col lt sgt capt rev hon jan feb mar apr jun jul aug sep sept oct nov "
-    "dec mon tue wed thu fri sat sun e.g i.e a.m p.m cf al".split()
-)
+ABBREVIATIONS = frozenset({
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "fig", "figs", "no",
+    "nos", "vol", "p", "pp", "ch", "sec", "approx", "dept", "est", "inc", "ltd", "co", "corp",
+    "gen", "col", "lt", "sgt", "capt", "rev", "hon", "jan", "feb", "mar", "apr", "jun", "jul",
+    "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "wed", "thu", "fri", "sat", "sun",
+    "e.g", "i.e", "a.m", "p.m", "cf", "al",
+})
 # A sentence end: terminal punctuation (and closing quotes/brackets), then white space.
 _END = re.compile(r"""[.!?\u2026]+["'\u201d\u2019)\]]*(?=\s)""")
 _BLANK_LINE = re.compile(r"\n\s*\n")

@@ -38,6 +38,8 @@ KNOWN_PROVIDERS = frozenset({
 })
 # Per-request and per-model inference parameters: (low, high).
 RANGES = {"noise_scale": (0.0, 2.0), "noise_w": (0.0, 2.0), "length_scale": (0.1, 5.0)}
+# Phonemes that are pauses, not sounds: a sentence of only these is skipped.
+SILENT_PHONEMES = frozenset(" .,;:!?-\u2013\u2014\u2026\"'()[]")
 _PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -152,7 +154,7 @@ class OnnxBackend(Backend):
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options,
                                            providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as exc:
             raise VoiceError(f"voice model {model_path} cannot be loaded by onnxruntime: "
                              f"{exc}") from exc
         self._check_signature(session, voice, model_path)
@@ -267,8 +269,8 @@ class OnnxBackend(Backend):
                     return
                 ids, missing = phonemes_to_ids(phonemes, voice.phoneme_id_map)
                 self._warn_missing(missing)
-                if len(ids) <= 3:  # BOS, PAD, EOS: nothing to say in this sentence
-                    continue
+                if all(p in SILENT_PHONEMES or p in missing for p in phonemes):
+                    continue  # only punctuation: nothing to say in this sentence
                 feeds = {
                     "input": np.array([ids], dtype=np.int64),
                     "input_lengths": np.array([len(ids)], dtype=np.int64),
