@@ -2,10 +2,15 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check
+# onnxruntime and onnxruntime-gpu install one module and must never meet in one environment:
+# the ONNX plugin takes exactly one of its [cpu] / [gpu] extras. GPU machines get [gpu].
+ONNX_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
 # In-tree backend plugins: each its own distribution, installed like a third-party one.
-PLUGINS := plugins/reference
+PLUGINS := plugins/reference plugins/onnx[$(ONNX_EXTRA),joe]
 CONFIG_REPO ?= var/config
 STATE_DIR ?= var/state
+MODELS_DIR ?= var/models
 HOST ?= 127.0.0.1
 PORT ?= 7851
 
@@ -14,20 +19,25 @@ PORT ?= 7851
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install when any pyproject changes.
+# Re-install when any pyproject changes. [tools] builds the tiny test models (Coqui, torch).
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(wildcard plugins/*/pyproject.toml)
-	$(BIN)/pip install --disable-pip-version-check -e . $(addprefix -e ,$(PLUGINS))
+	$(PIP) -e '.[tools]' $(foreach p,$(PLUGINS),-e '$(p)')
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	@if $(BIN)/pip show -q onnxruntime-gpu 2>/dev/null; then \
+	  echo "make test needs the CPU onnxruntime (piper-tts, the tests' reference, depends on"; \
+	  echo "it) but this .venv has onnxruntime-gpu; test from a CPU checkout (ONNX_EXTRA=cpu)."; \
+	  exit 1; fi
+	$(PIP) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 
-# Serves the default voice on $(HOST):$(PORT); creates the config repo from config_repo/ if
-# there is none yet.
+# Serves the default voice on $(HOST):$(PORT); creates the config repo from config_repo/ and
+# the template's tiny test voice if they are missing.
 run: install
+	$(BIN)/python tools/build_test_voice.py $(MODELS_DIR)/test-voice --if-missing
 	$(BIN)/alltalk-host serve --init-config --config-repo $(CONFIG_REPO) \
 		--state-dir $(STATE_DIR) --host $(HOST) --port $(PORT)
 
@@ -37,6 +47,7 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python tools/bench_swap.py
+	$(BIN)/python tools/bench_onnx.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

