@@ -47,7 +47,6 @@ class Generation:
         first = instances[0]
         self.capabilities = first.capabilities
         self.sample_rate = first.sample_rate
-        self.voices = first.voices()
         self._per_instance = max(1, first.capabilities.max_concurrency)
         self._slots = asyncio.Semaphore(self._per_instance * len(instances))
         self._active = [0] * len(instances)
@@ -57,6 +56,11 @@ class Generation:
     @property
     def label(self) -> str:
         return f"{self.model.name}; generation={self.number}"
+
+    @property
+    def voices(self) -> list[str]:
+        """Asked of the backend each time: a voice file added to a folder needs no reload."""
+        return _safe(self.instances[0].voices, []) if self.instances else []
 
     @property
     def capacity(self) -> int:

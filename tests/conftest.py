@@ -41,6 +41,32 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def xtts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny random-weight XTTS checkpoints (tiny-xtts-0, tiny-xtts-1), built once per run
+    in a child process."""
+    root = tmp_path_factory.mktemp("xtts")
+    code = ("import sys; from tools.build_tiny_xtts import build; "
+            "build(sys.argv[1] + '/tiny-xtts-0', seed=0); build(sys.argv[1] + '/tiny-xtts-1', seed=1)")
+    subprocess.run([sys.executable, "-c", code, str(root)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=600)
+    return root
+
+
+def write_reference_wav(path: Path, seconds: float = 3.0, amplitude: float = 0.5,
+                        rate: int = 22050) -> Path:
+    """Speech-like audio to clone from: a harmonic stack at 140 Hz with a syllable envelope."""
+    import soundfile
+
+    t = np.arange(int(seconds * rate)) / rate
+    signal = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 12))
+    signal = signal * np.sin(2 * np.pi * 4 * t) ** 2
+    peak = float(np.abs(signal).max()) or 1.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, (amplitude * signal / peak).astype(np.float32), rate)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The developer's own ALLTALK_* variables must not leak into a test."""

@@ -89,9 +89,13 @@ def latency_table(repeats: int) -> dict:
     out = {}
     for name, text in TEXTS.items():
         o, p = [], []
-        for _ in range(repeats):  # interleaved, so drift hits both alike
-            o.append(measure_ours(ours, text))
-            p.append(measure_piper(piper, text))
+        for i in range(repeats):  # interleaved, each first in turn, so drift hits both alike
+            if i % 2:
+                o.append(measure_ours(ours, text))
+                p.append(measure_piper(piper, text))
+            else:
+                p.append(measure_piper(piper, text))
+                o.append(measure_ours(ours, text))
         out[name] = {
             "chars": len(text),
             "ours_rtf": statistics.median(r for r, _ in o),

@@ -1,0 +1,124 @@
+"""Reference voices for cloning: wav files in a folder, and their conditioning latents.
+
+Latents are computed once per distinct audio content and cached in memory and on disk, keyed by
+a hash of the file's bytes: a changed file gets new latents, an unchanged one never costs the
+model again, and a new file in the folder is a voice on the next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alltalk_host.errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+MIN_SECONDS = 0.5  # Coqui itself refuses below 0.33 s; below half a second cloning is noise
+SILENCE_RMS = 1e-3
+
+
+@dataclass
+class CacheStats:
+    memory_hits: int = 0
+    disk_hits: int = 0
+    computed: int = 0
+
+
+def read_reference(path: Path) -> tuple[np.ndarray, int, bytes]:
+    """Mono float32 samples, rate and raw bytes of a reference file; BadRequest if unusable."""
+    import soundfile
+
+    try:
+        raw = path.read_bytes()
+        samples, rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as exc:
+        raise BadRequest(f"voice file {path.name} cannot be read as audio: {exc}",
+                         code="bad_voice_file") from None
+    mono = samples.mean(axis=1)
+    seconds = len(mono) / rate
+    if seconds < MIN_SECONDS:
+        raise BadRequest(f"voice file {path.name} is {seconds:.2f} s long; cloning needs at "
+                         f"least {MIN_SECONDS} s of speech", code="bad_voice_file")
+    rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+    if not np.isfinite(rms) or rms < SILENCE_RMS:
+        raise BadRequest(f"voice file {path.name} is silent (RMS {rms:.1e})",
+                         code="bad_voice_file")
+    return mono, rate, raw
+
+
+class VoiceLibrary:
+    """The voices folder of one model instance, with its latents cache."""
+
+    def __init__(self, folder: Path | None, cache_dir: Path,
+                 compute: Callable[[np.ndarray, int], tuple[Any, Any]],
+                 save: Callable[[Any, Path], None], load: Callable[[Path], Any]) -> None:
+        self.folder = folder
+        self.cache_dir = cache_dir
+        self._compute, self._save, self._load = compute, save, load
+        self._memory: dict[str, tuple[Any, Any]] = {}  # content hash -> latents
+        self._keys: dict[tuple[str, int, int], str] = {}  # (name, mtime, size) -> content hash
+        self._lock = threading.Lock()
+        self.stats = CacheStats()
+
+    def names(self) -> list[str]:
+        """File names in the folder now (listed per call: new files need no restart)."""
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        return sorted(p.name for p in self.folder.iterdir()
+                      if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+    def latents(self, name: str) -> tuple[Any, Any]:
+        if self.folder is None:
+            raise BadRequest(f"unknown voice {name!r}", code="unknown_voice")
+        path = self.folder / name
+        if path.parent != self.folder or not path.is_file():
+            raise BadRequest(f"unknown voice {name!r}", code="unknown_voice")
+        stat = path.stat()
+        signature = (name, stat.st_mtime_ns, stat.st_size)
+        with self._lock:  # an unchanged file is not even read again
+            key = self._keys.get(signature)
+            if key is not None and key in self._memory:
+                self.stats.memory_hits += 1
+                return self._memory[key]
+        samples, rate, raw = read_reference(path)
+        key = hashlib.sha256(raw).hexdigest()
+        with self._lock:
+            self._keys[signature] = key
+            if key in self._memory:  # the same audio under another name or date
+                self.stats.memory_hits += 1
+                return self._memory[key]
+        cached = self.cache_dir / f"{key}.pt"
+        if cached.is_file():
+            try:
+                value = self._load(cached)
+                self.stats.disk_hits += 1
+            except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+                log.warning("latents cache %s is unreadable; recomputing", cached)
+                value = None
+        else:
+            value = None
+        if value is None:
+            value = self._compute(samples, rate)
+            self.stats.computed += 1
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            self._save(value, tmp)
+            tmp.replace(cached)
+        with self._lock:
+            self._memory[key] = value
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._memory.clear()
+            self._keys.clear()

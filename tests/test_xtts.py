@@ -1,0 +1,276 @@
+"""The XTTS backend through Coqui's real loading path, on tiny random-weight checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from alltalk_host_xtts.backend import XttsBackend
+
+from alltalk_host.speech import SpeechInput
+from alltalk_host.web.keys import HOST
+
+from .conftest import ROOT, ConfigRepoHelper, error_of, read_wav, wait_until, write_reference_wav
+
+# Random weights never stop early (the builder blocks the stop token): 61 codes of 1024 samples
+# at 22.05 kHz, decoded at 24 kHz.
+TINY_SECONDS = 61 * 1024 / 22050
+
+
+@pytest.fixture
+def voices(tmp_path: Path) -> Path:
+    folder = tmp_path / "voices"
+    write_reference_wav(folder / "ref.wav")
+    return folder
+
+
+def use_xtts(repo: ConfigRepoHelper, checkpoint: Path, voices: Path | None, name: str = "xtts",
+             default: bool = True, **settings) -> str:
+    repo.set("models.toml", f"default.models.{name}.backend", "xtts")
+    repo.set("models.toml", f"default.models.{name}.settings.checkpoint", str(checkpoint))
+    if voices is not None:
+        repo.set("models.toml", f"default.models.{name}.settings.voices_dir", str(voices))
+    for key, value in settings.items():
+        repo.set("models.toml", f"default.models.{name}.settings.{key}", value)
+    if default:
+        repo.set("settings.toml", "default.default_model", name)
+    return repo.commit(f"serve {name}")
+
+
+async def test_cloning_a_voice_through_the_host(start_server, config_repo, xtts_dir, voices):
+    use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices)
+    client = await start_server()
+    resp = await client.post("/tts", json={"text": "Hello world, a tiny test.", "voice": "ref.wav"})
+    assert resp.status == 200, await resp.text()
+    samples, rate = read_wav(await resp.read())
+    assert rate == 24000
+    assert abs(len(samples) / rate - TINY_SECONDS) < 0.01
+    assert np.isfinite(samples).all() and float(np.sqrt(np.mean(samples**2))) > 1e-3
+    status = await (await client.get("/control/status")).json()
+    model = next(m for m in status["models"] if m["name"] == "xtts")
+    assert model["voices"] == 3  # two built-in speakers and ref.wav
+    assert model["backend_status"]["device"] == "cpu"
+    assert model["max_concurrency"] == 1
+    # Built-in speakers from speakers_xtts.pth are voices too.
+    resp = await client.post("/tts", json={"text": "Hi there.", "voice": "Tiny Bob"})
+    assert resp.status == 200
+
+
+async def test_latents_are_cached_by_content_and_new_files_need_no_restart(
+        start_server, config_repo, xtts_dir, voices):
+    use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices)
+    client = await start_server()
+
+    async def cache() -> dict:
+        status = await (await client.get("/control/status")).json()
+        model = next(m for m in status["models"] if m["name"] == "xtts")
+        return model["backend_status"]["latents_cache"]
+
+    for _ in range(2):
+        assert (await client.post("/tts", json={"text": "Hi.", "voice": "ref.wav"})).status == 200
+    assert await cache() == {"computed": 1, "memory_hits": 1, "disk_hits": 0}
+
+    write_reference_wav(voices / "ref.wav", amplitude=0.3)  # the file changes: new latents
+    assert (await client.post("/tts", json={"text": "Hi.", "voice": "ref.wav"})).status == 200
+    assert (await cache())["computed"] == 2
+
+    write_reference_wav(voices / "new voice.wav", seconds=2.0)
+    resp = await client.post("/tts", json={"text": "Hi.", "voice": "new voice.wav"})
+    assert resp.status == 200
+
+    # A reloaded model finds the latents on disk instead of computing them again.
+    assert (await client.post("/control/models/xtts/reload")).status == 200
+    assert (await client.post("/tts", json={"text": "Hi.", "voice": "ref.wav"})).status == 200
+    assert await cache() == {"computed": 0, "memory_hits": 0, "disk_hits": 1}
+
+
+async def test_streaming_yields_at_least_two_chunks(start_server, config_repo, xtts_dir, voices):
+    use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices, stream_chunk_size=20)
+    client = await start_server()
+    speech = client.server.app[HOST].speech
+    async with await speech.stream(SpeechInput("Hello world, a tiny test.", voice="ref.wav")) \
+            as stream:
+        chunks = [chunk async for chunk in stream.chunks]
+    assert stream.provenance.model == "xtts"
+    assert len(chunks) >= 2
+    assert abs(sum(c.duration for c in chunks) - TINY_SECONDS) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [({"voice": "missing.wav"}, "unknown_voice"),
+     ({"voice": "garbage.wav"}, "bad_voice_file"),
+     ({"voice": "silent.wav"}, "bad_voice_file"),
+     ({"voice": "short.wav"}, "bad_voice_file"),
+     ({"voice": "ref.wav", "language": "xx"}, "unsupported_language"),
+     ({"voice": "ref.wav", "options": {"temperature": 9}}, "bad_option"),
+     ({"voice": "ref.wav", "options": {"top_k": 0.5}}, "bad_option"),
+     ({"voice": "ref.wav", "options": {"noise_scale": 0.5}}, "bad_option")],
+)
+async def test_bad_requests_get_clear_errors(start_server, config_repo, xtts_dir, voices, body,
+                                            code):
+    (voices / "garbage.wav").write_bytes(b"RIFF not really a wav file" * 10)
+    write_reference_wav(voices / "silent.wav", amplitude=0.0)
+    write_reference_wav(voices / "short.wav", seconds=0.2)
+    use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices)
+    client = await start_server()
+    resp = await client.post("/tts", json={"text": "Hello.", **body})
+    error = await error_of(resp)
+    assert resp.status in (400, 404) and error["code"] == code, error
+
+
+def _broken_checkpoint(tmp_path: Path, source: Path, case: str) -> Path:
+    folder = tmp_path / f"broken-{case.replace(' ', '-')}"
+    folder.mkdir()
+    for f in source.iterdir():
+        (folder / f.name).symlink_to(f)
+    if case.startswith("no "):
+        (folder / case[3:]).unlink()
+    elif case == "corrupt model":
+        (folder / "model.pth").unlink()
+        (folder / "model.pth").write_bytes(os.urandom(4096))
+    elif case == "vocab mismatch":
+        config = json.loads((source / "config.json").read_text())
+        config["model_args"]["gpt_number_text_tokens"] += 30
+        (folder / "config.json").unlink()
+        (folder / "config.json").write_text(json.dumps(config))
+    elif case == "other checkpoint's vocab":
+        (folder / "vocab.json").unlink()
+        vocab = json.loads((source / "vocab.json").read_text())
+        extra = {f"zz{i}": 1000 + i for i in range(40)}
+        vocab["model"]["vocab"].update(extra)
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "phrase"),
+    [("no config.json", "lacks config.json"), ("no model.pth", "lacks model.pth"),
+     ("no vocab.json", "lacks vocab.json"), ("corrupt model", "does not load"),
+     ("vocab mismatch", "not from one checkpoint"),
+     ("other checkpoint's vocab", "not from one checkpoint"),
+     ("missing folder", "not found")],
+)
+async def test_a_broken_checkpoint_fails_its_apply_and_changes_nothing(
+        start_server, config_repo, xtts_dir, voices, tmp_path, case, phrase):
+    client = await start_server()
+    folder = (tmp_path / "nowhere" if case == "missing folder"
+              else _broken_checkpoint(tmp_path, xtts_dir / "tiny-xtts-0", case))
+    commit = use_xtts(config_repo, folder, voices)
+    resp = await client.post("/control/config/apply", json={"commit": commit})
+    error = await error_of(resp)
+    assert resp.status == 422 and phrase in error["message"], error
+    resp = await client.post("/tts", json={"text": "Still here."})
+    assert resp.headers["X-AllTalk-Commit"] == config_repo.initial
+
+
+@pytest.mark.parametrize(
+    ("settings", "phrase"),
+    [({"device": "cuda"}, "no CUDA GPU"), ({"device": "cuda:1"}, "no CUDA GPU"),
+     ({"deepspeed": True}, "deepspeed package is not installed")],
+)
+async def test_hardware_it_does_not_have_is_a_clear_error(
+        start_server, config_repo, xtts_dir, voices, settings, phrase):
+    if torch.cuda.is_available() and "device" in settings:
+        pytest.skip("this machine has a GPU")
+    client = await start_server()
+    commit = use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices, **settings)
+    resp = await client.post("/control/config/apply", json={"commit": commit})
+    error = await error_of(resp)
+    assert resp.status == 422 and phrase in error["message"], error
+
+
+@pytest.mark.parametrize(
+    ("settings", "phrase"),
+    [({}, "checkpoint"), ({"checkpoint": "x", "device": "gpu"}, "device"),
+     ({"checkpoint": "x", "temperature": 0}, "temperature"),
+     ({"checkpoint": "x", "stream_chunk_size": 0}, "stream_chunk_size"),
+     ({"checkpoint": "x", "speed": 2}, "unknown keys")],
+)
+def test_settings_are_checked_before_anything_loads(settings, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        XttsBackend.validate_settings(settings)
+
+
+async def _swap_under_load(client, models: list[str]) -> list[tuple[int, str]]:
+    results: list[tuple[int, str]] = []
+    running = True
+
+    async def speaker() -> None:
+        while running:
+            resp = await client.post("/tts", json={"text": "Talking during a swap."})
+            await resp.read()
+            results.append((resp.status, resp.headers.get("X-AllTalk-Model", "")))
+
+    workers = [asyncio.create_task(speaker()) for _ in range(3)]
+    for model in models:
+        resp = await client.post("/control/models/switch", json={"model": model})
+        assert resp.status == 200, await resp.text()
+        await asyncio.sleep(0.5)
+    running = False
+    await asyncio.gather(*workers)
+    return results
+
+
+async def test_swapping_two_tiny_checkpoints_under_load_drops_nothing(
+        start_server, config_repo, xtts_dir, voices):
+    use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices, name="xtts-a")
+    use_xtts(config_repo, xtts_dir / "tiny-xtts-1", voices, name="xtts-b", default=False)
+    client = await start_server()
+    results = await _swap_under_load(client, ["xtts-b", "xtts-a"])
+    assert [s for s, _ in results if s != 200] == []
+    assert {label.split(";")[0] for _, label in results} >= {"xtts-a", "xtts-b"}
+
+
+async def test_joe_to_xtts_and_back_under_load_drops_nothing(
+        start_server, tmp_path, xtts_dir, voices):
+    template = ConfigRepoHelper(tmp_path / "template-config", reference=False)
+    use_xtts(template, xtts_dir / "tiny-xtts-0", voices, default=False)
+    client = await start_server(config_repo=template.path)
+    results = await _swap_under_load(client, ["xtts", "joe"])
+    template.repo.close()
+    assert [s for s, _ in results if s != 200] == []
+    assert {label.split(";")[0] for _, label in results} == {"joe", "xtts"}
+    await wait_until(client, lambda s: [m["name"] for m in s["models"]
+                                        if m["state"] == "serving"] == ["joe"])
+
+
+MEMORY_SCRIPT = """
+import gc, json, sys
+from pathlib import Path
+import psutil
+from alltalk_host import ModelContext, SpeechRequest
+from alltalk_host.registry import release_memory
+from alltalk_host_xtts.backend import XttsBackend
+
+settings = XttsBackend.validate_settings({"checkpoint": sys.argv[1]})
+process = psutil.Process()
+rss = []
+for cycle in range(21):
+    backend = XttsBackend(settings, ModelContext("m", Path("."), Path(sys.argv[2])))
+    backend.load()
+    backend.synthesize(SpeechRequest("Hello.", voice="Tiny Alice"))
+    backend.unload()
+    del backend
+    release_memory()  # what the host does after every unload
+    rss.append(process.memory_info().rss)
+print(json.dumps(rss))
+"""
+
+
+def test_twenty_loads_and_unloads_return_memory(xtts_dir, tmp_path):
+    """Bound: after a first warm cycle (allocator and kernel caches), 20 more load / speak /
+    unload cycles leave RSS within 100 MiB of where it was (one loaded model is ~250 MiB)."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(xtts_dir / "tiny-xtts-0"),
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900, check=True)
+    rss = json.loads(out.stdout.strip().splitlines()[-1])
+    growth_mib = (rss[-1] - rss[0]) / 2**20
+    assert growth_mib < 100, [round(r / 2**20) for r in rss]
