@@ -47,7 +47,8 @@ def xtts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     in a child process."""
     root = tmp_path_factory.mktemp("xtts")
     code = ("import sys; from tools.build_tiny_xtts import build; "
-            "build(sys.argv[1] + '/tiny-xtts-0', seed=0); build(sys.argv[1] + '/tiny-xtts-1', seed=1)")
+            "build(sys.argv[1] + '/tiny-xtts-0', seed=0); "
+            "build(sys.argv[1] + '/tiny-xtts-1', seed=1)")
     subprocess.run([sys.executable, "-c", code, str(root)], cwd=ROOT, check=True,
                    capture_output=True, timeout=600)
     return root
