@@ -7,7 +7,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check
 # the ONNX plugin takes exactly one of its [cpu] / [gpu] extras. GPU machines get [gpu].
 ONNX_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
 # In-tree backend plugins: each its own distribution, installed like a third-party one.
-PLUGINS := plugins/reference plugins/onnx[$(ONNX_EXTRA),joe]
+PLUGINS := plugins/reference plugins/onnx[$(ONNX_EXTRA),joe] plugins/xtts
 CONFIG_REPO ?= var/config
 STATE_DIR ?= var/state
 MODELS_DIR ?= var/models
@@ -19,7 +19,7 @@ PORT ?= 7851
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install when any pyproject changes. [tools] builds the tiny test models (Coqui, torch).
+# Re-install when any pyproject changes. [tools] builds the tiny test models (with Coqui).
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PIP) -e '.[tools]' $(foreach p,$(PLUGINS),-e '$(p)')
 	touch $@
@@ -48,6 +48,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python tools/bench_swap.py
 	$(BIN)/python tools/bench_onnx.py
+	$(BIN)/python tools/bench_xtts.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from alltalk_host_xtts.backend import XttsBackend
 
 from alltalk_host.speech import SpeechInput
 from alltalk_host.web.keys import HOST
+from alltalk_host_xtts.backend import XttsBackend
+from tools.reference_audio import write_reference_wav
 
-from .conftest import ROOT, ConfigRepoHelper, error_of, read_wav, wait_until, write_reference_wav
+from .conftest import ROOT, ConfigRepoHelper, error_of, read_wav, wait_until
 
 # Random weights never stop early (the builder blocks the stop token): 61 codes of 1024 samples
 # at 22.05 kHz, decoded at 24 kHz.
