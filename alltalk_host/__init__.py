@@ -5,7 +5,7 @@ Plugin authors need only what is re-exported here: ``hookimpl`` and the backend 
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .backend import Audio, Backend, Capabilities, ModelContext, SpeechRequest
+from .backend import Audio, Backend, Capabilities, ModelContext, SpeechRequest, parse_settings
 from .hookspecs import hookimpl
 
 try:
@@ -21,4 +21,5 @@ __all__ = [
     "SpeechRequest",
     "__version__",
     "hookimpl",
+    "parse_settings",
 ]

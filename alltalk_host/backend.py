@@ -14,11 +14,13 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -116,3 +118,14 @@ class Backend(ABC):
     def status(self) -> dict[str, Any]:
         """Extra facts for the control status (e.g. the execution providers really in use)."""
         return {}
+
+
+def parse_settings(settings_class: type[S], settings: Mapping[str, Any]) -> S:
+    """``settings_class(**settings)`` for a (frozen) dataclass: unknown keys are refused by name,
+    lists become tuples. The usual first line of ``validate_settings``."""
+    known = {f.name for f in fields(settings_class)}  # type: ignore[arg-type]
+    unknown = set(settings) - known
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return settings_class(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in settings.items()})

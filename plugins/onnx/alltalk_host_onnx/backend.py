@@ -9,13 +9,13 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest
+from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest, parse_settings
 from alltalk_host.errors import BadRequest
 from alltalk_host.text import split_sentences
 
@@ -82,14 +82,7 @@ class OnnxBackend(Backend):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> OnnxSettings:
-        known = {f.name for f in fields(OnnxSettings)}
-        unknown = set(settings) - known
-        if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        values = dict(settings)
-        if isinstance(values.get("providers"), list):
-            values["providers"] = tuple(values["providers"])
-        parsed = OnnxSettings(**values)
+        parsed = parse_settings(OnnxSettings, settings)
         if bool(parsed.model) == bool(parsed.voice_package):
             raise ValueError("set exactly one of model (a path to model.onnx) and voice_package")
         if parsed.voice_package and not _PACKAGE_RE.match(parsed.voice_package):

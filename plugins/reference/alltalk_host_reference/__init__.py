@@ -13,13 +13,21 @@ import time
 import tomllib
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest, hookimpl
+from alltalk_host import (
+    Audio,
+    Backend,
+    Capabilities,
+    ModelContext,
+    SpeechRequest,
+    hookimpl,
+    parse_settings,
+)
 from alltalk_host.text import split_sentences
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
@@ -59,13 +67,7 @@ class ReferenceBackend(Backend):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> ReferenceSettings:
-        known = {f.name for f in fields(ReferenceSettings)}
-        unknown = set(settings) - known
-        if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        parsed = ReferenceSettings(**{
-            k: tuple(v) if k == "voices" else v for k, v in settings.items()
-        })
+        parsed = parse_settings(ReferenceSettings, settings)
         for key, (lo, hi) in _RANGES.items():
             value = getattr(parsed, key)
             if isinstance(value, bool) or not isinstance(value, int | float):

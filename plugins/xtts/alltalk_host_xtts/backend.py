@@ -15,13 +15,13 @@ import logging
 import math
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest
+from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest, parse_settings
 from alltalk_host.errors import BadRequest
 
 from .voices import VoiceLibrary
@@ -74,11 +74,7 @@ class XttsBackend(Backend):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> XttsSettings:
-        known = {f.name for f in fields(XttsSettings)}
-        unknown = set(settings) - known
-        if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        parsed = XttsSettings(**settings)
+        parsed = parse_settings(XttsSettings, settings)
         if not isinstance(parsed.checkpoint, str) or not parsed.checkpoint:
             raise ValueError("checkpoint: the folder with config.json, model.pth and vocab.json "
                              "is required")
