@@ -33,6 +33,10 @@ class Capabilities:
     # How many requests one loaded instance can serve at once; the host queues beyond that.
     max_concurrency: int = 1
     devices: tuple[str, ...] = ("cpu",)
+    # Per-request options it takes (SpeechRequest.options), e.g. "temperature".
+    parameters: tuple[str, ...] = ()
+    # Boolean model settings a client may flip by a commit (e.g. "low_vram", "deepspeed").
+    toggles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

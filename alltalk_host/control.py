@@ -225,9 +225,23 @@ class Controller:
         """Make ``name`` the default model by writing a commit, then apply that commit."""
         async def run() -> dict[str, Any]:
             with self._exclusive("switch", None) as busy:
-                commit = await self._run_io(self._commit_default_model, name, who)
+                commit = await self._run_io(
+                    self._commit_setting, "default_model", name,
+                    f"Switch the default model to {name}", who, _model_check(name))
                 busy["commit"] = commit
                 return await self._apply(commit, who, "switch")
+        return await self._detached(run())
+
+    async def set_model_setting(self, name: str, key: str, value: Any,
+                                who: str) -> dict[str, Any]:
+        """Change one backend setting of model ``name`` by a commit, then apply it."""
+        async def run() -> dict[str, Any]:
+            with self._exclusive("set", None) as busy:
+                commit = await self._run_io(
+                    self._commit_setting, f"models.{name}.settings.{key}", value,
+                    f"Set {key} = {value!r} for model {name}", who, _model_check(name))
+                busy["commit"] = commit
+                return await self._apply(commit, who, "set")
         return await self._detached(run())
 
     async def reload_model(self, name: str, who: str) -> dict[str, Any]:
@@ -359,38 +373,40 @@ class Controller:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _commit_default_model(self, name: str, who: str) -> str:
-        """Runs on the I/O thread: edit default_model where it is defined, vet, commit."""
+    def _commit_setting(self, key: str, value: Any, message: str, who: str,
+                        check: Callable[[HostConfig], None] | None = None) -> str:
+        """Runs on the I/O thread: set ``key`` (dotted) in the repo file and section that
+        define it, vet the result like any commit, and commit it. Returns the commit to apply
+        (the branch head when the value is already set)."""
         head = self.repo.head()
         config = self.loader.load(head)
-        if name not in config.models:
-            raise NotFound(f"unknown model {name!r}", code="unknown_model",
-                           details={"models": sorted(config.models)})
-        if config.default_model == name:
+        if check is not None:
+            check(config)
+        flat = flatten(config.values)
+        if key in flat and flat[key] == value:
             return head
-        layer = config.sources.get("default_model", "")
+        layer = _defining_layer(config.sources, key)
         where = _REPO_LAYER.match(layer)
         if where is None:
             raise Conflict(
-                f"default_model is set by the {layer} layer, which overrides the repo; "
-                "remove it there to switch models through the API",
+                f"{key} is set by the {layer} layer, which overrides the repo; remove it "
+                "there to change it through the API",
                 code="setting_overridden",
             )
         filename, section = where["file"], where["section"]
         doc = tomlkit.parse(self.repo.read_file(head, filename))
-        table = doc.get(section) if section != "default" else doc.setdefault("default", {})
-        if table is None:
-            raise Conflict(f"{filename} has no [{section}] table", code="setting_overridden")
-        table["default_model"] = name
+        table: Any = doc
+        for part in [section, *key.split(".")[:-1]]:
+            if part not in table:
+                table[part] = tomlkit.table()
+            table = table[part]
+        table[key.rsplit(".", 1)[-1]] = value
         content = tomlkit.dumps(doc)
         vetted = self.loader.load(head, replace={filename: content})
-        if vetted.default_model != name:
-            raise Conflict("default_model is overridden by a higher layer",
-                           code="setting_overridden")
-        return self.repo.commit_file(
-            filename, content, f"Switch the default model to {name}", actor(who),
-            expected_head=head,
-        )
+        if flatten(vetted.values).get(key) != value:
+            raise Conflict(f"{key} is overridden by a higher layer", code="setting_overridden")
+        return self.repo.commit_file(filename, content, message, actor(who),
+                                     expected_head=head)
 
     @contextmanager
     def _exclusive(self, action: str, commit: str | None) -> Iterator[dict[str, Any]]:
@@ -442,6 +458,28 @@ class Controller:
 
     def _save(self) -> None:
         self.store.save(self.state)
+
+
+def _model_check(name: str) -> Callable[[HostConfig], None]:
+    def check(config: HostConfig) -> None:
+        if name not in config.models:
+            raise NotFound(f"unknown model {name!r}", code="unknown_model",
+                           details={"models": sorted(config.models)})
+    return check
+
+
+def _defining_layer(sources: dict[str, str], key: str) -> str:
+    """The layer defining ``key``, or for a new key the repo layer of its nearest sibling."""
+    if key in sources:
+        return sources[key]
+    parts = key.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:depth]) + "."
+        layers = {layer for k, layer in sources.items() if k.startswith(prefix)}
+        repo = sorted(layer for layer in layers if layer.startswith("repo:"))
+        if repo:
+            return repo[-1]
+    return sources.get(parts[0], "repo:settings.toml[default]")
 
 
 def _with_commit(details: Any, commit: str) -> dict[str, Any]:

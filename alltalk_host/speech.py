@@ -6,15 +6,18 @@ Every front-end (the native /tts route, the AllTalk and OpenAI routes, a Ray dep
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .backend import Audio, SpeechRequest
 from .config.settings import SPEED_RANGE
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, HostError, NotFound
 from .registry import Generation, ModelRegistry, Serving
 
 
@@ -75,13 +78,40 @@ class SpeechStream:
 class SpeechService:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
+        # Generations in progress, by identity (equal requests are still separate requests).
+        self._active: dict[int, SpeechRequest] = {}
 
     async def synthesize(self, wanted: SpeechInput) -> SpeechResult:
-        async with self.registry.lease(wanted.model) as (serving, gen):
-            request = _build_request(wanted, serving, gen)
-            audio = await gen.run(lambda backend: backend.synthesize(request),
-                                  self.registry.inference, serving.config.queue_limit)
-            return SpeechResult(audio, _provenance(serving, gen))
+        return await self.synthesize_parts([wanted])
+
+    async def synthesize_parts(self, parts: Sequence[SpeechInput],
+                               pause_s: float = 0.25) -> SpeechResult:
+        """Several pieces (say, narrator and character) on one lease, joined with pauses.
+
+        One lease means one generation: a swap between two pieces cannot mix models.
+        """
+        models = {p.model for p in parts}
+        if not parts or len(models) != 1:
+            raise BadRequest("parts of one utterance must name one model", code="bad_request")
+        async with self.registry.lease(parts[0].model) as (serving, gen):
+            requests = [_build_request(p, serving, gen) for p in parts]
+            pieces = []
+            for request in requests:
+                self._active[id(request)] = request
+                try:
+                    pieces.append(await gen.run(lambda b, r=request: b.synthesize(r),
+                                                self.registry.inference,
+                                                serving.config.queue_limit))
+                except asyncio.CancelledError:  # the client went away: stop the backend
+                    request.cancelled.set()
+                    raise
+                finally:
+                    self._active.pop(id(request), None)
+                if request.cancelled.is_set():
+                    raise HostError("the generation was cancelled", code="cancelled",
+                                    status=409)
+            return SpeechResult(_join(pieces, gen.sample_rate, pause_s),
+                                _provenance(serving, gen))
 
     async def stream(self, wanted: SpeechInput) -> SpeechStream:
         """Chunks as the backend makes them; the lease lasts until the stream is closed.
@@ -95,10 +125,31 @@ class SpeechService:
         except BaseException:
             await stack.aclose()
             raise
+        self._active[id(request)] = request
+        stack.callback(self._active.pop, id(request), None)
         chunks = gen.run_stream(lambda backend: backend.stream(request),
                                 self.registry.inference, serving.config.queue_limit,
                                 request.cancelled)
         return SpeechStream(_provenance(serving, gen), chunks, request, stack)
+
+    def cancel_all(self) -> int:
+        """Ask every generation in progress to stop (between chunks); how many there were."""
+        active = list(self._active.values())
+        for request in active:
+            request.cancelled.set()
+        return len(active)
+
+
+def _join(pieces: list[Audio], rate: int, pause_s: float) -> Audio:
+    if len(pieces) == 1:
+        return pieces[0]
+    gap = np.zeros(int(rate * pause_s), dtype=np.float32)
+    joined: list[np.ndarray] = []
+    for i, piece in enumerate(pieces):
+        if i:
+            joined.append(gap)
+        joined.append(np.asarray(piece.samples, dtype=np.float32))
+    return Audio(np.concatenate(joined), rate)
 
 
 def _provenance(serving: Serving, gen: Generation) -> Provenance:

@@ -66,3 +66,67 @@ def _limit(sentence: str, max_chars: int) -> list[str]:
         sentence = sentence[cut:].strip()
     pieces.append(sentence)
     return [p for p in pieces if p]
+
+
+# --- filtering (AllTalk's text_filtering) ---------------------------------------------------
+
+_TAG = re.compile(r"<[^>]{0,500}>")
+_MARKUP = re.compile(r"[*_~`#|\\^]+")
+_URL = re.compile(r"https?://\S+")
+_SPACES = re.compile(r"[ \t\u00a0]+")
+_EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\ufe0f\u200d]")
+
+
+def filter_text(text: str, mode: str = "standard") -> str:
+    """``none``: as given. ``standard``: drop markdown marks, links, emoji and control
+    characters; tidy white space. ``html``: strip tags and unescape entities, then standard."""
+    if mode == "none":
+        return text
+    if mode == "html":
+        import html
+
+        text = html.unescape(_TAG.sub(" ", text))
+    elif mode != "standard":
+        raise ValueError(f"text_filtering must be none, standard or html, not {mode!r}")
+    text = _URL.sub(" ", text)
+    text = _EMOJI.sub("", text)
+    text = _MARKUP.sub(" ", text)
+    text = "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
+    text = _SPACES.sub(" ", text)
+    return "\n".join(line.strip() for line in text.splitlines()).strip()
+
+
+# --- narrator mode ------------------------------------------------------------------------
+
+_SEGMENT = re.compile(r'"[^"]*"|\u201c[^\u201d]*\u201d|\*[^*]*\*')
+
+
+def narrator_segments(text: str, not_inside: str = "narrator") -> list[tuple[str, str]]:
+    """Split a role-play text into (role, text) pieces, roles "character" and "narrator".
+
+    Text in double quotes is the character speaking; text between asterisks is narration; text
+    in neither goes to ``not_inside`` ("character", "narrator" or "silent": left out).
+    Neighbouring pieces of one role are merged; empty pieces dropped.
+    """
+    if not_inside not in ("character", "narrator", "silent"):
+        raise ValueError(f"text_not_inside must be character, narrator or silent, not "
+                         f"{not_inside!r}")
+    pieces: list[tuple[str, str]] = []
+    position = 0
+    for match in _SEGMENT.finditer(text):
+        pieces.append((not_inside, text[position:match.start()]))
+        quoted = match.group(0)
+        role = "narrator" if quoted.startswith("*") else "character"
+        pieces.append((role, quoted[1:-1]))
+        position = match.end()
+    pieces.append((not_inside, text[position:]))
+    merged: list[tuple[str, str]] = []
+    for role, piece in pieces:
+        piece = piece.strip(" \t\n*\"\u201c\u201d")
+        if role == "silent" or not any(ch.isalnum() for ch in piece):
+            continue
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, f"{merged[-1][1]} {piece}")
+        else:
+            merged.append((role, piece))
+    return merged

@@ -29,6 +29,7 @@ from dynaconf.loaders.env_loader import load_from_env
 from dynaconf.utils.inspect import get_history
 
 from ..errors import ConfigInvalid
+from ..outputs import Retention
 from ..plugins import BackendCatalog
 from .repo import ConfigRepo
 
@@ -60,6 +61,16 @@ HOST_VALIDATORS = [
     Validator("watch.enabled", default=False, is_type_of=bool),
     Validator("watch.interval_s", default=5.0, is_type_of=(int, float), gt=0),
     Validator("watch.remote", default="", is_type_of=str),
+    Validator("outputs.dir", default="var/outputs", is_type_of=str, len_min=1),
+    Validator("outputs.max_files", default=500, is_type_of=int, gte=1, lte=1_000_000),
+    Validator("outputs.max_age_s", default=86400, is_type_of=(int, float), gt=0),
+    # Front-end settings: AllTalk-compatible and OpenAI-compatible routes.
+    Validator("alltalk.legacy_api", default=False, is_type_of=bool),
+    Validator("alltalk.narrator_voice", default="", is_type_of=str),
+    Validator("alltalk.preview_text", default="Hello, this is a preview of my voice.",
+              is_type_of=str, len_min=1),
+    Validator("openai.models", default={}, is_type_of=dict),
+    Validator("openai.voices", default={}, is_type_of=dict),
 ]
 
 
@@ -106,6 +117,8 @@ class HostConfig:
     warmup_text: str
     models_dir: Path
     watch: WatchSettings
+    outputs_dir: Path
+    output_retention: Retention
     # Kept to answer "where did this value come from?" on demand; never read for values.
     _settings: Dynaconf = field(repr=False, compare=False)
     _tree: Path = field(repr=False, compare=False)
@@ -206,6 +219,9 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
         watch=WatchSettings(
             enabled=watch["enabled"], interval_s=float(watch["interval_s"]), remote=watch["remote"]
         ),
+        outputs_dir=Path(values["outputs"]["dir"]).expanduser().resolve(),
+        output_retention=Retention(max_files=values["outputs"]["max_files"],
+                                   max_age_s=float(values["outputs"]["max_age_s"])),
         _settings=settings,
         _tree=tree,
     )

@@ -53,7 +53,7 @@ class OnnxSettings:
     providers: str | tuple[str, ...] = "auto"
     device_id: int = 0  # which GPU, for CUDA
     max_concurrency: int = 1  # requests one session runs at once
-    intra_op_threads: int = 0  # 0: this machine's cores divided by max_concurrency
+    intra_op_threads: int = 0  # 0: onnxruntime's default, or cores / max_concurrency
     # None: the voice's own value from its .onnx.json
     noise_scale: float | None = None
     length_scale: float | None = None
@@ -78,7 +78,7 @@ def _check_range(name: str, value: Any) -> float:
 class OnnxBackend(Backend):
     name = "onnx"
     capabilities = Capabilities(streaming=True, languages=("en",), max_concurrency=1,
-                                devices=("cpu", "cuda"))
+                                devices=("cpu", "cuda"), parameters=("noise_scale", "noise_w"))
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> OnnxSettings:
@@ -141,9 +141,13 @@ class OnnxBackend(Backend):
                                "(or [gpu] for onnxruntime-gpu; never both)") from None
         providers = self._choose_providers(ort.get_available_providers())
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.settings.intra_op_threads or max(
-            1, (os.cpu_count() or 1) // self.settings.max_concurrency)
-        options.inter_op_num_threads = 1
+        if self.settings.intra_op_threads:
+            options.intra_op_num_threads = self.settings.intra_op_threads
+        elif self.settings.max_concurrency > 1:  # share the cores, do not oversubscribe them
+            options.intra_op_num_threads = max(
+                1, (os.cpu_count() or 1) // self.settings.max_concurrency)
+        # else onnxruntime's own choice: a pinned thread per physical core, measured ~3 %
+        # faster here than asking for the same count explicitly.
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options,
                                            providers=providers)

@@ -70,7 +70,8 @@ class XttsBackend(Backend):
     # One XTTS instance mixes audio under concurrent use: one request at a time per instance;
     # the model's `instances` setting loads more copies.
     capabilities = Capabilities(streaming=True, languages=XTTS_LANGUAGES, voice_cloning=True,
-                                max_concurrency=1, devices=("cpu", "cuda"))
+                                max_concurrency=1, devices=("cpu", "cuda"),
+                                parameters=tuple(PARAMETERS), toggles=("low_vram", "deepspeed"))
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> XttsSettings:
@@ -202,6 +203,8 @@ class XttsBackend(Backend):
     def status(self) -> dict[str, Any]:
         library = self._library
         return {"device": self._device, "low_vram": self.settings.low_vram,
+                "deepspeed": self.settings.deepspeed,
+                "deepspeed_available": importlib.util.find_spec("deepspeed") is not None,
                 "built_in_speakers": len(self._speakers),
                 "voice_files": len(library.names()) if library else 0,
                 "latents_cache": library.stats.__dict__ if library else {}}
