@@ -58,7 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         commit = init_repo(options.config_repo, args.template, options.branch)
         print(f"created config repo {options.config_repo} from {args.template} at {commit[:10]}")
     app = create_app(Host(options))
-    web.run_app(app, host=args.host, port=args.port,
+    # handler_cancellation: a client that disconnects cancels its own generation.
+    web.run_app(app, host=args.host, port=args.port, handler_cancellation=True,
                 print=lambda _: print(f"alltalk-host {__version__} serving on "
                                       f"http://{args.host}:{args.port}", flush=True))
     return 0

@@ -143,7 +143,8 @@ def start_server(aiohttp_client: Any, host_options: Callable[..., HostOptions]
                  ) -> Callable[..., Any]:
     """Start a real server on loopback; by default wait until it is ready."""
     async def start(wait: bool = True, **overrides: Any) -> TestClient:
-        client = await aiohttp_client(create_app(Host(host_options(**overrides))))
+        client = await aiohttp_client(create_app(Host(host_options(**overrides))),
+                                      server_kwargs={"handler_cancellation": True})
         if wait:
             for _ in range(400):
                 if (await client.get("/health/ready")).status == 200:

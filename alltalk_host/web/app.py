@@ -8,19 +8,21 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ..host import Host
-from . import control, health, tts
+from ..outputs import OutputStores
+from . import alltalk, control, health, openai, tts
 from .auth import control_auth_middleware
 from .errors import error_middleware
-from .keys import CONTROL_TOKEN, HOST
+from .keys import CONTROL_TOKEN, HOST, OUTPUTS
 
 log = logging.getLogger(__name__)
 # Each module holds a RouteTableDef named ``routes``.
-ROUTE_MODULES = (tts, health, control)
+ROUTE_MODULES = (tts, health, control, alltalk, openai)
 
 
 def create_app(host: Host) -> web.Application:
     app = web.Application(middlewares=[error_middleware, control_auth_middleware])
     app[HOST] = host
+    app[OUTPUTS] = OutputStores()
     if host.options.control_token:
         app[CONTROL_TOKEN] = host.options.control_token
     for module in ROUTE_MODULES:

@@ -75,3 +75,17 @@ def field(data: dict[str, Any], name: str, types: type | tuple[type, ...],
 
 def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def ensure_form(request: web.Request) -> Any:
+    """The request's form fields (urlencoded or multipart), or BadRequest if unreadable."""
+    if request.body_exists and request.content_type not in FORM_TYPES:
+        raise BadRequest(f"expected a form body ({' or '.join(FORM_TYPES)}), not "
+                         f"{request.content_type}", code="malformed_form")
+    try:
+        return await request.post()
+    except (ValueError, UnicodeDecodeError, AssertionError, web.HTTPException) as exc:
+        raise BadRequest(f"the form body cannot be read: {exc}", code="malformed_form") from None

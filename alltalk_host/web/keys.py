@@ -3,7 +3,9 @@
 from aiohttp import web
 
 from ..host import Host
+from ..outputs import OutputStores
 
 HOST = web.AppKey("host", Host)
+OUTPUTS = web.AppKey("outputs", OutputStores)
 # The bearer token for /control routes; None means loopback clients only.
 CONTROL_TOKEN = web.AppKey("control_token", str)
