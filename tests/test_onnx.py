@@ -242,3 +242,18 @@ async def test_a_multi_speaker_voice_lists_its_speakers(start_server, config_rep
     error = await error_of(resp)
     assert resp.status == 404 and error["code"] == "unknown_voice"
     assert error["details"]["voices"] == ["speaker_0", "speaker_1", "speaker_2"]
+
+
+@pytest.mark.parametrize("text", ["Hello there. How are you today?",
+                                  "It costs $5.99, said Dr. Smith; really!"])
+def test_audio_equals_piper_tts_for_the_same_text(joe: OnnxBackend, text):
+    """With the noise turned off, our joe audio is piper-tts's own audio, sample for sample:
+    the phonemes, ids, scales and post-processing all match the reference implementation."""
+    from piper import PiperVoice, SynthesisConfig
+
+    piper = PiperVoice.load(str(JOE_MODEL), str(JOE_CONFIG))
+    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    reference = np.concatenate([c.audio_float_array for c in piper.synthesize(text, config)])
+    ours = joe.synthesize(SpeechRequest(text, options={"noise_scale": 0.0, "noise_w": 0.0}))
+    assert ours.samples.shape == reference.shape
+    assert float(np.max(np.abs(ours.samples - reference))) < 1e-6

@@ -7,7 +7,7 @@
      the HTTP host on loopback and calling the backend directly with the same concurrency limit
      (target: HTTP within 5 % of direct)
 
-    .venv/bin/python tools/bench_onnx.py [--repeats 5] [--requests 16]
+    .venv/bin/python tools/bench_onnx.py [--repeats 15] [--requests 24] [--rounds 3]
 
 Prints tables and writes JSON (default docs/benchmarks/onnx.json).
 """
@@ -178,7 +178,7 @@ def start_server(max_concurrency: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not become ready")
 
 
-def throughput_table(requests: int, max_concurrency: int) -> dict:
+def throughput_table(requests: int, max_concurrency: int, rounds: int) -> dict:
     backend = ours_backend(max_concurrency)
     backend.synthesize(SpeechRequest(PARAGRAPH))
     server, base = start_server(max_concurrency)
@@ -186,9 +186,16 @@ def throughput_table(requests: int, max_concurrency: int) -> dict:
     try:
         asyncio.run(http_throughput(base, 1, 2))  # warm
         for concurrency in (1, 2, 4):
-            direct = direct_throughput(backend, concurrency, requests)
-            http = asyncio.run(http_throughput(base, concurrency, requests))
-            out[str(concurrency)] = {"direct": direct, "http": http, "ratio": http / direct}
+            direct, http = [], []
+            for i in range(rounds):  # alternating, each first in turn; medians
+                if i % 2:
+                    http.append(asyncio.run(http_throughput(base, concurrency, requests)))
+                    direct.append(direct_throughput(backend, concurrency, requests))
+                else:
+                    direct.append(direct_throughput(backend, concurrency, requests))
+                    http.append(asyncio.run(http_throughput(base, concurrency, requests)))
+            d, h = statistics.median(direct), statistics.median(http)
+            out[str(concurrency)] = {"direct": d, "http": h, "ratio": h / d, "rounds": rounds}
     finally:
         server.terminate()
         server.wait(30)
@@ -198,8 +205,9 @@ def throughput_table(requests: int, max_concurrency: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-concurrency", type=int, nargs="+", default=[1, 2],
                         help="session concurrency settings to compare for throughput")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "onnx.json")
@@ -218,7 +226,7 @@ def main() -> None:
 
     throughput = {}
     for mc in args.max_concurrency:
-        throughput[str(mc)] = throughput_table(args.requests, mc)
+        throughput[str(mc)] = throughput_table(args.requests, mc, args.rounds)
     print("| max_concurrency | clients | direct (audio s/s) | HTTP (audio s/s) | HTTP/direct |")
     print("|---|---|---|---|---|")
     for mc, rows in throughput.items():

@@ -118,6 +118,9 @@ async def run(args: argparse.Namespace) -> dict:
     init_repo(cfg, ROOT / "config_repo")
     repo = git.Repo(cfg)
     models = cfg / "models.toml"
+    # The benchmark's own model: the reference backend, so the figures measure the host.
+    models.write_text('[default.models.reference]\nbackend = "reference"\n')
+    set_key(cfg / "settings.toml", "default.default_model", "reference")
     base_settings = {"pitch_hz": 140, "load_seconds": LOAD_SECONDS, "memory_mb": MEMORY_MB,
                      "max_concurrency": 2}
     for k, v in base_settings.items():
