@@ -49,6 +49,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python tools/bench_swap.py
 	$(BIN)/python tools/bench_onnx.py
 	$(BIN)/python tools/bench_xtts.py
+	$(BIN)/python tools/bench_api.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

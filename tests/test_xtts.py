@@ -275,3 +275,25 @@ def test_twenty_loads_and_unloads_return_memory(xtts_dir, tmp_path):
     rss = json.loads(out.stdout.strip().splitlines()[-1])
     growth_mib = (rss[-1] - rss[0]) / 2**20
     assert growth_mib < 100, [round(r / 2**20) for r in rss]
+
+
+async def test_alltalk_low_vram_and_deepspeed_toggles_commit_and_apply(
+        start_server, config_repo, xtts_dir, voices):
+    use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices)
+    client = await start_server()
+    settings = await (await client.get("/api/currentsettings")).json()
+    assert settings["lowvram_capable"] and settings["deepspeed_capable"]
+    assert settings["lowvram_enabled"] is False and settings["temperature_capable"]
+
+    resp = await client.post("/api/lowvramsetting?new_low_vram_value=True")
+    assert await resp.json() == {"status": "lowvram-success", "message": ""}
+    head = config_repo.repo.head.commit
+    assert "low_vram" in head.message and head.author.name.startswith("alltalk-api")
+    settings = await (await client.get("/api/currentsettings")).json()
+    assert settings["lowvram_enabled"] is True
+
+    # DeepSpeed is not installed here: the commit is made, its apply fails, XTTS keeps serving.
+    resp = await client.post("/api/deepspeed?new_deepspeed_value=True")
+    body = await resp.json()
+    assert resp.status == 422 and "deepspeed" in body["message"]
+    assert (await client.post("/tts", json={"text": "Hi.", "voice": "ref.wav"})).status == 200
