@@ -134,10 +134,6 @@ class ConfigRepo:
                 for c in self._repo.iter_commits(self.branch, max_count=limit)
             ]
 
-    def contains(self, ancestor: str, descendant: str) -> bool:
-        with self._lock:
-            return self._repo.is_ancestor(ancestor, descendant)
-
     def materialise(self, commit: str, dest: Path) -> Path:
         """Write the config folder of ``commit`` into ``dest``: never the live working tree.
 
