@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/pip install --disable-pip-version-check
+PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 # onnxruntime and onnxruntime-gpu install one module and must never meet in one environment:
 # the ONNX plugin takes exactly one of its [cpu] / [gpu] extras. GPU machines get [gpu].
 ONNX_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
@@ -20,7 +20,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-install when any pyproject changes. [tools] builds the tiny test models (with Coqui).
-$(VENV)/.installed: $(BIN)/python pyproject.toml $(wildcard plugins/*/pyproject.toml)
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(wildcard plugins/*/pyproject.toml) constraints.txt
 	$(PIP) -e '.[tools]' $(foreach p,$(PLUGINS),-e '$(p)')
 	touch $@
 
