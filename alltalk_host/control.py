@@ -193,7 +193,7 @@ class Controller:
                 result = await self._apply(target, who, "rollback")
                 # Pause automatic apply until the branch gets a commit it does not have now.
                 self.state.watch_paused_at = await self._run_io(self.repo.head)
-                self._save()
+                await self._save()
                 return result
         return await self._detached(run())
 
@@ -294,7 +294,7 @@ class Controller:
                      force_reload: Collection[str] = ()) -> dict[str, Any]:
         started = time.monotonic()
         self.state.attempted = commit
-        self._save()
+        await self._save()
         try:
             config = await self._run_io(self.loader.load, commit)
             plan = make_plan(self._current_config(), config, force_reload)
@@ -307,7 +307,7 @@ class Controller:
             self.state.mark_failed(commit, error.message)
             self.state.record(commit=commit, actor=who, action=action, result="failed",
                               duration_s=time.monotonic() - started, reason=error.message)
-            self._save()
+            await self._save()
             error.details = _with_commit(error.details, commit)
             if error is exc:
                 raise
@@ -316,7 +316,7 @@ class Controller:
         self.state.mark_applied(commit)
         self.state.record(commit=commit, actor=who, action=action, result="applied",
                           duration_s=duration)
-        self._save()
+        await self._save()
         log.info("%s: applied %s in %.2f s (load %s, reload %s, unload %s)", action, commit[:10],
                  duration, plan.load, plan.reload, plan.unload)
         return {"commit": commit, "result": "applied", "action": action,
@@ -456,8 +456,9 @@ class Controller:
             raise HostError("no configuration is applied yet", code="not_ready", status=503)
         return config
 
-    def _save(self) -> None:
-        self.store.save(self.state)
+    async def _save(self) -> None:
+        # Encoded here, where the state changes; written (with fsync) on the I/O thread.
+        await self._run_io(self.store.write, self.store.encode(self.state))
 
 
 def _model_check(name: str) -> Callable[[HostConfig], None]:

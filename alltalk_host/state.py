@@ -69,8 +69,13 @@ class StateStore:
         known = HostState.__dataclass_fields__
         return HostState(**{k: v for k, v in data.items() if k in known})
 
-    def save(self, state: HostState) -> None:
-        data = json.dumps(asdict(state), indent=1, sort_keys=True).encode()
+    @staticmethod
+    def encode(state: HostState) -> bytes:
+        """A snapshot of ``state``, taken where it is mutated (the event loop)."""
+        return json.dumps(asdict(state), indent=1, sort_keys=True).encode()
+
+    def write(self, data: bytes) -> None:
+        """Replace the state file with ``data``; blocking (fsync), so callers run it off-loop."""
         fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as f:
