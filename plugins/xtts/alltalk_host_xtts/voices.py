@@ -67,15 +67,27 @@ class VoiceLibrary:
         self._compute, self._save, self._load = compute, save, load
         self._memory: dict[str, tuple[Any, Any]] = {}  # content hash -> latents
         self._keys: dict[tuple[str, int, int], str] = {}  # (name, mtime, size) -> content hash
+        self._listing: tuple[int, list[str]] | None = None  # (folder mtime, file names)
         self._lock = threading.Lock()
         self.stats = CacheStats()
 
     def names(self) -> list[str]:
-        """File names in the folder now (listed per call: new files need no restart)."""
-        if self.folder is None or not self.folder.is_dir():
+        """File names in the folder now: new files need no restart. The listing is redone only
+        when the folder's modification time changes (a file added, removed or renamed)."""
+        if self.folder is None:
             return []
-        return sorted(p.name for p in self.folder.iterdir()
-                      if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        try:
+            mtime = self.folder.stat().st_mtime_ns
+        except OSError:
+            return []
+        with self._lock:
+            if self._listing is not None and self._listing[0] == mtime:
+                return list(self._listing[1])
+        names = sorted(p.name for p in self.folder.iterdir()
+                       if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        with self._lock:
+            self._listing = (mtime, names)
+        return list(names)
 
     def latents(self, name: str) -> tuple[Any, Any]:
         if self.folder is None:
