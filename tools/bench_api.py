@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,8 +21,11 @@ from pathlib import Path
 
 import aiohttp
 
+# Run as a script from anywhere: the project root makes `tools` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.benchlib import RESULTS_DIR, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from tools.bench_onnx import LONG, start_server  # noqa: E402
 
 
@@ -79,7 +79,7 @@ async def run(repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "api.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "api.json")
     args = parser.parse_args()
     rows = asyncio.run(run(args.repeats))
     print(f"text: {len(LONG)} characters, joe voice, CPU\n")
@@ -89,10 +89,7 @@ def main() -> None:
     for fmt, r in rows.items():
         print(f"| {fmt} | {r['streamed_first_byte_s']:.3f} s | {r['streamed_last_byte_s']:.2f} s"
               f" | {r['not_streamed_s']:.2f} s | {r['ratio']:.3f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "chars": len(LONG), "machine": {
-        "cpus": os.cpu_count(), "python": platform.python_version()}}, indent=2) + "\n")
-    print(f"\nJSON: {args.out}")
+    write_results(args.out, {"rows": rows, "chars": len(LONG)})
 
 
 if __name__ == "__main__":

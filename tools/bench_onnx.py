@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -37,6 +35,10 @@ from piper import PiperVoice
 from alltalk_host.backend import ModelContext, SpeechRequest
 from alltalk_host.config.repo import init_repo
 from alltalk_host_onnx.backend import OnnxBackend
+
+# Run as a script from anywhere: the project root makes `tools` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.benchlib import RESULTS_DIR, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE = "The quick brown fox jumps over the lazy dog."
@@ -210,7 +212,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-concurrency", type=int, nargs="+", default=[1, 2],
                         help="session concurrency settings to compare for throughput")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "onnx.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "onnx.json")
     args = parser.parse_args()
 
     latency = latency_table(args.repeats)
@@ -233,11 +235,7 @@ def main() -> None:
         for clients, r in rows.items():
             print(f"| {mc} | {clients} | {r['direct']:.1f} | {r['http']:.1f} | "
                   f"{r['ratio']:.3f} |")
-    results = {"latency": latency, "throughput": throughput,
-               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nJSON: {args.out}")
+    write_results(args.out, {"latency": latency, "throughput": throughput})
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -37,6 +35,10 @@ import tomlkit
 from alltalk_host.backend import ModelContext, SpeechRequest
 from alltalk_host.config.repo import init_repo
 from alltalk_host_reference import ReferenceBackend
+
+# Run as a script from anywhere: the project root makes `tools` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.benchlib import RESULTS_DIR, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = "The quick brown fox jumps over the lazy dog."
@@ -209,8 +211,6 @@ async def run(args: argparse.Namespace) -> dict:
     finally:
         server.terminate()
         server.wait(30)
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform()}
     return results
 
 
@@ -238,13 +238,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runtime", type=int, default=40)
     parser.add_argument("--memory-swaps", type=int, default=50)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "swap.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "swap.json")
     args = parser.parse_args()
     results = asyncio.run(run(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
-    print(f"\nJSON: {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

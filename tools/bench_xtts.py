@@ -12,21 +12,21 @@ Prints a table and writes JSON (default docs/benchmarks/xtts.json).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+# Run as a script from anywhere: the project root makes `tools` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.benchlib import RESULTS_DIR, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "The quick brown fox jumps over the lazy dog, and then it rests in the sun."
 
 
 def bench(checkpoint: Path, device: str, repeats: int, work: Path) -> dict:
-    sys.path.insert(0, str(ROOT))
     from alltalk_host import ModelContext, SpeechRequest
     from alltalk_host_xtts.backend import XttsBackend
     from tools.reference_audio import write_reference_wav
@@ -81,7 +81,7 @@ def main() -> None:
                         help="a real checkpoint folder (repeatable); the tiny one always runs")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "xtts.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "xtts.json")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="alltalk-bench-xtts-"))
@@ -89,7 +89,6 @@ def main() -> None:
     import torch  # noqa: F401 - measured: the import cost a cold process pays once
     from TTS.tts.models.xtts import Xtts  # noqa: F401
     import_s = time.perf_counter() - started
-    sys.path.insert(0, str(ROOT))
     from tools.build_tiny_xtts import build
 
     tiny = build(work / "tiny-xtts", seed=0)
@@ -107,11 +106,7 @@ def main() -> None:
               f"{r['rtf']:.2f} | "
               f"{r['first_chunk_s']:.2f} s | {r['whole_s']:.2f} s | "
               f"{r['first_chunk_vs_whole']:.2f} |")
-    results = {"import_s": import_s, "rows": rows,
-               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nJSON: {args.out}")
+    write_results(args.out, {"import_s": import_s, "rows": rows})
 
 
 if __name__ == "__main__":
