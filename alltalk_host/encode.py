@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import to_pcm16, wav_stream_header
+from .audio import to_pcm16, to_wav, wav_stream_header
 from .backend import Audio
 from .errors import BadRequest
 
@@ -127,8 +127,6 @@ class StreamEncoder:
 def encode(audio: Audio, fmt: Format) -> bytes:
     """A whole file. WAV gets exact sizes in its header (players and some clients need them)."""
     if fmt.name == "wav":
-        from .audio import to_wav
-
         return to_wav(audio)
     encoder = StreamEncoder(fmt, audio.sample_rate)
     return encoder.encode(audio) + encoder.finish()
