@@ -166,6 +166,13 @@ class Controller:
 
     @property
     def ready(self) -> bool:
+        """Serving the default model, with start-up finished.
+
+        The start-up apply still records its result after the switch; until it has, a
+        control command would be refused as a concurrent apply, so the host is not ready yet.
+        """
+        if self._busy is not None and self._busy["action"] == "startup":
+            return False
         serving = self.registry.serving
         return serving is not None and serving.config.default_model in serving.generations
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import git
 import pytest
+
+from alltalk_host.host import Host
 
 from .conftest import dominant_pitch, error_of, read_wav, wait_until
 
@@ -349,3 +353,20 @@ async def _let_watch_run(client, rounds: int) -> None:
     seen = {first}
     await wait_until(client, lambda s: seen.add(s["watch"]["last_checked"]) or len(seen) > rounds)
 
+
+
+async def test_a_switch_sent_the_moment_the_host_is_ready_is_accepted(host_options):
+    """Ready means start-up is finished, so a script that waits for ready can switch at once."""
+    host = Host(host_options())
+    await host.start()
+    try:
+        for _ in range(20000):  # every event-loop turn, to land right after the switch
+            if host.control.ready:
+                break
+            await asyncio.sleep(0)
+        else:
+            raise AssertionError("the host did not become ready")
+        result = await host.control.switch_model("reference-low", "test")
+        assert result["result"] == "applied"
+    finally:
+        await host.stop()
