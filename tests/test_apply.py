@@ -354,7 +354,6 @@ async def _let_watch_run(client, rounds: int) -> None:
     await wait_until(client, lambda s: seen.add(s["watch"]["last_checked"]) or len(seen) > rounds)
 
 
-
 async def test_a_switch_sent_the_moment_the_host_is_ready_is_accepted(host_options):
     """Ready means start-up is finished, so a script that waits for ready can switch at once."""
     host = Host(host_options())
