@@ -166,13 +166,6 @@ class Controller:
 
     @property
     def ready(self) -> bool:
-        """Serving the default model, with start-up finished.
-
-        The start-up apply still records its result after the switch; until it has, a
-        control command would be refused as a concurrent apply, so the host is not ready yet.
-        """
-        if self._busy is not None and self._busy["action"] == "startup":
-            return False
         serving = self.registry.serving
         return serving is not None and serving.config.default_model in serving.generations
 
@@ -197,11 +190,9 @@ class Controller:
                         raise Conflict("there is no earlier known-good commit to roll back to",
                                        code="no_rollback_target")
                 busy["commit"] = target
-                result = await self._apply(target, who, "rollback")
                 # Pause automatic apply until the branch gets a commit it does not have now.
-                self.state.watch_paused_at = await self._run_io(self.repo.head)
-                await self._save()
-                return result
+                head = await self._run_io(self.repo.head)
+                return await self._apply(target, who, "rollback", pause_watch_at=head)
         return await self._detached(run())
 
     async def reload(self, who: str, commit_working_tree: bool = False,
@@ -298,14 +289,15 @@ class Controller:
     # --- the transaction -------------------------------------------------------------------
 
     async def _apply(self, commit: str, who: str, action: str,
-                     force_reload: Collection[str] = ()) -> dict[str, Any]:
+                     force_reload: Collection[str] = (),
+                     pause_watch_at: str | None = None) -> dict[str, Any]:
         started = time.monotonic()
         self.state.attempted = commit
         await self._save()
         try:
             config = await self._run_io(self.loader.load, commit)
             plan = make_plan(self._current_config(), config, force_reload)
-            await self._execute(config, plan)
+            serving = await self._prepare(config, plan)
         except Exception as exc:
             error = exc if isinstance(exc, HostError) else ApplyFailed(
                 f"internal error while applying: {type(exc).__name__}: {exc}")
@@ -321,16 +313,27 @@ class Controller:
             raise error from exc
         duration = time.monotonic() - started
         self.state.mark_applied(commit)
+        if pause_watch_at is not None:
+            self.state.watch_paused_at = pause_watch_at
         self.state.record(commit=commit, actor=who, action=action, result="applied",
                           duration_s=duration)
-        await self._save()
+        try:
+            await self._save()
+        finally:
+            # Published last, with nothing awaited after it: whoever sees the new snapshot
+            # (ready, a new commit serving) can send the next command without a 409.
+            self.registry.switch(serving)
+            self.registry.release_holds()
         log.info("%s: applied %s in %.2f s (load %s, reload %s, unload %s)", action, commit[:10],
                  duration, plan.load, plan.reload, plan.unload)
         return {"commit": commit, "result": "applied", "action": action,
                 "duration_s": round(duration, 4), "plan": plan.to_dict()}
 
-    async def _execute(self, config: HostConfig, plan: Plan) -> None:
-        """Load what changes beside what serves, then switch everything at once."""
+    async def _prepare(self, config: HostConfig, plan: Plan) -> Serving:
+        """Load what changes beside what serves; the snapshot that switches everything at once.
+
+        Holds taken for low-memory swaps stay until the caller has switched to it.
+        """
         current = self.registry.serving
         fresh: dict[str, Generation] = {}
         unloaded_first: dict[str, Generation] = {}
@@ -353,8 +356,7 @@ class Controller:
             self.registry.release_holds()
             raise
         keep = {n: current.generations[n] for n in plan.keep} if current else {}
-        self.registry.switch(Serving(config, {**keep, **fresh}))
-        self.registry.release_holds()
+        return Serving(config, {**keep, **fresh})
 
     async def _load(self, model: Any, config: HostConfig) -> Generation:
         self.loading[model.name] = {"backend": model.backend, "commit": config.commit,
