@@ -168,11 +168,12 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
             details={"length": len(text), "limit": config.max_text_length},
         )
     voice = wanted.voice or model.default_voice
-    if voice is not None and gen.voices and voice not in gen.voices:
+    voices = gen.voices  # asked of the backend once per request
+    if voice is not None and voices and voice not in voices:
         raise NotFound(
             f"model {model.name} has no voice {voice!r}",
             code="unknown_voice",
-            details={"voices": gen.voices[:100]},
+            details={"voices": voices[:100]},
         )
     language = wanted.language or model.default_language or config.default_language
     if language not in gen.capabilities.languages:

@@ -124,6 +124,7 @@ class OnnxBackend(Backend):
         self._phonemizer: EspeakPhonemizer | None = None
         self._providers: list[str] = []
         self._model_bytes = 0
+        self._voice_names: list[str] = []  # speakers in id order, listed once at load
         self._warned: set[str] = set()
         self._warn_lock = threading.Lock()
 
@@ -165,6 +166,8 @@ class OnnxBackend(Backend):
         self._phonemizer = EspeakPhonemizer(piper_compat=self.settings.piper_compat)
         self._session, self._voice, self._providers = session, voice, got
         self._model_bytes = model_path.stat().st_size
+        self._voice_names = (sorted(voice.speakers, key=voice.speakers.__getitem__)
+                             if voice.multi_speaker else [voice.name])
         self.capabilities = replace(self.capabilities, languages=(voice.language,))
 
     def unload(self) -> None:
@@ -227,10 +230,8 @@ class OnnxBackend(Backend):
         return self._require_voice().sample_rate
 
     def voices(self) -> list[str]:
-        voice = self._require_voice()
-        if voice.multi_speaker:
-            return sorted(voice.speakers, key=voice.speakers.__getitem__)
-        return [voice.name]
+        self._require_voice()
+        return list(self._voice_names)
 
     def memory_estimate(self) -> int:
         return self._model_bytes if self._session is not None else 0

@@ -104,6 +104,7 @@ class XttsBackend(Backend):
         self._speakers: dict[str, tuple[Any, Any]] = {}
         self._library: VoiceLibrary | None = None
         self._config: Any = None
+        self._model_bytes = 0  # parameter sizes do not change once loaded: summed at load
         self._lock = threading.Lock()  # low-VRAM moves must not interleave
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -143,9 +144,10 @@ class XttsBackend(Backend):
         self._model, self._device, self._config = model, device, config
         self._sample_rate = int(config.audio.output_sample_rate)
         manager = model.speaker_manager
-        self._speakers = dict(manager.speakers) if manager is not None else {}
+        speakers = manager.speakers if manager is not None else {}
         self._speakers = {name: (v["gpt_cond_latent"], v["speaker_embedding"])
-                          for name, v in self._speakers.items()}
+                          for name, v in speakers.items()}
+        self._model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         voices_dir = self._resolve(self.settings.voices_dir) if self.settings.voices_dir else None
         self._library = VoiceLibrary(voices_dir, self.context.cache_dir / "latents",
                                      compute=self._compute_latents,
@@ -156,6 +158,7 @@ class XttsBackend(Backend):
 
     def unload(self) -> None:
         self._model = None
+        self._model_bytes = 0
         self._speakers = {}
         if self._library is not None:
             self._library.clear()
@@ -195,10 +198,7 @@ class XttsBackend(Backend):
         return sorted(self._speakers) + files
 
     def memory_estimate(self) -> int:
-        model = self._model
-        if model is None:
-            return 0
-        return sum(p.numel() * p.element_size() for p in model.parameters())
+        return self._model_bytes
 
     def status(self) -> dict[str, Any]:
         library = self._library
