@@ -13,14 +13,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..encode import FORMATS, StreamEncoder, encode
+from ..encode import FORMATS, encode
 from ..errors import BadRequest, Conflict, HostError, NotFound
 from ..registry import Serving
 from ..speech import SpeechInput
 from ..text import filter_text, narrator_segments
 from .errors import ensure_form
 from .keys import HOST, OUTPUTS
-from .tts import provenance_headers
+from .tts import provenance_headers, send_stream
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -338,15 +338,7 @@ async def tts_generate_streaming(request: web.Request) -> web.StreamResponse:
                          language=None if language == "auto" else language)
     speech = request.app[HOST].speech
     async with await speech.stream(wanted) as stream:
-        response = web.StreamResponse(headers={**provenance_headers(stream.provenance),
-                                               "Content-Type": "audio/wav"})
-        await response.prepare(request)
-        encoder = StreamEncoder(FORMATS["wav"], stream.provenance.sample_rate)
-        async for chunk in stream.chunks:
-            await response.write(encoder.encode(chunk))
-        await response.write(encoder.finish())
-        await response.write_eof()
-    return response
+        return await send_stream(request, stream, FORMATS["wav"])
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -12,13 +12,13 @@ from typing import Any
 from aiohttp import web
 
 from ..config.settings import SPEED_RANGE
-from ..encode import StreamEncoder, get_format
+from ..encode import get_format
 from ..errors import BadRequest, HostError, NotFound
 from ..registry import Serving
 from ..speech import SpeechInput
 from .errors import read_json
 from .keys import HOST
-from .tts import provenance_headers
+from .tts import send_stream
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -128,18 +128,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
         exc.details = {"param": _PARAM_OF.get(exc.code)}
         raise
     async with stream:
-        response = web.StreamResponse(headers={**provenance_headers(stream.provenance),
-                                               "Content-Type": fmt.content_type})
-        await response.prepare(request)
-        # A client that disconnects makes write() fail; leaving the block cancels the backend.
-        encoder = StreamEncoder(fmt, stream.provenance.sample_rate)
-        async for chunk in stream.chunks:
-            data = encoder.encode(chunk)
-            if data:
-                await response.write(data)
-        await response.write(encoder.finish())
-        await response.write_eof()
-    return response
+        return await send_stream(request, stream, fmt)
 
 
 _PARAM_OF = {"empty_text": "input", "text_too_long": "input", "nothing_to_say": "input",
