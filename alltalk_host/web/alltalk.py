@@ -8,7 +8,6 @@ route, what it maps to and where it differs from AllTalk.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -18,12 +17,11 @@ from ..errors import BadRequest, Conflict, HostError, NotFound
 from ..registry import Serving
 from ..speech import SpeechInput
 from ..text import filter_text, narrator_segments
-from .errors import ensure_form
+from .errors import Handler, current_serving, ensure_form
 from .keys import HOST, OUTPUTS
 from .tts import provenance_headers, send_stream
 
 routes = web.RouteTableDef()
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Core error codes that are about a field of the request: AllTalk answers these with 400
 # {"error": "field: description"}; anything else is {"status": "generate-failure", ...}.
@@ -80,13 +78,6 @@ def _number(form: Any, name: str) -> float | None:
         raise BadRequest(f"{raw!r} is not a number", code=f"field:{name}") from None
 
 
-def _serving(request: web.Request) -> Serving:
-    serving = request.app[HOST].registry.serving
-    if serving is None:
-        raise HostError("no model is loaded yet", code="not_ready", status=503)
-    return serving
-
-
 def _voice(value: str | None) -> str | None:
     value = (value or "").strip()
     return None if value in ("", "Disabled", "default") else value
@@ -102,7 +93,7 @@ async def ready(request: web.Request) -> web.Response:
 
 @routes.get("/api/voices")
 async def voices(request: web.Request) -> web.Response:
-    serving = _serving(request)
+    serving = current_serving(request)
     gen = serving.generations.get(serving.config.default_model)
     return web.json_response({"status": "success", "voices": gen.voices if gen else []})
 
@@ -116,7 +107,7 @@ async def rvc_voices(request: web.Request) -> web.Response:
 @routes.get("/api/currentsettings")
 async def current_settings(request: web.Request) -> web.Response:
     host = request.app[HOST]
-    serving = _serving(request)
+    serving = current_serving(request)
     config = serving.config
     model = config.models[config.default_model]
     gen = serving.generations.get(config.default_model)
@@ -197,7 +188,7 @@ async def _toggle(request: web.Request, setting: str, query: str, ok: str) -> we
         value = _bool(request.query, query, False) if query in request.query else None
         if value is None:
             raise BadRequest(f"{query} is required", code="missing_field")
-        serving = _serving(request)
+        serving = current_serving(request)
         model = serving.config.default_model
         gen = serving.generations.get(model)
         if gen is None or setting not in gen.capabilities.toggles:
@@ -253,7 +244,7 @@ async def _generate(request: web.Request, form: Any) -> web.Response:
     timestamp = _bool(form, "output_file_timestamp", True)
     speed = _number(form, "speed")
     _bool(form, "autoplay", False)  # accepted; the host does not play audio itself
-    serving = _serving(request)
+    serving = current_serving(request)
     config = serving.config
     options = _options(form, serving)
     text = filter_text(text, filtering)
@@ -314,7 +305,7 @@ async def preview_voice(request: web.Request) -> web.Response:
     voice = _voice(form.get("voice"))
     if voice is None:
         return field_error("voice", "Field required")
-    config = _serving(request).config
+    config = current_serving(request).config
     result = await request.app[HOST].speech.synthesize(
         SpeechInput(config.values["alltalk"]["preview_text"], voice=voice))
     wav = await asyncio.to_thread(encode, result.audio, FORMATS["wav"])
@@ -345,14 +336,14 @@ async def tts_generate_streaming(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/audio/{name}")
 async def audio_file(request: web.Request) -> web.FileResponse:
-    config = _serving(request).config
+    config = current_serving(request).config
     path = request.app[OUTPUTS].get(config.outputs_dir).resolve(request.match_info["name"])
     return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
 
 
 @routes.get("/audiocache/{name}")
 async def audio_cache_file(request: web.Request) -> web.FileResponse:
-    config = _serving(request).config
+    config = current_serving(request).config
     path = request.app[OUTPUTS].get(config.outputs_dir).resolve(request.match_info["name"])
     # Output names are unique (timestamped), so clients may cache them for good.
     return web.FileResponse(path, headers={"Content-Type": "audio/wav",

@@ -10,6 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest, HostError
+from ..registry import Serving
+from .keys import HOST
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -19,6 +21,14 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "body_too_large",
 }
+
+
+def current_serving(request: web.Request) -> Serving:
+    """The snapshot that serves now, for routes that read it before asking for speech."""
+    serving = request.app[HOST].registry.serving
+    if serving is None:
+        raise HostError("no model is loaded yet", code="not_ready", status=503)
+    return serving
 
 
 def error_response(error: HostError) -> web.Response:

@@ -6,7 +6,6 @@ format. Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "cod
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -16,12 +15,11 @@ from ..encode import get_format
 from ..errors import BadRequest, HostError, NotFound
 from ..registry import Serving
 from ..speech import SpeechInput
-from .errors import read_json
+from .errors import Handler, current_serving, read_json
 from .keys import HOST
 from .tts import send_stream
 
 routes = web.RouteTableDef()
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # OpenAI's voices: where the config's voice map has no entry, they speak with the model's
 # default voice, so any OpenAI client works against any model.
@@ -47,13 +45,6 @@ def openai_errors(handler: Handler) -> Handler:
 def _invalid(message: str, param: str, code: str = "invalid_value", status: int = 400
              ) -> HostError:
     return HostError(message, code=code, status=status, details={"param": param})
-
-
-def _serving(request: web.Request) -> Serving:
-    serving = request.app[HOST].registry.serving
-    if serving is None:
-        raise HostError("no model is loaded yet", code="not_ready", status=503)
-    return serving
 
 
 def resolve_model(serving: Serving, name: str) -> str:
@@ -118,7 +109,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     lo, hi = SPEED_RANGE
     if isinstance(speed, bool) or not isinstance(speed, int | float) or not lo <= speed <= hi:
         raise _invalid(f"speed must be a number from {lo} to {hi}", "speed")
-    serving = _serving(request)
+    serving = current_serving(request)
     model = resolve_model(serving, model_name)
     voice = resolve_voice(serving, model, voice_name)
     wanted = SpeechInput(text, model=model, voice=voice, speed=float(speed))
@@ -138,7 +129,7 @@ _PARAM_OF = {"empty_text": "input", "text_too_long": "input", "nothing_to_say": 
 @routes.get("/v1/audio/voices")
 @openai_errors
 async def list_voices(request: web.Request) -> web.Response:
-    serving = _serving(request)
+    serving = current_serving(request)
     model = resolve_model(serving, request.query.get("model", serving.config.default_model))
     gen = serving.generations.get(model)
     if gen is None:
