@@ -22,7 +22,7 @@ import tomlkit
 
 from . import __version__
 from .config.repo import ConfigRepo, actor
-from .config.settings import ConfigLoader, HostConfig, flatten, redact
+from .config.settings import ConfigLoader, HostConfig, flatten
 from .errors import ApplyFailed, Conflict, HostError, NotFound
 from .loading import load_model
 from .plan import Plan, make_plan
@@ -117,7 +117,7 @@ class Controller:
 
     def effective(self) -> dict[str, Any]:
         config = self._require_config()
-        values = redact(config.values)
+        values = config.redacted()
         flat = flatten(values)
         return {
             "commit": config.commit,
