@@ -1,8 +1,9 @@
 """The backend contract: the one class a plugin implements so the host can serve its models.
 
 A backend class describes a kind of model (XTTS, Piper ONNX, ...). The host creates one instance
-per loaded copy of a configured model and calls it from worker threads, never from the event loop,
-and never with more concurrent requests than ``capabilities.max_concurrency``.
+per loaded copy of a configured model. load(), unload(), synthesize() and stream() run on worker
+threads, never with more concurrent requests than ``capabilities.max_concurrency``; voices(),
+status() and memory_estimate() are asked on the event loop, so they must be cheap.
 
 Lifecycle of an instance:  validate_settings() -> __init__() -> load() -> synthesize()/stream()
 ... -> unload().  Import heavy libraries (torch, onnxruntime) inside load(), never at module
@@ -46,6 +47,11 @@ class ModelContext:
     name: str  # the model's name in the config
     models_dir: Path  # relative paths in settings resolve against this
     cache_dir: Path  # a folder the backend may keep derived data in (e.g. voice latents)
+
+    def resolve(self, value: str) -> Path:
+        """A path from the model's settings: ``~`` expanded, relative ones under models_dir."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.models_dir / path
 
 
 @dataclass(frozen=True)

@@ -185,13 +185,9 @@ class OnnxBackend(Backend):
             model = Path(package.model_path())
             config = Path(package.config_path()) if hasattr(package, "config_path") else None
         else:
-            model = self._resolve(s.model or "")
-            config = self._resolve(s.config) if s.config else None
+            model = self.context.resolve(s.model or "")
+            config = self.context.resolve(s.config) if s.config else None
         return model, config or model.with_name(model.name + ".json")
-
-    def _resolve(self, value: str) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.context.models_dir / path
 
     def _choose_providers(self, available: list[str]) -> list[Any]:
         setting = self.settings.providers

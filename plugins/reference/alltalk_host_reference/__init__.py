@@ -14,7 +14,6 @@ import tomllib
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,9 +91,7 @@ class ReferenceBackend(Backend):
 
     def load(self) -> None:
         if self.settings.model_file:
-            path = Path(self.settings.model_file)
-            if not path.is_absolute():
-                path = self.context.models_dir / path
+            path = self.context.resolve(self.settings.model_file)
             if not path.is_file():
                 raise FileNotFoundError(f"model file {path} not found")
             weights = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -110,7 +110,7 @@ class XttsBackend(Backend):
     # --- lifecycle -------------------------------------------------------------------------
 
     def load(self) -> None:
-        folder = self._resolve(self.settings.checkpoint)
+        folder = self.context.resolve(self.settings.checkpoint)
         if not folder.is_dir():
             raise FileNotFoundError(f"checkpoint folder {folder} not found")
         missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
@@ -148,7 +148,8 @@ class XttsBackend(Backend):
         self._speakers = {name: (v["gpt_cond_latent"], v["speaker_embedding"])
                           for name, v in speakers.items()}
         self._model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        voices_dir = self._resolve(self.settings.voices_dir) if self.settings.voices_dir else None
+        voices_dir = (self.context.resolve(self.settings.voices_dir)
+                      if self.settings.voices_dir else None)
         self._library = VoiceLibrary(voices_dir, self.context.cache_dir / "latents",
                                      compute=self._compute_latents,
                                      save=lambda value, path: torch.save(value, path),
@@ -182,10 +183,6 @@ class XttsBackend(Backend):
                 raise RuntimeError(f"device = {wanted!r} but there are only "
                                    f"{torch.cuda.device_count()} GPUs")
         return wanted
-
-    def _resolve(self, value: str) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.context.models_dir / path
 
     # --- what it serves --------------------------------------------------------------------
 
