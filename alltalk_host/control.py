@@ -167,7 +167,7 @@ class Controller:
     @property
     def ready(self) -> bool:
         serving = self.registry.serving
-        return serving is not None and serving.config.default_model in serving.generations
+        return serving is not None and serving.default is not None
 
     # --- commands --------------------------------------------------------------------------
 

@@ -183,6 +183,11 @@ class Serving:
     def commit(self) -> str:
         return self.config.commit
 
+    @property
+    def default(self) -> Generation | None:
+        """The generation of the default model, if that model is loaded."""
+        return self.generations.get(self.config.default_model)
+
 
 @dataclass
 class ModelRegistry:

@@ -12,10 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config.settings import HostConfig
 from ..encode import FORMATS, encode
 from ..errors import BadRequest, Conflict, HostError, NotFound
 from ..registry import Serving
-from ..speech import SpeechInput
+from ..speech import SpeechInput, SpeechResult
 from ..text import filter_text, narrator_segments
 from .errors import Handler, current_serving, ensure_form
 from .keys import HOST, OUTPUTS
@@ -44,7 +45,8 @@ def generation_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except HostError as exc:
-            field = _FIELD_OF.get(exc.code)
+            # The form readers below name their field in the code: "field:<name>".
+            field = exc.code[6:] if exc.code.startswith("field:") else _FIELD_OF.get(exc.code)
             if field is not None:
                 return field_error(field, exc.message)
             return web.json_response({"status": "generate-failure", "error": exc.message},
@@ -94,7 +96,7 @@ async def ready(request: web.Request) -> web.Response:
 @routes.get("/api/voices")
 async def voices(request: web.Request) -> web.Response:
     serving = current_serving(request)
-    gen = serving.generations.get(serving.config.default_model)
+    gen = serving.default
     return web.json_response({"status": "success", "voices": gen.voices if gen else []})
 
 
@@ -110,7 +112,7 @@ async def current_settings(request: web.Request) -> web.Response:
     serving = current_serving(request)
     config = serving.config
     model = config.models[config.default_model]
-    gen = serving.generations.get(config.default_model)
+    gen = serving.default
     caps = gen.capabilities if gen else None
     status = gen.instances[0].status() if gen and gen.instances else {}
     settings = model.settings
@@ -223,15 +225,6 @@ async def stop_generation(request: web.Request) -> web.Response:
 @generation_errors
 async def tts_generate(request: web.Request) -> web.Response:
     form = await ensure_form(request)
-    try:
-        return await _generate(request, form)
-    except BadRequest as exc:
-        if exc.code.startswith("field:"):
-            return field_error(exc.code[6:], exc.message)
-        raise
-
-
-async def _generate(request: web.Request, form: Any) -> web.Response:
     text = str(form.get("text_input", "")).strip()
     if not text:
         return field_error("text_input", "Field required")
@@ -267,18 +260,13 @@ async def _generate(request: web.Request, form: Any) -> web.Response:
         if not parts:
             return field_error("text_input", "nothing to say after narrator filtering")
     result = await request.app[HOST].speech.synthesize_parts(parts)
-    wav = await asyncio.to_thread(encode, result.audio, FORMATS["wav"])
-    store = request.app[OUTPUTS].get(config.outputs_dir)
-    path = await asyncio.to_thread(store.write, name, wav, ".wav", timestamp,
-                                   config.output_retention)
-    return web.json_response(_file_reply(request, path.name, str(path), config),
-                             headers=provenance_headers(result.provenance))
+    return await _saved(request, result, config, name, timestamp)
 
 
 def _options(form: Any, serving: Serving) -> dict[str, float]:
     """AllTalk's temperature / repetition_penalty / pitch, passed on where the model takes them
     (and ignored, as AllTalk does, where it does not)."""
-    gen = serving.generations.get(serving.config.default_model)
+    gen = serving.default
     accepted = gen.capabilities.parameters if gen else ()
     options = {}
     for name in ("temperature", "repetition_penalty", "pitch"):
@@ -288,14 +276,19 @@ def _options(form: Any, serving: Serving) -> dict[str, float]:
     return options
 
 
-def _file_reply(request: web.Request, name: str, path: str, config: Any,
-                cache_url: bool = True) -> dict[str, str]:
+async def _saved(request: web.Request, result: SpeechResult, config: HostConfig, stem: str,
+                 timestamp: bool, cache_url: bool = True) -> web.Response:
+    """Write the audio as a WAV to the outputs folder; AllTalk's reply naming the file."""
+    wav = await asyncio.to_thread(encode, result.audio, FORMATS["wav"])
+    store = request.app[OUTPUTS].get(config.outputs_dir)
+    path = await asyncio.to_thread(store.write, stem, wav, ".wav", timestamp,
+                                   config.output_retention)
     base = f"{request.scheme}://{request.host}" if config.values["alltalk"]["legacy_api"] else ""
-    reply = {"status": "generate-success", "output_file_path": path,
-             "output_file_url": f"{base}/audio/{name}"}
+    reply = {"status": "generate-success", "output_file_path": str(path),
+             "output_file_url": f"{base}/audio/{path.name}"}
     if cache_url:
-        reply["output_cache_url"] = f"{base}/audiocache/{name}"
-    return reply
+        reply["output_cache_url"] = f"{base}/audiocache/{path.name}"
+    return web.json_response(reply, headers=provenance_headers(result.provenance))
 
 
 @routes.post("/api/previewvoice/")
@@ -308,12 +301,7 @@ async def preview_voice(request: web.Request) -> web.Response:
     config = current_serving(request).config
     result = await request.app[HOST].speech.synthesize(
         SpeechInput(config.values["alltalk"]["preview_text"], voice=voice))
-    wav = await asyncio.to_thread(encode, result.audio, FORMATS["wav"])
-    store = request.app[OUTPUTS].get(config.outputs_dir)
-    path = await asyncio.to_thread(store.write, "preview_voice", wav, ".wav", True,
-                                   config.output_retention)
-    return web.json_response(_file_reply(request, path.name, str(path), config, cache_url=False),
-                             headers=provenance_headers(result.provenance))
+    return await _saved(request, result, config, "preview_voice", True, cache_url=False)
 
 
 @routes.get("/api/tts-generate-streaming")
@@ -334,18 +322,18 @@ async def tts_generate_streaming(request: web.Request) -> web.StreamResponse:
 
 # --- files ----------------------------------------------------------------------------------
 
-@routes.get("/audio/{name}")
-async def audio_file(request: web.Request) -> web.FileResponse:
+def _output_file(request: web.Request, headers: dict[str, str]) -> web.FileResponse:
     config = current_serving(request).config
     path = request.app[OUTPUTS].get(config.outputs_dir).resolve(request.match_info["name"])
-    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav", **headers})
+
+
+@routes.get("/audio/{name}")
+async def audio_file(request: web.Request) -> web.FileResponse:
+    return _output_file(request, {})
 
 
 @routes.get("/audiocache/{name}")
 async def audio_cache_file(request: web.Request) -> web.FileResponse:
-    config = current_serving(request).config
-    path = request.app[OUTPUTS].get(config.outputs_dir).resolve(request.match_info["name"])
     # Output names are unique (timestamped), so clients may cache them for good.
-    return web.FileResponse(path, headers={"Content-Type": "audio/wav",
-                                           "Cache-Control": "public, max-age=31536000, "
-                                                            "immutable"})
+    return _output_file(request, {"Cache-Control": "public, max-age=31536000, immutable"})
