@@ -12,7 +12,7 @@ from ..outputs import OutputStores
 from . import alltalk, control, health, openai, tts
 from .auth import control_auth_middleware
 from .errors import error_middleware
-from .keys import CONTROL_TOKEN, HOST, OUTPUTS
+from .keys import HOST, OUTPUTS
 
 log = logging.getLogger(__name__)
 # Each module holds a RouteTableDef named ``routes``.
@@ -23,8 +23,6 @@ def create_app(host: Host) -> web.Application:
     app = web.Application(middlewares=[error_middleware, control_auth_middleware])
     app[HOST] = host
     app[OUTPUTS] = OutputStores()
-    if host.options.control_token:
-        app[CONTROL_TOKEN] = host.options.control_token
     for module in ROUTE_MODULES:
         app.add_routes(module.routes)
     app.cleanup_ctx.append(_host_lifetime)
@@ -32,7 +30,7 @@ def create_app(host: Host) -> web.Application:
 
 
 async def _host_lifetime(app: web.Application) -> AsyncIterator[None]:
-    if app.get(CONTROL_TOKEN):
+    if app[HOST].options.control_token:
         log.info("control routes require 'Authorization: Bearer <token>'")
     else:
         log.warning("no control token configured (ALLTALK_CONTROL_TOKEN or control_token in "

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..errors import Forbidden, Unauthorized
 from .errors import Handler, error_response
-from .keys import CONTROL_TOKEN
+from .keys import HOST
 
 CONTROL_PREFIX = "/control"
 
@@ -17,7 +17,7 @@ CONTROL_PREFIX = "/control"
 @web.middleware
 async def control_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == CONTROL_PREFIX or request.path.startswith(CONTROL_PREFIX + "/"):
-        token = request.app.get(CONTROL_TOKEN)
+        token = request.app[HOST].options.control_token
         if token:
             given = request.headers.get("Authorization", "")
             # compare_digest: the time taken must not tell how much of a guess was right

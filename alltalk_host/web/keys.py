@@ -7,5 +7,3 @@ from ..outputs import OutputStores
 
 HOST = web.AppKey("host", Host)
 OUTPUTS = web.AppKey("outputs", OutputStores)
-# The bearer token for /control routes; None means loopback clients only.
-CONTROL_TOKEN = web.AppKey("control_token", str)
