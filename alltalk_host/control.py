@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import tomlkit
 
 from . import __version__
 from .config.repo import ConfigRepo, actor
-from .config.settings import ConfigLoader, HostConfig, flatten
+from .config.settings import ConfigLoader, HostConfig, flatten, repo_layer
 from .errors import ApplyFailed, Conflict, HostError, NotFound
 from .loading import load_model
 from .plan import Plan, make_plan
@@ -32,7 +31,6 @@ from .state import HostState, StateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_REPO_LAYER = re.compile(r"^repo:(?P<file>[^\[]+)\[(?P<section>[^\]]+)\]$")
 
 
 @dataclass
@@ -395,14 +393,14 @@ class Controller:
         if key in flat and flat[key] == value:
             return head
         layer = _defining_layer(config.sources, key)
-        where = _REPO_LAYER.match(layer)
+        where = repo_layer(layer)
         if where is None:
             raise Conflict(
                 f"{key} is set by the {layer} layer, which overrides the repo; remove it "
                 "there to change it through the API",
                 code="setting_overridden",
             )
-        filename, section = where["file"], where["section"]
+        filename, section = where
         doc = tomlkit.parse(self.repo.read_file(head, filename))
         table: Any = doc
         for part in [section, *key.split(".")[:-1]]:

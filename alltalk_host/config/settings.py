@@ -354,6 +354,15 @@ def _layer_name(entry: dict[str, Any], tree: Path) -> str:
     return ident or "default"
 
 
+_REPO_LAYER = re.compile(r"^repo:(?P<file>[^\[]+)\[(?P<section>[^\]]+)\]$")
+
+
+def repo_layer(name: str) -> tuple[str, str] | None:
+    """(file, section) of a repo layer name made by _layer_name; None for other layers."""
+    match = _REPO_LAYER.match(name)
+    return (match["file"], match["section"]) if match else None
+
+
 def redact(values: Any) -> Any:
     if isinstance(values, dict):
         return {
