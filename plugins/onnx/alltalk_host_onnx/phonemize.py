@@ -400,7 +400,6 @@ class EspeakPhonemizer:
         piper_compat: bool = True,
     ) -> None:
         self._engine = _get_engine(library_path, data_path)
-        self.piper_compat = piper_compat
         with self._engine.lock:
             self._emulate_glide = piper_compat and not self._engine.has_glide_regression()
 

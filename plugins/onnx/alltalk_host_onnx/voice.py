@@ -24,7 +24,6 @@ class VoiceConfig:
     espeak_voice: str
     language: str  # the language family requests name, e.g. "en"
     phoneme_id_map: dict[str, list[int]]
-    num_symbols: int
     speakers: dict[str, int]  # name -> sid; empty for a single-speaker voice
     noise_scale: float
     length_scale: float
@@ -105,7 +104,6 @@ def read_voice_config(path: Path) -> VoiceConfig:
         espeak_voice=espeak_voice,
         language=language,
         phoneme_id_map=id_map,
-        num_symbols=num_symbols,
         speakers=speaker_map,
         noise_scale=_scale(inference, "noise_scale", 0.667, path),
         length_scale=_scale(inference, "length_scale", 1.0, path),
