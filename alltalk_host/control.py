@@ -341,8 +341,7 @@ class Controller:
                     # Not enough memory for two copies: its requests wait while it is replaced.
                     old = current.generations[name]
                     self.registry.hold(name)
-                    await old.wait_idle(config.drain_deadline_s)
-                    await self.registry.unload(old)
+                    await self.registry.drain(old, config.drain_deadline_s, config.commit)
                     unloaded_first[name] = old
             for name in [*plan.load, *plan.reload]:
                 fresh[name] = await self._load(config.models[name], config)

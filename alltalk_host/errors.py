@@ -6,14 +6,81 @@ details go to the log, never to the client.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+
+class Code(StrEnum):
+    """Every error code a client may see, defined once. Values are the wire format."""
+
+    # requests
+    BAD_REQUEST = "bad_request"
+    BAD_FIELD = "bad_field"
+    MISSING_FIELD = "missing_field"
+    MALFORMED_JSON = "malformed_json"
+    MALFORMED_FORM = "malformed_form"
+    EMPTY_TEXT = "empty_text"
+    TEXT_TOO_LONG = "text_too_long"
+    NOTHING_TO_SAY = "nothing_to_say"
+    UNKNOWN_VOICE = "unknown_voice"
+    BAD_VOICE_FILE = "bad_voice_file"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    BAD_SPEED = "bad_speed"
+    BAD_OPTION = "bad_option"
+    BAD_FILE_NAME = "bad_file_name"
+    FILE_NOT_FOUND = "file_not_found"
+    NOT_CAPABLE = "not_capable"
+    CANCELLED = "cancelled"
+    # serving
+    NOT_READY = "not_ready"
+    BUSY = "busy"
+    UNKNOWN_MODEL = "unknown_model"
+    MODEL_NOT_LOADED = "model_not_loaded"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    MODEL_UNLOADED = "model_unloaded"
+    DRAIN_DEADLINE = "drain_deadline"
+    SHUTTING_DOWN = "shutting_down"
+    # access
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    # config repo and commits
+    NOT_A_GIT_REPO = "not_a_git_repo"
+    BRANCH_NOT_FOUND = "branch_not_found"
+    BAD_COMMIT_NAME = "bad_commit_name"
+    UNKNOWN_COMMIT = "unknown_commit"
+    AMBIGUOUS_COMMIT = "ambiguous_commit"
+    WORKING_TREE_DIRTY = "working_tree_dirty"
+    BRANCH_MOVED = "branch_moved"
+    BRANCH_DIVERGED = "branch_diverged"
+    REPO_LOCKED = "repo_locked"
+    NOTHING_TO_COMMIT = "nothing_to_commit"
+    SETTING_OVERRIDDEN = "setting_overridden"
+    FETCH_FAILED = "fetch_failed"
+    PATH_EXISTS = "path_exists"
+    # configuration and applying it
+    CONFIG_INVALID = "config_invalid"
+    CONFIG_UNREADABLE = "config_unreadable"
+    INVALID_TOML = "invalid_toml"
+    VALIDATION_FAILED = "validation_failed"
+    UNKNOWN_BACKEND = "unknown_backend"
+    APPLY_FAILED = "apply_failed"
+    APPLY_IN_PROGRESS = "apply_in_progress"
+    MODEL_LOAD_FAILED = "model_load_failed"
+    WARMUP_FAILED = "warmup_failed"
+    NO_ROLLBACK_TARGET = "no_rollback_target"
+    # generic, per HTTP status
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    UNAVAILABLE = "unavailable"
+    INTERNAL_ERROR = "internal_error"
 
 
 class HostError(Exception):
     """Base of every error a client may see."""
 
     status: int = 500
-    code: str = "internal_error"
+    code: str = Code.INTERNAL_ERROR
 
     def __init__(
         self,
@@ -40,46 +107,46 @@ class HostError(Exception):
 
 class BadRequest(HostError):
     status = 400
-    code = "bad_request"
+    code: str = Code.BAD_REQUEST
 
 
 class Unauthorized(HostError):
     status = 401
-    code = "unauthorized"
+    code: str = Code.UNAUTHORIZED
 
 
 class Forbidden(HostError):
     status = 403
-    code = "forbidden"
+    code: str = Code.FORBIDDEN
 
 
 class NotFound(HostError):
     status = 404
-    code = "not_found"
+    code: str = Code.NOT_FOUND
 
 
 class Conflict(HostError):
     status = 409
-    code = "conflict"
+    code: str = Code.CONFLICT
 
 
 class ConfigInvalid(HostError):
     """A commit's configuration cannot be loaded or does not validate."""
 
     status = 422
-    code = "config_invalid"
+    code: str = Code.CONFIG_INVALID
 
 
 class ApplyFailed(HostError):
     """A valid configuration whose models failed to load or warm up."""
 
     status = 422
-    code = "apply_failed"
+    code: str = Code.APPLY_FAILED
 
 
 class Unavailable(HostError):
     status = 503
-    code = "unavailable"
+    code: str = Code.UNAVAILABLE
 
 
 class PluginConflict(Exception):

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backend import Audio, SpeechRequest
 from .config.settings import SPEED_RANGE
-from .errors import BadRequest, HostError, NotFound
+from .errors import BadRequest, Code, HostError, NotFound
 from .registry import Generation, ModelRegistry, Serving
 
 
@@ -92,45 +92,44 @@ class SpeechService:
         """
         models = {p.model for p in parts}
         if not parts or len(models) != 1:
-            raise BadRequest("parts of one utterance must name one model", code="bad_request")
-        async with self.registry.lease(parts[0].model) as (serving, gen):
-            requests = [_build_request(p, serving, gen) for p in parts]
+            raise BadRequest("parts of one utterance must name one model", code=Code.BAD_REQUEST)
+
+        def prepare(serving: Serving, gen: Generation) -> list[SpeechRequest]:
+            return [_build_request(p, serving, gen) for p in parts]
+
+        async with self.registry.lease(parts[0].model, prepare) as lease:
             pieces = []
-            for request in requests:
+            for request in lease.value:
                 self._active[id(request)] = request
                 try:
-                    pieces.append(await gen.run(lambda b, r=request: b.synthesize(r),
-                                                self.registry.inference,
-                                                serving.config.queue_limit))
+                    pieces.append(await lease.run(lambda b, r=request: b.synthesize(r),
+                                                  self.registry.inference, request.cancelled))
                 except asyncio.CancelledError:  # the client went away: stop the backend
                     request.cancelled.set()
                     raise
                 finally:
                     self._active.pop(id(request), None)
                 if request.cancelled.is_set():
-                    raise HostError("the generation was cancelled", code="cancelled",
+                    raise HostError("the generation was cancelled", code=Code.CANCELLED,
                                     status=409)
-            return SpeechResult(_join(pieces, gen.sample_rate, pause_s),
-                                _provenance(serving, gen))
+            return SpeechResult(_join(pieces, lease.gen.sample_rate, pause_s),
+                                _provenance(lease.serving, lease.gen))
 
     async def stream(self, wanted: SpeechInput) -> SpeechStream:
         """Chunks as the backend makes them; the lease lasts until the stream is closed.
 
-        Validation happens before this returns, so a bad request fails before any byte is sent.
+        Returns once the request has started (checked, and holding room on an instance), so
+        a request that is refused or cannot be queued fails before any byte is sent.
         """
         stack = AsyncExitStack()
-        serving, gen = await stack.enter_async_context(self.registry.lease(wanted.model))
-        try:
-            request = _build_request(wanted, serving, gen)
-        except BaseException:
-            await stack.aclose()
-            raise
+        lease = await stack.enter_async_context(
+            self.registry.lease(wanted.model, lambda s, g: _build_request(wanted, s, g)))
+        request = lease.value
         self._active[id(request)] = request
         stack.callback(self._active.pop, id(request), None)
-        chunks = gen.run_stream(lambda backend: backend.stream(request),
-                                self.registry.inference, serving.config.queue_limit,
-                                request.cancelled)
-        return SpeechStream(_provenance(serving, gen), chunks, request, stack)
+        chunks = lease.stream(lambda backend: backend.stream(request),
+                              self.registry.inference, request.cancelled)
+        return SpeechStream(_provenance(lease.serving, lease.gen), chunks, request, stack)
 
     def cancel_all(self) -> int:
         """Ask every generation in progress to stop (between chunks); how many there were."""
@@ -157,14 +156,20 @@ def _provenance(serving: Serving, gen: Generation) -> Provenance:
 
 
 def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> SpeechRequest:
-    config, model = serving.config, gen.model
+    """The backend's request, checked against the snapshot it will run under.
+
+    Defaults come from the applied config, not the generation's load-time definition: a
+    runtime-only change (default voice, speed, language) applies to the next request.
+    """
+    config = serving.config
+    model = config.models[gen.model.name]
     text = wanted.text.strip() if isinstance(wanted.text, str) else ""
     if not text:
-        raise BadRequest("text is empty", code="empty_text")
+        raise BadRequest("text is empty", code=Code.EMPTY_TEXT)
     if len(text) > config.max_text_length:
         raise BadRequest(
             f"text is {len(text)} characters; the limit is {config.max_text_length}",
-            code="text_too_long",
+            code=Code.TEXT_TOO_LONG,
             details={"length": len(text), "limit": config.max_text_length},
         )
     voice = wanted.voice or model.default_voice
@@ -172,20 +177,20 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
     if voice is not None and voices and voice not in voices:
         raise NotFound(
             f"model {model.name} has no voice {voice!r}",
-            code="unknown_voice",
+            code=Code.UNKNOWN_VOICE,
             details={"voices": voices[:100]},
         )
     language = wanted.language or model.default_language or config.default_language
     if language not in gen.capabilities.languages:
         raise BadRequest(
             f"model {model.name} does not speak {language!r}",
-            code="unsupported_language",
+            code=Code.UNSUPPORTED_LANGUAGE,
             details={"languages": list(gen.capabilities.languages)},
         )
     speed = model.default_speed if wanted.speed is None else wanted.speed
     lo, hi = SPEED_RANGE
     if (isinstance(speed, bool) or not isinstance(speed, int | float)
             or not math.isfinite(speed) or not lo <= speed <= hi):
-        raise BadRequest(f"speed must be a number from {lo} to {hi}", code="bad_speed")
+        raise BadRequest(f"speed must be a number from {lo} to {hi}", code=Code.BAD_SPEED)
     return SpeechRequest(text=text, voice=voice, language=language, speed=float(speed),
                          options=dict(wanted.options))

@@ -93,21 +93,26 @@ async def test_old_generation_is_unloaded_only_after_its_last_request(start_serv
     await wait_until(client, lambda s: len(models_by_name(s)["reference"]) == 1)
 
 
-async def test_the_drain_deadline_bounds_how_long_an_old_generation_lingers(
+async def test_the_drain_deadline_ends_a_started_request_with_a_clean_503(
         start_server, config_repo):
-    config_repo.model("reference", rtf=2.0)
+    config_repo.model("reference", rtf=10.0)
     config_repo.set("settings.toml", "default.warmup_text", "Hi.")
     config_repo.set("settings.toml", "default.drain_deadline_s", 0.2)
     config_repo.commit("slow speech, short drain")
     client = await start_server()
     long_request = asyncio.create_task(post(client, "/tts", text="A long sentence to speak."))
-    await wait_until(client, lambda s: models_by_name(s)["reference"][0]["in_flight"] == 1)
+    await wait_until(client, lambda s: models_by_name(s)["reference"][0]["running"] == 1)
     commit = config_repo.change("new pitch", "models.toml",
                                 "default.models.reference.settings.pitch_hz", 200)
     assert (await post(client, "/control/config/apply", commit=commit)).status == 200
+    # The request (about 20 s of work) ends at the deadline, not when the backend finishes.
+    resp = await asyncio.wait_for(long_request, 15.0)
+    assert resp.status == 503
+    error = await error_of(resp)
+    assert error["code"] == "drain_deadline" and commit[:10] in error["message"]
     await wait_until(client, lambda s: len(models_by_name(s)["reference"]) == 1)
-    assert not long_request.done()
-    assert (await long_request).status == 200
+    # Its slot came back: the new generation serves, the old one is gone.
+    assert (await post(client, "/tts", text="Hi.")).status == 200
 
 
 async def test_the_host_never_exceeds_a_backends_declared_concurrency(start_server,

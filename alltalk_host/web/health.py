@@ -41,5 +41,5 @@ async def model_health(request: web.Request) -> web.Response:
         return web.json_response({"name": name, "state": "not_loaded"}, status=503)
     return web.json_response(
         {"name": name, "state": "ready", "generation": gen.number, "commit": gen.commit,
-         "in_flight": gen.leases}
+         "in_flight": gen.running + gen.waiting}
     )
