@@ -5,9 +5,9 @@ per loaded copy of a configured model. load(), unload(), synthesize() and stream
 threads, never with more concurrent requests than ``capabilities.max_concurrency``; voices(),
 status() and memory_estimate() are asked on the event loop, so they must be cheap.
 
-Lifecycle of an instance:  validate_settings() -> __init__() -> load() -> synthesize()/stream()
-... -> unload().  Import heavy libraries (torch, onnxruntime) inside load(), never at module
-import: discovery imports every plugin.
+Lifecycle of an instance:  validate_settings() -> check_available() -> __init__() -> load() ->
+synthesize()/stream() ... -> unload().  Import heavy libraries (torch, onnxruntime) inside
+load(), never at module import: discovery imports every plugin.
 """
 
 from __future__ import annotations
@@ -90,6 +90,17 @@ class Backend(ABC):
         Raise ``ValueError`` with a message that names the offending key. Runs before any swap,
         so it must be cheap and must not touch the model files' contents.
         """
+
+    @classmethod
+    def check_available(cls, settings: Any, context: ModelContext) -> None:
+        """Whether this model could load on this machine, decided cheaply, without loading:
+        its files exist and look right, the optional libraries it needs can be found.
+
+        Raise any exception whose message says what is missing ("checkpoint folder ... not
+        found"). Asked at every apply for every configured model, so an unusable model is
+        reported before anyone switches to it. The default finds nothing missing.
+        """
+        return None
 
     def __init__(self, settings: Any, context: ModelContext) -> None:
         self.settings = settings

@@ -1,8 +1,19 @@
-"""Applying configuration: plan, apply, roll back, reload, switch the default model, watch.
+"""The Controller: what the front-ends call to change or inspect configuration.
 
-The Controller owns the transaction that takes the host from one commit to another. It is the
-only writer of the serving snapshot and of the persisted state, and runs one apply at a time.
-Git and config building run on one I/O thread; model loading on the registry's loading threads.
+It orders the pieces of a change and owns none of them: the ApplyTransaction loads and checks
+models (``apply.py``), the Ledger records and saves state (``ledger.py``), the SettingsEditor
+writes setting commits (``config/editor.py``), the BranchWatcher follows the branch
+(``watch.py``). One change runs at a time; a second gets 409 ``apply_in_progress``.
+
+The order of an apply, and why:
+  1. record the attempt (a crash from here on leaves the previous good state serving);
+  2. build and validate the commit's config, plan it, prepare the new snapshot beside the old;
+  3. save the state with the commit applied (the commit point; a branch move the change needs
+     is journalled in the same write);
+  4. move the branch, for a commit the host wrote (a setting edit, a rollback by revert);
+  5. switch the snapshot, last, with nothing awaited after it, so whoever sees the new state
+     can act on it at once.
+Git and config building run on one I/O thread; model loading on the registry's threads.
 """
 
 from __future__ import annotations
@@ -13,33 +24,25 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomlkit
-
 from . import __version__
-from .config.repo import ConfigRepo, actor
-from .config.settings import ConfigLoader, HostConfig, flatten, repo_layer
-from .errors import ApplyFailed, Conflict, HostError, NotFound
-from .loading import load_model
+from .apply import ApplyTransaction
+from .config.editor import SettingsEditor
+from .config.repo import ConfigRepo
+from .config.settings import ConfigLoader, HostConfig
+from .config.values import flatten
+from .errors import ApplyFailed, Code, Conflict, HostError, NotFound, Unavailable
+from .ledger import Ledger
 from .plan import Plan, make_plan
 from .plugins import BackendCatalog
-from .registry import Generation, ModelRegistry, Serving
-from .state import HostState, StateStore
+from .registry import ModelRegistry
+from .state import StateStore
+from .watch import BranchWatcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class WatchStatus:
-    enabled: bool = False
-    remote: str = ""
-    last_checked: float | None = None
-    branch_head: str | None = None
-    last_error: str | None = None
 
 
 class Controller:
@@ -47,15 +50,15 @@ class Controller:
                  registry: ModelRegistry, catalog: BackendCatalog, cache_dir: Path) -> None:
         self.repo = repo
         self.loader = loader
-        self.store = store
         self.registry = registry
         self.catalog = catalog
-        self.cache_dir = cache_dir
-        self.state: HostState = store.load()
-        self.watch = WatchStatus()
-        self.loading: dict[str, dict[str, Any]] = {}  # models being loaded by the running apply
-        self._busy: dict[str, Any] | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="alltalk-git")
+        self.ledger = Ledger(store, self._io)
+        self.editor = SettingsEditor(repo, loader)
+        self.transaction = ApplyTransaction(registry, catalog, cache_dir)
+        self.watcher = BranchWatcher(repo, self.ledger, registry, self._io,
+                                     apply=self._watch_apply, busy=lambda: self._busy is not None)
+        self._busy: dict[str, Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -63,7 +66,7 @@ class Controller:
     async def start(self) -> None:
         """Begin serving in the background: the last good commit, then watch the branch."""
         self._spawn(self._startup())
-        self._spawn(self._watch_loop())
+        self._spawn(self.watcher.run())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -73,40 +76,79 @@ class Controller:
         self.repo.close()
 
     async def _startup(self) -> None:
-        if self.state.applied:
-            # Serve what was serving, not whatever the branch says now; fall back through
-            # earlier good commits if it no longer loads (say, a model file was removed).
-            candidates = [self.state.applied] + [
-                c for c in reversed(self.state.known_good) if c != self.state.applied
-            ]
-        else:
-            candidates = [await self._run_io(self.repo.head)]
+        removed = await self._run_io(self.loader.clear_work_dir)
+        if removed:
+            log.info("removed %d temporary config copies left by an earlier run", removed)
+        await self._finish_branch_move()
+        head = await self._run_io(self.repo.head)
+        candidates = list(dict.fromkeys([*self.ledger.startup_candidates(), head]))
         for commit in candidates:
+            if not await self._run_io(self.repo.exists, commit):
+                log.warning("start-up: commit %s is no longer in the config repo (rewritten "
+                            "history?); trying the next known-good commit", commit[:10])
+                continue
             try:
                 with self._exclusive("startup", commit):
+                    # Serve what was serving, not whatever the branch says now; fall back
+                    # through earlier good commits if it no longer loads, then the head.
                     await self._apply(commit, "startup", "startup")
                 return
-            except HostError as exc:
-                log.error("start-up apply of %s failed: %s", commit[:10], exc.message)
+            except HostError:
+                continue  # _apply has logged why
         log.error("no configuration could be applied; the host serves nothing until one is")
 
+    async def _finish_branch_move(self) -> None:
+        move = self.ledger.state.branch_move
+        if not move:
+            return
+        try:
+            outcome = await self._run_io(self.repo.finish_branch_move, move["from"], move["to"])
+            log.info("start-up: branch move %s -> %s left by an earlier run: %s",
+                     move["from"][:10], move["to"][:10], outcome)
+        except HostError as exc:
+            log.warning("start-up: could not finish moving the branch to %s: %s",
+                        move["to"][:10], exc.message)
+        self.ledger.branch_moved()
+        await self.ledger.save()
+
     # --- queries ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        serving = self.registry.serving
+        return serving is not None and serving.default is not None
+
+    def model_health(self, name: str) -> tuple[bool, dict[str, Any]]:
+        """Whether ``name`` serves now, and what to say about it."""
+        serving = self.registry.serving
+        gen = serving.generations.get(name) if serving else None
+        if gen is not None:
+            return True, {"name": name, "state": "ready", "generation": gen.number,
+                          "commit": gen.commit, "in_flight": gen.running + gen.waiting,
+                          "running": gen.running, "waiting": gen.waiting}
+        if name in self.transaction.loading:
+            return False, {"name": name, "state": "loading"}
+        if serving is None or name not in serving.config.models:
+            raise NotFound(f"unknown model {name!r}", code=Code.UNKNOWN_MODEL)
+        model = serving.config.models[name]
+        state = "unavailable" if model.unavailable else "not_loaded"
+        return False, {"name": name, "state": state, **model.availability}
 
     async def plan(self, ref: str) -> Plan:
         commit = await self._run_io(self.repo.resolve, ref)
         config = await self._run_io(self.loader.load, commit)
-        return make_plan(self._current_config(), config)
+        return self._plan(config)
 
     async def commits(self, limit: int = 50) -> list[dict[str, Any]]:
-        log_entries = await self._run_io(self.repo.log, limit)
+        entries = await self._run_io(self.repo.log, limit)
         serving = self.registry.serving
         out = []
-        for info in log_entries:
+        for info in entries:
             entry = info.to_dict()
-            entry["applied"] = info.hash == self.state.applied
+            entry["applied"] = info.hash == self.ledger.applied
             entry["serving"] = serving is not None and info.hash == serving.commit
-            entry["known_good"] = info.hash in self.state.known_good
-            failure = self.state.failed.get(info.hash)
+            entry["known_good"] = self.ledger.is_known_good(info.hash)
+            failure = self.ledger.failure(info.hash)
             entry["failed"] = failure is not None
             if failure:
                 entry["failure_reason"] = failure["reason"]
@@ -121,10 +163,8 @@ class Controller:
             "commit": config.commit,
             "env": config.env,
             "settings": values,
-            "keys": [
-                {"key": k, "value": flat.get(k), "layer": config.sources.get(k, "default")}
-                for k in sorted(flat)
-            ],
+            "keys": [{"key": k, "value": flat.get(k), "layer": str(config.sources[k])}
+                     for k in sorted(flat)],
         }
 
     def status(self) -> dict[str, Any]:
@@ -132,22 +172,19 @@ class Controller:
         config = serving.config if serving else None
         models: list[dict[str, Any]] = []
         if serving:
-            models += [g.describe() for g in serving.generations.values()]
+            models += [{**g.describe(), **serving.config.models[n].availability}
+                       for n, g in serving.generations.items()]
         models += [g.describe() for g in self.registry.draining]
-        models += [{"name": n, "state": "loading", **info} for n, info in self.loading.items()]
+        models += [{"name": n, "state": "loading", **info}
+                   for n, info in self.transaction.loading.items()]
         if config:
             shown = {m["name"] for m in models}
-            models += [
-                {"name": n, "backend": m.backend, "state": "configured"}
-                for n, m in sorted(config.models.items()) if n not in shown
-            ]
-        last_failure = next(
-            (h for h in reversed(self.state.history) if h["result"] == "failed"), None
-        )
+            models += [{"name": n, "backend": m.backend, "state": "configured", **m.availability}
+                       for n, m in sorted(config.models.items()) if n not in shown]
         return {
             "version": __version__,
-            "applied_commit": self.state.applied,
-            "attempted_commit": self.state.attempted,
+            "applied_commit": self.ledger.applied,
+            "attempted_commit": self.ledger.state.attempted,
             "serving_commit": serving.commit if serving else None,
             "env": config.env if config else None,
             "default_model": config.default_model if config else None,
@@ -155,19 +192,16 @@ class Controller:
             "apply_in_progress": self._busy,
             "models": models,
             "plugins": [p.to_dict() for p in self.catalog.plugins],
-            "watch": {**self.watch.__dict__, "paused_at": self.state.watch_paused_at},
+            "watch": self.watcher.describe(),
             "config_repo": {"path": str(self.repo.path), "branch": self.repo.branch,
                             "subdir": self.repo.subdir},
-            "last_failure": last_failure,
-            "history": self.state.history[-20:],
+            "last_failure": self.ledger.last_failure(),
+            "history": self.ledger.recent(20),
         }
 
-    @property
-    def ready(self) -> bool:
-        serving = self.registry.serving
-        return serving is not None and serving.default is not None
-
     # --- commands --------------------------------------------------------------------------
+    # ``who`` is recorded in the history and the log; ``author``, when the caller named one,
+    # is the git author of a commit the host writes (else the repo's own identity).
 
     async def apply(self, ref: str, who: str) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
@@ -177,24 +211,37 @@ class Controller:
                 return await self._apply(commit, who, "apply")
         return await self._detached(run())
 
-    async def rollback(self, ref: str | None, who: str) -> dict[str, Any]:
+    async def rollback(self, ref: str | None, who: str, revert: bool = True,
+                       author: str | None = None) -> dict[str, Any]:
+        """Back to ``ref`` or the previous known-good commit. With ``revert`` (the default) a
+        commit with that configuration is written on the branch, so the branch says what
+        serves; without, the commit is pinned and automatic apply pauses until the branch
+        gets a new commit."""
         async def run() -> dict[str, Any]:
             with self._exclusive("rollback", ref) as busy:
-                if ref:
-                    target = await self._run_io(self.repo.resolve, ref)
-                else:
-                    target = self.state.previous_good()
-                    if target is None:
-                        raise Conflict("there is no earlier known-good commit to roll back to",
-                                       code="no_rollback_target")
+                target = await self._rollback_target(ref)
                 busy["commit"] = target
-                # Pause automatic apply until the branch gets a commit it does not have now.
                 head = await self._run_io(self.repo.head)
-                return await self._apply(target, who, "rollback", pause_watch_at=head)
+                if not revert:
+                    return await self._apply(target, who, "rollback", pause_watch_at=head)
+                if await self._run_io(self.repo.tree_of, target) == await self._run_io(
+                        self.repo.tree_of, head):
+                    result = await self._apply(head, who, "rollback")
+                else:
+                    changed = await self._run_io(self.repo.changed_files, head, target)
+                    await self._run_io(self.repo.check_editable, changed)
+                    message = (f"Roll back to {target[:10]}\n\nThe configuration of {target} "
+                               f"again, as a new commit on top of {head[:10]}.\n\n"
+                               f"Requested-by: {who}")
+                    new = await self._run_io(lambda: self.repo.write_commit(
+                        head, message, self.repo.identity(author), config_from=target))
+                    busy["commit"] = new
+                    result = await self._apply(new, who, "rollback", move_from=head)
+                return {**result, "rolled_back_to": target}
         return await self._detached(run())
 
     async def reload(self, who: str, commit_working_tree: bool = False,
-                     message: str | None = None) -> dict[str, Any]:
+                     message: str | None = None, author: str | None = None) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
             with self._exclusive("reload", None) as busy:
                 dirty = await self._run_io(self.repo.dirty_files)
@@ -202,43 +249,30 @@ class Controller:
                     raise Conflict(
                         "the config repo has uncommitted changes; commit them, or reload with "
                         "commit_working_tree=true",
-                        code="working_tree_dirty",
+                        code=Code.WORKING_TREE_DIRTY,
                         details={"files": dirty},
                     )
                 if dirty:
                     await self._run_io(self.loader.load_working_tree)  # vet before committing
-                    await self._run_io(
-                        self.repo.commit_working_tree,
+                    await self._run_io(lambda: self.repo.commit_working_tree(
                         message or "Commit working-tree changes on reload",
-                        actor(who),
-                    )
+                        self.repo.identity(author)))
                 commit = await self._run_io(self.repo.head)
                 busy["commit"] = commit
                 return await self._apply(commit, who, "reload")
         return await self._detached(run())
 
-    async def switch_model(self, name: str, who: str) -> dict[str, Any]:
-        """Make ``name`` the default model by writing a commit, then apply that commit."""
-        async def run() -> dict[str, Any]:
-            with self._exclusive("switch", None) as busy:
-                commit = await self._run_io(
-                    self._commit_setting, "default_model", name,
-                    f"Switch the default model to {name}", who, _model_check(name))
-                busy["commit"] = commit
-                return await self._apply(commit, who, "switch")
-        return await self._detached(run())
+    async def switch_model(self, name: str, who: str,
+                           author: str | None = None) -> dict[str, Any]:
+        """Make ``name`` the default model by a commit, applied before the branch moves."""
+        return await self._edit("switch", "default_model", name,
+                                f"Switch the default model to {name}", who, author, name)
 
-    async def set_model_setting(self, name: str, key: str, value: Any,
-                                who: str) -> dict[str, Any]:
-        """Change one backend setting of model ``name`` by a commit, then apply it."""
-        async def run() -> dict[str, Any]:
-            with self._exclusive("set", None) as busy:
-                commit = await self._run_io(
-                    self._commit_setting, f"models.{name}.settings.{key}", value,
-                    f"Set {key} = {value!r} for model {name}", who, _model_check(name))
-                busy["commit"] = commit
-                return await self._apply(commit, who, "set")
-        return await self._detached(run())
+    async def set_model_setting(self, name: str, key: str, value: Any, who: str,
+                                author: str | None = None) -> dict[str, Any]:
+        """Change one backend setting of model ``name`` by a commit, like a switch."""
+        return await self._edit("set", f"models.{name}.settings.{key}", value,
+                                f"Set {key} = {value!r} for model {name}", who, author, name)
 
     async def reload_model(self, name: str, who: str) -> dict[str, Any]:
         """Load ``name`` again from disk at the serving commit, swapping it like any change."""
@@ -246,8 +280,8 @@ class Controller:
         if serving is None or name not in serving.generations:
             known = serving is not None and name in serving.config.models
             raise (Conflict if known else NotFound)(
-                f"model {name!r} is not loaded", code="model_not_loaded" if known else
-                "unknown_model")
+                f"model {name!r} is not loaded",
+                code=Code.MODEL_NOT_LOADED if known else Code.UNKNOWN_MODEL)
 
         async def run() -> dict[str, Any]:
             with self._exclusive("reload-model", serving.commit):
@@ -255,164 +289,125 @@ class Controller:
                                          force_reload={name})
         return await self._detached(run())
 
-    async def check_branch(self) -> None:
-        """One look at the branch (after fetching the remote, when set): apply a new head."""
-        serving = self.registry.serving
-        if serving is None or not serving.config.watch.enabled:
-            self.watch.enabled = False
-            return
-        settings = serving.config.watch
-        self.watch.enabled, self.watch.remote = True, settings.remote
-        try:
-            if settings.remote:
-                head = await self._run_io(self.repo.fetch_and_fast_forward, settings.remote)
-            else:
-                head = await self._run_io(self.repo.head)
-        except HostError as exc:
-            self.watch.last_error = exc.message
-            return
-        self.watch.last_checked, self.watch.branch_head = time.time(), head
-        self.watch.last_error = None
-        if head == self.state.applied or head in self.state.failed or self._busy:
-            return  # a failed commit is never retried automatically
-        if head == self.state.watch_paused_at:
-            return
-        self.state.watch_paused_at = None
-        try:
-            with self._exclusive("watch", head):
-                await self._apply(head, "watch", "watch")
-        except HostError as exc:
-            log.error("watch: applying %s failed: %s", head[:10], exc.message)
+    # --- the order of a change --------------------------------------------------------------
 
-    # --- the transaction -------------------------------------------------------------------
+    async def _edit(self, action: str, key: str, value: Any, message: str, who: str,
+                    author: str | None, model: str) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            with self._exclusive(action, None) as busy:
+                current = self._current_config()
+                edit = await self._run_io(self.editor.edit, current, key, value, message, who,
+                                          author, _model_exists(model), _model_usable(model))
+                if edit is None and current is not None and self._serves_all(current):
+                    log.info("%s by %s: %s is already %r; nothing to do", action, who, key,
+                             value)
+                    return {"commit": current.commit, "result": "unchanged", "action": action,
+                            "message": f"{key} is already {value!r}; nothing changed"}
+                if edit is None:  # already set, but not all of it serves: load what is missing
+                    commit = current.commit if current else await self._run_io(self.repo.head)
+                    return await self._apply(commit, who, action)
+                busy["commit"] = edit.commit
+                return await self._apply(edit.commit, who, action, config=edit.config,
+                                         move_from=edit.base)
+        return await self._detached(run())
 
-    async def _apply(self, commit: str, who: str, action: str,
-                     force_reload: Collection[str] = (),
-                     pause_watch_at: str | None = None) -> dict[str, Any]:
+    async def _apply(self, commit: str, who: str, action: str, *,
+                     config: HostConfig | None = None, force_reload: Collection[str] = (),
+                     pause_watch_at: str | None = None,
+                     move_from: str | None = None) -> dict[str, Any]:
         started = time.monotonic()
-        self.state.attempted = commit
-        await self._save()
+        await self.ledger.attempt(commit)
         try:
-            config = await self._run_io(self.loader.load, commit)
-            plan = make_plan(self._current_config(), config, force_reload)
-            serving = await self._prepare(config, plan)
+            if config is None:
+                config = await self._run_io(self.loader.load, commit)
+            plan = self._plan(config, force_reload)
+            prepared = await self.transaction.prepare(config, plan)
         except Exception as exc:
-            error = exc if isinstance(exc, HostError) else ApplyFailed(
-                f"internal error while applying: {type(exc).__name__}: {exc}")
-            if not isinstance(exc, HostError):
-                log.exception("apply of %s failed unexpectedly", commit[:10])
-            self.state.mark_failed(commit, error.message)
-            self.state.record(commit=commit, actor=who, action=action, result="failed",
-                              duration_s=time.monotonic() - started, reason=error.message)
-            await self._save()
-            error.details = _with_commit(error.details, commit)
+            error = await self._failed(exc, commit, who, action, started)
             if error is exc:
                 raise
             raise error from exc
+        move = {"from": move_from, "to": commit} if move_from else None
         duration = time.monotonic() - started
-        self.state.mark_applied(commit)
-        if pause_watch_at is not None:
-            self.state.watch_paused_at = pause_watch_at
-        self.state.record(commit=commit, actor=who, action=action, result="applied",
-                          duration_s=duration)
         try:
-            await self._save()
-        finally:
-            # Published last, with nothing awaited after it: whoever sees the new snapshot
-            # (ready, a new commit serving) can send the next command without a 409.
-            self.registry.switch(serving)
-            self.registry.release_holds()
-        log.info("%s: applied %s in %.2f s (load %s, reload %s, unload %s)", action, commit[:10],
-                 duration, plan.load, plan.reload, plan.unload)
-        return {"commit": commit, "result": "applied", "action": action,
-                "duration_s": round(duration, 4), "plan": plan.to_dict()}
-
-    async def _prepare(self, config: HostConfig, plan: Plan) -> Serving:
-        """Load what changes beside what serves; the snapshot that switches everything at once.
-
-        Holds taken for low-memory swaps stay until the caller has switched to it.
-        """
-        current = self.registry.serving
-        fresh: dict[str, Generation] = {}
-        unloaded_first: dict[str, Generation] = {}
-        try:
-            for name in plan.reload:
-                if config.models[name].low_memory_swap and current is not None:
-                    # Not enough memory for two copies: its requests wait while it is replaced.
-                    old = current.generations[name]
-                    self.registry.hold(name)
-                    await self.registry.drain(old, config.drain_deadline_s, config.commit)
-                    unloaded_first[name] = old
-            for name in [*plan.load, *plan.reload]:
-                fresh[name] = await self._load(config.models[name], config)
+            await self.ledger.applied_ok(commit, who=who, action=action, duration_s=duration,
+                                         pause_watch_at=pause_watch_at, branch_move=move)
         except BaseException:
-            for gen in fresh.values():
-                await self.registry.unload(gen)
-            if unloaded_first and current is not None:
-                await self._restore(current, unloaded_first)
-            self.registry.release_holds()
+            await prepared.abort()
             raise
-        keep = {n: current.generations[n] for n in plan.keep} if current else {}
-        return Serving(config, {**keep, **fresh})
+        result: dict[str, Any] = {
+            "commit": commit, "result": "applied", "action": action,
+            "duration_s": round(duration, 4), "plan": plan.to_dict(),
+            "loaded": prepared.load_seconds,
+        }
+        if move is not None:
+            result["branch"] = await self._move_branch(move_from or "", commit)
+        # Published last, with nothing awaited after it: whoever sees the new snapshot
+        # (ready, a new commit serving) can send the next command without a 409.
+        prepared.commit()
+        log.info("%s of %s by %s: applied in %.2f s (load %s, reload %s, unload %s%s)",
+                 action, commit[:10], who, duration, plan.load, plan.reload, plan.unload,
+                 "".join(f", {n} {s:.2f} s" for n, s in prepared.load_seconds.items()))
+        return result
 
-    async def _load(self, model: Any, config: HostConfig) -> Generation:
-        self.loading[model.name] = {"backend": model.backend, "commit": config.commit,
-                                    "since": time.time()}
+    async def _failed(self, exc: Exception, commit: str, who: str, action: str,
+                      started: float) -> HostError:
+        """Record and log a failed apply; the error the caller gets."""
+        error = exc if isinstance(exc, HostError) else ApplyFailed(
+            f"internal error while applying: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, HostError):
+            log.error("%s of %s failed unexpectedly", action, commit[:10], exc_info=exc)
+        duration = time.monotonic() - started
+        await self.ledger.failed(commit, who=who, action=action, reason=error.message,
+                                 duration_s=duration)
+        log.warning("%s of %s by %s failed after %.2f s: %s", action, commit[:10], who,
+                    duration, error.message)
+        error.details = _with_commit(error.details, commit)
+        return error
+
+    async def _move_branch(self, expected: str, new: str) -> dict[str, Any]:
+        """After the commit point: never raises, whatever git says, so the switch happens."""
         try:
-            instances = await asyncio.get_running_loop().run_in_executor(
-                self.registry.loading, load_model, model, config, self.catalog, self.cache_dir)
-        finally:
-            self.loading.pop(model.name, None)
-        return Generation(model, self.registry.next_number(model.name), config.commit, instances)
+            await self._run_io(self.repo.move_branch, expected, new)
+        except HostError as exc:
+            # Applied and serving, but the branch went elsewhere meanwhile: say so. The
+            # journal is dropped: finishing the move later would overwrite that commit.
+            log.warning("applied %s but did not move branch %s: %s", new[:10],
+                        self.repo.branch, exc.message)
+            self.ledger.branch_moved()
+            return {"moved": False, "name": self.repo.branch, "reason": exc.message}
+        except Exception as exc:  # noqa: BLE001 - the checkout could not follow
+            # The journal stays: the next start-up brings the checkout along.
+            log.warning("moved branch %s to %s but its checkout did not follow (it will at "
+                        "the next start): %s", self.repo.branch, new[:10], exc)
+            return {"moved": True, "name": self.repo.branch, "head": new,
+                    "checkout": f"not updated: {exc}"}
+        self.ledger.branch_moved()
+        return {"moved": True, "name": self.repo.branch, "head": new}
 
-    async def _restore(self, current: Serving, unloaded: dict[str, Generation]) -> None:
-        """After a failed unload-first swap, bring the old definitions back."""
-        restored = dict(current.generations)
-        for name, old in unloaded.items():
-            try:
-                restored[name] = await self._load(old.model, current.config)
-            except HostError as exc:
-                restored.pop(name, None)
-                log.error("model %s could not be restored after a failed swap: %s",
-                          name, exc.message)
-        self.registry.switch(Serving(current.config, restored))
+    async def _watch_apply(self, head: str) -> None:
+        with self._exclusive("watch", head):
+            await self._apply(head, "watch", "watch")
+
+    async def _rollback_target(self, ref: str | None) -> str:
+        if ref:
+            return await self._run_io(self.repo.resolve, ref)
+        target = self.ledger.previous_good()
+        if target is None:
+            raise Conflict("there is no earlier known-good commit to roll back to",
+                           code=Code.NO_ROLLBACK_TARGET)
+        return target
+
+    def _plan(self, config: HostConfig, force_reload: Collection[str] = ()) -> Plan:
+        serving = self.registry.serving
+        return make_plan(serving.config if serving else None,
+                         serving.generations if serving else (), config, force_reload)
+
+    def _serves_all(self, config: HostConfig) -> bool:
+        serving = self.registry.serving
+        return serving is not None and config.loaded_models <= set(serving.generations)
 
     # --- helpers ---------------------------------------------------------------------------
-
-    def _commit_setting(self, key: str, value: Any, message: str, who: str,
-                        check: Callable[[HostConfig], None] | None = None) -> str:
-        """Runs on the I/O thread: set ``key`` (dotted) in the repo file and section that
-        define it, vet the result like any commit, and commit it. Returns the commit to apply
-        (the branch head when the value is already set)."""
-        head = self.repo.head()
-        config = self.loader.load(head)
-        if check is not None:
-            check(config)
-        flat = flatten(config.values)
-        if key in flat and flat[key] == value:
-            return head
-        layer = _defining_layer(config.sources, key)
-        where = repo_layer(layer)
-        if where is None:
-            raise Conflict(
-                f"{key} is set by the {layer} layer, which overrides the repo; remove it "
-                "there to change it through the API",
-                code="setting_overridden",
-            )
-        filename, section = where
-        doc = tomlkit.parse(self.repo.read_file(head, filename))
-        table: Any = doc
-        for part in [section, *key.split(".")[:-1]]:
-            if part not in table:
-                table[part] = tomlkit.table()
-            table = table[part]
-        table[key.rsplit(".", 1)[-1]] = value
-        content = tomlkit.dumps(doc)
-        vetted = self.loader.load(head, replace={filename: content})
-        if flatten(vetted.values).get(key) != value:
-            raise Conflict(f"{key} is overridden by a higher layer", code="setting_overridden")
-        return self.repo.commit_file(filename, content, message, actor(who),
-                                     expected_head=head)
 
     @contextmanager
     def _exclusive(self, action: str, commit: str | None) -> Iterator[dict[str, Any]]:
@@ -420,7 +415,7 @@ class Controller:
             what = self._busy.get("commit") or self._busy["action"]
             raise Conflict(
                 f"another apply is in progress ({self._busy['action']} of {what})",
-                code="apply_in_progress",
+                code=Code.APPLY_IN_PROGRESS,
                 details=dict(self._busy),
             )
         self._busy = {"action": action, "commit": commit, "since": time.time()}
@@ -443,15 +438,6 @@ class Controller:
     async def _run_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
-    async def _watch_loop(self) -> None:
-        while True:
-            serving = self.registry.serving
-            await asyncio.sleep(serving.config.watch.interval_s if serving else 1.0)
-            try:
-                await self.check_branch()
-            except Exception:
-                log.exception("watch check failed")
-
     def _current_config(self) -> HostConfig | None:
         serving = self.registry.serving
         return serving.config if serving else None
@@ -459,34 +445,25 @@ class Controller:
     def _require_config(self) -> HostConfig:
         config = self._current_config()
         if config is None:
-            raise HostError("no configuration is applied yet", code="not_ready", status=503)
+            raise Unavailable("no configuration is applied yet", code=Code.NOT_READY)
         return config
 
-    async def _save(self) -> None:
-        # Encoded here, where the state changes; written (with fsync) on the I/O thread.
-        await self._run_io(self.store.write, self.store.encode(self.state))
 
-
-def _model_check(name: str) -> Callable[[HostConfig], None]:
+def _model_exists(name: str) -> Callable[[HostConfig], None]:
     def check(config: HostConfig) -> None:
         if name not in config.models:
-            raise NotFound(f"unknown model {name!r}", code="unknown_model",
+            raise NotFound(f"unknown model {name!r}", code=Code.UNKNOWN_MODEL,
                            details={"models": sorted(config.models)})
     return check
 
 
-def _defining_layer(sources: dict[str, str], key: str) -> str:
-    """The layer defining ``key``, or for a new key the repo layer of its nearest sibling."""
-    if key in sources:
-        return sources[key]
-    parts = key.split(".")
-    for depth in range(len(parts) - 1, 0, -1):
-        prefix = ".".join(parts[:depth]) + "."
-        layers = {layer for k, layer in sources.items() if k.startswith(prefix)}
-        repo = sorted(layer for layer in layers if layer.startswith("repo:"))
-        if repo:
-            return repo[-1]
-    return sources.get(parts[0], "repo:settings.toml[default]")
+def _model_usable(name: str) -> Callable[[HostConfig], None]:
+    def check(config: HostConfig) -> None:
+        reason = config.models[name].unavailable
+        if reason and name in config.required_models:
+            raise ApplyFailed(f"model {name} is unavailable: {reason}; nothing was changed",
+                              code=Code.MODEL_UNAVAILABLE, details={"model": name})
+    return check
 
 
 def _with_commit(details: Any, commit: str) -> dict[str, Any]:

@@ -54,6 +54,8 @@ class Code(StrEnum):
     BRANCH_MOVED = "branch_moved"
     BRANCH_DIVERGED = "branch_diverged"
     REPO_LOCKED = "repo_locked"
+    BARE_REPO = "bare_repo"
+    WRONG_BRANCH = "wrong_branch"
     NOTHING_TO_COMMIT = "nothing_to_commit"
     SETTING_OVERRIDDEN = "setting_overridden"
     FETCH_FAILED = "fetch_failed"

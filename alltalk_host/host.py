@@ -78,13 +78,15 @@ class Host:
         repo = ConfigRepo(options.config_repo, subdir=options.subdir, branch=options.branch)
         self.registry = ModelRegistry()
         self.speech = SpeechService(self.registry)
+        cache_dir = options.state_dir / "cache"
         self.control = Controller(
             repo=repo,
-            loader=ConfigLoader(repo, self.catalog, options.local_path),
+            loader=ConfigLoader(repo, self.catalog, options.local_path,
+                                work_dir=options.state_dir / "tmp", cache_dir=cache_dir),
             store=StateStore(options.state_dir),
             registry=self.registry,
             catalog=self.catalog,
-            cache_dir=options.state_dir / "cache",
+            cache_dir=cache_dir,
         )
 
     async def start(self) -> None:

@@ -7,7 +7,8 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .config.settings import HostConfig, diff
+from .config.settings import HostConfig
+from .config.values import diff
 
 # Changing one of these for a loaded model means loading it again; anything else is runtime-only.
 _RELOAD_KEY = re.compile(r"^models\.[^.]+\.(backend|settings|instances)(\.|$)")
@@ -24,6 +25,8 @@ class Plan:
     unload: list[str]  # loaded models the new config does not keep
     keep: list[str]  # loaded models that carry on serving as they are
     runtime_changes: list[str]  # changed keys that take effect without loading anything
+    # Per configured model: "available", or "unavailable" with the reason.
+    availability: dict[str, dict[str, Any]]
 
     @property
     def runtime_only(self) -> bool:
@@ -33,9 +36,11 @@ class Plan:
         return {**asdict(self), "runtime_only": self.runtime_only}
 
 
-def make_plan(current: HostConfig | None, new: HostConfig,
+def make_plan(current: HostConfig | None, loaded: Collection[str], new: HostConfig,
               force_reload: Collection[str] = ()) -> Plan:
-    old_loaded = current.loaded_models if current else set()
+    """What applying ``new`` changes, given the config serving now and the models actually
+    loaded (which can be fewer than it names, after a swap whose restore failed)."""
+    old_loaded = set(loaded) if current else set()
     new_loaded = new.loaded_models
     reload, keep = [], []
     for name in sorted(old_loaded & new_loaded):
@@ -56,4 +61,5 @@ def make_plan(current: HostConfig | None, new: HostConfig,
         unload=sorted(old_loaded - new_loaded),
         keep=keep,
         runtime_changes=runtime,
+        availability={n: m.availability for n, m in sorted(new.models.items())},
     )

@@ -54,6 +54,22 @@ class BackendCatalog:
     def get(self, name: str) -> type[Backend] | None:
         return self.backends.get(name)
 
+    def why_missing(self, backend: str) -> str | None:
+        """Why no backend called ``backend`` is usable, or None when one is."""
+        if backend in self.backends:
+            return None
+        # Backends are usually named like the plugin's entry point (onnx, xtts): a plugin of
+        # that name that failed to load, or was left out by the allow-list, is the reason.
+        for plugin in self.plugins:
+            if plugin.name == backend and plugin.error:
+                return (f"backend {backend!r}: plugin {plugin.name} ({plugin.distribution}) "
+                        f"failed to load: {plugin.error}")
+            if plugin.name == backend and plugin.skipped:
+                return (f"backend {backend!r}: plugin {plugin.name} is installed but left out "
+                        "by the ALLTALK_PLUGINS allow-list")
+        return (f"backend {backend!r} is not installed (installed backends: "
+                f"{', '.join(sorted(self.backends)) or 'none'})")
+
 
 def get_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)

@@ -74,6 +74,10 @@ class Generation:
         self._free = [self._per_instance] * len(instances)  # room left on each instance
         self._waiters: deque[_Waiter] = deque()
         self._running: set[Lease[Any]] = set()
+        # Slots handed out whose request has not resumed to start yet: still in flight, so a
+        # drain must not see this generation idle in between.
+        self._starting = 0
+        self._expired: HostError | None = None  # set at the drain deadline
         self._threads = 0  # backend calls still running in worker threads
         self._idle = asyncio.Event()  # no request running or waiting
         self._idle.set()
@@ -135,6 +139,7 @@ class Generation:
         if not self._waiters:
             idx = self._take()
             if idx is not None:
+                self._starting += 1
                 return idx
         if not admitted and len(self._waiters) >= queue_limit:
             raise Unavailable(
@@ -151,7 +156,7 @@ class Generation:
             if waiter.future.done() and not waiter.future.cancelled():
                 result = waiter.future.result()
                 if isinstance(result, int):
-                    self._release(result)
+                    self._abandon(result)
             raise
         finally:
             with contextlib.suppress(ValueError):
@@ -179,7 +184,23 @@ class Generation:
             if taken is None:
                 return
             self._waiters.popleft()
+            self._starting += 1
             waiter.future.set_result(taken)
+
+    def _start(self, lease: Lease[Any]) -> None:
+        """A request that was handed a slot has started (unless the deadline passed first)."""
+        if self._expired is not None:
+            self._abandon(lease._index)
+            raise self._expired
+        self._starting -= 1
+        self._running.add(lease)
+        self._update_idle()
+
+    def _abandon(self, idx: int) -> None:
+        """A request handed a slot gave it up before it started."""
+        self._starting -= 1
+        self._release(idx)
+        self._update_idle()
 
     def move_waiters(self, moves: Callable[[str | None], bool]) -> int:
         """Send waiting requests for which ``moves(name)`` holds back to the registry."""
@@ -196,11 +217,12 @@ class Generation:
         """The drain deadline passed: end every request still on this generation with a 503."""
         ended = 0
         replaced = f" by commit {commit[:10]}" if commit else ""
+        self._expired = Unavailable(
+            f"model {self.model.name} was unloaded{replaced} before this request could start; "
+            "send it again", code=Code.MODEL_UNLOADED)
         for waiter in list(self._waiters):
             if not waiter.future.done():
-                waiter.future.set_result(Unavailable(
-                    f"model {self.model.name} was unloaded{replaced} before this request could "
-                    "start; send it again", code=Code.MODEL_UNLOADED))
+                waiter.future.set_result(self._expired)
                 ended += 1
         self._waiters.clear()
         for lease in list(self._running):
@@ -213,7 +235,7 @@ class Generation:
         return ended
 
     def _update_idle(self) -> None:
-        if self._running or self._waiters:
+        if self._running or self._waiters or self._starting:
             self._idle.clear()
         else:
             self._idle.set()
@@ -424,14 +446,13 @@ class ModelRegistry:
                     try:
                         value = prepare(current, gen)
                     except BaseException:
-                        gen._release(slot)
+                        gen._abandon(slot)
                         raise
                     serving = current
                 break
             admitted = True  # moved: it waited its turn once already
         lease = Lease(serving, gen, slot, value)
-        gen._running.add(lease)
-        gen._update_idle()
+        gen._start(lease)
         try:
             yield lease
         finally:

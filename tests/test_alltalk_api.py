@@ -157,16 +157,16 @@ async def test_model_switch_replies(start_server, config_repo):
     assert resp.status == 400
     assert await resp.json() == {"status": "error", "message": "Invalid TTS method specified"}
 
-    config_repo.set("models.toml", "default.models.reference-low.settings.model_file",
-                    "missing.toml")
-    config_repo.commit("broken second model")
+    broken = config_repo.change("broken second model", "models.toml",
+                                "default.models.reference-low.settings.model_file",
+                                "missing.toml")
+    assert (await client.post("/control/config/apply", json={"commit": broken})).status == 200
     resp = await client.post("/api/reload?tts_method=reference-low")
     body = await resp.json()
     assert resp.status == 422 and body["status"] == "model-failure"
     assert (await client.get("/api/ready")).status == 200  # the old model still serves
+    assert config_repo.head == broken  # the failed switch left the branch alone
 
-    # (The failed switch left its commit on the branch: point the default back first.)
-    config_repo.set("settings.toml", "default.default_model", "reference")
     slow = config_repo.change("slow", "models.toml",
                               "default.models.reference.settings.load_seconds", 1.0)
     task = asyncio.create_task(client.post("/control/config/apply", json={"commit": slow}))

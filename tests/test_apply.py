@@ -76,7 +76,7 @@ async def test_plan_changes_nothing(start_server, config_repo):
          "model_load_failed"),
         (("models.toml", "default.models.reference.settings.amplitude", 0.0), "warmup_failed"),
         (("models.toml", "default.models.reference.settings.pitch_hz", 9999), "config_invalid"),
-        (("models.toml", "default.models.reference.backend", "nope"), "unknown_backend"),
+        (("models.toml", "default.models.reference.backend", "nope"), "model_unavailable"),
         (("settings.toml", "default.max_text_length", "long"), "validation_failed"),
     ],
 )
@@ -176,14 +176,42 @@ async def test_switch_refuses_when_a_higher_layer_sets_the_default(start_server,
 
 async def test_rollback_defaults_to_the_previous_known_good_commit(start_server, config_repo):
     client = await start_server()
-    await post(client, "/control/models/switch", model="reference-low")
+    switched = (await (await post(client, "/control/models/switch",
+                                  model="reference-low")).json())["commit"]
     resp = await post(client, "/control/config/rollback")
     body = await resp.json()
-    assert resp.status == 200 and body["commit"] == config_repo.initial
+    assert resp.status == 200 and body["rolled_back_to"] == config_repo.initial
     assert (await speak(client)).headers["X-AllTalk-Model"].startswith("reference;")
+    # By default the rollback is a commit on the branch with the old configuration, so the
+    # branch says what serves and the next change starts from there.
+    revert = config_repo.repo.head.commit
+    assert body["commit"] == revert.hexsha and revert.parents[0].hexsha == switched
+    assert revert.tree == config_repo.repo.commit(config_repo.initial).tree
+    assert revert.message.startswith(f"Roll back to {config_repo.initial[:10]}")
+    assert config_repo.repo.git.status("--porcelain") == ""
     # Named rollback goes where it is told.
-    resp = await post(client, "/control/config/rollback", commit="main")
-    assert (await resp.json())["commit"] == config_repo.head
+    resp = await post(client, "/control/config/rollback", commit=switched)
+    assert (await resp.json())["rolled_back_to"] == switched
+    assert config_repo.repo.commit(config_repo.head).tree == config_repo.repo.commit(
+        switched).tree
+
+
+async def test_rollback_without_revert_pins_and_leaves_the_branch(start_server, config_repo):
+    client = await start_server()
+    switched = (await (await post(client, "/control/models/switch",
+                                  model="reference-low")).json())["commit"]
+    resp = await post(client, "/control/config/rollback", revert=False)
+    body = await resp.json()
+    assert body["commit"] == config_repo.initial and config_repo.head == switched
+    status = await (await client.get("/control/status")).json()
+    assert status["serving_commit"] == config_repo.initial
+    assert status["watch"]["paused_at"] == switched
+    # A setting change now would carry the rolled-back commit: it is refused, saying why.
+    resp = await post(client, "/control/models/switch", model="reference")
+    error = await error_of(resp)
+    assert resp.status == 409 and error["code"] == "branch_diverged", error
+    assert switched[:10] in error["message"] and config_repo.initial[:10] in error["message"]
+    assert config_repo.head == switched
 
 
 async def test_rollback_with_nothing_to_go_back_to(start_server):
@@ -297,7 +325,7 @@ async def test_watch_applies_new_commits_and_pauses_after_a_rollback(start_serve
     second = config_repo.change("new limit", "settings.toml", "default.max_text_length", 300)
     await wait_until(client, lambda s: s["serving_commit"] == second)
 
-    resp = await post(client, "/control/config/rollback")
+    resp = await post(client, "/control/config/rollback", revert=False)
     assert (await resp.json())["commit"] == watched
     status = await wait_until(client, lambda s: s["watch"]["last_checked"] is not None)
     assert status["watch"]["paused_at"] == second

@@ -87,11 +87,12 @@ async def test_cli_drives_a_live_server(start_server, config_repo, monkeypatch):
     out = await run_cli("config", "plan", config_repo.initial[:8], "--url", url)
     assert "load     reference" in out and "unload   reference-low" in out
     out = await run_cli("config", "rollback", "--url", url)
-    assert json.loads(out)["commit"] == config_repo.initial
-    out = await run_cli("config", "apply", "main", "--url", url)
+    rolled = json.loads(out)
+    assert rolled["rolled_back_to"] == config_repo.initial
+    out = await run_cli("config", "apply", switched[:10], "--url", url)
     assert json.loads(out)["commit"] == switched
     out = await run_cli("config", "reload", "--url", url, "--json")
-    assert json.loads(out)["commit"] == switched
+    assert json.loads(out)["commit"] == rolled["commit"]  # the rollback's commit is the head
 
 
 async def test_cli_reports_server_errors_and_bad_tokens(start_server, monkeypatch):

@@ -54,8 +54,8 @@ def test_the_template_serves_joe_and_offers_the_test_voice(tmp_path: Path):
     assert config.models["joe"].backend == "onnx"
     assert config.models["test-voice"].backend == "onnx"
     assert config.loaded_models == {"joe"}
-    assert config.sources["default_model"] == "repo:settings.toml[default]"
-    assert config.sources["models.joe.settings.voice_package"] == "repo:models.toml[default]"
+    assert str(config.sources["default_model"]) == "repo:settings.toml[default]"
+    assert str(config.sources["models.joe.settings.voice_package"]) == "repo:models.toml[default]"
 
 
 def test_a_path_that_is_not_a_git_repo_is_a_clear_error(tmp_path: Path):
@@ -124,7 +124,7 @@ def test_environment_sections_are_chosen_by_alltalk_env(loader, config_repo, mon
     monkeypatch.setenv("ALLTALK_ENV", "production")
     config = loader.load(config_repo.initial)
     assert config.drain_deadline_s == 120
-    assert config.sources["drain_deadline_s"] == "repo:settings.toml[production]"
+    assert str(config.sources["drain_deadline_s"]) == "repo:settings.toml[production]"
 
 
 def test_host_local_file_then_env_vars_override_the_repo(loader, config_repo, monkeypatch,
@@ -137,9 +137,9 @@ def test_host_local_file_then_env_vars_override_the_repo(loader, config_repo, mo
     monkeypatch.setenv("DYNACONF_QUEUE_LIMIT", "1")  # not our prefix: must be ignored
     config = loader.load(config_repo.initial)
     assert config.max_text_length == 50
-    assert config.sources["max_text_length"] == "env"
+    assert str(config.sources["max_text_length"]) == "env"
     assert config.queue_limit == 5
-    assert config.sources["queue_limit"] == "host-local"
+    assert str(config.sources["queue_limit"]) == "host-local"
     assert config.watch.interval_s == 9 and config.watch.enabled is False  # merged, not replaced
     assert config.models["reference"].settings["pitch_hz"] == 150
     assert config.models["reference"].backend == "reference"
@@ -175,13 +175,14 @@ def test_validator_failures_say_which_key(loader, config_repo, file, key, value,
     assert needle in str(info.value.details), info.value.details
 
 
-def test_an_unknown_backend_lists_the_installed_ones(loader, config_repo):
-    commit = config_repo.change("typo", "models.toml", "default.models.reference.backend",
+def test_an_unknown_backend_makes_the_model_unavailable_and_lists_the_installed_ones(
+        loader, config_repo):
+    commit = config_repo.change("typo", "models.toml", "default.models.reference-low.backend",
                                 "refrence")
-    with pytest.raises(ConfigInvalid) as info:
-        loader.load(commit)
-    assert info.value.code == "unknown_backend"
-    assert "reference" in str(info.value.details)
+    model = loader.load(commit).models["reference-low"]
+    assert model.availability["availability"] == "unavailable"
+    assert "'refrence' is not installed" in model.unavailable
+    assert "reference" in model.unavailable.split("installed backends:")[1]
 
 
 def test_nan_in_backend_settings_is_rejected(loader, config_repo):

@@ -11,10 +11,15 @@ from .keys import HOST
 routes = web.RouteTableDef()
 
 
-def _author(request: web.Request, body: dict) -> str:
-    """Who a commit or apply is recorded as: the body's author, else the caller's address."""
+def _author(request: web.Request, body: dict) -> str | None:
+    """The git author the caller named for a commit the host writes, if any."""
     author = field(body, "author", str)
-    return author.strip()[:80] if author and author.strip() else f"api@{request.remote}"
+    return author.strip()[:80] if author and author.strip() else None
+
+
+def _who(request: web.Request, body: dict) -> str:
+    """Who an apply is recorded as in the history: the author, else the caller's address."""
+    return _author(request, body) or f"api@{request.remote}"
 
 
 @routes.get("/control/status")
@@ -56,16 +61,17 @@ async def apply(request: web.Request) -> web.Response:
     body = await read_json(request)
     commit = field(body, "commit", str, required=True)
     return web.json_response(
-        await request.app[HOST].control.apply(commit, _author(request, body)))
+        await request.app[HOST].control.apply(commit, _who(request, body)))
 
 
 @routes.post("/control/config/reload")
 async def reload(request: web.Request) -> web.Response:
     body = await read_json(request)
     result = await request.app[HOST].control.reload(
-        _author(request, body),
+        _who(request, body),
         commit_working_tree=bool(field(body, "commit_working_tree", bool)),
         message=field(body, "message", str),
+        author=_author(request, body),
     )
     return web.json_response(result)
 
@@ -73,20 +79,22 @@ async def reload(request: web.Request) -> web.Response:
 @routes.post("/control/config/rollback")
 async def rollback(request: web.Request) -> web.Response:
     body = await read_json(request)
+    revert = field(body, "revert", bool)
     return web.json_response(await request.app[HOST].control.rollback(
-        field(body, "commit", str), _author(request, body)))
+        field(body, "commit", str), _who(request, body), revert=revert is not False,
+        author=_author(request, body)))
 
 
 @routes.post("/control/models/switch")
 async def switch(request: web.Request) -> web.Response:
     body = await read_json(request)
     model = field(body, "model", str, required=True)
-    return web.json_response(
-        await request.app[HOST].control.switch_model(model, _author(request, body)))
+    return web.json_response(await request.app[HOST].control.switch_model(
+        model, _who(request, body), author=_author(request, body)))
 
 
 @routes.post("/control/models/{name}/reload")
 async def reload_model(request: web.Request) -> web.Response:
     body = await read_json(request)
     return web.json_response(await request.app[HOST].control.reload_model(
-        request.match_info["name"], _author(request, body)))
+        request.match_info["name"], _who(request, body)))

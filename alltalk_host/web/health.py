@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import NotFound
 from .keys import HOST
 
 routes = web.RouteTableDef()
@@ -29,17 +28,5 @@ async def ready(request: web.Request) -> web.Response:
 
 @routes.get("/health/models/{name}")
 async def model_health(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    control = request.app[HOST].control
-    serving = control.registry.serving
-    gen = serving.generations.get(name) if serving else None
-    if gen is None:
-        if name in control.loading:
-            return web.json_response({"name": name, "state": "loading"}, status=503)
-        if serving is None or name not in serving.config.models:
-            raise NotFound(f"unknown model {name!r}", code="unknown_model")
-        return web.json_response({"name": name, "state": "not_loaded"}, status=503)
-    return web.json_response(
-        {"name": name, "state": "ready", "generation": gen.number, "commit": gen.commit,
-         "in_flight": gen.running + gen.waiting}
-    )
+    ok, body = request.app[HOST].control.model_health(request.match_info["name"])
+    return web.json_response(body, status=200 if ok else 503)

@@ -1,0 +1,152 @@
+"""One apply: from a validated config to the serving snapshot that replaces the current one.
+
+``ApplyTransaction.prepare`` checks that the models the config must serve are available, loads
+what changes beside what serves (or, with ``low_memory_swap``, drains and unloads the old copy
+first), warms each new model up and checks its output, and checks the runtime defaults (voice,
+language) against the models they name. ``Prepared.commit`` then switches everything in one
+assignment; ``Prepared.abort`` undoes it.
+
+Invariant: any failure unloads what this transaction loaded and leaves the old snapshot serving
+(bringing back a model it unloaded first, if it can). Nothing here touches git or the state
+file: the controller orders those around ``commit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config.settings import HostConfig, ModelDef
+from .errors import ApplyFailed, Code, HostError
+from .loading import load_model
+from .plan import Plan
+from .plugins import BackendCatalog
+from .registry import Generation, ModelRegistry, Serving
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A loaded, checked snapshot that is not serving yet."""
+
+    serving: Serving
+    fresh: dict[str, Generation]
+    load_seconds: dict[str, float]
+    _tx: ApplyTransaction
+    _unloaded_first: dict[str, Generation] = field(default_factory=dict)
+    _current: Serving | None = None
+
+    def commit(self) -> None:
+        """Serve it. Synchronous on purpose: nothing can interleave with the switch."""
+        self._tx.registry.switch(self.serving)
+        self._tx.registry.release_holds()
+
+    async def abort(self) -> None:
+        await self._tx.undo(self.fresh, self._current, self._unloaded_first)
+
+
+class ApplyTransaction:
+    def __init__(self, registry: ModelRegistry, catalog: BackendCatalog,
+                 cache_dir: Path) -> None:
+        self.registry = registry
+        self.catalog = catalog
+        self.cache_dir = cache_dir
+        self.loading: dict[str, dict[str, Any]] = {}  # models being loaded now, for status
+
+    async def prepare(self, config: HostConfig, plan: Plan) -> Prepared:
+        check_available(config, plan)
+        current = self.registry.serving
+        fresh: dict[str, Generation] = {}
+        seconds: dict[str, float] = {}
+        unloaded_first: dict[str, Generation] = {}
+        try:
+            for name in plan.reload:
+                if config.models[name].low_memory_swap and current is not None:
+                    # Not enough memory for two copies: its requests wait while it is replaced.
+                    old = current.generations[name]
+                    self.registry.hold(name)
+                    await self.registry.drain(old, config.drain_deadline_s, config.commit)
+                    unloaded_first[name] = old
+            for name in [*plan.load, *plan.reload]:
+                started = time.monotonic()
+                fresh[name] = await self._load(config.models[name], config)
+                seconds[name] = round(time.monotonic() - started, 3)
+            keep = {n: current.generations[n] for n in plan.keep} if current else {}
+            serving = Serving(config, {**keep, **fresh})
+            check_runtime_defaults(serving)
+        except BaseException:
+            await self.undo(fresh, current, unloaded_first)
+            raise
+        return Prepared(serving, fresh, seconds, self, unloaded_first, current)
+
+    async def undo(self, fresh: dict[str, Generation], current: Serving | None,
+                   unloaded_first: dict[str, Generation]) -> None:
+        for gen in fresh.values():
+            await self.registry.unload(gen)
+        if unloaded_first and current is not None:
+            await self._restore(current, unloaded_first)
+        self.registry.release_holds()
+
+    async def _load(self, model: ModelDef, config: HostConfig) -> Generation:
+        self.loading[model.name] = {"backend": model.backend, "commit": config.commit,
+                                    "since": time.time()}
+        try:
+            instances = await asyncio.get_running_loop().run_in_executor(
+                self.registry.loading, load_model, model, config, self.catalog, self.cache_dir)
+        finally:
+            self.loading.pop(model.name, None)
+        return Generation(model, self.registry.next_number(model.name), config.commit, instances)
+
+    async def _restore(self, current: Serving, unloaded: dict[str, Generation]) -> None:
+        """After a failed unload-first swap, bring the old definitions back. One that cannot
+        be restored leaves the snapshot: what serves and what the next plan sees agree, and
+        the next apply loads it again."""
+        restored = dict(current.generations)
+        for name, old in unloaded.items():
+            try:
+                restored[name] = await self._load(old.model, current.config)
+            except HostError as exc:
+                restored.pop(name, None)
+                log.error("model %s could not be restored after a failed swap; it serves "
+                          "nothing until the next apply loads it: %s", name, exc.message)
+        self.registry.switch(Serving(current.config, restored))
+
+
+def check_available(config: HostConfig, plan: Plan) -> None:
+    """The models this config must serve have to be able to load here."""
+    needed = config.required_models | set(plan.load) | set(plan.reload)
+    problems = {n: config.models[n].unavailable for n in sorted(needed)
+                if config.models[n].unavailable}
+    if problems:
+        first = next(iter(problems))
+        raise ApplyFailed(
+            f"model {first} is unavailable: {problems[first]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            code=Code.MODEL_UNAVAILABLE,
+            details={"unavailable": problems},
+        )
+
+
+def check_runtime_defaults(serving: Serving) -> None:
+    """Defaults that apply without a reload must name voices and languages the loaded models
+    have: a bad one fails the apply now, not every request later."""
+    for name, gen in serving.generations.items():
+        model = serving.config.models[name]
+        voices = gen.voices
+        if model.default_voice and voices and model.default_voice not in voices:
+            raise ApplyFailed(
+                f"model {name}: default_voice {model.default_voice!r} is not one of its "
+                f"voices {voices[:20]}",
+                code=Code.UNKNOWN_VOICE, details={"model": name, "voices": voices[:100]})
+        languages = gen.capabilities.languages
+        if model.default_language and model.default_language not in languages:
+            raise ApplyFailed(
+                f"model {name}: default_language {model.default_language!r} is not one it "
+                f"speaks {list(languages)}",
+                code=Code.UNSUPPORTED_LANGUAGE,
+                details={"model": name, "languages": list(languages)})

@@ -1,0 +1,137 @@
+"""Model definitions: ``[models.NAME]`` tables -> validated ``ModelDef``s, each with whether it
+could load on this machine.
+
+Invalid settings fail the commit. A model that is valid but *unavailable* here (its backend is
+not installed or failed to import, its files are missing) does not: it is reported with the
+reason, and only the models the commit must serve (the default and ``keep_loaded`` ones; all of
+them with ``strict_models``) have to be available for an apply to succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..backend import ModelContext
+from ..errors import Code, ConfigInvalid
+from ..plugins import BackendCatalog
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Per-model keys the host reads itself; everything under ``settings`` belongs to the backend.
+MODEL_HOST_KEYS = {
+    "backend", "settings", "instances", "keep_loaded", "low_memory_swap",
+    "default_voice", "default_speed", "default_language",
+}
+SPEED_RANGE = (0.25, 4.0)
+
+
+@dataclass(frozen=True)
+class ModelDef:
+    name: str
+    backend: str
+    settings: dict[str, Any]  # as written in the config
+    parsed: Any = field(compare=False)  # the backend's validated form (None when unavailable)
+    instances: int = 1
+    keep_loaded: bool = False
+    low_memory_swap: bool = False
+    default_voice: str | None = None
+    default_speed: float = 1.0
+    default_language: str | None = None
+    # Why this model cannot load on this machine; None when it can (as far as a cheap check
+    # without loading can tell).
+    unavailable: str | None = field(default=None, compare=False)
+
+    def load_signature(self) -> str:
+        """Equal signatures mean an already-loaded model can keep serving unchanged."""
+        return json.dumps(
+            {"backend": self.backend, "settings": self.settings, "instances": self.instances},
+            sort_keys=True,
+            default=str,
+        )
+
+    @property
+    def availability(self) -> dict[str, Any]:
+        if self.unavailable is None:
+            return {"availability": "available"}
+        return {"availability": "unavailable", "reason": self.unavailable}
+
+
+def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir: Path,
+                 cache_dir: Path) -> dict[str, ModelDef]:
+    models: dict[str, ModelDef] = {}
+    errors: list[str] = []
+    for name, raw in raw_models.items():
+        where = f"models.{name}"
+        if not MODEL_NAME_RE.match(name):
+            errors.append(f"{where}: a model name uses only letters, digits, '_' and '-'")
+            continue
+        if not isinstance(raw, dict):
+            errors.append(f"{where}: must be a table")
+            continue
+        unknown = set(raw) - MODEL_HOST_KEYS
+        if unknown:
+            errors.append(f"{where}: unknown keys {sorted(unknown)} (backend settings go under "
+                          f"{where}.settings)")
+        backend = raw.get("backend")
+        if not isinstance(backend, str) or not backend:
+            errors.append(f"{where}.backend: required, the name of an installed backend; "
+                          f"installed: {sorted(catalog.backends)}")
+            continue
+        settings = raw.get("settings", {})
+        if not isinstance(settings, dict):
+            errors.append(f"{where}.settings: must be a table")
+            continue
+        parsed, unavailable = None, catalog.why_missing(backend)
+        cls = catalog.get(backend)
+        if cls is not None:
+            try:
+                parsed = cls.validate_settings(settings)
+            except (ValueError, TypeError, KeyError) as exc:
+                errors.append(f"{where}.settings: {exc}")
+                continue
+            context = ModelContext(name=name, models_dir=models_dir, cache_dir=cache_dir / name)
+            unavailable = _check_available(cls, parsed, context)
+        try:
+            models[name] = ModelDef(
+                name=name,
+                backend=backend,
+                settings=settings,
+                parsed=parsed,
+                instances=_typed(raw, "instances", int, 1, lo=1, hi=16),
+                keep_loaded=_typed(raw, "keep_loaded", bool, False),
+                low_memory_swap=_typed(raw, "low_memory_swap", bool, False),
+                default_voice=_typed(raw, "default_voice", str, None),
+                default_speed=float(_typed(raw, "default_speed", (int, float), 1.0,
+                                           lo=SPEED_RANGE[0], hi=SPEED_RANGE[1])),
+                default_language=_typed(raw, "default_language", str, None),
+                unavailable=unavailable,
+            )
+        except ValueError as exc:
+            errors.append(f"{where}.{exc}")
+    if errors:
+        raise ConfigInvalid("model definitions do not validate", code=Code.VALIDATION_FAILED,
+                            details=errors)
+    return models
+
+
+def _check_available(cls: Any, parsed: Any, context: ModelContext) -> str | None:
+    try:
+        cls.check_available(parsed, context)
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason it is unavailable
+        return f"backend {cls.name}: {str(exc) or type(exc).__name__}"
+    return None
+
+
+def _typed(raw: dict[str, Any], key: str, types: Any, default: Any,
+           lo: float | None = None, hi: float | None = None) -> Any:
+    value = raw.get(key, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, types) or (types is int and isinstance(value, bool)):
+        raise ValueError(f"{key}: expected {getattr(types, '__name__', types)}, got {value!r}")
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        raise ValueError(f"{key}: {value} is outside {lo}..{hi}")
+    return value

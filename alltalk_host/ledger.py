@@ -1,0 +1,118 @@
+"""The ledger: every transition of the host's state (attempted, applied, failed, known-good,
+history, watch pause), each saved before anyone can act on it.
+
+The controller is its only caller. Saving encodes on the event loop, where the state changes,
+and writes (with fsync) on the I/O thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from typing import Any
+
+from .state import HISTORY_LIMIT, HostState, StateStore
+
+
+class Ledger:
+    def __init__(self, store: StateStore, io: Executor) -> None:
+        self.store = store
+        self.state: HostState = store.load()
+        self._io = io
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def applied(self) -> str | None:
+        return self.state.applied
+
+    def is_failed(self, commit: str) -> bool:
+        return commit in self.state.failed
+
+    def failure(self, commit: str) -> dict[str, Any] | None:
+        return self.state.failed.get(commit)
+
+    def is_known_good(self, commit: str) -> bool:
+        return commit in self.state.known_good
+
+    def previous_good(self) -> str | None:
+        """The known-good commit applied before the current one."""
+        for commit in reversed(self.state.known_good):
+            if commit != self.state.applied:
+                return commit
+        return None
+
+    def startup_candidates(self) -> list[str]:
+        """What a starting host tries, in order: the commit it served, then earlier good ones."""
+        if not self.state.applied:
+            return []
+        older = [c for c in reversed(self.state.known_good) if c != self.state.applied]
+        return [self.state.applied, *older]
+
+    def last_failure(self) -> dict[str, Any] | None:
+        return next((h for h in reversed(self.state.history) if h["result"] == "failed"), None)
+
+    def recent(self, n: int = 20) -> list[dict[str, Any]]:
+        return self.state.history[-n:]
+
+    # --- transitions -----------------------------------------------------------------------
+
+    async def attempt(self, commit: str) -> None:
+        self.state.attempted = commit
+        await self.save()
+
+    async def failed(self, commit: str, *, who: str, action: str, reason: str,
+                     duration_s: float) -> None:
+        self.state.failed[commit] = {"reason": reason, "time": time.time()}
+        self._record(commit=commit, actor=who, action=action, result="failed",
+                     duration_s=duration_s, reason=reason)
+        await self.save()
+
+    async def applied_ok(self, commit: str, *, who: str, action: str, duration_s: float,
+                         pause_watch_at: str | None = None,
+                         branch_move: dict[str, str] | None = None) -> None:
+        """The commit point of an apply: after this save, a restart serves ``commit``."""
+        state = self.state
+        state.applied = commit
+        state.failed.pop(commit, None)
+        if commit in state.known_good:
+            state.known_good.remove(commit)
+        state.known_good.append(commit)
+        del state.known_good[:-HISTORY_LIMIT]
+        if pause_watch_at is not None:
+            state.watch_paused_at = pause_watch_at
+        state.branch_move = branch_move
+        self._record(commit=commit, actor=who, action=action, result="applied",
+                     duration_s=duration_s)
+        await self.save()
+
+    def record_only(self, *, commit: str | None, who: str, action: str, result: str,
+                    reason: str | None = None) -> None:
+        """A history entry that needs no save of its own (the next save carries it)."""
+        self._record(commit=commit, actor=who, action=action, result=result, duration_s=0.0,
+                     reason=reason)
+
+    def branch_moved(self) -> None:
+        """The journalled branch move is done; the next save forgets it."""
+        self.state.branch_move = None
+
+    def resume_watch(self) -> None:
+        self.state.watch_paused_at = None
+
+    @property
+    def watch_paused_at(self) -> str | None:
+        return self.state.watch_paused_at
+
+    async def save(self) -> None:
+        data = self.store.encode(self.state)
+        await asyncio.get_running_loop().run_in_executor(self._io, self.store.write, data)
+
+    def _record(self, *, commit: str | None, actor: str, action: str, result: str,
+                duration_s: float, reason: str | None = None) -> None:
+        entry = {"time": time.time(), "actor": actor, "action": action, "commit": commit,
+                 "result": result, "duration_s": round(duration_s, 4)}
+        if reason:
+            entry["reason"] = reason
+        self.state.history.append(entry)
+        del self.state.history[:-HISTORY_LIMIT]

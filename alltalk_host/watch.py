@@ -1,0 +1,113 @@
+"""The branch watcher: with ``[watch] enabled``, apply new commits on the branch as they appear.
+
+Every ``interval_s`` it fetches the remote (when ``watch.remote`` is set) and looks at the
+branch head. A new head is applied with the same checks as a manual apply. A commit that failed
+is never retried automatically, and after a rollback it waits until the branch has a commit it
+did not have then. The fetch is a child process with a timeout, outside the I/O thread: a
+remote that hangs cannot stall applies or state saves, and stopping the host kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .config.repo import ConfigRepo
+from .errors import Code, HostError
+from .ledger import Ledger
+from .registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WatchStatus:
+    enabled: bool = False
+    remote: str = ""
+    last_checked: float | None = None
+    branch_head: str | None = None
+    last_error: str | None = None
+    paused_at: str | None = None
+
+
+class BranchWatcher:
+    def __init__(self, repo: ConfigRepo, ledger: Ledger, registry: ModelRegistry,
+                 io: Executor, apply: Callable[[str], Awaitable[Any]],
+                 busy: Callable[[], bool]) -> None:
+        self.repo = repo
+        self.ledger = ledger
+        self.registry = registry
+        self._io = io
+        self._apply = apply
+        self._busy = busy
+        self.status = WatchStatus()
+
+    def describe(self) -> dict[str, Any]:
+        return {**asdict(self.status), "paused_at": self.ledger.watch_paused_at}
+
+    async def run(self) -> None:
+        while True:
+            serving = self.registry.serving
+            await asyncio.sleep(serving.config.watch.interval_s if serving else 1.0)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("watch check failed")
+
+    async def check(self) -> None:
+        """One look at the branch (after fetching the remote, when set): apply a new head."""
+        serving = self.registry.serving
+        if serving is None or not serving.config.watch.enabled:
+            self.status.enabled = False
+            return
+        settings = serving.config.watch
+        self.status.enabled, self.status.remote = True, settings.remote
+        loop = asyncio.get_running_loop()
+        try:
+            if settings.remote:
+                await self._fetch(settings.remote, settings.fetch_timeout_s)
+                head = await loop.run_in_executor(self._io, self.repo.fast_forward,
+                                                  settings.remote)
+            else:
+                head = await loop.run_in_executor(self._io, self.repo.head)
+        except HostError as exc:
+            self.status.last_error = exc.message
+            log.warning("watch: %s", exc.message)
+            return
+        self.status.last_checked, self.status.branch_head = time.time(), head
+        self.status.last_error = None
+        if head == self.ledger.applied or self.ledger.is_failed(head) or self._busy():
+            return  # a failed commit is never retried automatically
+        if head == self.ledger.watch_paused_at:
+            return
+        self.ledger.resume_watch()
+        try:
+            await self._apply(head)
+        except HostError as exc:
+            self.status.last_error = f"applying {head[:10]} failed: {exc.message}"
+
+    async def _fetch(self, remote: str, timeout: float) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "git", "-C", str(self.repo.path), "fetch", "--quiet", remote, self.repo.branch,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise HostError(f"fetch from {remote!r} did not finish in {timeout:g} s",
+                            code=Code.FETCH_FAILED) from None
+        except asyncio.CancelledError:  # the host is stopping: never wait for a remote
+            proc.kill()
+            raise
+        if proc.returncode != 0:
+            detail = err.decode(errors="replace").strip()
+            raise HostError(f"fetch from {remote!r} failed: {detail}", code=Code.FETCH_FAILED)
