@@ -63,6 +63,18 @@ class Conflict(HostError):
     code = "conflict"
 
 
+class PayloadTooLarge(HostError):
+    status = 413
+    code = "body_too_large"
+
+
+class UnsupportedMediaType(HostError):
+    """A body of a type the route does not read (e.g. text/plain sent to a JSON route)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class ConfigInvalid(HostError):
     """A commit's configuration cannot be loaded or does not validate."""
 
@@ -80,6 +92,13 @@ class ApplyFailed(HostError):
 class Unavailable(HostError):
     status = 503
     code = "unavailable"
+
+
+class OutputsUnwritable(HostError):
+    """The outputs folder cannot take a file (read-only, full, or not a folder)."""
+
+    status = 507
+    code = "outputs_unwritable"
 
 
 class PluginConflict(Exception):
