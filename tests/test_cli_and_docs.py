@@ -11,7 +11,7 @@ import git
 import pytest
 
 from alltalk_host import cli
-from alltalk_host.web.app import ROUTE_MODULES
+from alltalk_host.web.app import CONTROL_TABLES, ROUTE_TABLES
 
 from .conftest import ROOT
 
@@ -32,7 +32,7 @@ COMMANDS = sorted(_commands(cli._parser()))
 
 
 def test_every_route_is_documented_in_the_readme():
-    routes = {(r.method, r.path) for module in ROUTE_MODULES for r in module.routes}
+    routes = {(r.method, r.path) for table in (*ROUTE_TABLES, *CONTROL_TABLES) for r in table}
     assert len(routes) >= 14
     for method, path in sorted(routes):
         assert f"`{method} {path}`" in README, f"README does not document {method} {path}"

@@ -48,6 +48,10 @@ MODEL_HOST_KEYS = {
 }
 SPEED_RANGE = (0.25, 4.0)
 
+def _strings(value: Any) -> bool:
+    return all(isinstance(v, str) for v in value)
+
+
 HOST_VALIDATORS = [
     Validator("default_model", must_exist=True, is_type_of=str),
     Validator("models", must_exist=True, is_type_of=dict),
@@ -71,6 +75,12 @@ HOST_VALIDATORS = [
               is_type_of=str, len_min=1),
     Validator("openai.models", default={}, is_type_of=dict),
     Validator("openai.voices", default={}, is_type_of=dict),
+    # The HTTP front-end's boundary (read by alltalk_host.web.policy).
+    Validator("http.trusted_origins", default=[], is_type_of=list, condition=_strings),
+    Validator("http.allowed_hosts", default=[], is_type_of=list, condition=_strings),
+    Validator("http.cors_origins", default=["*"], is_type_of=list, condition=_strings),
+    Validator("http.max_body_bytes", default=1_048_576, is_type_of=int, gte=1024,
+              lte=64 * 1_048_576),
 ]
 
 

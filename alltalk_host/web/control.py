@@ -1,4 +1,7 @@
-"""The /control routes: status, config history, plan, apply, rollback, reload, model switch."""
+"""The /control routes: status, config history, plan, apply, rollback, reload, model switch.
+
+Every one is a control route (guard.py): they change state or show the configuration.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,11 @@ from aiohttp import web
 
 from ..errors import BadRequest
 from .errors import field, read_json
+from .guard import ControlRoutes
 from .keys import HOST
+from .outputs_check import outputs_status
 
-routes = web.RouteTableDef()
+control_routes = ControlRoutes(body="json")
 
 
 def _author(request: web.Request, body: dict) -> str:
@@ -17,18 +22,21 @@ def _author(request: web.Request, body: dict) -> str:
     return author.strip()[:80] if author and author.strip() else f"api@{request.remote}"
 
 
-@routes.get("/control/status")
+@control_routes.get("/control/status")
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[HOST].control.status())
+    status = request.app[HOST].control.status()
+    # The web front-end's own part: whether generated files can be stored.
+    status["outputs"] = await outputs_status(request.app)
+    return web.json_response(status)
 
 
-@routes.get("/control/plugins")
+@control_routes.get("/control/plugins")
 async def plugins(request: web.Request) -> web.Response:
     return web.json_response(
         {"plugins": [p.to_dict() for p in request.app[HOST].catalog.plugins]})
 
 
-@routes.get("/control/config/commits")
+@control_routes.get("/control/config/commits")
 async def commits(request: web.Request) -> web.Response:
     try:
         limit = int(request.query.get("limit", "50"))
@@ -39,19 +47,19 @@ async def commits(request: web.Request) -> web.Response:
     return web.json_response({"commits": await request.app[HOST].control.commits(limit)})
 
 
-@routes.get("/control/config/effective")
+@control_routes.get("/control/config/effective")
 async def effective(request: web.Request) -> web.Response:
     return web.json_response(request.app[HOST].control.effective())
 
 
-@routes.post("/control/config/plan")
+@control_routes.post("/control/config/plan")
 async def plan(request: web.Request) -> web.Response:
     body = await read_json(request)
     result = await request.app[HOST].control.plan(field(body, "commit", str, required=True))
     return web.json_response(result.to_dict())
 
 
-@routes.post("/control/config/apply")
+@control_routes.post("/control/config/apply")
 async def apply(request: web.Request) -> web.Response:
     body = await read_json(request)
     commit = field(body, "commit", str, required=True)
@@ -59,7 +67,7 @@ async def apply(request: web.Request) -> web.Response:
         await request.app[HOST].control.apply(commit, _author(request, body)))
 
 
-@routes.post("/control/config/reload")
+@control_routes.post("/control/config/reload")
 async def reload(request: web.Request) -> web.Response:
     body = await read_json(request)
     result = await request.app[HOST].control.reload(
@@ -70,14 +78,14 @@ async def reload(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-@routes.post("/control/config/rollback")
+@control_routes.post("/control/config/rollback")
 async def rollback(request: web.Request) -> web.Response:
     body = await read_json(request)
     return web.json_response(await request.app[HOST].control.rollback(
         field(body, "commit", str), _author(request, body)))
 
 
-@routes.post("/control/models/switch")
+@control_routes.post("/control/models/switch")
 async def switch(request: web.Request) -> web.Response:
     body = await read_json(request)
     model = field(body, "model", str, required=True)
@@ -85,7 +93,7 @@ async def switch(request: web.Request) -> web.Response:
         await request.app[HOST].control.switch_model(model, _author(request, body)))
 
 
-@routes.post("/control/models/{name}/reload")
+@control_routes.post("/control/models/{name}/reload")
 async def reload_model(request: web.Request) -> web.Response:
     body = await read_json(request)
     return web.json_response(await request.app[HOST].control.reload_model(
