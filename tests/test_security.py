@@ -179,3 +179,16 @@ async def test_behind_a_proxy_control_needs_a_token(start_server, config_repo, h
     assert resp.status == 401
     assert "set a control token" in (await error_of(resp))["message"]
     assert config_repo.head == config_repo.initial
+
+
+async def test_a_page_of_this_server_itself_is_same_origin(start_server, config_repo):
+    client = await start_server()
+    host = f"{client.host}:{client.port}"
+    resp = await client.post("/control/models/switch", json={"model": "reference-low"},
+                             headers={"Origin": f"http://{host}", "Host": host})
+    assert resp.status == 200
+    # A rebound name is "same-origin" too, and the Host rule still refuses it.
+    resp = await client.post("/control/models/switch", json={"model": "reference"},
+                             headers={"Origin": "http://evil.example:7851",
+                                      "Host": "evil.example:7851"})
+    assert resp.status == 403 and (await error_of(resp))["code"] == "host_not_allowed"

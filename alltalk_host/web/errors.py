@@ -67,7 +67,10 @@ async def _is_under_v1(request: web.Request) -> bool:
     """Whether this request's path, with /v1 in front, is a route (a missing /v1 prefix)."""
     if request.path.startswith("/v1/"):
         return False
-    match = await request.app.router.resolve(request.clone(rel_url="/v1" + request.path))
+    try:
+        match = await request.app.router.resolve(request.clone(rel_url="/v1" + request.path))
+    except ValueError:  # a path that makes no URL
+        return False
     return match.http_exception is None or match.http_exception.status == 405
 
 
