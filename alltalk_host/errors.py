@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# Text with no letter or digit: the host refuses it before a model runs, and the client-facing
+# routes answer it with short silence (front-ends test for this code).
+NOTHING_TO_SPEAK = "nothing_to_speak"
+
 
 class HostError(Exception):
     """Base of every error a client may see."""

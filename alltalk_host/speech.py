@@ -17,7 +17,7 @@ import numpy as np
 
 from .backend import Audio, SpeechRequest
 from .config.settings import SPEED_RANGE
-from .errors import BadRequest, HostError, NotFound
+from .errors import NOTHING_TO_SPEAK, BadRequest, HostError, NotFound
 from .registry import Generation, ModelRegistry, Serving
 from .text import has_speakable
 
@@ -206,6 +206,6 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
     # valid: a route may then answer it with silence instead of an error.
     if not has_speakable(text):
         raise BadRequest("the text has nothing to speak (no letter or digit)",
-                         code="nothing_to_speak")
+                         code=NOTHING_TO_SPEAK)
     return SpeechRequest(text=text, voice=voice, language=language, speed=float(speed),
                          options=dict(wanted.options))

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..config.settings import HostConfig, ModelDef
 from ..encode import FORMATS, encode
-from ..errors import HostError
+from ..errors import NOTHING_TO_SPEAK, HostError
 from ..outputs import check_stem
 from ..registry import Serving
 from ..speech import SpeechInput, SpeechResult
@@ -35,7 +35,6 @@ from .keys import HOST, OUTPUTS
 from .streams import provenance_headers, send_audio, send_stream
 
 routes = web.RouteTableDef()
-NOTHING_TO_SPEAK = "nothing_to_speak"
 
 
 # --- status and lists ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..config.settings import SPEED_RANGE
 from ..encode import get_format
-from ..errors import HostError, NotFound
+from ..errors import NOTHING_TO_SPEAK, HostError, NotFound
 from ..registry import Serving
 from ..speech import SpeechInput
 from .errors import Handler, current_serving, read_json
@@ -119,7 +119,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     try:
         stream = await speech_service.stream(wanted)
     except HostError as exc:
-        if exc.code == "nothing_to_speak":
+        if exc.code == NOTHING_TO_SPEAK:
             return await send_audio(await speech_service.silence(model), fmt)
         exc.details = {"param": _PARAM_OF.get(exc.code)}
         raise
