@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import os
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, cli_words
+from .cli_serve import cmd_serve
 from .errors import HostError, PluginConflict
 
 DEFAULT_URL = "http://127.0.0.1:7851"
@@ -40,30 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- local commands ------------------------------------------------------------------------
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from .config.repo import init_repo
-    from .host import Host, HostOptions
-    from .web.app import create_app
-
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = HostOptions.from_env(
-        config_repo=args.config_repo, state_dir=args.state_dir, branch=args.branch,
-        subdir=args.subdir, local_file=args.local_settings,
-    )
-    if args.init_config and not options.config_repo.exists():
-        commit = init_repo(options.config_repo, args.template, options.branch)
-        print(f"created config repo {options.config_repo} from {args.template} at {commit[:10]}")
-    app = create_app(Host(options))
-    # handler_cancellation: a client that disconnects cancels its own generation.
-    web.run_app(app, host=args.host, port=args.port, handler_cancellation=True,
-                print=lambda _: print(f"alltalk-host {__version__} serving on "
-                                      f"http://{args.host}:{args.port}", flush=True))
-    return 0
-
 
 def cmd_init(args: argparse.Namespace) -> int:
     from .config.repo import init_repo
@@ -143,24 +119,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    return _print_json(_call(args, "POST", "/control/config/apply",
-                             {"commit": args.commit, "author": _author()}))
+    return _print_change(args, _call(args, "POST", "/control/config/apply",
+                                     {"commit": args.commit, "author": _author()}))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    return _print_json(_call(args, "POST", "/control/config/rollback",
-                             {"commit": args.commit, "author": _author()}))
+    return _print_change(args, _call(args, "POST", "/control/config/rollback",
+                                     {"commit": args.commit, "author": _author()}))
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    return _print_json(_call(args, "POST", "/control/config/reload", {
+    return _print_change(args, _call(args, "POST", "/control/config/reload", {
         "commit_working_tree": args.commit_working_tree, "message": args.message,
         "author": _author()}))
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    return _print_json(_call(args, "POST", "/control/models/switch",
-                             {"model": args.model, "author": _author()}))
+    return _print_change(args, _call(args, "POST", "/control/models/switch",
+                                     {"model": args.model, "author": _author()}))
+
+
+def _print_change(args: argparse.Namespace, reply: dict[str, Any]) -> int:
+    if args.json:
+        return _print_json(reply)
+    print(cli_words.change(reply))
+    return 0
 
 
 def _author() -> str:
@@ -195,14 +178,21 @@ def _call(args: argparse.Namespace, method: str, path: str,
         details = f"\n{json.dumps(error['details'], indent=2)}" if error.get("details") else ""
         raise SystemExit(f"error ({error['code']}): {error['message']}{details}") from None
     except urllib.error.URLError as exc:
-        raise SystemExit(f"cannot reach alltalk-host at {args.url} ({exc.reason}); "
+        raise SystemExit(f"error: cannot reach alltalk-host at {args.url} ({exc.reason}); "
                          "is 'alltalk-host serve' running?") from None
 
 
 # --- argument parsing ----------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags: one line that says what is wrong and where the help is, and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="alltalk-host",
         description="Text-to-speech server with plugin backends and git-versioned config.",
     )
@@ -253,7 +243,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="the server (default: ALLTALK_URL or %(default)s)")
         p.add_argument("--token", help="control token (default: ALLTALK_CONTROL_TOKEN)")
         p.add_argument("--timeout", type=float, default=600.0, help=argparse.SUPPRESS)
-        p.add_argument("--json", action="store_true", help="print the raw JSON reply")
+        p.add_argument("--json", action="store_true",
+                       help="print the server's JSON reply instead of words")
         return p
 
     p = remote(csub.add_parser("log", help="the branch log with applied/good/failed marks",

@@ -13,7 +13,7 @@ import numpy as np
 
 from .audio import to_pcm16, to_wav, wav_stream_header
 from .backend import Audio
-from .errors import BadRequest
+from .errors import BadRequest, Code
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def get_format(name: str) -> Format:
     fmt = FORMATS.get(name)
     if fmt is None:
         raise BadRequest(f"unsupported response_format {name!r}; supported: "
-                         f"{', '.join(FORMATS)}", code="unsupported_format")
+                         f"{', '.join(FORMATS)}", code=Code.UNSUPPORTED_FORMAT)
     return fmt
 
 

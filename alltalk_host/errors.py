@@ -22,6 +22,9 @@ class Code(StrEnum):
     EMPTY_TEXT = "empty_text"
     TEXT_TOO_LONG = "text_too_long"
     NOTHING_TO_SAY = "nothing_to_say"
+    # Text with no letter or digit: refused before a model runs; the client-compatible routes
+    # answer it with short silence (they test for this code).
+    NOTHING_TO_SPEAK = "nothing_to_speak"
     UNKNOWN_VOICE = "unknown_voice"
     BAD_VOICE_FILE = "bad_voice_file"
     UNSUPPORTED_LANGUAGE = "unsupported_language"
@@ -71,6 +74,14 @@ class Code(StrEnum):
     MODEL_LOAD_FAILED = "model_load_failed"
     WARMUP_FAILED = "warmup_failed"
     NO_ROLLBACK_TARGET = "no_rollback_target"
+    # the HTTP boundary and the outputs folder
+    BODY_TOO_LARGE = "body_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    OUTPUTS_UNWRITABLE = "outputs_unwritable"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    HTTP_ERROR = "http_error"
+    HOST_NOT_ALLOWED = "host_not_allowed"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     # generic, per HTTP status
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
@@ -132,6 +143,18 @@ class Conflict(HostError):
     code: str = Code.CONFLICT
 
 
+class PayloadTooLarge(HostError):
+    status = 413
+    code: str = Code.BODY_TOO_LARGE
+
+
+class UnsupportedMediaType(HostError):
+    """A body of a type the route does not read (e.g. text/plain sent to a JSON route)."""
+
+    status = 415
+    code: str = Code.UNSUPPORTED_MEDIA_TYPE
+
+
 class ConfigInvalid(HostError):
     """A commit's configuration cannot be loaded or does not validate."""
 
@@ -149,6 +172,13 @@ class ApplyFailed(HostError):
 class Unavailable(HostError):
     status = 503
     code: str = Code.UNAVAILABLE
+
+
+class OutputsUnwritable(HostError):
+    """The outputs folder cannot take a file (read-only, full, or not a folder)."""
+
+    status = 507
+    code: str = Code.OUTPUTS_UNWRITABLE
 
 
 class PluginConflict(Exception):

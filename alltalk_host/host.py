@@ -17,7 +17,7 @@ from pathlib import Path
 from .config.repo import ConfigRepo
 from .config.settings import ENV_PREFIX, ConfigLoader
 from .control import Controller
-from .errors import ConfigInvalid
+from .errors import Code, ConfigInvalid
 from .plugins import BackendCatalog, discover
 from .registry import ModelRegistry
 from .speech import SpeechService
@@ -108,5 +108,5 @@ def _read_local(path: Path) -> dict[str, object]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigInvalid(f"host-local file {path} is not valid TOML: {exc}",
-                            code="invalid_toml") from None
+                            code=Code.INVALID_TOML) from None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from .audio import audio_problem
 from .backend import Backend, ModelContext, SpeechRequest
 from .config.settings import HostConfig, ModelDef
-from .errors import ApplyFailed
+from .errors import ApplyFailed, Code
 from .plugins import BackendCatalog
 from .registry import unload_instances
 
@@ -49,7 +49,7 @@ def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
         unload_instances(instances)
         raise ApplyFailed(
             f"model {model.name} ({model.backend}): {step} failed: {type(exc).__name__}: {exc}",
-            code="model_load_failed",
+            code=Code.MODEL_LOAD_FAILED,
             details={"model": model.name, "step": step},
         ) from exc
     return instances
@@ -62,7 +62,7 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
         raise ApplyFailed(
             f"model {model.name}: default_voice {model.default_voice!r} is not one of its "
             f"voices {voices[:20]}",
-            code="unknown_voice",
+            code=Code.UNKNOWN_VOICE,
             details={"model": model.name, "step": "warm up"},
         )
     voice = model.default_voice or (voices[0] if voices else None)
@@ -76,6 +76,6 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
     if problem:
         raise ApplyFailed(
             f"model {model.name} ({model.backend}): warm-up output rejected: {problem}",
-            code="warmup_failed",
+            code=Code.WARMUP_FAILED,
             details={"model": model.name, "step": "warm up"},
         )

@@ -458,6 +458,12 @@ class ModelRegistry:
         finally:
             lease._close()
 
+    def resolve(self, name: str | None) -> tuple[Serving, Generation]:
+        """The snapshot and the generation serving ``name`` now, without queueing (for
+        answers that need no backend)."""
+        serving = self._require_serving()
+        return serving, _generation(serving, name or serving.config.default_model)
+
     def _require_serving(self) -> Serving:
         if self.serving is None:
             raise Unavailable("no configuration is applied yet", code=Code.NOT_READY)

@@ -19,6 +19,10 @@ from .backend import Audio, SpeechRequest
 from .config.settings import SPEED_RANGE
 from .errors import BadRequest, Code, HostError, NotFound
 from .registry import Generation, ModelRegistry, Serving
+from .text import has_speakable
+
+# The silence answered for text with nothing to speak: short, but a complete, valid file.
+SILENCE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,17 @@ class SpeechService:
                               self.registry.inference, request.cancelled)
         return SpeechStream(_provenance(lease.serving, lease.gen), chunks, request, stack)
 
+    async def silence(self, model: str | None = None) -> SpeechResult:
+        """Short silence as if ``model`` had spoken it, with that model's provenance.
+
+        For clients that send text with nothing to speak and expect audio back (Open WebUI,
+        Home Assistant's key check speaks "."). The model is resolved exactly as for speech,
+        so an unknown or unloaded model is still refused; no backend runs.
+        """
+        serving, gen = self.registry.resolve(model)
+        samples = np.zeros(int(gen.sample_rate * SILENCE_S), dtype=np.float32)
+        return SpeechResult(Audio(samples, gen.sample_rate), _provenance(serving, gen))
+
     def cancel_all(self) -> int:
         """Ask every generation in progress to stop (between chunks); how many there were."""
         active = list(self._active.values())
@@ -192,5 +207,10 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
     if (isinstance(speed, bool) or not isinstance(speed, int | float)
             or not math.isfinite(speed) or not lo <= speed <= hi):
         raise BadRequest(f"speed must be a number from {lo} to {hi}", code=Code.BAD_SPEED)
+    # Checked last, so that "nothing to speak" means everything else about the request is
+    # valid: a route may then answer it with silence instead of an error.
+    if not has_speakable(text):
+        raise BadRequest("the text has nothing to speak (no letter or digit)",
+                         code=Code.NOTHING_TO_SPEAK)
     return SpeechRequest(text=text, voice=voice, language=language, speed=float(speed),
                          options=dict(wanted.options))

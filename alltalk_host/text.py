@@ -1,4 +1,5 @@
-"""Text utilities shared by backends and front-ends: the one sentence splitter.
+"""Text utilities shared by backends and front-ends: the one sentence splitter, AllTalk's text
+filtering, narrator segments, and the test for text with nothing to speak.
 
 Streaming backends speak sentence by sentence so the first audio does not wait for the whole
 text; narrator mode and the streaming routes split the same way, so they use this too.
@@ -68,6 +69,15 @@ def _limit(sentence: str, max_chars: int) -> list[str]:
     return [p for p in pieces if p]
 
 
+def has_speakable(text: str) -> bool:
+    """Whether ``text`` has anything a voice could say: a letter or a digit in some script.
+
+    ".", "...", "-", emoji and control characters alone have none; a model asked to speak them
+    either fails or says nothing, so the host decides before a model is involved.
+    """
+    return any(ch.isalnum() for ch in text)
+
+
 # --- filtering (AllTalk's text_filtering) ---------------------------------------------------
 
 _TAG = re.compile(r"<[^>]{0,500}>")
@@ -83,9 +93,7 @@ def filter_text(text: str, mode: str = "standard") -> str:
     if mode == "none":
         return text
     if mode == "html":
-        import html
-
-        text = html.unescape(_TAG.sub(" ", text))
+        text = strip_html(text)
     elif mode != "standard":
         raise ValueError(f"text_filtering must be none, standard or html, not {mode!r}")
     text = _URL.sub(" ", text)
@@ -94,6 +102,13 @@ def filter_text(text: str, mode: str = "standard") -> str:
     text = "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
     text = _SPACES.sub(" ", text)
     return "\n".join(line.strip() for line in text.splitlines()).strip()
+
+
+def strip_html(text: str) -> str:
+    """Tags out, entities unescaped: what ``html`` filtering does before ``standard``."""
+    import html
+
+    return html.unescape(_TAG.sub(" ", text))
 
 
 # --- narrator mode ------------------------------------------------------------------------
@@ -123,10 +138,24 @@ def narrator_segments(text: str, not_inside: str = "narrator") -> list[tuple[str
     merged: list[tuple[str, str]] = []
     for role, piece in pieces:
         piece = piece.strip(" \t\n*\"\u201c\u201d")
-        if role == "silent" or not any(ch.isalnum() for ch in piece):
+        if role == "silent" or not has_speakable(piece):
             continue
         if merged and merged[-1][0] == role:
             merged[-1] = (role, f"{merged[-1][1]} {piece}")
         else:
             merged.append((role, piece))
     return merged
+
+
+def filtered_segments(text: str, filtering: str,
+                      not_inside: str = "narrator") -> list[tuple[str, str]]:
+    """Narrator segments of ``text``, each filtered, none left with nothing to speak.
+
+    The segments are found first: ``standard`` filtering removes the asterisks that mark
+    narration. HTML is stripped before, since a tag's quoted attributes are no speech.
+    """
+    if filtering == "html":
+        text, filtering = strip_html(text), "standard"
+    pieces = [(role, filter_text(piece, filtering))
+              for role, piece in narrator_segments(text, not_inside)]
+    return [(role, piece) for role, piece in pieces if has_speakable(piece)]

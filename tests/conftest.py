@@ -55,11 +55,13 @@ def xtts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's own ALLTALK_* variables must not leak into a test."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The developer's own ALLTALK_* variables must not leak into a test, and no test may
+    write generated audio into the checkout (the template's outputs.dir is var/outputs)."""
     for key in list(os.environ):
         if key.startswith("ALLTALK_"):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("ALLTALK_OUTPUTS__DIR", str(tmp_path / "outputs"))
 
 
 class ConfigRepoHelper:

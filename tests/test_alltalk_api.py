@@ -185,14 +185,18 @@ async def test_reload_config_applies_the_branch_head(start_server, config_repo):
     assert status["serving_commit"] == head
 
 
-async def test_low_vram_and_deepspeed_need_a_capable_model(start_server):
+async def test_low_vram_and_deepspeed_need_a_capable_model(start_server, config_repo):
     client = await start_server()
     for path, query in (("/api/lowvramsetting", "new_low_vram_value=True"),
                         ("/api/deepspeed", "new_deepspeed_value=false")):
         resp = await client.post(f"{path}?{query}")
         body = await resp.json()
-        assert resp.status == 400 and body["status"] == "error"
+        # AllTalk's shape for a toggle it cannot apply: 200, the status field says so.
+        assert resp.status == 200 and body["status"] == "error", body
         assert "has no" in body["message"]
+        resp = await client.post(path)
+        assert (await resp.json())["status"] == "error"
+    assert config_repo.head == config_repo.initial  # nothing was committed
 
 
 @pytest.mark.parametrize(
@@ -209,17 +213,23 @@ async def test_low_vram_and_deepspeed_need_a_capable_model(start_server):
      ({"text_input": "Hi", "text_filtering": "latex"}, "text_filtering"),
      ({"text_input": "Hi", "speed": "fast"}, "speed"),
      ({"text_input": "Hi", "speed": "9"}, "speed"),
-     ({"text_input": "Hi", "language": "xx"}, "language")],
+     ({"text_input": "Hi", "narrator_enabled": "true", "narrator_voice_gen": "nobody"},
+      "narrator_voice_gen"),
+     ({"text_input": "Hi", "temperature": "warm"}, "temperature")],
 )
 async def test_tts_generate_bad_fields_get_alltalk_validation_errors(start_server, tmp_path,
                                                                      form, field):
     client = await start_server()
+    # One good request first: it proves the test looks where files are written.
+    good = await client.post("/api/tts-generate", data={"text_input": "Hi."})
+    outputs = tmp_path / "outputs"
+    written = sorted(outputs.glob("*.wav"))
+    assert [p.name for p in written] == [(await good.json())["output_file_url"][7:]]
     resp = await client.post("/api/tts-generate", data=form)
     body = await resp.json()
     assert resp.status == 400, body
     assert set(body) == {"error"} and body["error"].startswith(f"{field}: "), body
-    outputs = tmp_path / "state"
-    assert not any(outputs.rglob("*.wav"))  # nothing written
+    assert sorted(outputs.glob("*.wav")) == written  # nothing more written
 
 
 @pytest.mark.parametrize(
@@ -255,3 +265,58 @@ async def test_stop_generation_cancels_work_in_progress(start_server, config_rep
     resp = await asyncio.wait_for(task, timeout=10)  # far less than the ~15 s it would take
     body = await resp.json()
     assert resp.status == 409 and body["status"] == "generate-failure"
+
+
+async def test_narrator_mode_with_standard_filtering_finds_the_narration(start_server):
+    """SillyTavern sends text_filtering=standard, which strips '*': narration is found first."""
+    client = await start_server()
+    text = '*The old man sighs.* "I am tired." *He sits down slowly.*'
+
+    async def generate(narrator: str):
+        reply = await (await client.post("/api/tts-generate", data={
+            "text_input": text, "text_filtering": "standard", "narrator_enabled": narrator,
+            "character_voice_gen": "female_01", "narrator_voice_gen": "male_01",
+            "output_file_name": f"n_{narrator}"})).json()
+        assert reply["status"] == "generate-success", reply
+        return await fetch_wav(client, reply["output_file_url"])
+
+    both, rate = await generate("true")
+    silent, _ = await generate("silent")
+    assert len(silent) < len(both) * 0.6  # the narration was split out, then left out
+    assert abs(dominant_pitch(both[: rate // 2], rate)
+               - dominant_pitch(silent[: rate // 2], rate)) > 10
+
+
+async def test_a_language_the_model_lacks_falls_back_on_alltalk_routes(start_server):
+    """AllTalk's Piper engine ignores the language; SillyTavern's dropdown sends one anyway."""
+    client = await start_server()
+    resp = await client.post("/api/tts-generate", data={"text_input": "Ahoj.",
+                                                         "language": "cs"})
+    assert (await resp.json())["status"] == "generate-success"
+    assert resp.headers["X-AllTalk-Language"] == "en; model reference does not speak cs"
+    resp = await client.get("/api/tts-generate-streaming",
+                            params={"text": "Ahoj.", "language": "cs"})
+    assert resp.status == 200 and resp.headers["X-AllTalk-Language"].startswith("en;")
+    await resp.read()
+    resp = await client.post("/api/tts-generate", data={"text_input": "Hallo.",
+                                                         "language": "de"})
+    assert "X-AllTalk-Language" not in resp.headers
+    # The native route stays strict.
+    resp = await client.post("/tts", json={"text": "Ahoj.", "language": "cs"})
+    assert resp.status == 400
+
+
+def test_current_settings_report_the_backends_parsed_defaults():
+    """XTTS's temperature and repetition penalty default to 0.75 and 5.0, not 0."""
+    from alltalk_host.config.settings import ModelDef
+    from alltalk_host.web.alltalk import _setting
+    from alltalk_host_xtts.backend import XttsSettings
+
+    model = ModelDef(name="x", backend="xtts", settings={"checkpoint": "c"},
+                     parsed=XttsSettings(checkpoint="c"))
+    assert _setting(model, "temperature", 0) == 0.75
+    assert _setting(model, "repetition_penalty", 0) == 5.0
+    assert _setting(model, "pitch", 0) == 0
+    tuned = ModelDef(name="x", backend="xtts", settings={"temperature": 0.5},
+                     parsed=XttsSettings(checkpoint="c", temperature=0.5))
+    assert _setting(tuned, "temperature", 0) == 0.5

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import git
 import pytest
 
 from alltalk_host import cli
-from alltalk_host.web.app import ROUTE_MODULES
+from alltalk_host import cli_words as words
+from alltalk_host.web.app import CONTROL_TABLES, ROUTE_TABLES
 
 from .conftest import ROOT
 
@@ -32,7 +37,7 @@ COMMANDS = sorted(_commands(cli._parser()))
 
 
 def test_every_route_is_documented_in_the_readme():
-    routes = {(r.method, r.path) for module in ROUTE_MODULES for r in module.routes}
+    routes = {(r.method, r.path) for table in (*ROUTE_TABLES, *CONTROL_TABLES) for r in table}
     assert len(routes) >= 14
     for method, path in sorted(routes):
         assert f"`{method} {path}`" in README, f"README does not document {method} {path}"
@@ -79,7 +84,10 @@ async def test_cli_drives_a_live_server(start_server, config_repo, monkeypatch):
     assert config_repo.initial in out and "reference" in out
 
     out = await run_cli("models", "switch", "reference-low", "--url", url)
-    switched = json.loads(out)["commit"]
+    switched = config_repo.repo.head.commit.hexsha
+    # (the core may add each model's load time: "loaded in 0.1 s")
+    assert re.fullmatch(rf"applied {switched[:7]}: reference-low loaded( in [\d.]+ s)?, "
+                        r"reference unloaded( \([\d.]+ s\))?\n", out), out
     assert git.Repo(config_repo.path).head.commit.author.name.endswith("(cli)")
 
     out = await run_cli("config", "log", "--url", url)
@@ -87,12 +95,13 @@ async def test_cli_drives_a_live_server(start_server, config_repo, monkeypatch):
     out = await run_cli("config", "plan", config_repo.initial[:8], "--url", url)
     assert "load     reference" in out and "unload   reference-low" in out
     out = await run_cli("config", "rollback", "--url", url)
-    rolled = json.loads(out)
-    assert rolled["rolled_back_to"] == config_repo.initial
-    out = await run_cli("config", "apply", switched[:10], "--url", url)
+    revert = git.Repo(config_repo.path).head.commit.hexsha
+    assert out.startswith(f"rolled back to {config_repo.initial[:7]} (as commit {revert[:7]}): "
+                          "reference loaded"), out
+    out = await run_cli("config", "apply", switched[:10], "--url", url, "--json")
     assert json.loads(out)["commit"] == switched
     out = await run_cli("config", "reload", "--url", url, "--json")
-    assert json.loads(out)["commit"] == rolled["commit"]  # the rollback's commit is the head
+    assert json.loads(out)["commit"] == revert  # the rollback's commit is the branch head
 
 
 async def test_cli_reports_server_errors_and_bad_tokens(start_server, monkeypatch):
@@ -117,3 +126,55 @@ def test_serve_refuses_a_config_repo_that_is_not_git(tmp_path: Path, capsys):
                      "--state-dir", str(tmp_path / "state")])
     assert code == 2
     assert "not a git repository" in capsys.readouterr().err
+
+
+def test_cli_words_tolerate_missing_keys():
+    assert words.change({"commit": "3f2a9c1deadbeef", "result": "applied", "action": "switch",
+                         "plan": {"load": ["test-voice"], "unload": []},
+                         "loaded": {"test-voice": 0.42}}) == (
+        "applied 3f2a9c1: test-voice loaded in 0.4 s")
+    assert words.change({"commit": "3f2a9c1deadbeef", "result": "unchanged",
+                         "message": "test-voice is already the default model"}) == (
+        "unchanged, still serving 3f2a9c1: test-voice is already the default model")
+    assert words.change({"commit": "abc", "duration_s": 0.25}) == (
+        "applied abc: settings only, no model loaded (0.2 s)")
+    assert words.change({}) == "applied -: settings only, no model loaded"
+
+
+def run_real_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed command as a user runs it, in its own process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "alltalk_host.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(config_repo, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_real_cli("serve", "--config-repo", str(config_repo.path),
+                              "--state-dir", str(tmp_path / "state"), "--port", str(port))
+    line = _one_line_error(result)
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "--port" in line
+
+
+@pytest.mark.parametrize("args", [
+    ["serve", "--config-repo", "/nonexistent/config"],
+    ["serve", "--port", "seventy"],
+    ["serve", "--no-such-flag"],
+    ["config", "apply"],
+    ["models", "switch", "x", "--url", "http://127.0.0.1:9"],
+])
+def test_operator_mistakes_are_one_line_and_a_non_zero_exit(args, tmp_path):
+    line = _one_line_error(run_real_cli(*args, *(
+        ["--state-dir", str(tmp_path / "state")] if args[0] == "serve" else [])))
+    assert line.startswith(("error", "alltalk-host")), line

@@ -67,7 +67,7 @@ async def test_tts_bad_input_gets_a_json_error(start_server, body, status, code)
 async def test_malformed_bodies_get_a_json_error(start_server, raw):
     client = await start_server()
     for path in ("/tts", "/control/config/apply"):
-        resp = await client.post(path, data=raw)
+        resp = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
         assert resp.status == 400
         assert (await error_of(resp))["code"] == "malformed_json"
 

@@ -171,3 +171,32 @@ async def test_every_synthesis_response_names_its_commit(start_server, config_re
         assert resp.headers["X-AllTalk-Model"] == "reference; generation=1"
     bad = await client.post("/tts", json={"text": ""})
     assert (await error_of(bad))["code"] == "empty_text"
+
+
+async def test_open_webui_lists_models_under_audio_models(start_server):
+    client = await start_server()
+    body = await (await client.get("/v1/audio/models")).json()
+    assert {"tts-1", "tts-1-hd", "reference", "reference-low"} <= {m["id"] for m in
+                                                                   body["models"]}
+
+
+async def test_a_base_url_without_v1_is_told_where_the_routes_are(start_server):
+    client = await start_server()
+    api = openai.AsyncOpenAI(base_url=f"http://{client.host}:{client.port}", api_key="x",
+                             max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        await api.audio.speech.create(model="tts-1", voice="alloy", input="Hi")
+    assert "/v1" in str(info.value)
+    await api.close()
+    for path in ("/audio/voices", "/models", "/audio/models"):
+        resp = await client.get(path)
+        assert resp.status == 404
+        assert "under /v1" in (await error_of(resp))["message"], path
+
+
+async def test_the_root_page_links_status_and_docs(start_server):
+    client = await start_server()
+    resp = await client.get("/")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    page = await resp.text()
+    assert 'href="/control/status"' in page and "README" in page and "reference" in page

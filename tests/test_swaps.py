@@ -218,7 +218,8 @@ def test_a_crash_mid_apply_leaves_the_previous_good_state(config_repo, tmp_path)
                                   "default.models.reference.settings.load_seconds", 30.0)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/control/config/apply",
-            data=json.dumps({"commit": slow}).encode(), method="POST")
+            data=json.dumps({"commit": slow}).encode(), method="POST",
+            headers={"Content-Type": "application/json"})
         # The apply call is abandoned when the server dies.
         threading.Thread(target=lambda: _swallow(request), daemon=True).start()
         deadline = time.monotonic() + 10

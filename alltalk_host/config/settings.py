@@ -40,6 +40,11 @@ SETTINGS_FILE = "settings.toml"
 # Keys Dynaconf adds about itself, not ours to show or diff.
 _INTERNAL_KEYS = {"load_dotenv", "env", "settings_module"}
 
+
+def _strings(value: Any) -> bool:
+    return all(isinstance(v, str) for v in value)
+
+
 HOST_VALIDATORS = [
     Validator("default_model", must_exist=True, is_type_of=str),
     Validator("models", must_exist=True, is_type_of=dict),
@@ -66,6 +71,12 @@ HOST_VALIDATORS = [
               is_type_of=str, len_min=1),
     Validator("openai.models", default={}, is_type_of=dict),
     Validator("openai.voices", default={}, is_type_of=dict),
+    # The HTTP front-end's boundary (read by alltalk_host.web.policy).
+    Validator("http.trusted_origins", default=[], is_type_of=list, condition=_strings),
+    Validator("http.allowed_hosts", default=[], is_type_of=list, condition=_strings),
+    Validator("http.cors_origins", default=["*"], is_type_of=list, condition=_strings),
+    Validator("http.max_body_bytes", default=1_048_576, is_type_of=int, gte=1024,
+              lte=64 * 1_048_576),
 ]
 
 
@@ -84,6 +95,16 @@ class AllTalkSettings:
     legacy_api: bool
     narrator_voice: str
     preview_text: str
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """``[http]``: the HTTP boundary (read by the front-end's policy)."""
+
+    trusted_origins: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
+    cors_origins: tuple[str, ...]
+    max_body_bytes: int
 
 
 @dataclass(frozen=True)
@@ -112,6 +133,7 @@ class HostConfig:
     output_retention: Retention
     alltalk: AllTalkSettings
     openai: OpenAISettings
+    http: HttpSettings
     strict_models: bool
     # Dotted key -> the layer its value came from.
     sources: Mapping[str, Layer]
@@ -248,7 +270,8 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
                      f"{sorted(models)}"],
         )
     layers = _layers(tree, raw_files, env, local_data)
-    watch, alltalk, openai = values["watch"], values["alltalk"], values["openai"]
+    watch, alltalk, openai, http = (values["watch"], values["alltalk"], values["openai"],
+                                    values["http"])
     return HostConfig(
         commit=commit,
         env=env,
@@ -273,6 +296,10 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
                                 preview_text=alltalk["preview_text"]),
         openai=OpenAISettings(models=_str_map(openai["models"], "openai.models"),
                               voices=_voice_maps(openai["voices"])),
+        http=HttpSettings(trusted_origins=tuple(http["trusted_origins"]),
+                          allowed_hosts=tuple(http["allowed_hosts"]),
+                          cors_origins=tuple(http["cors_origins"]),
+                          max_body_bytes=http["max_body_bytes"]),
         strict_models=values["strict_models"],
         sources=layer_of_each_key(flatten(values), layers),
         layer_keys=tuple((layer, frozenset(flatten(lower_top(data)))) for layer, data in layers),

@@ -1,88 +1,40 @@
-"""AllTalk-compatible routes (its v2 API), mapped onto the core, in AllTalk's reply shapes.
+"""AllTalk-compatible routes (its v2 API) for speech, status and files, in AllTalk's shapes.
 
-SillyTavern, text-generation-webui and Home Assistant talk to these unchanged. Model switches
-and setting changes become commits, like every other change. docs/compatibility.md lists each
-route, what it maps to and where it differs from AllTalk.
+SillyTavern, text-generation-webui and Home Assistant talk to these unchanged. The routes that
+change state (model switch, settings, stop) are in alltalk_control.py, behind the guard.
+docs/compatibility.md lists each route, what it maps to and where it differs from AllTalk.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from ..config.settings import HostConfig
+from ..config.settings import HostConfig, ModelDef
 from ..encode import FORMATS, encode
-from ..errors import BadRequest, Conflict, HostError, NotFound
+from ..errors import Code, HostError
+from ..outputs import check_stem
 from ..registry import Serving
 from ..speech import SpeechInput, SpeechResult
-from ..text import filter_text, narrator_segments
-from .errors import Handler, current_serving, ensure_form
+from ..text import filter_text, filtered_segments
+from .alltalk_fields import (
+    OPTION_FIELDS,
+    boolean,
+    choice,
+    field_error,
+    generation_errors,
+    language_of,
+    number,
+    voice_of,
+)
+from .errors import V1_HINT, current_serving, ensure_form
 from .keys import HOST, OUTPUTS
-from .tts import provenance_headers, send_stream
+from .streams import provenance_headers, send_audio, send_stream
 
 routes = web.RouteTableDef()
-
-# Core error codes that are about a field of the request: AllTalk answers these with 400
-# {"error": "field: description"}; anything else is {"status": "generate-failure", ...}.
-_FIELD_OF = {
-    "empty_text": "text_input", "text_too_long": "text_input", "nothing_to_say": "text_input",
-    "unknown_voice": "character_voice_gen", "bad_voice_file": "character_voice_gen",
-    "unsupported_language": "language", "bad_speed": "speed", "bad_option": "temperature",
-    "bad_file_name": "output_file_name", "malformed_form": "body",
-}
-TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def field_error(field: str, message: str) -> web.Response:
-    return web.json_response({"error": f"{field}: {message}"}, status=400)
-
-
-def generation_errors(handler: Handler) -> Handler:
-    """Core errors in AllTalk's shapes for the generation routes."""
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except HostError as exc:
-            # The form readers below name their field in the code: "field:<name>".
-            field = exc.code[6:] if exc.code.startswith("field:") else _FIELD_OF.get(exc.code)
-            if field is not None:
-                return field_error(field, exc.message)
-            return web.json_response({"status": "generate-failure", "error": exc.message},
-                                     status=exc.status)
-    return wrapped
-
-
-def _bool(form: Any, name: str, default: bool) -> bool:
-    value = str(form.get(name, default)).strip().lower()
-    if value in TRUE:
-        return True
-    if value in FALSE:
-        return False
-    raise BadRequest(f"expected true or false, not {value!r}", code=f"field:{name}")
-
-
-def _choice(form: Any, name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = str(form.get(name, default)).strip().lower()
-    if value not in choices:
-        raise BadRequest(f"must be one of {', '.join(choices)}", code=f"field:{name}")
-    return value
-
-
-def _number(form: Any, name: str) -> float | None:
-    raw = form.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{raw!r} is not a number", code=f"field:{name}") from None
-
-
-def _voice(value: str | None) -> str | None:
-    value = (value or "").strip()
-    return None if value in ("", "Disabled", "default") else value
 
 
 # --- status and lists ---------------------------------------------------------------------
@@ -115,7 +67,6 @@ async def current_settings(request: web.Request) -> web.Response:
     gen = serving.default
     caps = gen.capabilities if gen else None
     status = gen.instances[0].status() if gen and gen.instances else {}
-    settings = model.settings
     parameters = caps.parameters if caps else ()
     toggles = caps.toggles if caps else ()
     return web.json_response({
@@ -127,18 +78,18 @@ async def current_settings(request: web.Request) -> web.Response:
         "audio_format": "wav",
         "deepspeed_capable": "deepspeed" in toggles,
         "deepspeed_available": bool(status.get("deepspeed_available", False)),
-        "deepspeed_enabled": bool(settings.get("deepspeed", False)),
+        "deepspeed_enabled": bool(_setting(model, "deepspeed", False)),
         "generationspeed_capable": True,
         "generationspeed_set": model.default_speed,
         "lowvram_capable": "low_vram" in toggles,
-        "lowvram_enabled": bool(settings.get("low_vram", False)),
+        "lowvram_enabled": bool(_setting(model, "low_vram", False)),
         "pitch_capable": "pitch" in parameters,
-        "pitch_set": settings.get("pitch", 0),
+        "pitch_set": _setting(model, "pitch", 0),
         "repetitionpenalty_capable": "repetition_penalty" in parameters,
-        "repetitionpenalty_set": settings.get("repetition_penalty", 0),
+        "repetitionpenalty_set": _setting(model, "repetition_penalty", 0),
         "streaming_capable": bool(caps and caps.streaming),
         "temperature_capable": "temperature" in parameters,
-        "temperature_set": settings.get("temperature", 0),
+        "temperature_set": _setting(model, "temperature", 0),
         "ttsengines_installed": bool(host.catalog.backends),
         "languages_capable": bool(caps and len(caps.languages) > 1),
         "multivoice_capable": bool(gen and len(gen.voices) > 1),
@@ -146,77 +97,13 @@ async def current_settings(request: web.Request) -> web.Response:
     })
 
 
-# --- changes: each one a commit, then an apply ----------------------------------------------
-
-def _who(request: web.Request) -> str:
-    return f"alltalk-api@{request.remote}"
-
-
-@routes.post("/api/reload")
-async def reload_model(request: web.Request) -> web.Response:
-    name = request.query.get("tts_method", "").strip()
-    serving = request.app[HOST].registry.serving
-    if not name or (serving is not None and name not in serving.config.models):
-        return web.json_response({"status": "error", "message": "Invalid TTS method specified"},
-                                 status=400)
-    try:
-        await request.app[HOST].control.switch_model(name, _who(request))
-    except Conflict as exc:
-        if exc.code == "apply_in_progress":
-            return web.json_response({"status": "model-is currently changing"}, status=409)
-        return web.json_response({"status": "model-failure", "message": exc.message},
-                                 status=exc.status)
-    except NotFound:
-        return web.json_response({"status": "error", "message": "Invalid TTS method specified"},
-                                 status=400)
-    except HostError as exc:
-        return web.json_response({"status": "model-failure", "message": exc.message},
-                                 status=exc.status)
-    return web.json_response({"status": "model-success"})
-
-
-@routes.get("/api/reload_config")
-async def reload_config(request: web.Request) -> web.Response:
-    try:
-        await request.app[HOST].control.reload(_who(request))
-    except HostError as exc:
-        return web.json_response({"status": "error", "message": exc.message},
-                                 status=400 if exc.status < 500 else 500)
-    return web.Response(text="Config file reloaded successfully")
-
-
-async def _toggle(request: web.Request, setting: str, query: str, ok: str) -> web.Response:
-    try:
-        value = _bool(request.query, query, False) if query in request.query else None
-        if value is None:
-            raise BadRequest(f"{query} is required", code="missing_field")
-        serving = current_serving(request)
-        model = serving.config.default_model
-        gen = serving.generations.get(model)
-        if gen is None or setting not in gen.capabilities.toggles:
-            raise BadRequest(f"model {model} ({serving.config.models[model].backend}) has no "
-                             f"{setting} setting", code="not_capable")
-        await request.app[HOST].control.set_model_setting(model, setting, value, _who(request))
-    except HostError as exc:
-        return web.json_response({"status": "error", "message": exc.message},
-                                 status=exc.status)
-    return web.json_response({"status": ok, "message": ""})
-
-
-@routes.post("/api/lowvramsetting")
-async def low_vram(request: web.Request) -> web.Response:
-    return await _toggle(request, "low_vram", "new_low_vram_value", "lowvram-success")
-
-
-@routes.post("/api/deepspeed")
-async def deepspeed(request: web.Request) -> web.Response:
-    return await _toggle(request, "deepspeed", "new_deepspeed_value", "deepspeed-success")
-
-
-@routes.put("/api/stop-generation")
-async def stop_generation(request: web.Request) -> web.Response:
-    request.app[HOST].speech.cancel_all()
-    return web.json_response({"message": "Cancelling current TTS generation"})
+def _setting(model: ModelDef, name: str, default: Any) -> Any:
+    """A backend setting as the backend parsed it (its defaults included: XTTS's temperature
+    is 0.75 unless set), else as written, else ``default``."""
+    value = getattr(model.parsed, name, None)
+    if value is None or isinstance(value, Mapping):
+        value = model.settings.get(name, default)
+    return value
 
 
 # --- generation -----------------------------------------------------------------------------
@@ -228,39 +115,51 @@ async def tts_generate(request: web.Request) -> web.Response:
     text = str(form.get("text_input", "")).strip()
     if not text:
         return field_error("text_input", "Field required")
-    filtering = _choice(form, "text_filtering", "standard", ("none", "standard", "html"))
-    narrator = _choice(form, "narrator_enabled", "false", ("true", "false", "silent"))
-    not_inside = _choice(form, "text_not_inside", "character",
-                         ("character", "narrator", "silent"))
-    language = str(form.get("language", "en")).strip() or "en"
+    filtering = choice(form, "text_filtering", "standard", ("none", "standard", "html"))
+    narrator = choice(form, "narrator_enabled", "false", ("true", "false", "silent"))
+    not_inside = choice(form, "text_not_inside", "character",
+                        ("character", "narrator", "silent"))
     name = str(form.get("output_file_name", "myoutputfile")).strip()
-    timestamp = _bool(form, "output_file_timestamp", True)
-    speed = _number(form, "speed")
-    _bool(form, "autoplay", False)  # accepted; the host does not play audio itself
+    check_stem(name)
+    timestamp = boolean(form, "output_file_timestamp", True)
+    speed = number(form, "speed")
+    boolean(form, "autoplay", False)  # accepted; the host does not play audio itself
     serving = current_serving(request)
     config = serving.config
     options = _options(form, serving)
-    text = filter_text(text, filtering)
-    character = _voice(form.get("character_voice_gen"))
-    narrator_voice = _voice(form.get("narrator_voice_gen")) or config.values["alltalk"][
-        "narrator_voice"] or None
+    language, headers = language_of(form, "language", serving)
+    character = voice_of(form, "character_voice_gen", serving)
 
     def part(piece: str, voice: str | None) -> SpeechInput:
-        return SpeechInput(piece, voice=voice, language=None if language == "auto" else language,
-                           speed=speed, options=options)
+        return SpeechInput(piece, voice=voice, language=language, speed=speed, options=options)
 
     if narrator == "false":
-        parts = [part(text, character)]
+        parts = [part(filter_text(text, filtering), character)]
     else:
-        segments = narrator_segments(text, not_inside)
+        # Checked only in narrator mode: SillyTavern sends a placeholder otherwise.
+        narrator_voice = voice_of(form, "narrator_voice_gen", serving) or (
+            config.alltalk.narrator_voice or None)
+        segments = filtered_segments(text, filtering, not_inside)
         if narrator == "silent":
             segments = [s for s in segments if s[0] == "character"]
         parts = [part(piece, narrator_voice if role == "narrator" else character)
                  for role, piece in segments]
-        if not parts:
-            return field_error("text_input", "nothing to say after narrator filtering")
-    result = await request.app[HOST].speech.synthesize_parts(parts)
-    return await _saved(request, result, config, name, timestamp)
+    result = await _speak(request, parts)
+    return await _saved(request, result, config, name, timestamp, headers=headers)
+
+
+async def _speak(request: web.Request, parts: list[SpeechInput]) -> SpeechResult:
+    """The parts spoken on one lease; short silence when there is nothing to speak, as
+    clients of AllTalk expect a file for any text."""
+    speech = request.app[HOST].speech
+    parts = [p for p in parts if p.text]  # filtering may leave nothing at all
+    try:
+        if parts:
+            return await speech.synthesize_parts(parts)
+    except HostError as exc:
+        if exc.code != Code.NOTHING_TO_SPEAK:
+            raise
+    return await speech.silence()
 
 
 def _options(form: Any, serving: Serving) -> dict[str, float]:
@@ -269,38 +168,41 @@ def _options(form: Any, serving: Serving) -> dict[str, float]:
     gen = serving.default
     accepted = gen.capabilities.parameters if gen else ()
     options = {}
-    for name in ("temperature", "repetition_penalty", "pitch"):
-        value = _number(form, name)
+    for name in OPTION_FIELDS:
+        value = number(form, name)
         if value is not None and name in accepted:
             options[name] = value
     return options
 
 
 async def _saved(request: web.Request, result: SpeechResult, config: HostConfig, stem: str,
-                 timestamp: bool, cache_url: bool = True) -> web.Response:
+                 timestamp: bool, cache_url: bool = True,
+                 headers: Mapping[str, str] | None = None) -> web.Response:
     """Write the audio as a WAV to the outputs folder; AllTalk's reply naming the file."""
     wav = await asyncio.to_thread(encode, result.audio, FORMATS["wav"])
     store = request.app[OUTPUTS].get(config.outputs_dir)
     path = await asyncio.to_thread(store.write, stem, wav, ".wav", timestamp,
                                    config.output_retention)
-    base = f"{request.scheme}://{request.host}" if config.values["alltalk"]["legacy_api"] else ""
+    base = f"{request.scheme}://{request.host}" if config.alltalk.legacy_api else ""
     reply = {"status": "generate-success", "output_file_path": str(path),
              "output_file_url": f"{base}/audio/{path.name}"}
     if cache_url:
         reply["output_cache_url"] = f"{base}/audiocache/{path.name}"
-    return web.json_response(reply, headers=provenance_headers(result.provenance))
+    return web.json_response(reply, headers={**provenance_headers(result.provenance),
+                                             **(headers or {})})
 
 
 @routes.post("/api/previewvoice/")
 @generation_errors
 async def preview_voice(request: web.Request) -> web.Response:
     form = await ensure_form(request)
-    voice = _voice(form.get("voice"))
-    if voice is None:
+    if not str(form.get("voice") or "").strip():
         return field_error("voice", "Field required")
-    config = current_serving(request).config
+    serving = current_serving(request)
+    voice = voice_of(form, "voice", serving)
+    config = serving.config
     result = await request.app[HOST].speech.synthesize(
-        SpeechInput(config.values["alltalk"]["preview_text"], voice=voice))
+        SpeechInput(config.alltalk.preview_text, voice=voice))
     return await _saved(request, result, config, "preview_voice", True, cache_url=False)
 
 
@@ -309,22 +211,34 @@ async def preview_voice(request: web.Request) -> web.Response:
 @generation_errors
 async def tts_generate_streaming(request: web.Request) -> web.StreamResponse:
     params: Any = request.query if request.method == "GET" else await ensure_form(request)
-    text = filter_text(str(params.get("text", "")), "standard")
-    if not text:
+    raw = str(params.get("text", ""))
+    if not raw.strip():
         return field_error("text", "Field required")
-    language = str(params.get("language", "en")).strip() or "en"
-    wanted = SpeechInput(text, voice=_voice(params.get("voice")),
-                         language=None if language == "auto" else language)
+    serving = current_serving(request)
+    language, headers = language_of(params, "language", serving)
+    wanted = SpeechInput(filter_text(raw, "standard"), voice=voice_of(params, "voice", serving),
+                         language=language)
     speech = request.app[HOST].speech
-    async with await speech.stream(wanted) as stream:
-        return await send_stream(request, stream, FORMATS["wav"])
+    try:
+        if not wanted.text:  # filtering left nothing at all
+            raise HostError("nothing to speak", code=Code.NOTHING_TO_SPEAK, status=400)
+        stream = await speech.stream(wanted)
+    except HostError as exc:
+        if exc.code != Code.NOTHING_TO_SPEAK:
+            raise
+        return await send_audio(await speech.silence(), FORMATS["wav"], headers)
+    async with stream:
+        return await send_stream(request, stream, FORMATS["wav"], headers)
 
 
 # --- files ----------------------------------------------------------------------------------
 
 def _output_file(request: web.Request, headers: dict[str, str]) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name in ("speech", "voices", "models"):  # an OpenAI client without /v1 in its base URL
+        raise HostError(V1_HINT, code=Code.NOT_FOUND, status=404)
     config = current_serving(request).config
-    path = request.app[OUTPUTS].get(config.outputs_dir).resolve(request.match_info["name"])
+    path = request.app[OUTPUTS].get(config.outputs_dir).resolve(name)
     return web.FileResponse(path, headers={"Content-Type": "audio/wav", **headers})
 
 

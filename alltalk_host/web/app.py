@@ -3,30 +3,63 @@
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ..host import Host
 from ..outputs import OutputStores
-from . import alltalk, control, health, openai, tts
-from .auth import control_auth_middleware
-from .errors import error_middleware
-from .keys import HOST, OUTPUTS
+from . import alltalk, alltalk_control, control, health, index, openai, tts
+from .cors import CONTROL, PUBLIC, add_cors_headers, preflight
+from .errors import Handler, error_middleware
+from .guard import ControlRoutes, guard
+from .keys import HOST, OUTPUTS, ROUTE_KINDS
+from .outputs_check import watch_outputs
+from .policy import policy
 
 log = logging.getLogger(__name__)
-# Each module holds a RouteTableDef named ``routes``.
-ROUTE_MODULES = (tts, health, control, alltalk, openai)
+# Speech, health and read-only routes: open to every client that can reach the port.
+ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
+    index.routes, tts.routes, health.routes, alltalk.routes, openai.routes)
+# Everything that changes state or shows the config: each route is guarded (guard.py).
+CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
+                                              alltalk_control.control_routes)
 
 
 def create_app(host: Host) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, control_auth_middleware])
+    app = web.Application(middlewares=[error_middleware, body_limit_middleware])
     app[HOST] = host
     app[OUTPUTS] = OutputStores()
-    for module in ROUTE_MODULES:
-        app.add_routes(module.routes)
+    kinds: dict[str, str] = {}
+    methods: dict[str, set[str]] = defaultdict(set)
+    for table in ROUTE_TABLES:
+        for route in table:
+            assert isinstance(route, web.RouteDef)
+            route.register(app.router)
+            kinds.setdefault(route.path, PUBLIC)
+            methods[route.path].add(route.method)
+    for control_table in CONTROL_TABLES:
+        for route in control_table:
+            assert isinstance(route, web.RouteDef)
+            web.RouteDef(route.method, route.path, guard(route.handler, control_table.body),
+                         route.kwargs).register(app.router)
+            kinds[route.path] = CONTROL  # a path with any control route is one for CORS
+            methods[route.path].add(route.method)
+    for path, kind in kinds.items():
+        app.router.add_route("OPTIONS", path, preflight(kind, methods[path]))
+    app[ROUTE_KINDS] = kinds
+    app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_host_lifetime)
+    app.cleanup_ctx.append(watch_outputs)
     return app
+
+
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bodies beyond ``http.max_body_bytes`` are 413: aiohttp enforces the limit as the body
+    is read, and the limit comes from the serving commit, so it is set per request."""
+    return await handler(request.clone(client_max_size=policy(request).max_body_bytes))
 
 
 async def _host_lifetime(app: web.Application) -> AsyncIterator[None]:

@@ -1,14 +1,19 @@
-"""The /control routes: status, config history, plan, apply, rollback, reload, model switch."""
+"""The /control routes: status, config history, plan, apply, rollback, reload, model switch.
+
+Every one is a control route (guard.py): they change state or show the configuration.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Code
 from .errors import field, read_json
+from .guard import ControlRoutes
 from .keys import HOST
+from .outputs_check import outputs_status
 
-routes = web.RouteTableDef()
+control_routes = ControlRoutes(body="json")
 
 
 def _author(request: web.Request, body: dict) -> str | None:
@@ -22,41 +27,44 @@ def _who(request: web.Request, body: dict) -> str:
     return _author(request, body) or f"api@{request.remote}"
 
 
-@routes.get("/control/status")
+@control_routes.get("/control/status")
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[HOST].control.status())
+    status = request.app[HOST].control.status()
+    # The web front-end's own part: whether generated files can be stored.
+    status["outputs"] = await outputs_status(request.app)
+    return web.json_response(status)
 
 
-@routes.get("/control/plugins")
+@control_routes.get("/control/plugins")
 async def plugins(request: web.Request) -> web.Response:
     return web.json_response(
         {"plugins": [p.to_dict() for p in request.app[HOST].catalog.plugins]})
 
 
-@routes.get("/control/config/commits")
+@control_routes.get("/control/config/commits")
 async def commits(request: web.Request) -> web.Response:
     try:
         limit = int(request.query.get("limit", "50"))
     except ValueError:
-        raise BadRequest("limit must be a whole number", code="bad_field") from None
+        raise BadRequest("limit must be a whole number", code=Code.BAD_FIELD) from None
     if not 1 <= limit <= 1000:
-        raise BadRequest("limit must be from 1 to 1000", code="bad_field")
+        raise BadRequest("limit must be from 1 to 1000", code=Code.BAD_FIELD)
     return web.json_response({"commits": await request.app[HOST].control.commits(limit)})
 
 
-@routes.get("/control/config/effective")
+@control_routes.get("/control/config/effective")
 async def effective(request: web.Request) -> web.Response:
     return web.json_response(request.app[HOST].control.effective())
 
 
-@routes.post("/control/config/plan")
+@control_routes.post("/control/config/plan")
 async def plan(request: web.Request) -> web.Response:
     body = await read_json(request)
     result = await request.app[HOST].control.plan(field(body, "commit", str, required=True))
     return web.json_response(result.to_dict())
 
 
-@routes.post("/control/config/apply")
+@control_routes.post("/control/config/apply")
 async def apply(request: web.Request) -> web.Response:
     body = await read_json(request)
     commit = field(body, "commit", str, required=True)
@@ -64,7 +72,7 @@ async def apply(request: web.Request) -> web.Response:
         await request.app[HOST].control.apply(commit, _who(request, body)))
 
 
-@routes.post("/control/config/reload")
+@control_routes.post("/control/config/reload")
 async def reload(request: web.Request) -> web.Response:
     body = await read_json(request)
     result = await request.app[HOST].control.reload(
@@ -76,7 +84,7 @@ async def reload(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-@routes.post("/control/config/rollback")
+@control_routes.post("/control/config/rollback")
 async def rollback(request: web.Request) -> web.Response:
     body = await read_json(request)
     revert = field(body, "revert", bool)
@@ -85,7 +93,7 @@ async def rollback(request: web.Request) -> web.Response:
         author=_author(request, body)))
 
 
-@routes.post("/control/models/switch")
+@control_routes.post("/control/models/switch")
 async def switch(request: web.Request) -> web.Response:
     body = await read_json(request)
     model = field(body, "model", str, required=True)
@@ -93,7 +101,7 @@ async def switch(request: web.Request) -> web.Response:
         model, _who(request, body), author=_author(request, body)))
 
 
-@routes.post("/control/models/{name}/reload")
+@control_routes.post("/control/models/{name}/reload")
 async def reload_model(request: web.Request) -> web.Response:
     body = await read_json(request)
     return web.json_response(await request.app[HOST].control.reload_model(

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import BadRequest, HostError
+from ..errors import BadRequest, Code, HostError, PayloadTooLarge, Unavailable
 from ..registry import Serving
 from .keys import HOST
 
@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
+    404: Code.NOT_FOUND,
+    405: Code.METHOD_NOT_ALLOWED,
+    413: Code.BODY_TOO_LARGE,
 }
 
 
@@ -27,7 +27,7 @@ def current_serving(request: web.Request) -> Serving:
     """The snapshot that serves now, for routes that read it before asking for speech."""
     serving = request.app[HOST].registry.serving
     if serving is None:
-        raise HostError("no model is loaded yet", code="not_ready", status=503)
+        raise Unavailable("no model is loaded yet", code=Code.NOT_READY)
     return serving
 
 
@@ -44,9 +44,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
+        code = _HTTP_CODES.get(exc.status, Code.HTTP_ERROR)
         message = exc.reason if exc.status != 404 else (
             f"no route {request.method} {request.path}")
+        if exc.status in (404, 405) and await _is_under_v1(request):
+            message = V1_HINT
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         body = HostError(message, code=code).to_dict()
         return web.json_response(body, status=exc.status, headers=headers)
@@ -56,18 +58,53 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response(body, status=500)
 
 
+# A client given the server's root as its OpenAI base URL calls /audio/speech, /models, ...
+V1_HINT = ("the OpenAI-compatible routes are under /v1: use http://HOST:PORT/v1 as the "
+           "client's base URL")
+
+
+async def _is_under_v1(request: web.Request) -> bool:
+    """Whether this request's path, with /v1 in front, is a route (a missing /v1 prefix)."""
+    if request.path.startswith("/v1/"):
+        return False
+    try:
+        match = await request.app.router.resolve(request.clone(rel_url="/v1" + request.path))
+    except ValueError:  # a path that makes no URL
+        return False
+    return match.http_exception is None or match.http_exception.status == 405
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body, or 413 beyond the size limit (``http.max_body_bytes``)."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(_too_large(exc)) from None
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; an empty body counts as ``{}``."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+    # ValueError covers a JSONDecodeError, bytes that are no UTF-8 and a number of thousands
+    # of digits (Python's int limit); RecursionError, arrays nested thousands deep.
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {_short(exc)}",
+                         code=Code.MALFORMED_JSON) from None
     if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object", code="malformed_json")
+        raise BadRequest("the body must be a JSON object", code=Code.MALFORMED_JSON)
     return data
+
+
+def _too_large(exc: web.HTTPRequestEntityTooLarge) -> str:
+    return f"{exc.text or 'the body is too large'} (http.max_body_bytes)"
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc)[:200] or type(exc).__name__
 
 
 def field(data: dict[str, Any], name: str, types: type | tuple[type, ...],
@@ -76,10 +113,11 @@ def field(data: dict[str, Any], name: str, types: type | tuple[type, ...],
     value = data.get(name)
     if value is None:
         if required:
-            raise BadRequest(f"{name} is required", code="missing_field", details={"field": name})
+            raise BadRequest(f"{name} is required", code=Code.MISSING_FIELD,
+                             details={"field": name})
         return None
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
-        raise BadRequest(f"{name} has the wrong type", code="bad_field", details={"field": name})
+        raise BadRequest(f"{name} has the wrong type", code=Code.BAD_FIELD, details={"field": name})
     return value
 
 
@@ -94,8 +132,13 @@ async def ensure_form(request: web.Request) -> Any:
     """The request's form fields (urlencoded or multipart), or BadRequest if unreadable."""
     if request.body_exists and request.content_type not in FORM_TYPES:
         raise BadRequest(f"expected a form body ({' or '.join(FORM_TYPES)}), not "
-                         f"{request.content_type}", code="malformed_form")
+                         f"{request.content_type}", code=Code.MALFORMED_FORM)
     try:
         return await request.post()
-    except (ValueError, UnicodeDecodeError, AssertionError, web.HTTPException) as exc:
-        raise BadRequest(f"the form body cannot be read: {exc}", code="malformed_form") from None
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(_too_large(exc)) from None
+    # LookupError: a charset Python does not know (charset=bogus); ValueError includes
+    # undecodable bytes; AssertionError and HTTPException: aiohttp's multipart reader.
+    except (ValueError, LookupError, AssertionError, web.HTTPException) as exc:
+        raise BadRequest(f"the form body cannot be read: {_short(exc)}",
+                         code=Code.MALFORMED_FORM) from None

@@ -7,3 +7,5 @@ from ..outputs import OutputStores
 
 HOST = web.AppKey("host", Host)
 OUTPUTS = web.AppKey("outputs", OutputStores)
+# A route's canonical path -> "public" or "control", for CORS (see cors.py).
+ROUTE_KINDS = web.AppKey("route_kinds", dict)

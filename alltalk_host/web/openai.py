@@ -1,7 +1,9 @@
 """OpenAI-compatible speech routes: what the openai SDK and Open WebUI call.
 
-``POST /v1/audio/speech`` always streams: audio is sent as sentences complete, in the requested
-format. Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
+``POST /v1/audio/speech`` streams: audio is sent as sentences complete, in the requested
+format. Input with nothing to speak (Home Assistant's openai_tts checks a key by speaking ".")
+gets a short, complete silence instead. Errors use OpenAI's shape,
+``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from aiohttp import web
 
 from ..config.settings import SPEED_RANGE
 from ..encode import get_format
-from ..errors import BadRequest, HostError, NotFound
+from ..errors import Code, HostError, NotFound
 from ..registry import Serving
 from ..speech import SpeechInput
 from .errors import Handler, current_serving, read_json
 from .keys import HOST
-from .tts import send_stream
+from .streams import send_audio, send_stream
 
 routes = web.RouteTableDef()
 
@@ -51,7 +53,7 @@ def resolve_model(serving: Serving, name: str) -> str:
     config = serving.config
     if name in config.models:
         return name
-    mapped = config.values["openai"]["models"].get(name)
+    mapped = config.openai.models.get(name)
     if mapped is not None or name in OPENAI_MODELS:
         return mapped or config.default_model
     raise _invalid(f"the model {name!r} does not exist", "model", "model_not_found", 404)
@@ -62,7 +64,7 @@ def resolve_voice(serving: Serving, model: str, voice: str) -> str | None:
     voices = gen.voices if gen else []
     if voice in voices:
         return voice
-    mapped = serving.config.values["openai"]["voices"].get(model, {}).get(voice)
+    mapped = serving.config.openai.voices.get(model, {}).get(voice)
     if mapped:
         if voices and mapped not in voices:
             raise _invalid(f"the voice map sends {voice!r} to {mapped!r}, which model {model} "
@@ -89,8 +91,8 @@ def _text(body: dict[str, Any], name: str, required: bool = True) -> str | None:
 async def speech(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_json(request)
-    except BadRequest as exc:
-        raise _invalid(exc.message, "body", exc.code) from None
+    except HostError as exc:
+        raise _invalid(exc.message, "body", exc.code, exc.status) from None
     model_name = _text(body, "model")
     text = _text(body, "input")
     voice_name = _text(body, "voice")
@@ -102,7 +104,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
                        "text_too_long")
     try:
         fmt = get_format(fmt_name)
-    except BadRequest as exc:
+    except HostError as exc:
         raise _invalid(exc.message, "response_format", exc.code) from None
     if body.get("stream_format", "audio") != "audio":
         raise _invalid("only stream_format 'audio' is supported", "stream_format")
@@ -113,13 +115,20 @@ async def speech(request: web.Request) -> web.StreamResponse:
     model = resolve_model(serving, model_name)
     voice = resolve_voice(serving, model, voice_name)
     wanted = SpeechInput(text, model=model, voice=voice, speed=float(speed))
+    speech_service = request.app[HOST].speech
     try:
-        stream = await request.app[HOST].speech.stream(wanted)
+        stream = await speech_service.stream(wanted)
     except HostError as exc:
+        if exc.code == Code.NOTHING_TO_SPEAK:
+            return await send_audio(await speech_service.silence(model), fmt)
         exc.details = {"param": _PARAM_OF.get(exc.code)}
         raise
     async with stream:
-        return await send_stream(request, stream, fmt)
+        try:
+            return await send_stream(request, stream, fmt)
+        except HostError as exc:  # refused at the first chunk, before any byte was sent
+            exc.details = {"param": _PARAM_OF.get(exc.code)}
+            raise
 
 
 _PARAM_OF = {"empty_text": "input", "text_too_long": "input", "nothing_to_say": "input",
@@ -133,15 +142,26 @@ async def list_voices(request: web.Request) -> web.Response:
     model = resolve_model(serving, request.query.get("model", serving.config.default_model))
     gen = serving.generations.get(model)
     if gen is None:
-        raise NotFound(f"model {model!r} is not loaded", code="model_not_loaded")
-    mapped = serving.config.values["openai"]["voices"].get(model, {})
+        raise NotFound(f"model {model!r} is not loaded", code=Code.MODEL_NOT_LOADED)
+    mapped = serving.config.openai.voices.get(model, {})
     names = list(dict.fromkeys([*OPENAI_VOICES, *mapped, *gen.voices]))
     return web.json_response({"model": model, "voices": [{"id": n, "name": n} for n in names]})
 
 
+@routes.get("/v1/audio/models")
+async def list_audio_models(request: web.Request) -> web.Response:
+    # Open WebUI reads {"models": [{"id": ...}]} here to fill its TTS model list.
+    return web.json_response({"models": [{"id": n} for n in _model_names(request)]})
+
+
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    serving = request.app[HOST].registry.serving
-    names = list(OPENAI_MODELS) + (sorted(serving.config.models) if serving else [])
     return web.json_response({"object": "list", "data": [
-        {"id": n, "object": "model", "created": 0, "owned_by": "alltalk-host"} for n in names]})
+        {"id": n, "object": "model", "created": 0, "owned_by": "alltalk-host"}
+        for n in _model_names(request)]})
+
+
+def _model_names(request: web.Request) -> list[str]:
+    """OpenAI's model names, then every configured model."""
+    serving = request.app[HOST].registry.serving
+    return list(OPENAI_MODELS) + (sorted(serving.config.models) if serving else [])

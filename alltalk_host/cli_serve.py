@@ -1,0 +1,64 @@
+"""``alltalk-host serve``: run the server in this process, on sockets bound before it starts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+from . import __version__
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .config.repo import init_repo
+    from .host import Host, HostOptions
+    from .web.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = HostOptions.from_env(
+        config_repo=args.config_repo, state_dir=args.state_dir, branch=args.branch,
+        subdir=args.subdir, local_file=args.local_settings,
+    )
+    if args.init_config and not options.config_repo.exists():
+        commit = init_repo(options.config_repo, args.template, options.branch)
+        print(f"created config repo {options.config_repo} from {args.template} at {commit[:10]}")
+    app = create_app(Host(options))  # checks the config repo; starts nothing yet
+    # Bound before the host starts, so a port in use is one line, not a traceback after the
+    # host has begun loading models.
+    try:
+        sockets = _listen(args.host, args.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; is "
+              "another server using it? (choose another with --port)", file=sys.stderr)
+        return 1
+    # handler_cancellation: a client that disconnects cancels its own generation.
+    web.run_app(app, sock=sockets, handler_cancellation=True,
+                print=lambda _: print(f"alltalk-host {__version__} serving on "
+                                      f"http://{args.host}:{args.port}", flush=True))
+    return 0
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` names (as aiohttp would bind them)."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(
+                (i[0], i[1], i[2], "", i[4]) for i in infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(128)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

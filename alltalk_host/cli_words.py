@@ -1,0 +1,48 @@
+"""How the command line says what a running server did, in words (``--json`` prints the reply).
+
+Replies are read defensively: a key the server does not send (an older or newer version) is
+left out of the sentence rather than failing the command.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VERBS = {"rollback": "rolled back to", "reload-model": "reloaded models at"}
+
+
+def short(commit: Any) -> str:
+    return str(commit)[:7] if commit else "-"
+
+
+def change(reply: dict[str, Any]) -> str:
+    """One line for an apply, rollback, reload or switch: ``applied 3f2a9c1: test-voice
+    loaded in 0.4 s, reference unloaded``."""
+    commit = short(reply.get("commit"))
+    if reply.get("result") == "unchanged":
+        return f"unchanged, still serving {commit}: {reply.get('message') or 'nothing to do'}"
+    verb = VERBS.get(str(reply.get("action", "")), "applied")
+    plan = reply.get("plan") or {}
+    loaded = reply.get("loaded") or {}
+    parts = []
+    for key, word in (("load", "loaded"), ("reload", "reloaded")):
+        for name in plan.get(key) or ():
+            seconds = loaded.get(name)
+            parts.append(f"{name} {word}" + (f" in {seconds:.1f} s"
+                                              if isinstance(seconds, int | float) else ""))
+    parts += [f"{name} unloaded" for name in plan.get("unload") or ()]
+    if not parts:
+        parts.append("settings only, no model loaded")
+    target = reply.get("rolled_back_to")
+    if target and target != reply.get("commit"):
+        # A rollback by revert: a new commit with the old configuration.
+        line = f"{verb} {short(target)} (as commit {commit}): {', '.join(parts)}"
+    else:
+        line = f"{verb} {commit}: {', '.join(parts)}"
+    duration = reply.get("duration_s")
+    if isinstance(duration, int | float) and not loaded:
+        line += f" ({duration:.1f} s)"
+    branch = reply.get("branch")
+    if isinstance(branch, dict) and branch.get("moved") is False:
+        line += f"; branch {branch.get('name', '')} not moved: {branch.get('reason', '')}"
+    return line

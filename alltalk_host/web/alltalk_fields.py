@@ -1,0 +1,117 @@
+"""Reading AllTalk's form and query fields, and answering in AllTalk's error shapes.
+
+A bad field is 400 ``{"error": "field: description"}`` naming the field the client sent; any
+other failure of a generation is ``{"status": "generate-failure", "error": ...}``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import BadRequest, Code, HostError
+from ..registry import Serving
+from .errors import Handler
+from .streams import LANGUAGE_HEADER
+
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# Core error codes that are about one field whatever the route. Voices are checked per field
+# before the core sees them (voice_of), so that the error names the field that was sent.
+_FIELD_OF = {
+    "empty_text": "text_input", "text_too_long": "text_input", "nothing_to_say": "text_input",
+    "unsupported_language": "language", "bad_speed": "speed", "bad_file_name": "output_file_name",
+    "malformed_form": "body", "body_too_large": "body",
+}
+OPTION_FIELDS = ("temperature", "repetition_penalty", "pitch")
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class FieldError(BadRequest):
+    """A bad form field, answered as AllTalk does."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, code=Code.BAD_FIELD, details={"field": field})
+        self.field = field
+
+
+def field_error(field: str, message: str) -> web.Response:
+    return web.json_response({"error": f"{field}: {message}"}, status=400)
+
+
+def generation_errors(handler: Handler) -> Handler:
+    """Core errors in AllTalk's shapes for the generation routes."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except FieldError as exc:
+            return field_error(exc.field, exc.message)
+        except HostError as exc:
+            if exc.code == "bad_option":  # the backend's message starts with the option name
+                name, _, rest = exc.message.partition(": ")
+                return field_error(name if name in OPTION_FIELDS else "temperature",
+                                   rest or exc.message)
+            field = _FIELD_OF.get(exc.code)
+            if field is not None:
+                return field_error(field, exc.message)
+            return web.json_response({"status": "generate-failure", "error": exc.message},
+                                     status=exc.status)
+    return wrapped
+
+
+def boolean(form: Any, name: str, default: bool) -> bool:
+    value = str(form.get(name, default)).strip().lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise FieldError(name, f"expected true or false, not {value[:40]!r}")
+
+
+def choice(form: Any, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = str(form.get(name, default)).strip().lower()
+    if value not in choices:
+        raise FieldError(name, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def number(form: Any, name: str) -> float | None:
+    raw = form.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise FieldError(name, f"{str(raw)[:40]!r} is not a number") from None
+
+
+def voice_of(form: Any, name: str, serving: Serving) -> str | None:
+    """The voice a field names (None: the model's default), checked against the model."""
+    value = str(form.get(name) or "").strip()
+    if value in ("", "Disabled", "default"):
+        return None
+    gen = serving.default
+    voices = gen.voices if gen else []
+    if voices and value not in voices:
+        raise FieldError(name, f"model {serving.config.default_model} has no voice "
+                               f"{value[:100]!r}; it has {voices[:20]}")
+    return value
+
+
+def language_of(form: Any, name: str, serving: Serving) -> tuple[str | None, dict[str, str]]:
+    """The language to speak, and the response headers that say so.
+
+    AllTalk's engines ignore a language they do not speak, and its clients send one anyway
+    (SillyTavern's dropdown, a Home Assistant mapping): the model's own language is spoken
+    instead, and ``X-AllTalk-Language`` tells. ``auto`` means the model's own language.
+    """
+    wanted = str(form.get(name, "en")).strip() or "en"
+    gen = serving.default
+    if wanted == "auto" or gen is None:
+        return None, {}
+    if wanted in gen.capabilities.languages:
+        return wanted, {}
+    used = gen.model.default_language or serving.config.default_language
+    asked = _SAFE.sub("?", wanted[:20])
+    return None, {LANGUAGE_HEADER: f"{used}; model {gen.model.name} does not speak {asked}"}
