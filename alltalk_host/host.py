@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config.loader import ConfigLoader
 from .config.repo import ConfigRepo
-from .config.settings import ENV_PREFIX, ConfigLoader
+from .config.settings import ENV_PREFIX
 from .control import Controller
 from .errors import Code, ConfigInvalid
 from .plugins import BackendCatalog, discover

@@ -9,8 +9,8 @@ from pathlib import Path
 import git
 import pytest
 
+from alltalk_host.config.loader import ConfigLoader
 from alltalk_host.config.repo import ConfigRepo, init_repo
-from alltalk_host.config.settings import ConfigLoader
 from alltalk_host.errors import BadRequest, ConfigInvalid, Conflict, NotFound
 from alltalk_host.plugins import discover
 

@@ -16,8 +16,9 @@ from typing import Any
 import tomlkit
 
 from ..errors import Code, Conflict
+from .loader import ConfigLoader
 from .repo import ConfigRepo
-from .settings import ConfigLoader, HostConfig
+from .settings import HostConfig
 from .values import flatten
 
 _MISSING = object()

@@ -16,7 +16,6 @@ which is gone once the load returns.
 from __future__ import annotations
 
 import os
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,10 +29,9 @@ from ..errors import Code, ConfigInvalid
 from ..outputs import Retention
 from ..plugins import BackendCatalog
 from .models import SPEED_RANGE, ModelDef, parse_models
-from .repo import ConfigRepo
 from .values import Layer, flatten, layer_of_each_key, lower_top, redact, to_plain
 
-__all__ = ["SPEED_RANGE", "ConfigLoader", "HostConfig", "ModelDef", "build_config"]
+__all__ = ["SPEED_RANGE", "HostConfig", "ModelDef", "build_config"]
 
 ENV_PREFIX = "ALLTALK"
 SETTINGS_FILE = "settings.toml"
@@ -167,61 +165,6 @@ class HostConfig:
                 if layer.in_repo and any(k.startswith(prefix) for k in keys):
                     return layer
         return Layer("repo", SETTINGS_FILE, "default")
-
-
-class ConfigLoader:
-    """Builds a HostConfig for any commit of the repo, with the two extra layers on top."""
-
-    def __init__(self, repo: ConfigRepo, catalog: BackendCatalog,
-                 local_file: Path | None = None, work_dir: Path | None = None,
-                 cache_dir: Path | None = None) -> None:
-        self.repo = repo
-        self.catalog = catalog
-        self.local_file = local_file
-        # Private copies of commits live here while they load; a killed host leaves them
-        # behind, so start-up empties it (clear_work_dir).
-        self.work_dir = work_dir
-        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "alltalk-cache"
-
-    def clear_work_dir(self) -> int:
-        """Remove copies left by a host that was killed while loading a commit."""
-        if self.work_dir is None or not self.work_dir.is_dir():
-            return 0
-        removed = 0
-        for path in self.work_dir.iterdir():
-            if path.name.startswith(_TMP_PREFIX):
-                _remove_tree(path)
-                removed += 1
-        return removed
-
-    def load(self, commit: str, replace: Mapping[str, str] | None = None) -> HostConfig:
-        """The config of ``commit``; ``replace`` swaps file contents first (to vet an edit)."""
-        with self._tmp() as tmp:
-            tree = self.repo.materialise(commit, Path(tmp))
-            for name, content in (replace or {}).items():
-                (tree / name).write_text(content, encoding="utf-8")
-            return build_config(tree, commit, self.catalog, self.local_file, self.cache_dir)
-
-    def load_working_tree(self) -> HostConfig:
-        """The config as it stands uncommitted on disk (validated before it is committed)."""
-        with self._tmp() as tmp:
-            tree = self.repo.copy_working_tree(Path(tmp))
-            return build_config(tree, "working-tree", self.catalog, self.local_file,
-                                self.cache_dir)
-
-    def _tmp(self) -> tempfile.TemporaryDirectory[str]:
-        if self.work_dir is not None:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        return tempfile.TemporaryDirectory(prefix=_TMP_PREFIX, dir=self.work_dir)
-
-
-_TMP_PREFIX = "alltalk-config-"
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def build_config(tree: Path, commit: str, catalog: BackendCatalog,
