@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ..backend import Audio
 from ..encode import Format, StreamEncoder, encode
+from ..errors import HostError
 from ..speech import Provenance, SpeechResult, SpeechStream
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ async def send_stream(request: web.Request, stream: SpeechStream, fmt: Format,
         await response.write_eof()
     except ConnectionError:
         pass  # the client went away; aiohttp notices the closed connection on its own
+    except HostError as exc:  # a documented end, such as the drain deadline: no traceback
+        log.warning("aborting the %s response to %s %s after it started (%s, commit %s): %s",
+                    fmt.name, request.method, request.path, stream.provenance.model_label,
+                    stream.provenance.commit[:10], exc.message)
+        abort(request)
     except Exception:
         log.exception("aborting the %s response to %s %s after it started (%s, commit %s)",
                       fmt.name, request.method, request.path, stream.provenance.model_label,
