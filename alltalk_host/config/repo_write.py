@@ -74,13 +74,15 @@ class RepoWriting:
                     code=Code.REPO_LOCKED,
                 )
             paths = [self._path(n) for n in names]
-            changed = self._repo.git.status("--porcelain", "--", *paths).strip()
+            # Not stripped: " M name" starts with a space, and the name at a fixed column.
+            changed = [line[3:] for line in self._repo.git.status(
+                "--porcelain", "--", *paths).splitlines() if line.strip()]
             if changed:
                 raise Conflict(
                     f"{', '.join(paths)} has uncommitted changes in {self.path}; commit or "
                     "discard them first",
                     code=Code.WORKING_TREE_DIRTY,
-                    details={"files": [line[3:] for line in changed.splitlines()]},
+                    details={"files": changed},
                 )
 
     def write_commit(self, parent: str, message: str, author: git.Actor, *,
