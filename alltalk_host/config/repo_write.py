@@ -163,7 +163,9 @@ class RepoWriting:
         if name:
             return actor(name)
         with self._lock:
-            reader = self._repo.config_reader()
+            # The repo's own config only: a global identity names whoever set up the machine,
+            # not someone who made this change.
+            reader = self._repo.config_reader("repository")
             user = reader.get_value("user", "name", "") or ""
             email = reader.get_value("user", "email", "") or ""
         return git.Actor(str(user), str(email or HOST_ACTOR.email)) if user else HOST_ACTOR
