@@ -80,3 +80,18 @@ async def test_a_default_the_model_cannot_honour_fails_the_apply_and_changes_not
     assert status["last_failure"]["commit"] == commit
     commits = (await (await client.get("/control/config/commits")).json())["commits"]
     assert {c["commit"]: c["failed"] for c in commits}[commit] is True
+
+
+async def test_a_switch_to_a_model_lacking_its_default_voice_fails_with_nothing_changed(
+        start_server, config_repo):
+    config_repo.model("reference-low", default_voice="female_01")  # it only has "narrator"
+    base = config_repo.commit("reference-low names a voice it does not have")
+    client = await start_server()
+    before = await speak(client)
+
+    resp = await client.post("/control/models/switch", json={"model": "reference-low"})
+    error = await error_of(resp)
+    assert resp.status == 422 and error["code"] == "unknown_voice", error
+    assert "reference-low" in error["message"] and "female_01" in error["message"]
+    assert config_repo.head == base
+    assert await speak(client) == before
