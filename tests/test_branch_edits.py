@@ -1,11 +1,14 @@
 """A setting change starts from what serves: when the branch says something else (a rollback that
 pinned an older commit, a commit made by hand and not applied) it is refused with
 ``branch_diverged``, and doing what the message says makes the next change go through, carrying
-nothing that does not serve."""
+nothing that does not serve. The branch moves to a change only by compare-and-swap, so a commit
+made meanwhile is never overwritten."""
 
 from __future__ import annotations
 
-from .conftest import error_of
+import asyncio
+
+from .conftest import error_of, wait_until
 
 LONG_TEXT = "This sentence is longer than thirty characters."
 
@@ -96,3 +99,26 @@ async def test_a_commit_made_by_hand_and_not_applied_refuses_a_switch(start_serv
     assert resp.status == 200, await resp.text()
     assert config_repo.repo.head.commit.parents[0].hexsha == mine
     assert porcelain(config_repo) == ""
+
+
+async def test_a_commit_made_by_hand_during_a_switch_is_not_overwritten(start_server,
+                                                                        config_repo):
+    config_repo.model("reference-low", load_seconds=1.0)
+    base = config_repo.commit("reference-low loads slowly")
+    client = await start_server()
+    task = asyncio.create_task(post(client, "/control/models/switch", model="reference-low"))
+    await wait_until(client, lambda s: any(m["state"] == "loading" for m in s["models"]))
+    mine = config_repo.change("made while the host was loading", "settings.toml",
+                              "default.max_text_length", 500)
+
+    resp = await task
+    body = await resp.json()
+    assert resp.status == 200 and body["result"] == "applied", body
+    # Applied and serving, but the branch moved meanwhile: it stays where the user put it.
+    assert body["branch"]["moved"] is False and mine[:10] in body["branch"]["reason"]
+    assert config_repo.head == mine and config_repo.repo.commit(mine).parents[0].hexsha == base
+    assert await serving(client) == body["commit"]
+    assert porcelain(config_repo) == ""
+    # And the next edit says the two went apart instead of carrying either silently.
+    resp = await post(client, "/control/models/switch", model="reference")
+    assert resp.status == 409 and (await error_of(resp))["code"] == "branch_diverged"
