@@ -74,13 +74,15 @@ class RepoWriting:
                     code=Code.REPO_LOCKED,
                 )
             paths = [self._path(n) for n in names]
-            changed = self._repo.git.status("--porcelain", "--", *paths).strip()
+            # Not stripped: " M name" starts with a space, and the name at a fixed column.
+            changed = [line[3:] for line in self._repo.git.status(
+                "--porcelain", "--", *paths).splitlines() if line.strip()]
             if changed:
                 raise Conflict(
                     f"{', '.join(paths)} has uncommitted changes in {self.path}; commit or "
                     "discard them first",
                     code=Code.WORKING_TREE_DIRTY,
-                    details={"files": [line[3:] for line in changed.splitlines()]},
+                    details={"files": changed},
                 )
 
     def write_commit(self, parent: str, message: str, author: git.Actor, *,
@@ -161,7 +163,9 @@ class RepoWriting:
         if name:
             return actor(name)
         with self._lock:
-            reader = self._repo.config_reader()
+            # The repo's own config only: a global identity names whoever set up the machine,
+            # not someone who made this change.
+            reader = self._repo.config_reader("repository")
             user = reader.get_value("user", "name", "") or ""
             email = reader.get_value("user", "email", "") or ""
         return git.Actor(str(user), str(email or HOST_ACTOR.email)) if user else HOST_ACTOR

@@ -1,0 +1,141 @@
+"""A host killed during a model switch leaves the config repo clean and its branch honest: at the
+old commit, or at the new one only if the state file says it was applied. A restarted host
+serves that commit, finishes a branch move the kill cut short, and switches again."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from alltalk_host.config.repo import ConfigRepo
+from alltalk_host.config.repo_write import HOST_ACTOR
+from alltalk_host.state import STATE_FILE, HostState, StateStore
+
+from .test_swaps import _free_port, _get, _serve, _swallow, _wait_ready
+
+SLOW_LOAD_S = 1.5  # reference-low's load: the window for a kill while loading
+
+
+def porcelain(config_repo) -> str:
+    return config_repo.repo.git.status("--porcelain", "--untracked-files=all")
+
+
+def saved_state(state: Path) -> dict:
+    return json.loads((state / STATE_FILE).read_text())
+
+
+def switch_request(port: int, model: str) -> urllib.request.Request:
+    return urllib.request.Request(
+        f"http://127.0.0.1:{port}/control/models/switch",
+        data=json.dumps({"model": model}).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+
+
+def switch(port: int, model: str) -> dict:
+    with urllib.request.urlopen(switch_request(port, model), timeout=60) as resp:
+        return json.load(resp)
+
+
+def wait_for(port: int, predicate, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate(_get(f"http://127.0.0.1:{port}/control/status")):
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def kill_just_after_sending(port: int) -> None:
+    threading.Thread(target=_swallow, args=(switch_request(port, "reference-low"),),
+                     daemon=True).start()
+    time.sleep(0.03)
+
+
+def kill_while_loading(port: int) -> None:
+    threading.Thread(target=_swallow, args=(switch_request(port, "reference-low"),),
+                     daemon=True).start()
+    wait_for(port, lambda s: any(m["name"] == "reference-low" and m["state"] == "loading"
+                                 for m in s["models"]))
+
+
+def kill_just_after_the_reply(port: int) -> None:
+    assert switch(port, "reference-low")["result"] == "applied"
+
+
+@pytest.mark.parametrize("kill", [kill_just_after_sending, kill_while_loading,
+                                  kill_just_after_the_reply],
+                         ids=["just-sent", "while-loading", "just-replied"])
+def test_a_kill_during_a_switch_leaves_the_repo_clean_and_the_branch_honest(
+        config_repo, tmp_path, kill):
+    config_repo.model("reference-low", load_seconds=SLOW_LOAD_S)
+    base = config_repo.commit("reference-low loads slowly")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "local.toml").write_text(f'[outputs]\ndir = "{tmp_path / "outputs"}"\n')
+    port = _free_port()
+    server = _serve(config_repo.path, state, port)
+    try:
+        assert _wait_ready(port)["serving_commit"] == base
+        kill(port)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+
+        assert porcelain(config_repo) == ""
+        assert not (Path(config_repo.repo.git_dir) / "index.lock").exists()
+        saved = saved_state(state)
+        head = config_repo.repo.head.commit
+        if head.hexsha != base:  # only a switch that was applied may be on the branch
+            assert head.parents[0].hexsha == base and saved["applied"] == head.hexsha
+        if kill is kill_while_loading:
+            assert head.hexsha == base and saved["applied"] == base
+        if kill is kill_just_after_the_reply:
+            assert head.hexsha != base
+
+        server = _serve(config_repo.path, state, port)
+        status = _wait_ready(port)
+        assert status["serving_commit"] == saved["applied"]
+        assert saved["applied"] in saved["known_good"]
+        assert config_repo.repo.head.commit.hexsha == saved["applied"]  # the branch says so
+        assert porcelain(config_repo) == ""
+
+        # Nothing is wedged: the next switch goes through.
+        other = "reference" if status["default_model"] == "reference-low" else "reference-low"
+        assert switch(port, other)["result"] == "applied"
+        assert porcelain(config_repo) == ""
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+@pytest.mark.parametrize("ref_moved", [False, True], ids=["before-the-move", "checkout-behind"])
+async def test_a_branch_move_cut_short_by_a_kill_is_finished_at_start_up(
+        start_server, config_repo, tmp_path, ref_moved):
+    base = config_repo.initial
+    settings = (config_repo.path / "settings.toml").read_text()
+    switched = settings.replace('default_model = "reference"', 'default_model = "reference-low"')
+    assert switched != settings
+    repo = ConfigRepo(config_repo.path)
+    new = repo.write_commit(base, "Switch the default model to reference-low", HOST_ACTOR,
+                            files={"settings.toml": switched})
+    repo.close()
+    # What a host killed after saving the applied commit, before the branch followed, leaves.
+    store = StateStore(tmp_path / "state")
+    store.write(store.encode(HostState(applied=new, attempted=new, known_good=[base, new],
+                                       branch_move={"from": base, "to": new})))
+    if ref_moved:  # killed between moving the ref and bringing the checkout along
+        config_repo.repo.git.update_ref("refs/heads/main", new, base)
+        assert porcelain(config_repo) == "M  settings.toml"
+
+    client = await start_server()
+    status = await (await client.get("/control/status")).json()
+    assert status["serving_commit"] == new and status["default_model"] == "reference-low"
+    assert config_repo.repo.head.commit.hexsha == new
+    assert porcelain(config_repo) == ""
+    assert (config_repo.path / "settings.toml").read_text() == switched
+    assert saved_state(tmp_path / "state")["branch_move"] is None
+    resp = await client.post("/tts", json={"text": "Hello there"})
+    assert resp.headers["X-AllTalk-Model"] == "reference-low; generation=1"
