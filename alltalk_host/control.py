@@ -286,6 +286,9 @@ class Controller:
         }
         if move is not None:
             result["branch"] = await self._move_branch(move_from or "", commit)
+            # Forget the journal on disk too, soon (not awaited: see below), so a later
+            # restart cannot replay a move someone has since undone by hand.
+            self._spawn(self.ledger.save())
         # Published last, with nothing awaited after it: whoever sees the new snapshot
         # (ready, a new commit serving) can send the next command without a 409.
         prepared.commit()

@@ -60,6 +60,7 @@ class Code(StrEnum):
     BARE_REPO = "bare_repo"
     WRONG_BRANCH = "wrong_branch"
     NOTHING_TO_COMMIT = "nothing_to_commit"
+    COMMIT_REFUSED = "commit_refused"
     SETTING_OVERRIDDEN = "setting_overridden"
     FETCH_FAILED = "fetch_failed"
     PATH_EXISTS = "path_exists"

@@ -17,6 +17,7 @@ from alltalk_host.config.repo import ConfigRepo
 from alltalk_host.config.repo_write import HOST_ACTOR
 from alltalk_host.state import STATE_FILE, HostState, StateStore
 
+from .conftest import wait_until
 from .test_swaps import _free_port, _get, _serve, _swallow, _wait_ready
 
 SLOW_LOAD_S = 1.5  # reference-low's load: the window for a kill while loading
@@ -139,3 +140,13 @@ async def test_a_branch_move_cut_short_by_a_kill_is_finished_at_start_up(
     assert saved_state(tmp_path / "state")["branch_move"] is None
     resp = await client.post("/tts", json={"text": "Hello there"})
     assert resp.headers["X-AllTalk-Model"] == "reference-low; generation=1"
+
+
+async def test_a_finished_branch_move_is_forgotten_on_disk(start_server, config_repo,
+                                                            tmp_path):
+    """Once the branch has moved, the journal is cleared from the state file, so undoing the
+    switch by hand (git reset) and restarting cannot replay the move."""
+    client = await start_server()
+    resp = await client.post("/control/models/switch", json={"model": "reference-low"})
+    assert resp.status == 200
+    await wait_until(client, lambda s: saved_state(tmp_path / "state")["branch_move"] is None)

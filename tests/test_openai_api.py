@@ -200,3 +200,20 @@ async def test_the_root_page_links_status_and_docs(start_server):
     assert resp.status == 200 and resp.content_type == "text/html"
     page = await resp.text()
     assert 'href="/control/status"' in page and "README" in page and "reference" in page
+
+
+async def test_a_request_without_speed_speaks_at_the_models_default_speed(start_server,
+                                                                          config_repo):
+    config_repo.model("reference", default_speed=0.5)
+    config_repo.commit("half speed by default")
+    client = await start_server()
+    api = openai.AsyncOpenAI(base_url=f"http://{client.host}:{client.port}/v1",
+                             api_key="not-needed", max_retries=0)
+    try:
+        kwargs = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": "wav"}
+        default = await api.audio.speech.create(**kwargs)
+        normal = await api.audio.speech.create(**kwargs, speed=1.0)
+    finally:
+        await api.close()
+    ratio = decoded_seconds(default.content, "wav") / decoded_seconds(normal.content, "wav")
+    assert 1.8 < ratio < 2.2, ratio

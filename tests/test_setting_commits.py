@@ -228,3 +228,20 @@ async def test_switching_to_the_current_model_changes_nothing(start_server, conf
     status = await (await client.get("/control/status")).json()
     assert len(status["history"]) == history  # nothing was applied
     assert porcelain(config_repo) == ""
+
+
+async def test_a_hook_that_refuses_the_reload_commit_is_a_clear_error_and_unstages(
+        start_server, config_repo):
+    """Reload with commit_working_tree commits the user's own changes, with their hooks: when
+    a hook refuses, the reply says why and the changes are left as they were, unstaged."""
+    client = await start_server()
+    hook = Path(config_repo.repo.git_dir) / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho 'blocked by policy' >&2\nexit 1\n")
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+    config_repo.set(SETTINGS, "default.max_text_length", 321)
+    resp = await client.post("/control/config/reload", json={"commit_working_tree": True})
+    error = await error_of(resp)
+    assert resp.status == 409 and error["code"] == "commit_refused", error
+    assert "blocked by policy" in error["message"]
+    assert porcelain(config_repo) == f" M {SETTINGS}"  # modified, not staged
+    assert config_repo.head == config_repo.initial

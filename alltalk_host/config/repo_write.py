@@ -42,11 +42,20 @@ class RepoWriting:
     # --- writing: the user's working tree ------------------------------------------------
 
     def commit_working_tree(self, message: str, author: git.Actor) -> str:
-        """Commit every change in the config folder (and nothing outside it), as ``author``."""
+        """Commit every change in the config folder (and nothing outside it), as ``author``.
+
+        The user's own changes, so an ordinary ``git commit`` with their hooks; if git refuses
+        (a hook fails), the changes are unstaged again and the reason is the error."""
         with self._lock:
             self._check_checked_out()
             self._repo.git.add("-A", "--", *self._scope())
-            return self._commit(message, author, self._scope())
+            try:
+                return self._commit(message, author, self._scope())
+            except git.GitCommandError as exc:
+                self._repo.git.reset("-q", "--", *self._scope())
+                detail = (exc.stderr or exc.stdout or "").strip() or str(exc)
+                raise Conflict(f"git refused the commit: {detail}",
+                               code=Code.COMMIT_REFUSED) from None
 
     def copy_working_tree(self, dest: Path) -> Path:
         """The config folder as it is on disk now, for validating it before it is committed."""

@@ -97,7 +97,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     text = _text(body, "input")
     voice_name = _text(body, "voice")
     fmt_name = _text(body, "response_format", required=False) or "mp3"
-    speed = body.get("speed", 1.0)
+    speed = body.get("speed")  # none given: the model's default_speed
     assert model_name is not None and text is not None and voice_name is not None
     if len(text) > MAX_INPUT:
         raise _invalid(f"input is {len(text)} characters; the maximum is {MAX_INPUT}", "input",
@@ -109,12 +109,14 @@ async def speech(request: web.Request) -> web.StreamResponse:
     if body.get("stream_format", "audio") != "audio":
         raise _invalid("only stream_format 'audio' is supported", "stream_format")
     lo, hi = SPEED_RANGE
-    if isinstance(speed, bool) or not isinstance(speed, int | float) or not lo <= speed <= hi:
+    if speed is not None and (isinstance(speed, bool) or not isinstance(speed, int | float)
+                              or not lo <= speed <= hi):
         raise _invalid(f"speed must be a number from {lo} to {hi}", "speed")
     serving = current_serving(request)
     model = resolve_model(serving, model_name)
     voice = resolve_voice(serving, model, voice_name)
-    wanted = SpeechInput(text, model=model, voice=voice, speed=float(speed))
+    wanted = SpeechInput(text, model=model, voice=voice,
+                         speed=None if speed is None else float(speed))
     speech_service = request.app[HOST].speech
     try:
         stream = await speech_service.stream(wanted)
