@@ -1,12 +1,18 @@
 """Issue 9, section 4: nothing wedges the controller.
 
-A swap whose restore fails, one environment variable: each used to leave control stuck or wrong
-until someone restarted the host by hand.
+A swap whose restore fails, a remote that never answers, one environment variable: each used to
+leave control stuck or wrong until someone restarted the host by hand.
 """
 
 from __future__ import annotations
 
-from .conftest import error_of
+import asyncio
+import selectors
+import socket
+import threading
+import time
+
+from .conftest import error_of, wait_until
 
 
 async def post(client, path, **body):
@@ -71,6 +77,117 @@ async def test_a_swap_whose_restore_fails_leaves_the_model_out_and_the_next_appl
                                "default.models.reference.settings.pitch_hz", 130)
     resp = await post(client, "/control/config/apply", commit=again)
     assert resp.status == 200 and (await resp.json())["plan"]["reload"] == ["reference"]
+
+
+# --- a remote that hangs -------------------------------------------------------------------
+
+class HangingRemote:
+    """A git remote over HTTP that accepts connections and never answers (a stalled server).
+
+    ``open`` counts connections the client side has not closed: every git process still
+    waiting on the remote holds one.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/config.git"
+        self.accepted = 0
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def open(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._listener, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.05):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    if sock is self._listener:
+                        conn, _ = sock.accept()
+                        conn.setblocking(False)
+                        sel.register(conn, selectors.EVENT_READ)
+                        with self._lock:
+                            self.accepted += 1
+                            self._open.add(conn)
+                        continue
+                    try:
+                        data = sock.recv(65536)  # read the request, never answer it
+                    except OSError:
+                        data = b""
+                    if not data:
+                        sel.unregister(sock)
+                        sock.close()
+                        with self._lock:
+                            self._open.discard(sock)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+        for sock in self._open:
+            sock.close()
+
+    async def until(self, predicate, timeout: float = 10.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, (
+                f"{what}: accepted {self.accepted}, still open {self.open}")
+            await asyncio.sleep(0.02)
+
+
+async def test_a_remote_that_hangs_times_out_and_never_stalls_control(start_server,
+                                                                     config_repo):
+    remote = HangingRemote()
+    try:
+        config_repo.repo.create_remote("origin", remote.url)
+        config_repo.set("settings.toml", "default.watch.enabled", True)
+        config_repo.set("settings.toml", "default.watch.interval_s", 0.05)
+        config_repo.set("settings.toml", "default.watch.remote", "origin")
+        config_repo.set("settings.toml", "default.watch.fetch_timeout_s", 1)
+        config_repo.commit("watch a remote that hangs")
+        client = await start_server()
+
+        status = await wait_until(
+            client, lambda s: "did not finish in 1 s" in (s["watch"]["last_error"] or ""))
+        assert "origin" in status["watch"]["last_error"]
+        # Each fetch that timed out is gone with everything it started (git runs a helper
+        # process per HTTP remote): a hung remote does not pile up processes and sockets.
+        await remote.until(lambda: remote.accepted >= 3, what="three fetches")
+        await remote.until(lambda: remote.open <= 1, timeout=5,
+                           what="timed-out fetches still connected")
+
+        # While a fetch hangs, control answers: status, a plan, an apply (of a commit that
+        # gives the fetch two minutes).
+        patient = config_repo.change("patient", "settings.toml",
+                                     "default.watch.fetch_timeout_s", 120)
+        await remote.until(lambda: remote.open >= 1, what="a fetch under way")
+        started = time.monotonic()
+        assert (await client.get("/control/status")).status == 200
+        assert (await post(client, "/control/config/plan", commit=patient)).status == 200
+        resp = await post(client, "/control/config/apply", commit=patient)
+        assert resp.status == 200, await resp.text()
+        assert time.monotonic() - started < 5
+        assert remote.open >= 1  # the fetch was still hanging all along
+
+        # A fetch with two minutes to go does not hold up stopping the host, nor outlive it.
+        await asyncio.sleep(1.5)  # past the old timeout: now only the new one can end it
+        await remote.until(lambda: remote.open >= 1, what="a patient fetch under way")
+        started = time.monotonic()
+        await client.close()
+        assert time.monotonic() - started < 5
+        await remote.until(lambda: remote.open == 0, timeout=5,
+                           what="fetches still connected after the host stopped")
+    finally:
+        remote.close()
 
 
 # --- the layer of each key ------------------------------------------------------------------
