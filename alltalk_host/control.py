@@ -94,13 +94,13 @@ class Controller:
                             "history?); trying the next known-good commit", commit[:10])
                 continue
             try:
-                with self._exclusive("startup", commit):
+                with self._exclusive("startup", commit, "startup"):
                     # Serve what was serving, not whatever the branch says now; fall back
                     # through earlier good commits if it no longer loads, then the head.
                     await self._apply(commit, "startup", "startup")
                 return
             except HostError:
-                continue  # _apply has logged why
+                continue  # _exclusive has logged why
         log.error("no configuration could be applied; the host serves nothing until one is")
 
     async def _finish_branch_move(self) -> None:
@@ -149,7 +149,7 @@ class Controller:
 
     async def apply(self, ref: str, who: str) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            with self._exclusive("apply", ref) as busy:
+            with self._exclusive("apply", ref, who) as busy:
                 commit = await self._run_io(self.repo.resolve, ref)
                 busy["commit"] = commit
                 return await self._apply(commit, who, "apply")
@@ -162,7 +162,7 @@ class Controller:
         serves; without, the commit is pinned and automatic apply pauses until the branch
         gets a new commit."""
         async def run() -> dict[str, Any]:
-            with self._exclusive("rollback", ref) as busy:
+            with self._exclusive("rollback", ref, who) as busy:
                 target = await self._rollback_target(ref)
                 busy["commit"] = target
                 head = await self._run_io(self.repo.head)
@@ -187,7 +187,7 @@ class Controller:
     async def reload(self, who: str, commit_working_tree: bool = False,
                      message: str | None = None, author: str | None = None) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            with self._exclusive("reload", None) as busy:
+            with self._exclusive("reload", None, who) as busy:
                 dirty = await self._run_io(self.repo.dirty_files)
                 if dirty and not commit_working_tree:
                     raise Conflict(
@@ -228,7 +228,7 @@ class Controller:
                 code=Code.MODEL_NOT_LOADED if known else Code.UNKNOWN_MODEL)
 
         async def run() -> dict[str, Any]:
-            with self._exclusive("reload-model", serving.commit):
+            with self._exclusive("reload-model", serving.commit, who):
                 return await self._apply(serving.commit, who, "reload-model",
                                          force_reload={name})
         return await self._detached(run())
@@ -238,7 +238,7 @@ class Controller:
     async def _edit(self, action: str, key: str, value: Any, message: str, who: str,
                     author: str | None, model: str) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            with self._exclusive(action, None) as busy:
+            with self._exclusive(action, None, who) as busy:
                 current = self._current_config()
                 edit = await self._run_io(self.editor.edit, current, key, value, message, who,
                                           author, _model_exists(model), _model_usable(model))
@@ -299,7 +299,7 @@ class Controller:
 
     async def _failed(self, exc: Exception, commit: str, who: str, action: str,
                       started: float) -> HostError:
-        """Record and log a failed apply; the error the caller gets."""
+        """Record a failed apply; the error the caller gets (``_exclusive`` logs it)."""
         error = exc if isinstance(exc, HostError) else ApplyFailed(
             f"internal error while applying: {type(exc).__name__}: {exc}")
         if not isinstance(exc, HostError):
@@ -307,8 +307,6 @@ class Controller:
         duration = time.monotonic() - started
         await self.ledger.failed(commit, who=who, action=action, reason=error.message,
                                  duration_s=duration)
-        log.warning("%s of %s by %s failed after %.2f s: %s", action, commit[:10], who,
-                    duration, error.message)
         error.details = _with_commit(error.details, commit)
         return error
 
@@ -333,7 +331,7 @@ class Controller:
         return {"moved": True, "name": self.repo.branch, "head": new}
 
     async def _watch_apply(self, head: str) -> None:
-        with self._exclusive("watch", head):
+        with self._exclusive("watch", head, "watch"):
             await self._apply(head, "watch", "watch")
 
     async def _rollback_target(self, ref: str | None) -> str:
@@ -357,7 +355,9 @@ class Controller:
     # --- helpers ---------------------------------------------------------------------------
 
     @contextmanager
-    def _exclusive(self, action: str, commit: str | None) -> Iterator[dict[str, Any]]:
+    def _exclusive(self, action: str, commit: str | None,
+                   who: str) -> Iterator[dict[str, Any]]:
+        """One change at a time; every one that fails, at whatever step, is logged here."""
         if self._busy is not None:
             what = self._busy.get("commit") or self._busy["action"]
             raise Conflict(
@@ -366,8 +366,17 @@ class Controller:
                 details=dict(self._busy),
             )
         self._busy = {"action": action, "commit": commit, "since": time.time()}
+        started = time.monotonic()
         try:
             yield self._busy
+        except Exception as exc:
+            # Refusals before any apply (an unavailable model, an invalid working tree, no
+            # rollback target) too: they name the commit that was serving.
+            what = self._busy.get("commit") or self._serving_commit() or "-"
+            reason = exc.message if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s of %s by %s failed after %.2f s: %s", action, what[:10], who,
+                        time.monotonic() - started, reason)
+            raise
         finally:
             self._busy = None
 
@@ -384,6 +393,10 @@ class Controller:
 
     async def _run_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def _serving_commit(self) -> str | None:
+        serving = self.registry.serving
+        return serving.commit if serving else None
 
     def _current_config(self) -> HostConfig | None:
         serving = self.registry.serving

@@ -35,6 +35,10 @@ class Code(StrEnum):
     FILE_NOT_FOUND = "file_not_found"
     NOT_CAPABLE = "not_capable"
     CANCELLED = "cancelled"
+    # OpenAI's own codes, which the OpenAI-compatible routes answer with (its SDK shows them)
+    INVALID_VALUE = "invalid_value"
+    INVALID_TYPE = "invalid_type"
+    MODEL_NOT_FOUND = "model_not_found"
     # serving
     NOT_READY = "not_ready"
     BUSY = "busy"

@@ -208,6 +208,15 @@ def _generation(serving: Serving, model: str) -> Generation:
     gen = serving.generations.get(model)
     if gen is not None:
         return gen
+    if model in serving.config.loaded_models:
+        # Meant to serve but missing: an unload-first swap failed and so did bringing the old
+        # copy back. A server-side outage (503, like /health/ready), not the caller's doing.
+        raise Unavailable(
+            f"model {model!r} is not loaded: its last swap failed and the old copy could not "
+            "be restored; the next apply loads it",
+            code=Code.NOT_READY if model == serving.config.default_model
+            else Code.MODEL_NOT_LOADED,
+        )
     if model in serving.config.models:
         raise Conflict(
             f"model {model!r} is configured but not loaded; switch to it or set "

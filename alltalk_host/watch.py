@@ -10,8 +10,10 @@ remote that hangs cannot stall applies or state saves, and stopping the host kil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -97,17 +99,27 @@ class BranchWatcher:
             "git", "-C", str(self.repo.path), "fetch", "--quiet", remote, self.repo.branch,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+            process_group=0,  # its own group, so _kill reaches the helpers it starts
         )
         try:
             _, err = await asyncio.wait_for(proc.communicate(), timeout)
         except TimeoutError:
-            proc.kill()
+            _kill(proc)
             await proc.wait()
             raise HostError(f"fetch from {remote!r} did not finish in {timeout:g} s",
                             code=Code.FETCH_FAILED) from None
         except asyncio.CancelledError:  # the host is stopping: never wait for a remote
-            proc.kill()
+            _kill(proc)
             raise
         if proc.returncode != 0:
             detail = err.decode(errors="replace").strip()
             raise HostError(f"fetch from {remote!r} failed: {detail}", code=Code.FETCH_FAILED)
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill the fetch and every process it started. ``git fetch`` talks to an HTTP(S) remote
+    through a helper (``git remote-http``) that holds the connection and our stderr pipe:
+    killing git alone leaves it waiting on the hung remote for ever, one more per attempt,
+    and ``proc.wait()`` (which waits for the pipe to close) hangs with it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)

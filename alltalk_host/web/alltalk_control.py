@@ -38,7 +38,7 @@ async def reload_model(request: web.Request) -> web.Response:
         # An unchanged default ({"result": "unchanged"}) is a success here too.
         await request.app[HOST].control.switch_model(name, _who(request))
     except Conflict as exc:
-        if exc.code == "apply_in_progress":
+        if exc.code == Code.APPLY_IN_PROGRESS:
             return web.json_response({"status": "model-is currently changing"}, status=409)
         return web.json_response({"status": "model-failure", "message": exc.message},
                                  status=exc.status)

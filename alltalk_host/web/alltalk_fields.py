@@ -20,9 +20,10 @@ TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 # Core error codes that are about one field whatever the route. Voices are checked per field
 # before the core sees them (voice_of), so that the error names the field that was sent.
 _FIELD_OF = {
-    "empty_text": "text_input", "text_too_long": "text_input", "nothing_to_say": "text_input",
-    "unsupported_language": "language", "bad_speed": "speed", "bad_file_name": "output_file_name",
-    "malformed_form": "body", "body_too_large": "body",
+    Code.EMPTY_TEXT: "text_input", Code.TEXT_TOO_LONG: "text_input",
+    Code.NOTHING_TO_SAY: "text_input", Code.UNSUPPORTED_LANGUAGE: "language",
+    Code.BAD_SPEED: "speed", Code.BAD_FILE_NAME: "output_file_name",
+    Code.MALFORMED_FORM: "body", Code.BODY_TOO_LARGE: "body",
 }
 OPTION_FIELDS = ("temperature", "repetition_penalty", "pitch")
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -48,7 +49,7 @@ def generation_errors(handler: Handler) -> Handler:
         except FieldError as exc:
             return field_error(exc.field, exc.message)
         except HostError as exc:
-            if exc.code == "bad_option":  # the backend's message starts with the option name
+            if exc.code == Code.BAD_OPTION:  # the backend's message starts with the option name
                 name, _, rest = exc.message.partition(": ")
                 return field_error(name if name in OPTION_FIELDS else "temperature",
                                    rest or exc.message)

@@ -44,7 +44,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, Code.HTTP_ERROR)
+        code: Code = _HTTP_CODES.get(exc.status, Code.HTTP_ERROR)
         message = exc.reason if exc.status != 404 else (
             f"no route {request.method} {request.path}")
         if exc.status in (404, 405) and await _is_under_v1(request):

@@ -44,7 +44,7 @@ def openai_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _invalid(message: str, param: str, code: str = "invalid_value", status: int = 400
+def _invalid(message: str, param: str, code: Code = Code.INVALID_VALUE, status: int = 400
              ) -> HostError:
     return HostError(message, code=code, status=status, details={"param": param})
 
@@ -56,7 +56,8 @@ def resolve_model(serving: Serving, name: str) -> str:
     mapped = config.openai.models.get(name)
     if mapped is not None or name in OPENAI_MODELS:
         return mapped or config.default_model
-    raise _invalid(f"the model {name!r} does not exist", "model", "model_not_found", 404)
+    raise _invalid(f"the model {name!r} does not exist", "model", Code.MODEL_NOT_FOUND,
+                   404)
 
 
 def resolve_voice(serving: Serving, model: str, voice: str) -> str | None:
@@ -68,12 +69,12 @@ def resolve_voice(serving: Serving, model: str, voice: str) -> str | None:
     if mapped:
         if voices and mapped not in voices:
             raise _invalid(f"the voice map sends {voice!r} to {mapped!r}, which model {model} "
-                           "does not have", "voice", "unknown_voice")
+                           "does not have", "voice", Code.UNKNOWN_VOICE)
         return mapped
     if voice in OPENAI_VOICES:
         return None  # the model's default voice
     raise _invalid(f"unknown voice {voice!r}; this model has {voices[:50]} and takes "
-                   f"OpenAI's voice names", "voice", "unknown_voice")
+                   f"OpenAI's voice names", "voice", Code.UNKNOWN_VOICE)
 
 
 def _text(body: dict[str, Any], name: str, required: bool = True) -> str | None:
@@ -82,7 +83,7 @@ def _text(body: dict[str, Any], name: str, required: bool = True) -> str | None:
         return None
     if not isinstance(value, str) or (required and not value.strip()):
         raise _invalid(f"'{name}' is required and must be a non-empty string", name,
-                       "missing_field" if value is None else "invalid_type")
+                       Code.MISSING_FIELD if value is None else Code.INVALID_TYPE)
     return value
 
 
@@ -101,7 +102,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     assert model_name is not None and text is not None and voice_name is not None
     if len(text) > MAX_INPUT:
         raise _invalid(f"input is {len(text)} characters; the maximum is {MAX_INPUT}", "input",
-                       "text_too_long")
+                       Code.TEXT_TOO_LONG)
     try:
         fmt = get_format(fmt_name)
     except HostError as exc:
@@ -133,8 +134,9 @@ async def speech(request: web.Request) -> web.StreamResponse:
             raise
 
 
-_PARAM_OF = {"empty_text": "input", "text_too_long": "input", "nothing_to_say": "input",
-             "unknown_voice": "voice", "unsupported_language": "input", "bad_speed": "speed"}
+_PARAM_OF = {Code.EMPTY_TEXT: "input", Code.TEXT_TOO_LONG: "input", Code.NOTHING_TO_SAY: "input",
+             Code.UNKNOWN_VOICE: "voice", Code.UNSUPPORTED_LANGUAGE: "input",
+             Code.BAD_SPEED: "speed"}
 
 
 @routes.get("/v1/audio/voices")
