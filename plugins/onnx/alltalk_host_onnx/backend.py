@@ -15,9 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest, parse_settings
-from alltalk_host.errors import BadRequest
-from alltalk_host.text import split_sentences
+from alltalk_host import (
+    Audio,
+    Backend,
+    BadRequest,
+    Capabilities,
+    ModelContext,
+    SpeechRequest,
+    parse_settings,
+    split_sentences,
+)
 
 from .phonemize import EspeakPhonemizer, phonemes_to_ids
 from .voice import VoiceConfig, VoiceError, read_voice_config

@@ -26,8 +26,8 @@ from alltalk_host import (
     SpeechRequest,
     hookimpl,
     parse_settings,
+    split_sentences,
 )
-from alltalk_host.text import split_sentences
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 

@@ -21,8 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest, parse_settings
-from alltalk_host.errors import BadRequest
+from alltalk_host import (
+    Audio,
+    Backend,
+    BadRequest,
+    Capabilities,
+    ModelContext,
+    SpeechRequest,
+    parse_settings,
+)
 
 from .voices import VoiceLibrary
 
