@@ -5,11 +5,18 @@
   (b) failed requests out of N sent by C concurrent clients during K swaps (target 0)
   (c) latency of runtime-only applies, p50 / p95 (target p50 < 50 ms)
   (d) server RSS before and after S model-changing swaps (target growth < 5 %)
+  (e) (b) and (a) again with a drain deadline shorter than every request: at each swap the
+      requests already running on the old model end with the documented 503 drain_deadline
+      (counted apart), the waiting ones move to the new model; failed = any other 5xx or 4xx,
+      a broken connection or a request that does not end within --request-timeout (target 0),
+      and apply under that load / bare load + warm-up (target <= 1.10)
 
 The server is a real `alltalk-host serve` process on loopback with the reference backend, given
-a simulated load cost (load_seconds) and a memory footprint (memory_mb) so that swaps do work.
+a simulated load cost (load_seconds) and a memory footprint (memory_mb) so that swaps do work;
+in (e) also a simulated inference cost (rtf) so that each request lasts --request-seconds.
 
     .venv/bin/python -m tools.bench_swap [--clients 8] [--swaps 10] [--memory-swaps 50]
+        [--drain-deadline 0.5] [--request-seconds 2] [--phases abcde]
 
 Prints a table and writes JSON (default docs/benchmarks/swap.json).
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -37,6 +45,7 @@ from tools.server import Server, commit, new_config_repo, set_key
 LOAD_SECONDS = 1.0
 MEMORY_MB = 64
 REQUEST_TEXT = "Hello from the benchmark."
+SHORT_WARMUP = "Hi there."  # (e): warm-up is not what is measured, and rtf makes it slow
 MODEL = "default.models.reference.settings"
 
 
@@ -52,6 +61,17 @@ def bare_load_seconds(settings: dict, repeats: int, warmup: str = ONE) -> float:
         times.append(time.perf_counter() - started)
         backend.unload()
     return statistics.median(times)
+
+
+def audio_seconds(text: str) -> float:
+    """How long the reference backend speaks ``text`` (its voice is the same at any rtf)."""
+    backend = ReferenceBackend(ReferenceBackend.validate_settings({}),
+                               ModelContext("bench", Path("."), Path(".")))
+    backend.load()
+    try:
+        return backend.synthesize(SpeechRequest(text, voice="female_01")).duration
+    finally:
+        backend.unload()
 
 
 async def settled(session: aiohttp.ClientSession, base: str) -> None:
@@ -128,7 +148,7 @@ def _error_code(body: bytes) -> str:
         return "(no JSON error)"
 
 
-def make_commits(cfg: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def make_commits(cfg: Path, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     """The benchmark's config history; the model settings of (a)/(b) and the commits by name."""
     models = cfg / "models.toml"
     settings = cfg / "settings.toml"
@@ -150,13 +170,21 @@ def make_commits(cfg: Path) -> tuple[dict[str, Any], dict[str, str]]:
     commits["mem-a"] = commit(cfg, "bench: fast model A")
     set_key(models, f"{MODEL}.pitch_hz", 140)
     commits["mem-b"] = commit(cfg, "bench: fast model B")
+    # (e): every request lasts request_seconds, longer than the drain deadline.
+    set_key(models, f"{MODEL}.load_seconds", LOAD_SECONDS)
+    set_key(models, f"{MODEL}.rtf", args.rtf)
+    set_key(settings, "default.drain_deadline_s", args.drain_deadline)
+    set_key(settings, "default.warmup_text", SHORT_WARMUP)
+    commits["drain-a"] = commit(cfg, "bench: slow requests, short drain, model A")
+    set_key(models, f"{MODEL}.pitch_hz", 180)
+    commits["drain-b"] = commit(cfg, "bench: slow requests, short drain, model B")
     return base_settings, commits
 
 
 async def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="alltalk-bench-"))
     cfg = new_config_repo(work / "config")
-    base_settings, c = make_commits(cfg)
+    base_settings, c = make_commits(cfg, args)
     results: dict = {}
     with Server(cfg, work / "state") as server:
         base = server.base
@@ -204,7 +232,35 @@ async def run(args: argparse.Namespace) -> dict:
                 results["d"] = {"rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
                                 "growth_pct": 100 * (after - before) / before,
                                 "swaps": args.memory_swaps, "model_memory_mb": MEMORY_MB}
+
+            if "e" in args.phases:
+                results["e"] = await drain_phase(session, base, c, base_settings, args)
     return results
+
+
+async def drain_phase(session: aiohttp.ClientSession, base: str, c: dict[str, str],
+                      base_settings: dict, args: argparse.Namespace) -> dict[str, Any]:
+    """Swaps under load while every request outlasts the drain deadline."""
+    bare = bare_load_seconds({**base_settings, "pitch_hz": 180, "rtf": args.rtf}, args.repeats,
+                             warmup=SHORT_WARMUP)
+    await apply(session, base, c["drain-a"])
+    await settled(session, base)
+    load = Load(session, base, args.clients, args.request_timeout)
+    applies = []
+    # Requests start when a swap moves the queue over, so a fixed pause would switch at the same
+    # point of every request (measured: always 0.2 s before they end, so no deadline passed).
+    # A pause drawn at random (seeded) puts the switch anywhere in a request.
+    pauses = random.Random(0)
+    for i in range(args.swaps):
+        # Let the serving model start requests (and queue more) before it is replaced.
+        await asyncio.sleep(args.request_seconds * pauses.uniform(0.5, 1.5))
+        applies.append(await apply(session, base, c["drain-b"] if i % 2 == 0 else c["drain-a"]))
+    await load.stop()
+    return {**load.summary(), "clients": args.clients, "swaps": args.swaps,
+            "drain_deadline_s": args.drain_deadline, "request_s": args.request_seconds,
+            "rtf": args.rtf, "apply_under_load_s": statistics.median(applies),
+            "bare_load_warmup_s": bare, "ratio": statistics.median(applies) / bare,
+            "repeats": args.repeats}
 
 
 def table(r: dict) -> str:
@@ -225,6 +281,16 @@ def table(r: dict) -> str:
         rows.append(("(d) RSS growth over swaps", f"{r['d']['growth_pct']:+.2f} %",
                      f"{r['d']['rss_before_mb']:.0f} -> {r['d']['rss_after_mb']:.0f} MiB, "
                      f"{r['d']['swaps']} swaps", "< 5 %"))
+    if "e" in r:
+        e = r["e"]
+        rows.append((f"(e) failed requests during swaps, drain deadline {e['drain_deadline_s']} s"
+                     f" < requests of {e['request_s']} s", f"{e['failed']} / {e['requests']}",
+                     f"{e['clients']} clients, {e['swaps']} swaps; 503 drain_deadline: "
+                     f"{e['drain_deadline_503']}, 200: {e['ok']}; slowest request "
+                     f"{e['longest_request_s']:.1f} s{_failures(e)}", "0"))
+        rows.append(("(e) apply under that load / bare load+warm-up", f"{e['ratio']:.3f}",
+                     f"{e['apply_under_load_s']:.3f} s / {e['bare_load_warmup_s']:.3f} s",
+                     "<= 1.10"))
     lines = ["| measure | result | detail | target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -243,11 +309,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runtime", type=int, default=40)
     parser.add_argument("--memory-swaps", type=int, default=50)
+    parser.add_argument("--drain-deadline", type=float, default=0.5,
+                        help="(e): drain_deadline_s, shorter than --request-seconds")
+    parser.add_argument("--request-seconds", type=float, default=2.0,
+                        help="(e): how long each request works")
     parser.add_argument("--request-timeout", type=float, default=60.0,
                         help="a request without an answer by then counts as failed")
-    parser.add_argument("--phases", default="abcd", help="which of (a)-(d) to run")
+    parser.add_argument("--phases", default="abcde", help="which of (a)-(e) to run")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "swap.json")
     args = parser.parse_args()
+    if args.drain_deadline >= args.request_seconds:
+        parser.error("--drain-deadline must be shorter than --request-seconds")
+    args.rtf = args.request_seconds / audio_seconds(REQUEST_TEXT)
     results = asyncio.run(run(args))
     print(table(results))
     write_results(args.out, results)
