@@ -47,11 +47,12 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+# Modules, not script paths: `tools` imports as a package from the project root.
 bench: $(VENV)/.installed-test
-	$(BIN)/python tools/bench_swap.py
-	$(BIN)/python tools/bench_onnx.py
-	$(BIN)/python tools/bench_xtts.py
-	$(BIN)/python tools/bench_api.py
+	$(BIN)/python -m tools.bench_swap
+	$(BIN)/python -m tools.bench_onnx
+	$(BIN)/python -m tools.bench_xtts
+	$(BIN)/python -m tools.bench_api
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

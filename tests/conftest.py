@@ -22,6 +22,8 @@ from alltalk_host.config.repo import init_repo
 from alltalk_host.host import Host, HostOptions
 from alltalk_host.web.app import create_app
 
+from . import strict_reference
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "config_repo"
 
@@ -132,9 +134,13 @@ def config_repo(tmp_path: Path) -> Iterator[ConfigRepoHelper]:
 
 @pytest.fixture
 def host_options(tmp_path: Path, config_repo: ConfigRepoHelper) -> Callable[..., HostOptions]:
+    """Options for a test host. Every one also has the strict-reference backend
+    (tests/strict_reference.py), for the models that check the host never over-admits;
+    ``extra_plugins`` given here are added to it."""
     def make(**overrides: Any) -> HostOptions:
+        extra = [("strict_reference", strict_reference), *overrides.pop("extra_plugins", [])]
         values: dict[str, Any] = {"config_repo": config_repo.path,
-                                  "state_dir": tmp_path / "state"}
+                                  "state_dir": tmp_path / "state", "extra_plugins": extra}
         values.update(overrides)
         return HostOptions(**values)
     return make

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from .conftest import error_of, wait_until
+from .strict_reference import STRICT
 
 LONG = "A long sentence to speak."  # about 1.8 s of audio: 5.4 s of work at rtf 3
 SHORT = "Hi."  # about 0.3 s of audio: 0.9 s of work at rtf 3
@@ -16,9 +17,11 @@ def generations(status, name):
 
 
 def one_at_a_time(config_repo, deadline: float, **extra):
-    """Both reference models take one request at a time, slowly."""
+    """Both reference models take one request at a time, slowly, on the strict backend: a
+    slot given back before an aborted request's backend call ends fails the next request."""
     for name in ("reference", "reference-low"):
-        config_repo.model(name, max_concurrency=1, rtf=3.0, **extra.get(name, {}))
+        config_repo.model(name, backend=STRICT, max_concurrency=1, rtf=3.0,
+                          **extra.get(name, {}))
     config_repo.set("settings.toml", "default.warmup_text", SHORT)
     config_repo.set("settings.toml", "default.drain_deadline_s", deadline)
 

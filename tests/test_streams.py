@@ -20,6 +20,7 @@ from alltalk_host.text import split_sentences
 from alltalk_host_reference import ReferenceBackend
 
 from .conftest import error_of, read_wav, wait_until
+from .strict_reference import STRICT
 
 
 class FlakyBackend(ReferenceBackend):
@@ -85,7 +86,7 @@ async def test_a_backend_refusal_at_the_first_chunk_is_an_ordinary_error(flaky):
 
 
 async def test_a_full_queue_is_a_503_not_a_broken_stream(start_server, config_repo):
-    config_repo.model("reference", rtf=3.0, max_concurrency=1)
+    config_repo.model("reference", backend=STRICT, rtf=3.0, max_concurrency=1)
     config_repo.set("settings.toml", "default.queue_limit", 0)
     config_repo.set("settings.toml", "default.warmup_text", "Hi.")
     config_repo.commit("one at a time, no queue")

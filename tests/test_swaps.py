@@ -15,7 +15,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from alltalk_host import ModelContext, SpeechRequest
+
 from .conftest import ROOT, dominant_pitch, error_of, read_wav, wait_until
+from .strict_reference import STRICT, OverAdmitted, StrictReferenceBackend
 
 TEXT = "Hello there, how are you today?"
 
@@ -33,7 +38,8 @@ def models_by_name(status) -> dict[str, list[dict]]:
 
 async def test_requests_during_repeated_swaps_all_succeed_and_are_never_mixed(
         start_server, config_repo):
-    config_repo.model("reference", pitch_hz=100, rtf=0.15, load_seconds=0.05)
+    # The strict backend fails any request the host over-admits, during swaps too.
+    config_repo.model("reference", backend=STRICT, pitch_hz=100, rtf=0.15, load_seconds=0.05)
     low = config_repo.commit("low voice")
     high = config_repo.change("high voice", "models.toml",
                               "default.models.reference.settings.pitch_hz", 220)
@@ -117,8 +123,8 @@ async def test_the_drain_deadline_ends_a_started_request_with_a_clean_503(
 
 async def test_the_host_never_exceeds_a_backends_declared_concurrency(start_server,
                                                                       config_repo):
-    # The reference backend raises if it is ever called by more than max_concurrency callers.
-    config_repo.model("reference", max_concurrency=2, rtf=0.3, instances=2)
+    # The strict backend raises if it is ever called by more than max_concurrency callers.
+    config_repo.model("reference", backend=STRICT, max_concurrency=2, rtf=0.3, instances=2)
     config_repo.commit("two instances of two")
     client = await start_server()
     status = await (await client.get("/control/status")).json()
@@ -127,8 +133,31 @@ async def test_the_host_never_exceeds_a_backends_declared_concurrency(start_serv
     assert [r.status for r in responses] == [200] * 16
 
 
+def test_the_strict_backend_refuses_a_caller_beyond_its_declared_concurrency():
+    """The oracle the concurrency tests rely on does fire."""
+    settings = StrictReferenceBackend.validate_settings({"max_concurrency": 1, "rtf": 2.0})
+    backend = StrictReferenceBackend(settings, ModelContext("strict", Path("."), Path(".")))
+    backend.load()
+    first = SpeechRequest("A sentence that keeps the only slot busy.")
+    inside = threading.Thread(target=backend.synthesize, args=(first,))
+    inside.start()
+    try:
+        deadline = time.monotonic() + 10
+        while backend.active == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(OverAdmitted, match="max_concurrency 1"):
+            backend.synthesize(SpeechRequest("Me too."))
+        with pytest.raises(OverAdmitted):
+            next(backend.stream(SpeechRequest("Me too. And me.")))
+    finally:
+        first.cancelled.set()
+        inside.join()
+    assert backend.active == 0
+    assert len(list(backend.stream(SpeechRequest("One. Two.")))) == 2  # free again
+
+
 async def test_requests_beyond_the_queue_limit_get_busy(start_server, config_repo):
-    config_repo.model("reference", max_concurrency=1, rtf=1.0)
+    config_repo.model("reference", backend=STRICT, max_concurrency=1, rtf=1.0)
     config_repo.set("settings.toml", "default.warmup_text", "Hi.")
     config_repo.set("settings.toml", "default.queue_limit", 2)
     config_repo.commit("tiny queue")
@@ -142,7 +171,7 @@ async def test_requests_beyond_the_queue_limit_get_busy(start_server, config_rep
 
 async def test_low_memory_swap_makes_requests_wait_instead_of_failing(start_server,
                                                                       config_repo):
-    config_repo.model("reference", low_memory_swap=True, load_seconds=0.3)
+    config_repo.model("reference", backend=STRICT, low_memory_swap=True, load_seconds=0.3)
     config_repo.commit("unload first")
     client = await start_server()
     commit = config_repo.change("new pitch", "models.toml",

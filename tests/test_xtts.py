@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from alltalk_host import ModelContext
 from alltalk_host.speech import SpeechInput
 from alltalk_host.web.keys import HOST
 from alltalk_host_xtts.backend import XttsBackend
@@ -288,3 +290,132 @@ async def test_alltalk_low_vram_and_deepspeed_toggles_commit_and_apply(
     assert resp.status == 200 and body["status"] == "error" and "deepspeed" in body["message"]
     assert config_repo.repo.head.commit == head
     assert (await client.post("/tts", json={"text": "Hi.", "voice": "ref.wav"})).status == 200
+
+
+def _fake_checkpoint(folder: Path) -> Path:
+    """The files of a checkpoint, as far as the availability check looks at them."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model": "xtts", "languages": ["en"]}))
+    (folder / "model.pth").write_bytes(b"\x80" * 64)
+    (folder / "vocab.json").write_text("{}")
+    return folder
+
+
+def _check(settings: dict, models_dir: Path) -> None:
+    XttsBackend.check_available(XttsBackend.validate_settings(settings),
+                                ModelContext("xtts", models_dir, models_dir / "cache"))
+
+
+def _hide_modules(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in names else real(name, *a))
+
+
+def test_a_complete_checkpoint_is_available(tmp_path, xtts_dir):
+    _check({"checkpoint": str(xtts_dir / "tiny-xtts-0")}, tmp_path)  # the real thing
+    _fake_checkpoint(tmp_path / "xtts-v2")
+    _check({"checkpoint": "xtts-v2"}, tmp_path)  # relative to models_dir
+    # The voices folder is optional: built-in speakers are voices, and files may come later.
+    _check({"checkpoint": "xtts-v2", "voices_dir": "no-voices-yet"}, tmp_path)
+
+
+@pytest.mark.parametrize("case", ["missing folder", "no config.json", "no model.pth",
+                                  "no vocab.json", "empty model.pth", "config not json",
+                                  "another model's config", "no torch", "no TTS",
+                                  "deepspeed missing"])
+def test_each_missing_piece_makes_the_checkpoint_unavailable_naming_it(tmp_path, monkeypatch,
+                                                                       case):
+    folder = tmp_path / "var" / "models" / "xtts-v2"
+    settings = {"checkpoint": "xtts-v2"}
+    expected = {
+        "missing folder": f"checkpoint folder {folder} not found",
+        "no config.json": f"checkpoint folder {folder} lacks config.json",
+        "no model.pth": f"checkpoint folder {folder} lacks model.pth",
+        "no vocab.json": f"checkpoint folder {folder} lacks vocab.json",
+        "empty model.pth": f"{folder / 'model.pth'} is empty",
+        "config not json": f"{folder / 'config.json'} is not JSON",
+        "another model's config": f"{folder / 'config.json'} is not an XTTS config "
+                                  "(model: 'vits')",
+        "no torch": "torch not installed: pip install alltalk-host-xtts",
+        "no TTS": "TTS not installed: pip install alltalk-host-xtts",
+        "deepspeed missing": "deepspeed = true but the deepspeed package is not installed",
+    }[case]
+    if case != "missing folder":
+        _fake_checkpoint(folder)
+    if case.startswith("no ") and case.endswith((".json", ".pth")):
+        (folder / case[3:]).unlink()
+    elif case == "empty model.pth":
+        (folder / "model.pth").write_bytes(b"")
+    elif case == "config not json":
+        (folder / "config.json").write_text("model = 'xtts'")
+    elif case == "another model's config":
+        (folder / "config.json").write_text(json.dumps({"model": "vits"}))
+    elif case in ("no torch", "no TTS"):
+        _hide_modules(monkeypatch, case[3:])
+    elif case == "deepspeed missing":
+        _hide_modules(monkeypatch, "deepspeed")
+        settings["deepspeed"] = True
+    with pytest.raises(RuntimeError) as info:
+        _check(settings, tmp_path / "var" / "models")
+    assert expected in str(info.value)
+
+
+def test_every_missing_piece_is_named_at_once(tmp_path, monkeypatch):
+    _hide_modules(monkeypatch, "torchaudio", "TTS")
+    with pytest.raises(RuntimeError) as info:
+        _check({"checkpoint": "xtts-v2"}, tmp_path)
+    assert str(info.value) == (f"checkpoint folder {tmp_path / 'xtts-v2'} not found; "
+                               "torchaudio, TTS not installed: pip install alltalk-host-xtts "
+                               "(it pins torch, torchaudio, torchcodec and coqui-tts)")
+
+
+CHECK_SCRIPT = """
+import json, sys
+from pathlib import Path
+from alltalk_host import ModelContext
+from alltalk_host_xtts.backend import XttsBackend
+
+settings = XttsBackend.validate_settings({"checkpoint": sys.argv[1]})
+XttsBackend.check_available(settings, ModelContext("xtts", Path("."), Path(".")))
+print(json.dumps([m for m in ("torch", "torchaudio", "TTS", "onnxruntime") if m in sys.modules]))
+"""
+
+
+def test_the_availability_check_imports_nothing_heavy(tmp_path):
+    folder = _fake_checkpoint(tmp_path / "xtts-v2")
+    out = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, str(folder)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout) == []
+
+
+async def test_the_template_reports_xtts_unavailable_while_joe_serves(
+        start_server, tmp_path, monkeypatch):
+    """A fresh install: the template names an XTTS checkpoint in var/models/xtts-v2 that is
+    not there. The host starts, joe serves, and every report says why xtts cannot."""
+    models_dir = tmp_path / "var" / "models"
+    monkeypatch.setenv("ALLTALK_MODELS_DIR", str(models_dir))
+    template = ConfigRepoHelper(tmp_path / "template-config", reference=False)
+    try:
+        client = await start_server(config_repo=template.path)
+    finally:
+        template.repo.close()
+    reason = f"backend xtts: checkpoint folder {models_dir / 'xtts-v2'} not found"
+    assert "var/models/xtts-v2 not found" in reason
+    status = await (await client.get("/control/status")).json()
+    xtts = next(m for m in status["models"] if m["name"] == "xtts")
+    assert (xtts["state"], xtts["availability"], xtts["reason"]) == (
+        "configured", "unavailable", reason)
+    joe = next(m for m in status["models"] if m["name"] == "joe")
+    assert (joe["state"], joe["availability"]) == ("serving", "available")
+    health = await client.get("/health/models/xtts")
+    assert health.status == 503
+    assert await health.json() == {"name": "xtts", "state": "unavailable",
+                                   "availability": "unavailable", "reason": reason}
+    plan = await (await client.post("/control/config/plan", json={"commit": template.head})).json()
+    assert plan["availability"]["xtts"] == {"availability": "unavailable", "reason": reason}
+    resp = await client.post("/control/models/switch", json={"model": "xtts"})
+    error = await error_of(resp)
+    assert resp.status == 422 and reason in error["message"], error
+    resp = await client.post("/tts", json={"text": "Joe is here."})
+    assert resp.status == 200 and resp.headers["X-AllTalk-Model"] == "joe; generation=1"

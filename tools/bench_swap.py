@@ -5,11 +5,18 @@
   (b) failed requests out of N sent by C concurrent clients during K swaps (target 0)
   (c) latency of runtime-only applies, p50 / p95 (target p50 < 50 ms)
   (d) server RSS before and after S model-changing swaps (target growth < 5 %)
+  (e) (b) and (a) again with a drain deadline shorter than every request: at each swap the
+      requests already running on the old model end with the documented 503 drain_deadline
+      (counted apart), the waiting ones move to the new model; failed = any other 5xx or 4xx,
+      a broken connection or a request that does not end within --request-timeout (target 0),
+      and apply under that load / bare load + warm-up (target <= 1.10)
 
 The server is a real `alltalk-host serve` process on loopback with the reference backend, given
-a simulated load cost (load_seconds) and a memory footprint (memory_mb) so that swaps do work.
+a simulated load cost (load_seconds) and a memory footprint (memory_mb) so that swaps do work;
+in (e) also a simulated inference cost (rtf) so that each request lasts --request-seconds.
 
-    .venv/bin/python tools/bench_swap.py [--clients 8] [--swaps 10] [--memory-swaps 50]
+    .venv/bin/python -m tools.bench_swap [--clients 8] [--swaps 10] [--memory-swaps 50]
+        [--drain-deadline 0.5] [--request-seconds 2] [--phases abcde]
 
 Prints a table and writes JSON (default docs/benchmarks/swap.json).
 """
@@ -18,51 +25,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
+import json
+import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-import git
 import psutil
-import tomlkit
 
 from alltalk_host.backend import ModelContext, SpeechRequest
-from alltalk_host.config.repo import init_repo
 from alltalk_host_reference import ReferenceBackend
+from tools.benchlib import ONE, RESULTS_DIR, write_results
+from tools.server import Server, commit, new_config_repo, set_key
 
-# Run as a script from anywhere: the project root makes `tools` importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools.benchlib import RESULTS_DIR, write_results
-
-ROOT = Path(__file__).resolve().parent.parent
-WARMUP = "The quick brown fox jumps over the lazy dog."
 LOAD_SECONDS = 1.0
 MEMORY_MB = 64
+REQUEST_TEXT = "Hello from the benchmark."
+SHORT_WARMUP = "Hi there."  # (e): warm-up is not what is measured, and rtf makes it slow
+MODEL = "default.models.reference.settings"
 
 
-def set_key(path: Path, dotted: str, value: object) -> None:
-    doc = tomlkit.parse(path.read_text())
-    *parents, last = dotted.split(".")
-    table = doc
-    for p in parents:
-        table = table.setdefault(p, tomlkit.table())
-    table[last] = value
-    path.write_text(tomlkit.dumps(doc))
-
-
-def commit(repo: git.Repo, message: str) -> str:
-    repo.git.add("-A")
-    repo.index.commit(message)
-    return repo.head.commit.hexsha
-
-
-def bare_load_seconds(settings: dict, repeats: int) -> float:
+def bare_load_seconds(settings: dict, repeats: int, warmup: str = ONE) -> float:
     """Median time to construct, load and warm up the model with no host around it."""
     parsed = ReferenceBackend.validate_settings(settings)
     times = []
@@ -70,28 +57,21 @@ def bare_load_seconds(settings: dict, repeats: int) -> float:
         started = time.perf_counter()
         backend = ReferenceBackend(parsed, ModelContext("bench", Path("."), Path(".")))
         backend.load()
-        backend.synthesize(SpeechRequest(WARMUP, voice="female_01"))
+        backend.synthesize(SpeechRequest(warmup, voice="female_01"))
         times.append(time.perf_counter() - started)
         backend.unload()
     return statistics.median(times)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(300):
-        try:
-            async with session.get(f"{base}/health/ready") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit("server did not become ready")
+def audio_seconds(text: str) -> float:
+    """How long the reference backend speaks ``text`` (its voice is the same at any rtf)."""
+    backend = ReferenceBackend(ReferenceBackend.validate_settings({}),
+                               ModelContext("bench", Path("."), Path(".")))
+    backend.load()
+    try:
+        return backend.synthesize(SpeechRequest(text, voice="female_01")).duration
+    finally:
+        backend.unload()
 
 
 async def settled(session: aiohttp.ClientSession, base: str) -> None:
@@ -114,121 +94,212 @@ async def apply(session: aiohttp.ClientSession, base: str, sha: str) -> float:
     return time.perf_counter() - started
 
 
-async def run(args: argparse.Namespace) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="alltalk-bench-"))
-    cfg = work / "config"
-    init_repo(cfg, ROOT / "config_repo")
-    repo = git.Repo(cfg)
+class Load:
+    """Clients sending /tts back to back until stopped; every outcome classified."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, clients: int,
+                 timeout_s: float) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self.longest_s = 0.0
+        self._session, self._base, self._timeout = session, base, timeout_s
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._client()) for _ in range(clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _client(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            self.outcomes[await self._one()] += 1
+            self.longest_s = max(self.longest_s, time.perf_counter() - started)
+
+    async def _one(self) -> str:
+        """"ok", "drain_deadline" (the documented 503) or what went wrong."""
+        try:
+            async with self._session.post(
+                    f"{self._base}/tts", json={"text": REQUEST_TEXT},
+                    timeout=aiohttp.ClientTimeout(total=self._timeout)) as r:
+                body = await r.read()
+                if r.status == 200:
+                    return "ok"
+                code = _error_code(body)
+                if r.status == 503 and code == "drain_deadline":
+                    return "drain_deadline"
+                return f"{r.status} {code}"
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors too
+            return f"no answer within {self._timeout:.0f} s"
+        except aiohttp.ClientError as exc:
+            return type(exc).__name__
+
+    def summary(self) -> dict[str, Any]:
+        failures = {k: n for k, n in self.outcomes.items() if k not in ("ok", "drain_deadline")}
+        return {"requests": sum(self.outcomes.values()), "ok": self.outcomes["ok"],
+                "drain_deadline_503": self.outcomes["drain_deadline"],
+                "failed": sum(failures.values()), "failures": failures,
+                "longest_request_s": self.longest_s}
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "(no JSON error)"
+
+
+def make_commits(cfg: Path, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The benchmark's config history; the model settings of (a)/(b) and the commits by name."""
     models = cfg / "models.toml"
+    settings = cfg / "settings.toml"
     # The benchmark's own model: the reference backend, so the figures measure the host.
     models.write_text('[default.models.reference]\nbackend = "reference"\n')
-    set_key(cfg / "settings.toml", "default.default_model", "reference")
+    set_key(settings, "default.default_model", "reference")
     base_settings = {"pitch_hz": 140, "load_seconds": LOAD_SECONDS, "memory_mb": MEMORY_MB,
                      "max_concurrency": 2}
     for k, v in base_settings.items():
-        set_key(models, f"default.models.reference.settings.{k}", v)
-    a = commit(repo, "bench: model A")
-    set_key(models, "default.models.reference.settings.pitch_hz", 180)
-    b = commit(repo, "bench: model B")
-    runtime = []
+        set_key(models, f"{MODEL}.{k}", v)
+    commits = {"a": commit(cfg, "bench: model A")}
+    set_key(models, f"{MODEL}.pitch_hz", 180)
+    commits["b"] = commit(cfg, "bench: model B")
     for limit in (1500, 1600):
-        set_key(cfg / "settings.toml", "default.max_text_length", limit)
-        runtime.append(commit(repo, f"bench: runtime-only {limit}"))
+        set_key(settings, "default.max_text_length", limit)
+        commits[f"runtime-{limit}"] = commit(cfg, f"bench: runtime-only {limit}")
     # Fast-loading variants for the memory run (the memory, not the wait, is what is measured).
-    set_key(models, "default.models.reference.settings.load_seconds", 0.0)
-    mem_a = commit(repo, "bench: fast model A")
-    set_key(models, "default.models.reference.settings.pitch_hz", 140)
-    mem_b = commit(repo, "bench: fast model B")
-    repo.close()
+    set_key(models, f"{MODEL}.load_seconds", 0.0)
+    commits["mem-a"] = commit(cfg, "bench: fast model A")
+    set_key(models, f"{MODEL}.pitch_hz", 140)
+    commits["mem-b"] = commit(cfg, "bench: fast model B")
+    # (e): every request lasts request_seconds, longer than the drain deadline.
+    set_key(models, f"{MODEL}.load_seconds", LOAD_SECONDS)
+    set_key(models, f"{MODEL}.rtf", args.rtf)
+    set_key(settings, "default.drain_deadline_s", args.drain_deadline)
+    set_key(settings, "default.warmup_text", SHORT_WARMUP)
+    commits["drain-a"] = commit(cfg, "bench: slow requests, short drain, model A")
+    set_key(models, f"{MODEL}.pitch_hz", 180)
+    commits["drain-b"] = commit(cfg, "bench: slow requests, short drain, model B")
+    return base_settings, commits
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo", str(cfg),
-         "--state-dir", str(work / "state"), "--port", str(port), "--log-level", "warning"],
-        env=env, cwd=ROOT)
-    proc = psutil.Process(server.pid)
+
+async def run(args: argparse.Namespace) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="alltalk-bench-"))
+    cfg = new_config_repo(work / "config")
+    base_settings, c = make_commits(cfg, args)
     results: dict = {}
-    try:
+    with Server(cfg, work / "state") as server:
+        base = server.base
+        proc = psutil.Process(server.pid)
         async with aiohttp.ClientSession() as session:
-            await wait_ready(session, base)
-            await apply(session, base, a)
+            await apply(session, base, c["a"])
 
-            # (a) apply vs bare load + warm-up, alternating A/B so every apply reloads.
-            bare = bare_load_seconds({**base_settings, "pitch_hz": 180}, args.repeats)
-            applies = []
-            for i in range(args.repeats):
+            if "a" in args.phases:  # apply vs bare load + warm-up, alternating so each reloads
+                bare = bare_load_seconds({**base_settings, "pitch_hz": 180}, args.repeats)
+                applies = []
+                for i in range(args.repeats):
+                    await settled(session, base)
+                    applies.append(await apply(session, base, c["b"] if i % 2 == 0 else c["a"]))
+                results["a"] = {"apply_s": statistics.median(applies),
+                                "bare_load_warmup_s": bare,
+                                "ratio": statistics.median(applies) / bare,
+                                "repeats": args.repeats, "load_seconds": LOAD_SECONDS}
+
+            if "b" in args.phases:  # clients hammer /tts while the server swaps K times
+                load = Load(session, base, args.clients, args.request_timeout)
+                for i in range(args.swaps):
+                    await apply(session, base, c["b"] if i % 2 == 0 else c["a"])
+                await load.stop()
+                results["b"] = {**load.summary(), "clients": args.clients, "swaps": args.swaps}
+
+            if "c" in args.phases:  # runtime-only applies
+                # The runtime commits carry model B: get there first, so none of them reloads.
+                await apply(session, base, c["runtime-1600"])
                 await settled(session, base)
-                applies.append(await apply(session, base, b if i % 2 == 0 else a))
-            results["a"] = {"apply_s": statistics.median(applies), "bare_load_warmup_s": bare,
-                            "ratio": statistics.median(applies) / bare,
-                            "repeats": args.repeats, "load_seconds": LOAD_SECONDS}
+                lat = sorted([await apply(session, base, c[f"runtime-{1500 + 100 * (i % 2)}"])
+                              for i in range(args.runtime)])
+                results["c"] = {"p50_ms": 1000 * statistics.median(lat),
+                                "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))],
+                                "applies": len(lat)}
 
-            # (b) clients hammer /tts while the server swaps K times.
-            counts = {"ok": 0, "failed": 0}
-            stop = asyncio.Event()
+            if "d" in args.phases:  # RSS before/after S model-changing swaps, after a warm-up
+                await apply(session, base, c["mem-a"])
+                await apply(session, base, c["mem-b"])
+                await asyncio.sleep(0.5)
+                before = proc.memory_info().rss
+                for i in range(args.memory_swaps):
+                    await apply(session, base, c["mem-a"] if i % 2 else c["mem-b"])
+                await asyncio.sleep(1.0)  # let the last drained generation unload
+                after = proc.memory_info().rss
+                results["d"] = {"rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
+                                "growth_pct": 100 * (after - before) / before,
+                                "swaps": args.memory_swaps, "model_memory_mb": MEMORY_MB}
 
-            async def client() -> None:
-                while not stop.is_set():
-                    try:
-                        async with session.post(f"{base}/tts",
-                                                json={"text": "Hello from the benchmark."}) as r:
-                            await r.read()
-                            counts["ok" if r.status == 200 else "failed"] += 1
-                    except aiohttp.ClientError:
-                        counts["failed"] += 1
-
-            tasks = [asyncio.create_task(client()) for _ in range(args.clients)]
-            for i in range(args.swaps):
-                await apply(session, base, b if i % 2 == 0 else a)
-            stop.set()
-            await asyncio.gather(*tasks)
-            results["b"] = {"requests": counts["ok"] + counts["failed"],
-                            "failed": counts["failed"], "clients": args.clients,
-                            "swaps": args.swaps}
-
-            # (c) runtime-only applies.
-            await settled(session, base)
-            lat = [await apply(session, base, runtime[i % 2]) for i in range(args.runtime)]
-            lat.sort()
-            results["c"] = {"p50_ms": 1000 * statistics.median(lat),
-                            "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))],
-                            "applies": len(lat)}
-
-            # (d) RSS before/after S model-changing swaps (after one warm-up cycle).
-            await apply(session, base, mem_a)
-            await apply(session, base, mem_b)
-            await asyncio.sleep(0.5)
-            before = proc.memory_info().rss
-            for i in range(args.memory_swaps):
-                await apply(session, base, mem_a if i % 2 else mem_b)
-            await asyncio.sleep(1.0)  # let the last drained generation unload
-            after = proc.memory_info().rss
-            results["d"] = {"rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
-                            "growth_pct": 100 * (after - before) / before,
-                            "swaps": args.memory_swaps, "model_memory_mb": MEMORY_MB}
-    finally:
-        server.terminate()
-        server.wait(30)
+            if "e" in args.phases:
+                results["e"] = await drain_phase(session, base, c, base_settings, args)
     return results
 
 
+async def drain_phase(session: aiohttp.ClientSession, base: str, c: dict[str, str],
+                      base_settings: dict, args: argparse.Namespace) -> dict[str, Any]:
+    """Swaps under load while every request outlasts the drain deadline."""
+    bare = bare_load_seconds({**base_settings, "pitch_hz": 180, "rtf": args.rtf}, args.repeats,
+                             warmup=SHORT_WARMUP)
+    await apply(session, base, c["drain-a"])
+    await settled(session, base)
+    load = Load(session, base, args.clients, args.request_timeout)
+    applies = []
+    # Requests start when a swap moves the queue over, so a fixed pause would switch at the same
+    # point of every request (measured: always 0.2 s before they end, so no deadline passed).
+    # A pause drawn at random (seeded) puts the switch anywhere in a request.
+    pauses = random.Random(0)
+    for i in range(args.swaps):
+        # Let the serving model start requests (and queue more) before it is replaced.
+        await asyncio.sleep(args.request_seconds * pauses.uniform(0.5, 1.5))
+        applies.append(await apply(session, base, c["drain-b"] if i % 2 == 0 else c["drain-a"]))
+    await load.stop()
+    return {**load.summary(), "clients": args.clients, "swaps": args.swaps,
+            "drain_deadline_s": args.drain_deadline, "request_s": args.request_seconds,
+            "rtf": args.rtf, "apply_under_load_s": statistics.median(applies),
+            "bare_load_warmup_s": bare, "ratio": statistics.median(applies) / bare,
+            "repeats": args.repeats}
+
+
 def table(r: dict) -> str:
-    rows = [
-        ("(a) apply / bare load+warm-up", f"{r['a']['ratio']:.3f}",
-         f"{r['a']['apply_s']:.3f} s / {r['a']['bare_load_warmup_s']:.3f} s", "<= 1.10"),
-        ("(b) failed requests during swaps", f"{r['b']['failed']} / {r['b']['requests']}",
-         f"{r['b']['clients']} clients, {r['b']['swaps']} swaps", "0"),
-        ("(c) runtime-only apply p50 / p95", f"{r['c']['p50_ms']:.1f} / {r['c']['p95_ms']:.1f} ms",
-         f"{r['c']['applies']} applies", "p50 < 50 ms"),
-        ("(d) RSS growth over swaps", f"{r['d']['growth_pct']:+.2f} %",
-         f"{r['d']['rss_before_mb']:.0f} -> {r['d']['rss_after_mb']:.0f} MiB, "
-         f"{r['d']['swaps']} swaps", "< 5 %"),
-    ]
+    rows = []
+    if "a" in r:
+        rows.append(("(a) apply / bare load+warm-up", f"{r['a']['ratio']:.3f}",
+                     f"{r['a']['apply_s']:.3f} s / {r['a']['bare_load_warmup_s']:.3f} s",
+                     "<= 1.10"))
+    if "b" in r:
+        rows.append(("(b) failed requests during swaps", f"{r['b']['failed']} / "
+                     f"{r['b']['requests']}", f"{r['b']['clients']} clients, {r['b']['swaps']} "
+                     f"swaps{_failures(r['b'])}", "0"))
+    if "c" in r:
+        rows.append(("(c) runtime-only apply p50 / p95",
+                     f"{r['c']['p50_ms']:.1f} / {r['c']['p95_ms']:.1f} ms",
+                     f"{r['c']['applies']} applies", "p50 < 50 ms"))
+    if "d" in r:
+        rows.append(("(d) RSS growth over swaps", f"{r['d']['growth_pct']:+.2f} %",
+                     f"{r['d']['rss_before_mb']:.0f} -> {r['d']['rss_after_mb']:.0f} MiB, "
+                     f"{r['d']['swaps']} swaps", "< 5 %"))
+    if "e" in r:
+        e = r["e"]
+        rows.append((f"(e) failed requests during swaps, drain deadline {e['drain_deadline_s']} s"
+                     f" < requests of {e['request_s']} s", f"{e['failed']} / {e['requests']}",
+                     f"{e['clients']} clients, {e['swaps']} swaps; 503 drain_deadline: "
+                     f"{e['drain_deadline_503']}, 200: {e['ok']}; slowest request "
+                     f"{e['longest_request_s']:.1f} s{_failures(e)}", "0"))
+        rows.append(("(e) apply under that load / bare load+warm-up", f"{e['ratio']:.3f}",
+                     f"{e['apply_under_load_s']:.3f} s / {e['bare_load_warmup_s']:.3f} s",
+                     "<= 1.10"))
     lines = ["| measure | result | detail | target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
+
+
+def _failures(summary: dict) -> str:
+    if not summary["failures"]:
+        return ""
+    return "; failures: " + ", ".join(f"{k}: {n}" for k, n in summary["failures"].items())
 
 
 def main() -> None:
@@ -238,8 +309,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runtime", type=int, default=40)
     parser.add_argument("--memory-swaps", type=int, default=50)
+    parser.add_argument("--drain-deadline", type=float, default=0.5,
+                        help="(e): drain_deadline_s, shorter than --request-seconds")
+    parser.add_argument("--request-seconds", type=float, default=2.0,
+                        help="(e): how long each request works")
+    parser.add_argument("--request-timeout", type=float, default=60.0,
+                        help="a request without an answer by then counts as failed")
+    parser.add_argument("--phases", default="abcde", help="which of (a)-(e) to run")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "swap.json")
     args = parser.parse_args()
+    if args.drain_deadline >= args.request_seconds:
+        parser.error("--drain-deadline must be shorter than --request-seconds")
+    args.rtf = args.request_seconds / audio_seconds(REQUEST_TEXT)
     results = asyncio.run(run(args))
     print(table(results))
     write_results(args.out, results)

@@ -4,7 +4,7 @@ Runs on a tiny random-weight checkpoint built on the spot (CPU), and on any real
 folder given with --checkpoint (e.g. a downloaded XTTS-v2 on a GPU machine, --device cuda).
 Streaming's time to first chunk is reported against the whole-utterance time as a ratio.
 
-    .venv/bin/python tools/bench_xtts.py [--checkpoint DIR] [--device auto] [--repeats 3]
+    .venv/bin/python -m tools.bench_xtts [--checkpoint DIR] [--device auto] [--repeats 3]
 
 Prints a table and writes JSON (default docs/benchmarks/xtts.json).
 """
@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# Run as a script from anywhere: the project root makes `tools` importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.benchlib import RESULTS_DIR, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
 TEXT = "The quick brown fox jumps over the lazy dog, and then it rests in the sun."
 
 

@@ -1,4 +1,9 @@
-"""What every benchmark script shares: where results go and what they record about the machine."""
+"""What every benchmark script shares: where results go, what they record about the machine,
+and the texts they speak.
+
+Run the tools as modules from the repository root (`.venv/bin/python -m tools.bench_swap`), so
+that `tools` imports as a package with no `sys.path` edits.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+ONE = "The quick brown fox jumps over the lazy dog."
+PARAGRAPH = ("A text-to-speech server turns written words into sound. It has to be quick, "
+             "so people do not wait, and careful, so that no request is lost while it changes "
+             "models.")
+LONG = " ".join([PARAGRAPH] * 12)  # ~2000 characters
 
 
 def write_results(path: Path, results: dict[str, Any]) -> None:

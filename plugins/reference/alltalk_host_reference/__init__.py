@@ -8,7 +8,6 @@ here: settings validation, load/unload, synthesis, streaming, voices and a memor
 from __future__ import annotations
 
 import math
-import threading
 import time
 import tomllib
 import zlib
@@ -26,8 +25,8 @@ from alltalk_host import (
     SpeechRequest,
     hookimpl,
     parse_settings,
+    split_sentences,
 )
-from alltalk_host.text import split_sentences
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 
@@ -85,9 +84,6 @@ class ReferenceBackend(Backend):
         self._pitch = settings.pitch_hz
         self._amplitude = settings.amplitude
         self._ballast: np.ndarray | None = None
-        # Counts callers inside synthesize, to prove the host never exceeds max_concurrency.
-        self._active = 0
-        self._active_lock = threading.Lock()
 
     def load(self) -> None:
         if self.settings.model_file:
@@ -114,23 +110,14 @@ class ReferenceBackend(Backend):
         return 0 if self._ballast is None else self._ballast.nbytes
 
     def synthesize(self, request: SpeechRequest) -> Audio:
-        with self._active_lock:
-            self._active += 1
-            over = self._active > self.capabilities.max_concurrency
-        try:
-            if over:
-                raise RuntimeError("more concurrent requests than max_concurrency")
-            if self._ballast is None:
-                raise RuntimeError("model is not loaded")
-            samples = self._render(request)
-            # Simulate inference cost, in slices so a cancelled request stops early.
-            deadline = time.monotonic() + self.settings.rtf * len(samples) / self.sample_rate
-            while time.monotonic() < deadline and not request.cancelled.is_set():
-                time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
-            return Audio(samples, self.sample_rate)
-        finally:
-            with self._active_lock:
-                self._active -= 1
+        if self._ballast is None:
+            raise RuntimeError("model is not loaded")
+        samples = self._render(request)
+        # Simulate inference cost, in slices so a cancelled request stops early.
+        deadline = time.monotonic() + self.settings.rtf * len(samples) / self.sample_rate
+        while time.monotonic() < deadline and not request.cancelled.is_set():
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+        return Audio(samples, self.sample_rate)
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
         for sentence in split_sentences(request.text):

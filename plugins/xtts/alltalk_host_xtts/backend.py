@@ -21,14 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from alltalk_host import Audio, Backend, Capabilities, ModelContext, SpeechRequest, parse_settings
-from alltalk_host.errors import BadRequest
+from alltalk_host import (
+    Audio,
+    Backend,
+    BadRequest,
+    Capabilities,
+    ModelContext,
+    SpeechRequest,
+    parse_settings,
+)
 
 from .voices import VoiceLibrary
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "model.pth", "vocab.json")
+# What `import TTS` (coqui-tts 0.28) insists on, looked up without importing any of it.
+REQUIRED_MODULES = ("torch", "torchaudio", "TTS")
+NO_DEEPSPEED = ("deepspeed = true but the deepspeed package is not installed "
+                "(pip install deepspeed, on a CUDA machine)")
 XTTS_LANGUAGES = ("en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn",
                   "hu", "ko", "ja", "hi")
 # Generation parameters: default, low, high. Settings set per-model defaults; requests may
@@ -96,6 +107,25 @@ class XttsBackend(Backend):
             _check_parameter(key, getattr(parsed, key))
         return parsed
 
+    @classmethod
+    def check_available(cls, settings: XttsSettings, context: ModelContext) -> None:
+        """The checkpoint folder has its files, and torch, torchaudio and Coqui TTS (and
+        DeepSpeed when asked for) can be found. Nothing is imported or loaded; the voices
+        folder is optional (the checkpoint's built-in speakers are voices too)."""
+        problems = []
+        try:
+            _check_checkpoint(context.resolve(settings.checkpoint))
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(str(exc))
+        missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(f"{', '.join(missing)} not installed: pip install alltalk-host-xtts "
+                            "(it pins torch, torchaudio, torchcodec and coqui-tts)")
+        if settings.deepspeed and importlib.util.find_spec("deepspeed") is None:
+            problems.append(NO_DEEPSPEED)
+        if problems:
+            raise RuntimeError("; ".join(problems))
+
     def __init__(self, settings: XttsSettings, context: ModelContext) -> None:
         super().__init__(settings, context)
         self._model: Any = None
@@ -111,14 +141,9 @@ class XttsBackend(Backend):
 
     def load(self) -> None:
         folder = self.context.resolve(self.settings.checkpoint)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"checkpoint folder {folder} not found")
-        missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"checkpoint folder {folder} lacks {', '.join(missing)}")
+        _check_checkpoint(folder)
         if self.settings.deepspeed and importlib.util.find_spec("deepspeed") is None:
-            raise RuntimeError("deepspeed = true but the deepspeed package is not installed "
-                               "(pip install deepspeed, on a CUDA machine)")
+            raise RuntimeError(NO_DEEPSPEED)
         import torch
         from TTS.tts.configs.xtts_config import XttsConfig
         from TTS.tts.models.xtts import Xtts
@@ -286,6 +311,25 @@ class XttsBackend(Backend):
 
 def _language(language: str) -> str:
     return language.lower()
+
+
+def _check_checkpoint(folder: Path) -> None:
+    """The folder has the files Coqui loads, and its config.json is an XTTS config as far as a
+    glance can tell (the weights and vocabulary are checked when they load)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {folder} not found")
+    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint folder {folder} lacks {', '.join(missing)}")
+    if (folder / "model.pth").stat().st_size == 0:
+        raise ValueError(f"{folder / 'model.pth'} is empty")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{folder / 'config.json'} is not JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("model", "xtts") != "xtts":
+        kind = config.get("model") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{folder / 'config.json'} is not an XTTS config (model: {kind!r})")
 
 
 def _check_vocab(folder: Path, config: Any) -> None:

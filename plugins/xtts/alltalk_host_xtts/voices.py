@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from alltalk_host.errors import BadRequest
+from alltalk_host import BadRequest
 
 log = logging.getLogger(__name__)
 
