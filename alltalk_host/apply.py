@@ -22,6 +22,7 @@ from typing import Any
 
 from .config.settings import HostConfig, ModelDef
 from .errors import ApplyFailed, Code, HostError
+from .events import Operation
 from .loading import load_model
 from .plan import Plan
 from .plugins import BackendCatalog
@@ -57,8 +58,12 @@ class ApplyTransaction:
         self.catalog = catalog
         self.cache_dir = cache_dir
         self.loading: dict[str, dict[str, Any]] = {}  # models being loaded now, for status
+        # How long each model's last load + warm-up took: what the next one is expected to.
+        self.last_load_s: dict[str, float] = {}
 
-    async def prepare(self, config: HostConfig, plan: Plan) -> Prepared:
+    async def prepare(self, config: HostConfig, plan: Plan,
+                      op: Operation | None = None) -> Prepared:
+        op = op or Operation(None, "apply", config.commit, "")
         check_available(config, plan)
         current = self.registry.serving
         fresh: dict[str, Generation] = {}
@@ -70,14 +75,17 @@ class ApplyTransaction:
                     # Not enough memory for two copies: its requests wait while it is replaced.
                     old = current.generations[name]
                     self.registry.hold(name)
+                    op.phase("unloading first", model=name, generation=old.number)
                     await self.registry.drain(old, config.drain_deadline_s, config.commit)
                     unloaded_first[name] = old
             for name in [*plan.load, *plan.reload]:
                 started = time.monotonic()
-                fresh[name] = await self._load(config.models[name], config)
+                fresh[name] = await self._load(config.models[name], config, op)
                 seconds[name] = round(time.monotonic() - started, 3)
+                self.last_load_s[name] = seconds[name]
             keep = {n: current.generations[n] for n in plan.keep} if current else {}
             serving = Serving(config, {**keep, **fresh})
+            op.phase("checking")
             check_runtime_defaults(serving)
         except BaseException:
             await self.undo(fresh, current, unloaded_first)
@@ -92,12 +100,28 @@ class ApplyTransaction:
             await self._restore(current, unloaded_first)
         self.registry.release_holds()
 
-    async def _load(self, model: ModelDef, config: HostConfig) -> Generation:
+    async def _load(self, model: ModelDef, config: HostConfig,
+                    op: Operation | None = None) -> Generation:
+        op = op or Operation(None, "restore", config.commit, "")
+        expected = self.last_load_s.get(model.name)
         self.loading[model.name] = {"backend": model.backend, "commit": config.commit,
-                                    "since": time.time()}
+                                    "since": time.time(), "expected_s": expected}
+
+        self.registry.model_event("loading", model.name, commit=config.commit,
+                                  backend=model.backend, expected_s=expected)
+
+        def step(phase: str, number: int) -> None:  # on the loading thread
+            op.phase_threadsafe(phase, model=model.name, instance=number,
+                                instances=model.instances, expected_s=expected)
+
         try:
             instances = await asyncio.get_running_loop().run_in_executor(
-                self.registry.loading, load_model, model, config, self.catalog, self.cache_dir)
+                self.registry.loading, load_model, model, config, self.catalog, self.cache_dir,
+                step)
+        except BaseException as exc:
+            self.registry.model_event("load_failed", model.name, commit=config.commit,
+                                      reason=getattr(exc, "message", str(exc)))
+            raise
         finally:
             self.loading.pop(model.name, None)
         return Generation(model, self.registry.next_number(model.name), config.commit, instances)

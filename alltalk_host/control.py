@@ -36,6 +36,7 @@ from .config.loader import ConfigLoader
 from .config.repo import ConfigRepo
 from .config.settings import HostConfig
 from .errors import ApplyFailed, Code, Conflict, HostError, NotFound, Unavailable
+from .events import EventBus, Operation
 from .ledger import Ledger
 from .plan import Plan, make_plan
 from .plugins import BackendCatalog
@@ -50,8 +51,10 @@ T = TypeVar("T")
 
 class Controller:
     def __init__(self, repo: ConfigRepo, loader: ConfigLoader, store: StateStore,
-                 registry: ModelRegistry, catalog: BackendCatalog, cache_dir: Path) -> None:
+                 registry: ModelRegistry, catalog: BackendCatalog, cache_dir: Path,
+                 events: EventBus | None = None) -> None:
         self.repo = repo
+        self.events = events
         self.loader = loader
         self.registry = registry
         self.catalog = catalog
@@ -260,14 +263,20 @@ class Controller:
                      pause_watch_at: str | None = None,
                      move_from: str | None = None) -> dict[str, Any]:
         started = time.monotonic()
+        op = Operation(self.events, action, commit, who)
+        op.phase("started")
         await self.ledger.attempt(commit)
         try:
+            op.phase("planning")
             if config is None:
                 config = await self._run_io(self.loader.load, commit)
             plan = self._plan(config, force_reload)
-            prepared = await self.transaction.prepare(config, plan)
+            prepared = await self.transaction.prepare(config, plan, op)
         except Exception as exc:
             error = await self._failed(exc, commit, who, action, started)
+            op.phase("failed", reason=error.message, code=str(error.code),
+                     still_serving=self.registry.serving.commit if self.registry.serving
+                     else None)
             if error is exc:
                 raise
             raise error from exc
@@ -291,7 +300,10 @@ class Controller:
             self._spawn(self.ledger.save())
         # Published last, with nothing awaited after it: whoever sees the new snapshot
         # (ready, a new commit serving) can send the next command without a 409.
+        op.phase("switching")
         prepared.commit()
+        op.phase("done", duration_s=round(duration, 4), plan=plan.to_dict(),
+                 loaded=prepared.load_seconds)
         log.info("%s of %s by %s: applied in %.2f s (load %s, reload %s, unload %s%s)",
                  action, commit[:10], who, duration, plan.load, plan.reload, plan.unload,
                  "".join(f", {n} {s:.2f} s" for n, s in prepared.load_seconds.items()))

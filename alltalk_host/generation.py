@@ -52,6 +52,7 @@ class Generation:
         self.instances = instances
         self.state = "serving"  # -> draining -> unloading -> unloaded
         self.loaded_at = time.time()
+        self.retired_at: float | None = None  # monotonic time it stopped serving
         first = instances[0]
         self.capabilities = first.capabilities
         self.sample_rate = first.sample_rate

@@ -19,6 +19,7 @@ from .config.repo import ConfigRepo
 from .config.settings import ENV_PREFIX
 from .control import Controller
 from .errors import Code, ConfigInvalid
+from .events import EventBus
 from .plugins import BackendCatalog, discover
 from .registry import ModelRegistry
 from .speech import SpeechService
@@ -77,7 +78,8 @@ class Host:
         self.options = options
         self.catalog = catalog or discover(options.plugins, options.extra_plugins)
         repo = ConfigRepo(options.config_repo, subdir=options.subdir, branch=options.branch)
-        self.registry = ModelRegistry()
+        self.events = EventBus()
+        self.registry = ModelRegistry(events=self.events)
         self.speech = SpeechService(self.registry)
         cache_dir = options.state_dir / "cache"
         self.control = Controller(
@@ -88,6 +90,7 @@ class Host:
             registry=self.registry,
             catalog=self.catalog,
             cache_dir=cache_dir,
+            events=self.events,
         )
 
     async def start(self) -> None:
@@ -98,6 +101,7 @@ class Host:
         await self.control.start()
 
     async def stop(self) -> None:
+        self.events.close()
         await self.control.stop()
         await self.registry.close()
 

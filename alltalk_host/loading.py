@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .audio import audio_problem
@@ -21,8 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
-               cache_dir: Path) -> list[Backend]:
-    """Loaded and warmed-up instances of ``model`` (``model.instances`` of them)."""
+               cache_dir: Path, on_step: Callable[[str, int], None] | None = None
+               ) -> list[Backend]:
+    """Loaded and warmed-up instances of ``model`` (``model.instances`` of them).
+
+    ``on_step(step, instance_number)`` is told when each instance starts loading and warming
+    up (live progress); it runs on this worker thread."""
+    report = on_step or (lambda step, number: None)
     cls = catalog.get(model.backend)
     if cls is None:  # validated already; the catalog cannot shrink at run time
         raise ApplyFailed(f"model {model.name}: backend {model.backend!r} is not installed")
@@ -36,9 +42,11 @@ def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
             step = "create"
             instance = cls(model.parsed, context)
             step = "load"
+            report("loading", i + 1)
             instance.load()
             instances.append(instance)
             step = "warm up"
+            report("warming up", i + 1)
             warm_up(instance, model, config)
             log.info("model %s: instance %d/%d loaded and warmed up in %.2f s",
                      model.name, i + 1, model.instances, time.monotonic() - started)

@@ -21,15 +21,17 @@ import contextlib
 import ctypes
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .backend import Backend
 from .config.settings import HostConfig
 from .errors import Code, Conflict, NotFound, Unavailable
+from .events import MODEL, EventBus
 from .generation import Generation
 from .lease import Lease
 
@@ -67,6 +69,8 @@ class ModelRegistry:
     serving: Serving | None = None
     draining: list[Generation] = field(default_factory=list)
     _counters: dict[str, int] = field(default_factory=dict)
+    # Where model state changes are told (live events), if anywhere.
+    events: EventBus | None = None
     # Models being replaced unload-first: their requests wait on the event instead of failing.
     _held: dict[str, asyncio.Event] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -142,6 +146,15 @@ class ModelRegistry:
             event.set()
         self._held.clear()
 
+    def model_event(self, state: str, name: str, **data: Any) -> None:
+        if self.events is not None:
+            self.events.publish(MODEL, name=name, state=state, **data)
+
+    def _generation_event(self, gen: Generation, **data: Any) -> None:
+        self.model_event(gen.state, gen.model.name, generation=gen.number, commit=gen.commit,
+                         running=gen.running, waiting=gen.waiting,
+                         memory_estimate=gen.memory_estimate(), **data)
+
     def switch(self, new: Serving) -> None:
         """Make ``new`` the serving snapshot; retire generations it no longer uses.
 
@@ -150,6 +163,10 @@ class ModelRegistry:
         """
         old = self.serving
         self.serving = new
+        before = {id(g) for g in old.generations.values()} if old else set()
+        for gen in new.generations.values():
+            if id(gen) not in before:
+                self._generation_event(gen)
         if old is None:
             return
         default = new.config.default_model
@@ -165,7 +182,9 @@ class ModelRegistry:
         if gen.state in ("unloading", "unloaded"):  # replaced unload-first: already gone
             return
         gen.state = "draining"
+        gen.retired_at = time.monotonic()
         self.draining.append(gen)
+        self._generation_event(gen, deadline_s=deadline)
         task = asyncio.get_running_loop().create_task(self.drain(gen, deadline, commit))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -190,6 +209,8 @@ class ModelRegistry:
         gen.state = "unloaded"
         if gen in self.draining:
             self.draining.remove(gen)
+        drained = (time.monotonic() - gen.retired_at) if gen.retired_at is not None else None
+        self._generation_event(gen, drained_s=None if drained is None else round(drained, 3))
         log.info("%s unloaded", gen.label)
 
     async def close(self) -> None:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..host import Host
 from ..outputs import OutputStores
-from . import alltalk, alltalk_control, control, health, index, openai, tts
+from . import alltalk, alltalk_control, control, events, health, index, openai, tts
 from .cors import CONTROL, PUBLIC, add_cors_headers, preflight
 from .errors import Handler, error_middleware
 from .guard import ControlRoutes, guard
@@ -24,7 +24,8 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     index.routes, tts.routes, health.routes, alltalk.routes, openai.routes)
 # Everything that changes state or shows the config: each route is guarded (guard.py).
 CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
-                                              alltalk_control.control_routes)
+                                              alltalk_control.control_routes,
+                                              events.control_routes)
 
 
 def create_app(host: Host) -> web.Application:
@@ -50,6 +51,7 @@ def create_app(host: Host) -> web.Application:
         app.router.add_route("OPTIONS", path, preflight(kind, methods[path]))
     app[ROUTE_KINDS] = kinds
     app.on_response_prepare.append(add_cors_headers)
+    app.on_shutdown.append(_end_event_streams)
     app.cleanup_ctx.append(_host_lifetime)
     app.cleanup_ctx.append(watch_outputs)
     return app
@@ -60,6 +62,12 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
     """Bodies beyond ``http.max_body_bytes`` are 413: aiohttp enforces the limit as the body
     is read, and the limit comes from the serving commit, so it is set per request."""
     return await handler(request.clone(client_max_size=policy(request).max_body_bytes))
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    """Before aiohttp waits for open requests to finish: end the event streams, which
+    otherwise never would."""
+    app[HOST].events.close()
 
 
 async def _host_lifetime(app: web.Application) -> AsyncIterator[None]:
