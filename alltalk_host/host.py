@@ -20,6 +20,7 @@ from .config.settings import ENV_PREFIX
 from .control import Controller
 from .errors import Code, ConfigInvalid
 from .events import EventBus
+from .metrics import Metrics
 from .plugins import BackendCatalog, discover
 from .registry import ModelRegistry
 from .speech import SpeechService
@@ -44,6 +45,7 @@ class HostOptions:
     local_file: Path | None = None
     plugins: list[str] | None = None  # allow-list; None loads every installed plugin
     control_token: str | None = None
+    metrics: bool = True  # ALLTALK_METRICS=0 turns Prometheus metrics off (to measure them)
     extra_plugins: list[tuple[str, object]] = field(default_factory=list)
 
     @property
@@ -70,6 +72,8 @@ class HostOptions:
             allow = [p.strip() for p in allow.split(",") if p.strip()]
         opts.plugins = list(allow) if allow else None
         opts.control_token = env.get(f"{ENV_PREFIX}_CONTROL_TOKEN") or local.get("control_token")
+        if env.get(f"{ENV_PREFIX}_METRICS", "").strip().lower() in ("0", "false", "no", "off"):
+            opts.metrics = False
         return opts
 
 
@@ -80,7 +84,8 @@ class Host:
         repo = ConfigRepo(options.config_repo, subdir=options.subdir, branch=options.branch)
         self.events = EventBus()
         self.registry = ModelRegistry(events=self.events)
-        self.speech = SpeechService(self.registry)
+        self.metrics = Metrics(self) if options.metrics else None
+        self.speech = SpeechService(self.registry, observer=self.metrics)
         cache_dir = options.state_dir / "cache"
         self.control = Controller(
             repo=repo,
@@ -92,6 +97,8 @@ class Host:
             cache_dir=cache_dir,
             events=self.events,
         )
+        if self.metrics is not None:
+            self.events.listen(self.metrics.on_event)
 
     async def start(self) -> None:
         for plugin in self.catalog.plugins:

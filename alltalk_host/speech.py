@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -79,9 +80,18 @@ class SpeechStream:
         await self.aclose()
 
 
+class SpeechObserver(Protocol):
+    """Told about every speech request that produced audio (metrics)."""
+
+    def speech_done(self, model: str, first_audio_s: float | None, total_s: float,
+                    busy_s: float, audio_s: float) -> None: ...
+
+
 class SpeechService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry,
+                 observer: SpeechObserver | None = None) -> None:
         self.registry = registry
+        self.observer = observer
         # Generations in progress, by identity (equal requests are still separate requests).
         self._active: dict[int, SpeechRequest] = {}
 
@@ -101,7 +111,9 @@ class SpeechService:
         def prepare(serving: Serving, gen: Generation) -> list[SpeechRequest]:
             return [_build_request(p, serving, gen) for p in parts]
 
+        arrived = time.monotonic()
         async with self.registry.lease(parts[0].model, prepare) as lease:
+            started = time.monotonic()
             pieces = []
             for request in lease.value:
                 self._active[id(request)] = request
@@ -116,8 +128,12 @@ class SpeechService:
                 if request.cancelled.is_set():
                     raise HostError("the generation was cancelled", code=Code.CANCELLED,
                                     status=409)
-            return SpeechResult(_join(pieces, lease.gen.sample_rate, pause_s),
-                                _provenance(lease.serving, lease.gen))
+            audio = _join(pieces, lease.gen.sample_rate, pause_s)
+            if self.observer is not None:
+                now = time.monotonic()
+                self.observer.speech_done(lease.gen.model.name, now - arrived, now - arrived,
+                                          now - started, audio.duration)
+            return SpeechResult(audio, _provenance(lease.serving, lease.gen))
 
     async def stream(self, wanted: SpeechInput) -> SpeechStream:
         """Chunks as the backend makes them; the lease lasts until the stream is closed.
@@ -125,6 +141,7 @@ class SpeechService:
         Returns once the request has started (checked, and holding room on an instance), so
         a request that is refused or cannot be queued fails before any byte is sent.
         """
+        arrived = time.monotonic()
         stack = AsyncExitStack()
         lease = await stack.enter_async_context(
             self.registry.lease(wanted.model, lambda s, g: _build_request(wanted, s, g)))
@@ -133,6 +150,8 @@ class SpeechService:
         stack.callback(self._active.pop, id(request), None)
         chunks = lease.stream(lambda backend: backend.stream(request),
                               self.registry.inference, request.cancelled)
+        if self.observer is not None:
+            chunks = _observed(chunks, self.observer, lease.gen.model.name, arrived)
         return SpeechStream(_provenance(lease.serving, lease.gen), chunks, request, stack)
 
     async def silence(self, model: str | None = None) -> SpeechResult:
@@ -152,6 +171,25 @@ class SpeechService:
         for request in active:
             request.cancelled.set()
         return len(active)
+
+
+async def _observed(chunks: AsyncIterator[Audio], observer: SpeechObserver, model: str,
+                    arrived: float) -> AsyncIterator[Audio]:
+    """The same chunks, timed: first audio, the whole, and the audio's length."""
+    started = time.monotonic()
+    first: float | None = None
+    audio = 0.0
+    try:
+        async for chunk in chunks:
+            if first is None:
+                first = time.monotonic() - arrived
+            audio += chunk.duration
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        if first is not None:
+            now = time.monotonic()
+            observer.speech_done(model, first, now - arrived, now - started, audio)
 
 
 def _join(pieces: list[Audio], rate: int, pause_s: float) -> Audio:

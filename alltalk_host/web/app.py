@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..host import Host
 from ..outputs import OutputStores
-from . import alltalk, alltalk_control, control, events, health, index, openai, tts
+from . import alltalk, alltalk_control, control, events, health, index, metrics, openai, tts
 from .cors import CONTROL, PUBLIC, add_cors_headers, preflight
 from .errors import Handler, error_middleware
 from .guard import ControlRoutes, guard
@@ -25,11 +25,13 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
 # Everything that changes state or shows the config: each route is guarded (guard.py).
 CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
                                               alltalk_control.control_routes,
-                                              events.control_routes)
+                                              events.control_routes,
+                                              metrics.control_routes)
 
 
 def create_app(host: Host) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, body_limit_middleware])
+    app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware,
+                                       body_limit_middleware])
     app[HOST] = host
     app[OUTPUTS] = OutputStores()
     kinds: dict[str, str] = {}
