@@ -7,7 +7,15 @@ splitter for streaming (``split_sentences``). plugins/reference/README.md is the
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .backend import Audio, Backend, Capabilities, ModelContext, SpeechRequest, parse_settings
+from .backend import (
+    Audio,
+    Backend,
+    Capabilities,
+    MemoryNeed,
+    ModelContext,
+    SpeechRequest,
+    parse_settings,
+)
 from .errors import BadRequest
 from .hookspecs import hookimpl
 from .text import split_sentences
@@ -22,6 +30,7 @@ __all__ = [
     "Backend",
     "BadRequest",
     "Capabilities",
+    "MemoryNeed",
     "ModelContext",
     "SpeechRequest",
     "__version__",

@@ -20,10 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from .backend import Backend
 from .config.settings import HostConfig, ModelDef
 from .errors import ApplyFailed, Code, HostError
 from .events import Operation
 from .loading import load_model
+from .memory import MemoryAdmission, refuse
 from .plan import Plan
 from .plugins import BackendCatalog
 from .registry import Generation, ModelRegistry, Serving
@@ -60,18 +64,28 @@ class ApplyTransaction:
         self.loading: dict[str, dict[str, Any]] = {}  # models being loaded now, for status
         # How long each model's last load + warm-up took: what the next one is expected to.
         self.last_load_s: dict[str, float] = {}
+        self.memory = MemoryAdmission(catalog, cache_dir)
 
     async def prepare(self, config: HostConfig, plan: Plan,
                       op: Operation | None = None) -> Prepared:
         op = op or Operation(None, "apply", config.commit, "")
         check_available(config, plan)
         current = self.registry.serving
+        admissions = self.memory.check(config, plan, current)
+        refuse(admissions)  # before anything is loaded or unloaded
+        in_place = set()
+        for a in admissions:
+            if a.how == "in place":
+                in_place.add(a.model)
+                log.warning("model %s does not fit beside its serving copy (%s): replacing it "
+                            "in place; its requests wait while it loads", a.model, a.reason)
         fresh: dict[str, Generation] = {}
         seconds: dict[str, float] = {}
         unloaded_first: dict[str, Generation] = {}
         try:
             for name in plan.reload:
-                if config.models[name].low_memory_swap and current is not None:
+                unload_first = config.models[name].low_memory_swap or name in in_place
+                if unload_first and current is not None:
                     # Not enough memory for two copies: its requests wait while it is replaced.
                     old = current.generations[name]
                     self.registry.hold(name)
@@ -114,10 +128,16 @@ class ApplyTransaction:
             op.phase_threadsafe(phase, model=model.name, instance=number,
                                 instances=model.instances, expected_s=expected)
 
+        def load_measured() -> list[Backend]:
+            # RAM taken by the load, remembered for the next admission of these settings.
+            before = psutil.Process().memory_info().rss
+            loaded = load_model(model, config, self.catalog, self.cache_dir, step)
+            self.memory.remember(model, psutil.Process().memory_info().rss - before)
+            return loaded
+
         try:
             instances = await asyncio.get_running_loop().run_in_executor(
-                self.registry.loading, load_model, model, config, self.catalog, self.cache_dir,
-                step)
+                self.registry.loading, load_measured)
         except BaseException as exc:
             self.registry.model_event("load_failed", model.name, commit=config.commit,
                                       reason=getattr(exc, "message", str(exc)))

@@ -41,6 +41,15 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class MemoryNeed:
+    """What one loaded instance will hold, as a backend can tell before loading it."""
+
+    ram_bytes: int = 0  # host RAM
+    device: str = "cpu"  # where its weights go: "cpu", "cuda:0", ...
+    device_bytes: int = 0  # memory on that device (0 for "cpu")
+
+
+@dataclass(frozen=True)
 class ModelContext:
     """Where a model instance lives on this machine."""
 
@@ -100,6 +109,14 @@ class Backend(ABC):
         found"). Asked at every apply for every configured model, so an unusable model is
         reported before anyone switches to it. The default finds nothing missing.
         """
+        return None
+
+    @classmethod
+    def memory_needed(cls, settings: Any, context: ModelContext) -> MemoryNeed | None:
+        """What one instance will take once loaded, guessed cheaply before loading (file
+        sizes, dtype, device). The host checks it fits beside what serves before it loads;
+        after a load it measures what the load took and trusts that next time. None (the
+        default): unknown, and the model is admitted without a check."""
         return None
 
     def __init__(self, settings: Any, context: ModelContext) -> None:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -357,8 +358,10 @@ class Controller:
 
     def _plan(self, config: HostConfig, force_reload: Collection[str] = ()) -> Plan:
         serving = self.registry.serving
-        return make_plan(serving.config if serving else None,
+        plan = make_plan(serving.config if serving else None,
                          serving.generations if serving else (), config, force_reload)
+        admissions = self.transaction.memory.check(config, plan, serving)
+        return replace(plan, memory=[a.to_dict() for a in admissions])
 
     def _serves_all(self, config: HostConfig) -> bool:
         serving = self.registry.serving

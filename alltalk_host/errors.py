@@ -77,6 +77,7 @@ class Code(StrEnum):
     APPLY_FAILED = "apply_failed"
     APPLY_IN_PROGRESS = "apply_in_progress"
     MODEL_LOAD_FAILED = "model_load_failed"
+    INSUFFICIENT_MEMORY = "insufficient_memory"
     WARMUP_FAILED = "warmup_failed"
     NO_ROLLBACK_TARGET = "no_rollback_target"
     # the HTTP boundary and the outputs folder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .config.settings import HostConfig
@@ -27,6 +27,8 @@ class Plan:
     runtime_changes: list[str]  # changed keys that take effect without loading anything
     # Per configured model: "available", or "unavailable" with the reason.
     availability: dict[str, dict[str, Any]]
+    # Per model loaded beside what serves: memory needed and free, and whether it fits.
+    memory: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def runtime_only(self) -> bool:

@@ -57,6 +57,12 @@ HOST_VALIDATORS = [
     Validator("watch.interval_s", default=5.0, is_type_of=(int, float), gt=0),
     Validator("watch.remote", default="", is_type_of=str),
     Validator("watch.fetch_timeout_s", default=30.0, is_type_of=(int, float), gt=0),
+    # Memory admission: what all loaded models together may hold (0: no budget), and what to do
+    # when a model would not fit beside the one it replaces.
+    Validator("memory.ram_budget_mb", default=0, is_type_of=(int, float), gte=0),
+    Validator("memory.device_budget_mb", default=0, is_type_of=(int, float), gte=0),
+    Validator("memory.on_insufficient_memory", default="refuse", is_type_of=str,
+              is_in=["refuse", "swap_in_place"]),
     # Fail an apply when any configured model is unavailable, not only the ones it serves.
     Validator("strict_models", default=False, is_type_of=bool),
     Validator("outputs.dir", default="var/outputs", is_type_of=str, len_min=1),

@@ -21,6 +21,7 @@ from alltalk_host import (
     Audio,
     Backend,
     Capabilities,
+    MemoryNeed,
     ModelContext,
     SpeechRequest,
     hookimpl,
@@ -77,6 +78,11 @@ class ReferenceBackend(Backend):
         if not parsed.voices or not all(isinstance(v, str) and v for v in parsed.voices):
             raise ValueError("voices: expected a non-empty list of names")
         return parsed
+
+    @classmethod
+    def memory_needed(cls, settings: ReferenceSettings, context: ModelContext) -> MemoryNeed:
+        # Its "weights" are the memory_mb it holds while loaded: exactly known up front.
+        return MemoryNeed(ram_bytes=settings.memory_mb * 1024 * 1024)
 
     def __init__(self, settings: ReferenceSettings, context: ModelContext) -> None:
         super().__init__(settings, context)
