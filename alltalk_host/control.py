@@ -79,6 +79,7 @@ class Controller:
         self._spawn(self.watcher.run())
 
     async def stop(self) -> None:
+        self.watcher.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -45,6 +45,8 @@ class HostOptions:
     local_file: Path | None = None
     plugins: list[str] | None = None  # allow-list; None loads every installed plugin
     control_token: str | None = None
+    # Signs git-push webhooks (POST /hooks/git); setting it turns them on.
+    webhook_secret: str | None = None
     metrics: bool = True  # ALLTALK_METRICS=0 turns Prometheus metrics off (to measure them)
     extra_plugins: list[tuple[str, object]] = field(default_factory=list)
 
@@ -72,6 +74,8 @@ class HostOptions:
             allow = [p.strip() for p in allow.split(",") if p.strip()]
         opts.plugins = list(allow) if allow else None
         opts.control_token = env.get(f"{ENV_PREFIX}_CONTROL_TOKEN") or local.get("control_token")
+        opts.webhook_secret = (env.get(f"{ENV_PREFIX}_WEBHOOK_SECRET")
+                               or local.get("webhook_secret"))
         if env.get(f"{ENV_PREFIX}_METRICS", "").strip().lower() in ("0", "false", "no", "off"):
             opts.metrics = False
         return opts

@@ -49,6 +49,36 @@ class BranchWatcher:
         self._apply = apply
         self._busy = busy
         self.status = WatchStatus()
+        self._poked: asyncio.Task[None] | None = None
+        self._again = False  # a push arrived while a poked look was running
+
+    def poke(self) -> bool:
+        """Look at the branch now (a push said it moved), whatever the polling interval.
+
+        Pushes that arrive while a look or an apply runs coalesce: one more look follows,
+        which applies the newest head. True when this started a look, False when it joined
+        one already under way."""
+        if self._poked is not None and not self._poked.done():
+            self._again = True
+            return False
+        self._poked = asyncio.ensure_future(self._look_until_quiet())
+        return True
+
+    async def _look_until_quiet(self) -> None:
+        while True:
+            self._again = False
+            while self._busy():  # an apply is running: look once it is done
+                await asyncio.sleep(0.05)
+            try:
+                await self.check(pushed=True)
+            except Exception:
+                log.exception("watch: a look at the branch after a push failed")
+            if not self._again:
+                return
+
+    def close(self) -> None:
+        if self._poked is not None:
+            self._poked.cancel()
 
     def describe(self) -> dict[str, Any]:
         return {**asdict(self.status), "paused_at": self.ledger.watch_paused_at}
@@ -62,14 +92,18 @@ class BranchWatcher:
             except Exception:
                 log.exception("watch check failed")
 
-    async def check(self) -> None:
-        """One look at the branch (after fetching the remote, when set): apply a new head."""
+    async def check(self, pushed: bool = False) -> None:
+        """One look at the branch (after fetching the remote, when set): apply a new head.
+
+        ``pushed``: a signed webhook said the branch moved, so look even when polling is
+        off."""
         serving = self.registry.serving
-        if serving is None or not serving.config.watch.enabled:
+        if serving is None or not (serving.config.watch.enabled or pushed):
             self.status.enabled = False
             return
         settings = serving.config.watch
-        self.status.enabled, self.status.remote = True, settings.remote
+        self.status.enabled = settings.enabled
+        self.status.remote = settings.remote
         loop = asyncio.get_running_loop()
         try:
             if settings.remote:

@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ..host import Host
 from ..outputs import OutputStores
-from . import alltalk, alltalk_control, control, events, health, index, metrics, openai, tts
+from . import (
+    alltalk,
+    alltalk_control,
+    control,
+    events,
+    health,
+    hooks,
+    index,
+    metrics,
+    openai,
+    tts,
+)
 from .cors import CONTROL, PUBLIC, add_cors_headers, preflight
 from .errors import Handler, error_middleware
 from .guard import ControlRoutes, guard
-from .keys import HOST, OUTPUTS, ROUTE_KINDS
+from .keys import DELIVERIES, HOST, OUTPUTS, ROUTE_KINDS, SEEN_DELIVERIES
 from .outputs_check import watch_outputs
 from .policy import policy
 
 log = logging.getLogger(__name__)
 # Speech, health and read-only routes: open to every client that can reach the port.
 ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
-    index.routes, tts.routes, health.routes, alltalk.routes, openai.routes)
+    index.routes, tts.routes, health.routes, alltalk.routes, openai.routes,
+    hooks.routes)  # /hooks/git changes state, but a forge's signature is its guard
 # Everything that changes state or shows the config: each route is guarded (guard.py).
 CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
                                               alltalk_control.control_routes,
@@ -34,6 +46,7 @@ def create_app(host: Host) -> web.Application:
                                        body_limit_middleware])
     app[HOST] = host
     app[OUTPUTS] = OutputStores()
+    app[DELIVERIES] = deque(maxlen=SEEN_DELIVERIES)
     kinds: dict[str, str] = {}
     methods: dict[str, set[str]] = defaultdict(set)
     for table in ROUTE_TABLES:
