@@ -217,6 +217,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--template", type=Path, default=TEMPLATE, help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"],
+                       default=os.environ.get("ALLTALK_LOG_FORMAT", "text"),
+                       help="text lines, or one JSON object per line with the request id "
+                            "(default: ALLTALK_LOG_FORMAT or text)")
     serve.set_defaults(func=cmd_serve)
 
     plugins = sub.add_parser("plugins", help="list installed backend plugins",

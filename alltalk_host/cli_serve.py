@@ -15,10 +15,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .config.repo import init_repo
     from .host import Host, HostOptions
+    from .logs import configure
+    from .web.access import AccessLogger
     from .web.app import create_app
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_format not in ("text", "json"):
+        print(f"error: the log format is text or json, not {args.log_format!r} "
+              "(ALLTALK_LOG_FORMAT)", file=sys.stderr)
+        return 2
+    configure(args.log_level, args.log_format)
     options = HostOptions.from_env(
         config_repo=args.config_repo, state_dir=args.state_dir, branch=args.branch,
         subdir=args.subdir, local_file=args.local_settings,
@@ -36,7 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "another server using it? (choose another with --port)", file=sys.stderr)
         return 1
     # handler_cancellation: a client that disconnects cancels its own generation.
-    web.run_app(app, sock=sockets, handler_cancellation=True,
+    web.run_app(app, sock=sockets, handler_cancellation=True, access_log_class=AccessLogger,
+                access_log=logging.getLogger("alltalk_host.access"),
                 print=lambda _: print(f"alltalk-host {__version__} serving on "
                                       f"http://{args.host}:{args.port}", flush=True))
     return 0

@@ -22,6 +22,7 @@ from . import (
     openai,
     tts,
 )
+from .access import echo_request_id, request_id_middleware
 from .cors import CONTROL, PUBLIC, add_cors_headers, preflight
 from .errors import Handler, error_middleware
 from .guard import ControlRoutes, guard
@@ -42,8 +43,8 @@ CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
 
 
 def create_app(host: Host) -> web.Application:
-    app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware,
-                                       body_limit_middleware])
+    app = web.Application(middlewares=[request_id_middleware, metrics.metrics_middleware,
+                                       error_middleware, body_limit_middleware])
     app[HOST] = host
     app[OUTPUTS] = OutputStores()
     app[DELIVERIES] = deque(maxlen=SEEN_DELIVERIES)
@@ -66,6 +67,7 @@ def create_app(host: Host) -> web.Application:
         app.router.add_route("OPTIONS", path, preflight(kind, methods[path]))
     app[ROUTE_KINDS] = kinds
     app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.append(echo_request_id)
     app.on_shutdown.append(_end_event_streams)
     app.cleanup_ctx.append(_host_lifetime)
     app.cleanup_ctx.append(watch_outputs)
