@@ -56,8 +56,9 @@ async def reload_config(request: web.Request) -> web.Response:
     try:
         await request.app[HOST].control.reload(_who(request))
     except HostError as exc:
+        # AllTalk answers 400 or 500; a 503 (not ready) stays a 503: a server error it is not.
         return web.json_response({"status": "error", "message": exc.message},
-                                 status=400 if exc.status < 500 else 500)
+                                 status=exc.status if exc.status == 503 else 400)
     return web.Response(text="Config file reloaded successfully")
 
 

@@ -20,6 +20,7 @@ from . import (
     index,
     metrics,
     openai,
+    openapi,
     tts,
 )
 from .access import echo_request_id, request_id_middleware
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 # Speech, health and read-only routes: open to every client that can reach the port.
 ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     index.routes, tts.routes, health.routes, alltalk.routes, openai.routes,
-    hooks.routes)  # /hooks/git changes state, but a forge's signature is its guard
+    hooks.routes,  # /hooks/git changes state, but a forge's signature is its guard
+    openapi.routes)
 # Everything that changes state or shows the config: each route is guarded (guard.py).
 CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
                                               alltalk_control.control_routes,

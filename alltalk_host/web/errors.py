@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, Code, HostError, PayloadTooLarge, Unavailable
 from ..registry import Serving
@@ -138,7 +139,9 @@ async def ensure_form(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(_too_large(exc)) from None
     # LookupError: a charset Python does not know (charset=bogus); ValueError includes
-    # undecodable bytes; AssertionError and HTTPException: aiohttp's multipart reader.
-    except (ValueError, LookupError, AssertionError, web.HTTPException) as exc:
+    # undecodable bytes; AssertionError, HTTPException and HttpProcessingError (a part header
+    # with control characters): aiohttp's multipart reader.
+    except (ValueError, LookupError, AssertionError, web.HTTPException,
+            HttpProcessingError) as exc:
         raise BadRequest(f"the form body cannot be read: {_short(exc)}",
                          code=Code.MALFORMED_FORM) from None
