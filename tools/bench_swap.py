@@ -16,7 +16,7 @@ a simulated load cost (load_seconds) and a memory footprint (memory_mb) so that 
 in (e) also a simulated inference cost (rtf) so that each request lasts --request-seconds.
 
     .venv/bin/python -m tools.bench_swap [--clients 8] [--swaps 10] [--memory-swaps 50]
-        [--drain-deadline 0.5] [--request-seconds 2] [--phases abcde]
+        [--drain-deadline 0.5] [--request-seconds 2] [--phases abcdef]
 
 Prints a table and writes JSON (default docs/benchmarks/swap.json).
 """
@@ -260,7 +260,44 @@ async def run(args: argparse.Namespace) -> dict:
 
             if "e" in args.phases:
                 results["e"] = await drain_phase(session, base, c, base_settings, args)
+    if "f" in args.phases:
+        results["f"] = await metrics_cost_phase(cfg, work, c, args)
     return results
+
+
+async def metrics_cost_phase(cfg: Path, work: Path, c: dict[str, str],
+                             args: argparse.Namespace) -> dict[str, Any]:
+    """Throughput with metrics on and off (ALLTALK_METRICS=0), two servers on one config,
+    in interleaved rounds of the same load, each round with two swaps (so the memory
+    admission check of each apply is in it too)."""
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    with Server(cfg, work / "state-on") as on, \
+            Server(cfg, work / "state-off", env={"ALLTALK_METRICS": "0"}) as off:
+        bases = {"on": on.base, "off": off.base}
+        async with aiohttp.ClientSession() as session:
+            for base in bases.values():
+                await apply(session, base, c["a"])
+            for round_ in range(args.cost_rounds):
+                order = ("on", "off") if round_ % 2 == 0 else ("off", "on")
+                for name in order:
+                    base = bases[name]
+                    load = Load(session, base, args.clients, args.request_timeout)
+                    started = time.perf_counter()
+                    for commit in (c["b"], c["a"]):
+                        await asyncio.sleep(args.cost_seconds / 3)
+                        await apply(session, base, commit)
+                    await asyncio.sleep(args.cost_seconds / 3)
+                    await load.stop()
+                    summary = load.summary()
+                    if summary["failed"]:
+                        raise SystemExit(f"(f) requests failed: {summary['failures']}")
+                    rates[name].append(summary["ok"] / (time.perf_counter() - started))
+                    await settled(session, base)
+    on_rate, off_rate = statistics.median(rates["on"]), statistics.median(rates["off"])
+    return {"rounds": args.cost_rounds, "seconds": args.cost_seconds, "clients": args.clients,
+            "rps_metrics_on": on_rate, "rps_metrics_off": off_rate,
+            "ratio": on_rate / off_rate, "cost_pct": 100 * (1 - on_rate / off_rate),
+            "rates": rates}
 
 
 async def drain_phase(session: aiohttp.ClientSession, base: str, c: dict[str, str],
@@ -310,6 +347,13 @@ def table(r: dict) -> str:
         rows.append(("(d) RSS growth over swaps", f"{r['d']['growth_pct']:+.2f} %",
                      f"{r['d']['rss_before_mb']:.0f} -> {r['d']['rss_after_mb']:.0f} MiB, "
                      f"{r['d']['swaps']} swaps", "< 5 %"))
+    if "f" in r:
+        f = r["f"]
+        rows.append(("(f) throughput with metrics / without", f"{f['ratio']:.3f}",
+                     f"{f['rps_metrics_on']:.0f} / {f['rps_metrics_off']:.0f} requests/s, "
+                     f"{f['clients']} clients, {f['rounds']} interleaved rounds of "
+                     f"{f['seconds']:.0f} s with 2 swaps each; cost {f['cost_pct']:+.1f} %",
+                     ">= 0.98"))
     if "e" in r:
         e = r["e"]
         rows.append((f"(e) failed requests during swaps, drain deadline {e['drain_deadline_s']} s"
@@ -344,7 +388,11 @@ def main() -> None:
                         help="(e): how long each request works")
     parser.add_argument("--request-timeout", type=float, default=60.0,
                         help="a request without an answer by then counts as failed")
-    parser.add_argument("--phases", default="abcde", help="which of (a)-(e) to run")
+    parser.add_argument("--phases", default="abcdef", help="which of (a)-(f) to run")
+    parser.add_argument("--cost-rounds", type=int, default=6,
+                        help="(f): interleaved rounds per side, metrics on and off")
+    parser.add_argument("--cost-seconds", type=float, default=6.0,
+                        help="(f): seconds of load per round")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "swap.json")
     args = parser.parse_args()
     if args.drain_deadline >= args.request_seconds:

@@ -64,10 +64,11 @@ class Server:
     """
 
     def __init__(self, config_repo: Path, state_dir: Path, log_level: str = "warning",
-                 ready_timeout_s: float = 120.0) -> None:
+                 ready_timeout_s: float = 120.0, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")},
+               **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo",
              str(config_repo), "--state-dir", str(state_dir), "--port", str(self.port),
