@@ -43,9 +43,11 @@ run: install
 	$(BIN)/alltalk-host serve --init-config --config-repo $(CONFIG_REPO) \
 		--state-dir $(STATE_DIR) --host $(HOST) --port $(PORT)
 
+# The whole suite takes ~7 min here; 45 min means something hangs that per-test timeouts missed,
+# and stopping with pytest's summary beats CI killing the job without one.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	timeout --signal=INT --kill-after=60 45m $(BIN)/pytest
 
 # Modules, not script paths: `tools` imports as a package from the project root.
 bench: $(VENV)/.installed-test
