@@ -10,7 +10,8 @@ from aiohttp import web
 
 from ..host import Host
 from ..outputs import OutputStores
-from . import alltalk, alltalk_control, control, events, health, index, openai, tts
+from ..webui import routes as webui
+from . import alltalk, alltalk_control, control, events, health, openai, tts
 from .cors import CONTROL, PUBLIC, add_cors_headers, preflight
 from .errors import Handler, error_middleware
 from .guard import ControlRoutes, guard
@@ -19,9 +20,10 @@ from .outputs_check import watch_outputs
 from .policy import policy
 
 log = logging.getLogger(__name__)
-# Speech, health and read-only routes: open to every client that can reach the port.
+# Speech, health and read-only routes, and the web UI's files: open to every client that can
+# reach the port (the page calls control routes like any other client).
 ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
-    index.routes, tts.routes, health.routes, alltalk.routes, openai.routes)
+    webui.routes, tts.routes, health.routes, alltalk.routes, openai.routes)
 # Everything that changes state or shows the config: each route is guarded (guard.py).
 CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
                                               alltalk_control.control_routes,
