@@ -71,8 +71,11 @@ async def test_streaming_plays_as_it_arrives_then_becomes_a_seekable_file(start_
     await shot(page, "streamed")
 
 
-async def test_options_a_model_lacks_are_disabled_and_narrator_mode_speaks(start_server,
-                                                                          pages):
+async def test_options_a_model_lacks_are_disabled_and_narrator_mode_speaks(
+        start_server, config_repo, pages):
+    config_repo.model("reference-low", keep_loaded=True)
+    config_repo.model("unusable", backend="no-such-backend")
+    config_repo.commit("reference-low stays loaded; a model that cannot load here")
     client = await start_server()
     page = await pages.open(client, "#/generate")
     await page.get_by_text("Backend options").click()
@@ -81,8 +84,7 @@ async def test_options_a_model_lacks_are_disabled_and_narrator_mode_speaks(start
     await expect(page.locator("#why-temperature")).to_have_text(
         "reference does not take temperature")
     # A model that is not loaded cannot be chosen for a request; choosing never loads one.
-    option = page.locator("#model option[value=reference-low]")
-    await expect(option).to_be_disabled()
+    await expect(page.locator("#model option[value=unusable]")).to_be_disabled()
 
     text = page.get_by_role("textbox", name="Text", exact=True)
     await text.fill('He said "hello there" and left.')
@@ -93,6 +95,35 @@ async def test_options_a_model_lacks_are_disabled_and_narrator_mode_speaks(start
     assert "narrator_enabled" in (await sent.value).post_data
     assert await audio_seconds(page) > 1.0
     await expect(page.locator("#provenance")).to_contain_text("model reference")
+
+    # Another loaded model, per request: narrator mode (the default model's) is not offered,
+    # the voice preview speaks with it, and "Make default" opens the switch's plan.
+    await page.get_by_role("combobox", name="Model", exact=True).select_option("reference-low")
+    await expect(page.get_by_role("checkbox", name="Narrator", exact=True)).to_be_disabled()
+    async with page.expect_request("**/tts") as sent:
+        await page.get_by_role("button", name="Preview voice", exact=True).click()
+    assert (await sent.value).post_data_json["model"] == "reference-low"
+    await expect(page.locator("#generate-status")).to_have_text("Preview of the default voice.")
+    await expect(page.locator("#curl pre").first).to_contain_text('"model":"reference-low"')
+    await page.get_by_role("button", name="Make default", exact=True).click()
+    await expect(page).to_have_url(f"{pages.origin}/ui/#/models/switch/reference-low")
+    await expect(page.get_by_role("button", name="Apply", exact=True)).to_be_enabled()
+
+
+async def test_stop_ends_a_generation_in_progress(start_server, config_repo, pages):
+    config_repo.model("reference", rtf=1.0)  # a second of work per second of speech
+    config_repo.commit("slow speech")
+    client = await start_server()
+    page = await pages.open(client)
+    await page.get_by_role("textbox", name="Text", exact=True).fill(
+        "One. " + "This sentence takes a while to say. " * 8)
+    await page.get_by_role("checkbox", name="Stream", exact=True).check()
+    await page.get_by_role("button", name="Generate", exact=True).click()
+    await expect(page.locator("#generate-status")).to_contain_text("Playing while it is")
+    await page.get_by_role("button", name="Stop", exact=True).click()
+    await expect(page.locator("#generate-status")).to_have_text("Stopped.")
+    await expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()
+    await expect(page.locator("#clips li")).to_have_count(0)
 
 
 async def test_the_joe_voice_speaks(start_server, pages, tmp_path):

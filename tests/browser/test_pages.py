@@ -25,7 +25,14 @@ async def test_every_page_by_keyboard_with_its_state_in_the_url(start_server, co
     await expect(page.locator("#axis-branch")).to_contain_text("in sync")
     card = page.get_by_role("article", name="Model reference", exact=True)
     await expect(card).to_contain_text("serving")
-    await expect(card.get_by_role("button", name="Reload", exact=True)).to_be_visible()
+    await expect(card.locator("dd").nth(1)).to_have_text("1")  # its generation
+    await card.get_by_role("button", name="Reload", exact=True).click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_contain_text("Reload reference?")
+    await dialog.get_by_role("button", name="Confirm", exact=True).click()
+    await expect(page.locator("#model-action .outcome")).to_contain_text(
+        f"Reloaded models at {commit[:7]}")
+    await expect(card.locator("dd").nth(1)).to_have_text("2")
     plugins = page.get_by_role("table").filter(has_text="alltalk-host-reference")
     await expect(plugins).to_be_visible()
     await shot(page, "status")
@@ -52,8 +59,9 @@ async def test_every_page_by_keyboard_with_its_state_in_the_url(start_server, co
 
     await nav.get_by_role("link", name="Activity", exact=True).click()
     rows = page.get_by_role("table").locator("tbody tr")
-    await expect(rows).to_have_count(2)  # the start-up apply, then ours
-    await expect(rows.first).to_contain_text("apply")
+    await expect(rows).to_have_count(3)  # the start-up apply, ours, the reload
+    await expect(rows.first).to_contain_text("reload-model")
+    await expect(rows.nth(1)).to_contain_text("apply")
     await expect(rows.first).to_contain_text(commit[:7])
     await shot(page, "activity")
 

@@ -133,9 +133,12 @@ export function describeResult(r) {
     }
   }
   for (const name of plan.unload || []) parts.push(`${name} unloaded`);
-  const verb = r.action === "rollback" ? `Rolled back to ${short(r.rolled_back_to || r.commit)}`
-    + (r.rolled_back_to && r.rolled_back_to !== r.commit ? ` (as commit ${short(r.commit)})` : "")
-    : `Applied ${short(r.commit)}`;
+  let verb = `Applied ${short(r.commit)}`;
+  if (r.action === "reload-model") verb = `Reloaded models at ${short(r.commit)}`;
+  if (r.action === "rollback") {
+    verb = `Rolled back to ${short(r.rolled_back_to || r.commit)}`
+      + (r.rolled_back_to && r.rolled_back_to !== r.commit ? ` (as commit ${short(r.commit)})` : "");
+  }
   let text = `${verb} in ${seconds(r.duration_s)}: ${parts.join(", ") || "settings only, no model loaded"}`;
   if (r.branch && r.branch.moved === false) text += `; branch ${r.branch.name} not moved: ${r.branch.reason}`;
   return text;
