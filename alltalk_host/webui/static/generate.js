@@ -157,11 +157,10 @@ function render() {
       why ? h("span", {class: "hint", id: `why-${name}`}, why) : null);
   }));
 
-  fill($("model-note"), `${model.name}: generation ${model.generation} of config ${short(model.commit)}`,
-    ` · ${voices.length || "one"} voice${voices.length === 1 ? "" : "s"}`,
-    ` · ${model.backend} backend`,
+  fill($("model-note"), `${model.name}: ${model.backend} backend, generation ${model.generation}`,
+    ` loaded at config ${short(model.commit)}, ${voices.length || "one"} voice${voices.length === 1 ? "" : "s"}.`,
     info.models.some((m) => m.state !== "serving")
-      ? " · Models that are not loaded serve once they are made the default (or keep_loaded)." : "");
+      ? " A model that is not loaded cannot be chosen: make it the default to load it." : "");
   countText();
   save();
 }

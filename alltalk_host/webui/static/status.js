@@ -17,7 +17,7 @@ function mount(section, shared) {
     h("div", {id: "status-error"}),
     h("dl", {class: "axes", id: "axes"}),
     h("section", {"aria-labelledby": "op-title"},
-      h("h2", {id: "op-title"}, "Current operation"),
+      h("h2", {id: "op-title"}, "Latest operation"),
       h("p", {id: "op-busy"}),
       h("ol", {id: "status-op", class: "stepper", "aria-label": "Progress"})),
     h("section", {"aria-labelledby": "models-title"},
@@ -74,6 +74,7 @@ function render() {
   const serving = app.commits.find((c) => c.commit === s.serving_commit);
   const models = s.models;
   const count = (state) => models.filter((m) => m.state === state).length;
+  const unavailable = models.filter((m) => m.availability === "unavailable").length;
   const axis = (term, id, ...value) => h("div", {}, h("dt", {}, term), h("dd", {id}, ...value));
   fill(part("axes"),
     axis("Serving", "axis-serving", s.serving_commit
@@ -83,7 +84,9 @@ function render() {
     axis("Last operation", "axis-operation", lastOperation(s)),
     axis("Models", "axis-models",
       `${count("serving")} serving · ${count("loading")} loading · ${count("draining")} draining`,
-      s.last_failure ? [h("br"), `last failure: ${short(s.last_failure.commit)} ${s.last_failure.reason || ""}`] : ""));
+      unavailable ? ` · ${unavailable} unavailable here` : ""),
+    s.last_failure ? axis("Last failure", "axis-failure", h("code", {}, short(s.last_failure.commit)),
+      ` ${s.last_failure.action}: ${s.last_failure.reason || ""}`) : null);
   fill(part("op-busy"), s.apply_in_progress
     ? `${s.apply_in_progress.action} of ${short(s.apply_in_progress.commit)} in progress` : "");
   renderStepper(part("status-op"), app.ops.latest());
@@ -112,10 +115,11 @@ function render() {
 function card(s, m) {
   const isDefault = m.name === s.default_model;
   const loaded = m.state === "serving";
+  const state = m.availability === "unavailable" && !loaded ? "unavailable" : m.state;
   const backendStatus = Object.entries(m.backend_status || {});
   const row = (term, value) => h("div", {}, h("dt", {}, term), h("dd", {}, value));
-  return h("article", {class: `card ${m.state}`, "aria-label": `Model ${m.name}`},
-    h("h3", {}, m.name, " ", h("span", {class: `badge ${m.state}`}, m.state),
+  return h("article", {class: `card ${state}`, "aria-label": `Model ${m.name}`},
+    h("h3", {}, m.name, " ", h("span", {class: `badge ${state}`}, state === "configured" ? "not loaded" : state),
       isDefault ? h("span", {class: "badge default"}, "default") : null),
     h("dl", {},
       row("Backend", m.backend || "-"),
@@ -129,7 +133,7 @@ function card(s, m) {
       m.availability === "unavailable" ? row("Unavailable", m.reason || "") : null),
     h("div", {class: "buttons"},
       loaded ? h("button", {type: "button", onclick: () => reload(m.name)}, "Reload") : null,
-      !isDefault && m.state !== "draining" ? h("button", {type: "button",
+      !isDefault && !["draining", "unavailable"].includes(state) ? h("button", {type: "button",
         onclick: () => app.navigate(`#/models/switch/${encodeURIComponent(m.name)}`)}, "Make default") : null));
 }
 
