@@ -9,6 +9,7 @@ import re
 
 import git
 
+from ..conftest import wait_until
 from .conftest import expect
 
 PHASES = ["started", "planning", "loading", "warming up", "checking", "switching", "done"]
@@ -195,3 +196,22 @@ async def test_reload_lists_uncommitted_files_and_commits_them_on_request(
     row = page.get_by_role("row").nth(1)
     await expect(row).to_contain_text("Longer texts, from the page")
     await expect(row).to_contain_text("● serving")
+
+
+async def test_a_page_opened_during_an_apply_shows_it_from_its_start(start_server, config_repo,
+                                                                     pages):
+    config_repo.model("reference-low", load_seconds=2)
+    config_repo.commit("reference-low loads slowly")
+    client = await start_server()
+    switch = asyncio.create_task(client.post("/control/models/switch",
+                                             json={"model": "reference-low"}))
+    await wait_until(client, lambda s: any(m["state"] == "loading" for m in s["models"]))
+    page = await pages.open(client, "#/status")
+    stepper = page.locator("#status-op")
+    # Phases from before the page opened, caught up from the event buffer.
+    await expect(stepper.locator("li[data-phase=planning]")).to_be_visible()
+    await expect(stepper.locator("li[data-phase=loading]")).to_contain_text("reference-low")
+    await expect(stepper.locator("li[data-phase=done]")).to_be_visible()
+    assert (await switch).status == 200
+    await expect(page.get_by_role("article", name="Model reference-low")).to_contain_text(
+        "serving")

@@ -74,9 +74,8 @@ async function reloadHead() {
 }
 
 async function reload(body, box) {
-  const result = await runChange(app, box, "/control/config/reload", body);
-  const error = box.querySelector(".error");
-  if (result || !error || !error.textContent.includes("working_tree_dirty")) return;
+  const {error} = await runChange(app, box, "/control/config/reload", body);
+  if (!error || error.code !== "working_tree_dirty") return;
   // Uncommitted edits: list them (the error box did) and offer to commit them first.
   const message = h("input", {id: "commit-message", type: "text", size: 50,
     value: "Commit working-tree changes from the web UI"});

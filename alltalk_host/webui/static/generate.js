@@ -85,6 +85,16 @@ function selected() {
   return app.models.models.find((m) => m.name === name) || null;
 }
 
+/** Replace a select's options only when they changed: a re-render while someone uses the
+ * page (a live update) must not close an open list or move the focus. */
+function setOptions(select, options) {
+  const key = JSON.stringify(options);
+  if (select._options !== key) {
+    select._options = key;
+    fill(select, options.map(([value, label, disabled]) => h("option", {value, disabled}, label)));
+  }
+}
+
 /** Fill the selects and enable what the chosen model can do, each disabled with a reason. */
 function render() {
   const info = app.models;
@@ -96,9 +106,9 @@ function render() {
   // "The default model" names none, so its requests follow a switch of the default.
   const serving = info.models.filter((m) => m.state === "serving");
   const want = saved.model || "";
-  fill($("model"), h("option", {value: ""}, `the default model (${info.default_model})`),
-    info.models.map((m) => h("option", {value: m.name, disabled: m.state !== "serving"},
-      `${m.name} (${m.state.replace("_", " ")}${m.default ? ", default" : ""})`)));
+  setOptions($("model"), [["", `the default model (${info.default_model})`, false],
+    ...info.models.map((m) => [m.name,
+      `${m.name} (${m.state.replace("_", " ")}${m.default ? ", default" : ""})`, m.state !== "serving"])]);
   $("model").value = serving.some((m) => m.name === want) ? want : "";
   const model = selected();
   if (!model) return;
@@ -110,15 +120,14 @@ function render() {
     : `Plan making ${model.name} the default model (nothing loads until you apply it)`;
 
   const voices = model.voices || [];
-  fill($("voice"), h("option", {value: ""}, `model default${model.default_voice ? ` (${model.default_voice})` : ""}`),
-    voices.map((v) => h("option", {value: v}, v)));
+  setOptions($("voice"), [["", `model default${model.default_voice ? ` (${model.default_voice})` : ""}`],
+    ...voices.map((v) => [v, v])]);
   $("voice").value = voices.includes(saved.voice) ? saved.voice : "";
-  fill($("narrator-voice"), h("option", {value: ""}, "the configured narrator voice"),
-    voices.map((v) => h("option", {value: v}, v)));
+  setOptions($("narrator-voice"), [["", "the configured narrator voice"], ...voices.map((v) => [v, v])]);
   $("narrator-voice").value = voices.includes(saved.narratorVoice) ? saved.narratorVoice : "";
 
   const languages = model.languages || [];
-  fill($("language"), languages.map((l) => h("option", {value: l}, l)));
+  setOptions($("language"), languages.map((l) => [l, l]));
   $("language").value = languages.includes(saved.language) ? saved.language : model.default_language;
 
   // Streaming and narrator mode go through the OpenAI and AllTalk routes: what they cannot
@@ -144,18 +153,9 @@ function render() {
 
   const names = [...new Set([...COMMON_OPTIONS, ...(model.parameters || [])])];
   const old = saved.options || {};
-  fill($("option-fields"), names.map((name) => {
-    const takes = (model.parameters || []).includes(name);
-    const usable = takes && !stream.checked && (!narrating || COMMON_OPTIONS.includes(name));
-    const why = !takes ? `${model.name} does not take ${name}`
-      : !usable ? (stream.checked ? "not sent when streaming" : "not sent in narrator mode") : "";
-    const input = h("input", {id: `option-${name}`, type: "number", step: "any", disabled: !usable,
-      placeholder: "model setting", value: old[name] ?? "", title: why,
-      "aria-describedby": why ? `why-${name}` : null,
-      oninput: save});
-    return h("div", {class: "field"}, h("label", {for: `option-${name}`}, name), input,
-      why ? h("span", {class: "hint", id: `why-${name}`}, why) : null);
-  }));
+  const fields = $("option-fields");
+  const key = JSON.stringify([model.name, names, stream.checked, narrating]);
+  if (fields._options !== key) renderOptions(fields, key, model, names, old, stream.checked, narrating);
 
   fill($("model-note"), `${model.name}: ${model.backend} backend, generation ${model.generation}`,
     ` loaded at config ${short(model.commit)}, ${voices.length || "one"} voice${voices.length === 1 ? "" : "s"}.`,
@@ -163,6 +163,21 @@ function render() {
       ? " A model that is not loaded cannot be chosen: make it the default to load it." : "");
   countText();
   save();
+}
+
+function renderOptions(fields, key, model, names, old, streaming, narrating) {
+  fields._options = key;
+  fill(fields, names.map((name) => {
+    const takes = (model.parameters || []).includes(name);
+    const usable = takes && !streaming && (!narrating || COMMON_OPTIONS.includes(name));
+    const why = !takes ? `${model.name} does not take ${name}`
+      : !usable ? (streaming ? "not sent when streaming" : "not sent in narrator mode") : "";
+    const input = h("input", {id: `option-${name}`, type: "number", step: "any", disabled: !usable,
+      placeholder: "model setting", value: old[name] ?? "", title: why,
+      "aria-describedby": why ? `why-${name}` : null, oninput: save});
+    return h("div", {class: "field"}, h("label", {for: `option-${name}`}, name), input,
+      why ? h("span", {class: "hint", id: `why-${name}`}, why) : null);
+  }));
 }
 
 function countText() {

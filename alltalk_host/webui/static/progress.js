@@ -145,7 +145,8 @@ export function describeResult(r) {
 }
 
 /** POST a change, follow its phases in ``box`` as they happen, then say how it ended. A 409
- * apply_in_progress attaches to the change that is running instead. */
+ * apply_in_progress attaches to the change that is running instead. Resolves to {result} or
+ * {error}. */
 export async function runChange(app, box, path, body) {
   if (box._unsubscribe) box._unsubscribe();
   const since = app.events.lastId || 0;
@@ -159,7 +160,7 @@ export async function runChange(app, box, path, body) {
   try {
     const result = await api.post(path, body);
     fill(outcome, h("p", {class: "ok"}, describeResult(result)));
-    return result;
+    return {result};
   } catch (err) {
     if (err.code === "apply_in_progress") {
       const d = err.details || {};
@@ -172,7 +173,7 @@ export async function runChange(app, box, path, body) {
       const serving = app.status && app.status.serving_commit;
       fill(outcome, errorBox(err), serving ? h("p", {class: "still"}, `Still serving ${short(serving)}.`) : null);
     }
-    return null;
+    return {error: err};
   } finally {
     app.refresh();
   }
