@@ -166,7 +166,8 @@ export async function runChange(app, box, path, body) {
       const d = err.details || {};
       fill(outcome, h("p", {}, `${d.action || "apply"} of ${short(d.commit) === "-" ? "the branch" : short(d.commit)} in progress: `
         + "following it below; try again when it has finished."));
-      pick = () => app.ops.running() || app.ops.latest();
+      const running = app.ops.running() || app.ops.latest();
+      pick = () => running; // that one, to its end (not whichever change comes next)
       draw();
     } else {
       await app.refresh();
