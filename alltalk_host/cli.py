@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, cli_words
+from . import __version__, cli_events, cli_words
 from .cli_serve import cmd_serve
 from .errors import HostError, PluginConflict
 
@@ -119,27 +119,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    return _print_change(args, _call(args, "POST", "/control/config/apply",
-                                     {"commit": args.commit, "author": _author()}))
+    return _change(args, "/control/config/apply", {"commit": args.commit})
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    return _print_change(args, _call(args, "POST", "/control/config/rollback",
-                                     {"commit": args.commit, "author": _author()}))
+    return _change(args, "/control/config/rollback", {"commit": args.commit})
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    return _print_change(args, _call(args, "POST", "/control/config/reload", {
-        "commit_working_tree": args.commit_working_tree, "message": args.message,
-        "author": _author()}))
+    return _change(args, "/control/config/reload", {
+        "commit_working_tree": args.commit_working_tree, "message": args.message})
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    return _print_change(args, _call(args, "POST", "/control/models/switch",
-                                     {"model": args.model, "author": _author()}))
+    return _change(args, "/control/models/switch", {"model": args.model})
 
 
-def _print_change(args: argparse.Namespace, reply: dict[str, Any]) -> int:
+def _change(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    """Send a change; its phases go to stderr as they happen, the result to stdout."""
+    author = _author()
+    with cli_events.progress(args.url, _token(args), who=author):
+        reply = _call(args, "POST", path, {**body, "author": author})
     if args.json:
         return _print_json(reply)
     print(cli_words.change(reply))
@@ -158,9 +158,13 @@ def _print_json(data: Any) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("ALLTALK_CONTROL_TOKEN")
+
+
 def _call(args: argparse.Namespace, method: str, path: str,
           body: dict[str, Any] | None = None) -> dict[str, Any]:
-    token = args.token or os.environ.get("ALLTALK_CONTROL_TOKEN")
+    token = _token(args)
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"

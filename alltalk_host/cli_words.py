@@ -46,3 +46,30 @@ def change(reply: dict[str, Any]) -> str:
     if isinstance(branch, dict) and branch.get("moved") is False:
         line += f"; branch {branch.get('name', '')} not moved: {branch.get('reason', '')}"
     return line
+
+
+def phase(event: dict[str, Any]) -> str:
+    """One phase of a change as it happens: ``  1.52 s  loading test-voice (last time 0.4 s)``;
+    the last line says how it ended."""
+    name = str(event.get("phase", ""))
+    elapsed = event.get("elapsed_s")
+    at = f"{elapsed:6.2f} s" if isinstance(elapsed, int | float) else " " * 8
+    if name == "started":
+        return f"{at}  {event.get('action', 'change')} of {short(event.get('commit'))} started"
+    if name == "done":
+        duration = event.get("duration_s")
+        return f"{at}  done" + (f" in {duration:.2f} s" if isinstance(duration, int | float)
+                                 else "")
+    if name == "failed":
+        serving = event.get("still_serving")
+        return (f"{at}  failed: {event.get('reason', '')}"
+                + (f" (still serving {short(serving)})" if serving else ""))
+    words = f"{at}  {name}"
+    if event.get("model"):
+        words += f" {event['model']}"
+        if isinstance(event.get("instances"), int) and event["instances"] > 1:
+            words += f" (instance {event.get('instance')} of {event['instances']})"
+    expected = event.get("expected_s")
+    if isinstance(expected, int | float) and name == "loading":
+        words += f" (last time {expected:.1f} s)"
+    return words

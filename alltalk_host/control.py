@@ -134,6 +134,17 @@ class Controller:
         config = await self._run_io(self.loader.load, commit)
         return self._plan(config)
 
+    async def plan_switch(self, name: str) -> Plan:
+        """What making ``name`` the default model would change, as ``switch_model`` would
+        commit it; nothing is written. The plan's commit is the base the switch starts from."""
+        current = self._current_config()
+        config = await self._run_io(self.editor.preview, current, "default_model", name,
+                                    _model_exists(name), _model_usable(name))
+        if config is None:  # already the default: what an apply of the serving commit does
+            config = current or await self._run_io(self.loader.load,
+                                                   await self._run_io(self.repo.head))
+        return self._plan(config)
+
     # What the host says about itself: see report.py.
 
     def status(self) -> dict[str, Any]:

@@ -50,6 +50,10 @@ def make_plan(current: HostConfig | None, loaded: Collection[str], new: HostConf
         same = current.models[name].load_signature() == new.models[name].load_signature()
         (keep if same and name not in force_reload else reload).append(name)
     changes = diff(current.values if current else None, new.values)
+    for change in changes:  # the layer that sets it (for a removed key: the one that did)
+        layer = new.sources.get(change["key"]) or (
+            current.sources.get(change["key"]) if current else None)
+        change["layer"] = str(layer) if layer else None
     runtime = [
         c["key"] for c in changes
         if not _RELOAD_KEY.match(c["key"]) and not _LOADED_SET_KEY.match(c["key"])

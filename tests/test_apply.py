@@ -48,7 +48,8 @@ async def test_runtime_only_changes_keep_the_loaded_generation(start_server, con
                                 "default.max_text_length", 20)
     plan = await (await post(client, "/control/config/plan", commit=commit)).json()
     assert plan["runtime_only"] and plan["keep"] == ["reference"]
-    assert plan["changes"] == [{"key": "max_text_length", "old": 2000, "new": 20}]
+    assert plan["changes"] == [{"key": "max_text_length", "old": 2000, "new": 20,
+                                "layer": "repo:settings.toml[default]"}]
     assert plan["runtime_changes"] == ["max_text_length"]
     assert (await post(client, "/control/config/apply", commit=commit)).status == 200
     resp = await speak(client)

@@ -194,14 +194,6 @@ async def test_a_base_url_without_v1_is_told_where_the_routes_are(start_server):
         assert "under /v1" in (await error_of(resp))["message"], path
 
 
-async def test_the_root_page_links_status_and_docs(start_server):
-    client = await start_server()
-    resp = await client.get("/")
-    assert resp.status == 200 and resp.content_type == "text/html"
-    page = await resp.text()
-    assert 'href="/control/status"' in page and "README" in page and "reference" in page
-
-
 async def test_a_request_without_speed_speaks_at_the_models_default_speed(start_server,
                                                                           config_repo):
     config_repo.model("reference", default_speed=0.5)

@@ -31,6 +31,14 @@ class Edit:
     config: HostConfig  # the new commit's config, vetted
 
 
+@dataclass(frozen=True)
+class _Change:
+    base: str
+    file: str
+    content: str
+    config: HostConfig  # vetted; its commit is still ``base``
+
+
 class SettingsEditor:
     def __init__(self, repo: ConfigRepo, loader: ConfigLoader) -> None:
         self.repo = repo
@@ -46,6 +54,26 @@ class SettingsEditor:
         with ``branch_diverged`` when the branch head is not the applied commit: an edit of
         what serves must not carry unapplied (or rolled-back) changes.
         """
+        change = self._change(applied, key, value, check, vet)
+        if change is None:
+            return None
+        # The trailer keeps who asked, whoever the git author is.
+        commit = self.repo.write_commit(change.base, f"{message}\n\nRequested-by: {who}",
+                                        self.repo.identity(author),
+                                        files={change.file: change.content})
+        return Edit(commit=commit, base=change.base, config=replace(change.config, commit=commit))
+
+    def preview(self, applied: HostConfig | None, key: str, value: Any,
+                check: Callable[[HostConfig], None] | None = None,
+                vet: Callable[[HostConfig], None] | None = None) -> HostConfig | None:
+        """The vetted config ``edit`` would commit, with nothing written (to plan a switch);
+        None when ``key`` already has ``value``. Refused as ``edit`` would refuse it."""
+        change = self._change(applied, key, value, check, vet)
+        return None if change is None else change.config
+
+    def _change(self, applied: HostConfig | None, key: str, value: Any,
+                check: Callable[[HostConfig], None] | None,
+                vet: Callable[[HostConfig], None] | None) -> _Change | None:
         head = self.repo.head()
         if applied is not None and applied.commit != head:
             raise Conflict(
@@ -85,7 +113,4 @@ class SettingsEditor:
         for test in (check, vet):
             if test is not None:
                 test(vetted)
-        # The trailer keeps who asked, whoever the git author is.
-        commit = self.repo.write_commit(head, f"{message}\n\nRequested-by: {who}",
-                                        self.repo.identity(author), files={layer.file: content})
-        return Edit(commit=commit, base=head, config=replace(vetted, commit=commit))
+        return _Change(base=head, file=layer.file, content=content, config=vetted)

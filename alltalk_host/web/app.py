@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..host import Host
 from ..outputs import OutputStores
+from ..webui import routes as webui
 from . import (
     alltalk,
     alltalk_control,
@@ -17,7 +18,6 @@ from . import (
     events,
     health,
     hooks,
-    index,
     metrics,
     openai,
     openapi,
@@ -32,9 +32,10 @@ from .outputs_check import watch_outputs
 from .policy import policy
 
 log = logging.getLogger(__name__)
-# Speech, health and read-only routes: open to every client that can reach the port.
+# Speech, health and read-only routes, and the web UI's files: open to every client that can
+# reach the port (the page calls control routes like any other client).
 ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
-    index.routes, tts.routes, health.routes, alltalk.routes, openai.routes,
+    webui.routes, tts.routes, health.routes, alltalk.routes, openai.routes,
     hooks.routes,  # /hooks/git changes state, but a forge's signature is its guard
     openapi.routes)
 # Everything that changes state or shows the config: each route is guarded (guard.py).

@@ -101,6 +101,16 @@ async def switch(request: web.Request) -> web.Response:
         model, _who(request, body), author=_author(request, body)))
 
 
+@control_routes.post("/control/models/switch/plan")
+async def plan_switch(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    model = field(body, "model", str, required=True)
+    plan = await request.app[HOST].control.plan_switch(model)
+    # No commit exists yet: the switch writes it when it is applied.
+    return web.json_response({**plan.to_dict(), "commit": None, "base": plan.commit,
+                              "model": model})
+
+
 @control_routes.post("/control/models/{name}/reload")
 async def reload_model(request: web.Request) -> web.Response:
     body = await read_json(request)

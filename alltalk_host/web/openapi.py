@@ -28,6 +28,12 @@ REASONS = {
     415: "Body of the wrong content type", 422: "The configuration or a model failed",
     503: "Not ready, busy, or ended at a drain deadline", 507: "The outputs folder is unusable",
 }
+# GET / and GET /ui answer a redirect; a client that follows it gets the page.
+UI_REDIRECT: dict[str, Any] = {
+    "302": {"description": "To /ui/", "headers": {"Location": {"schema": {"type": "string"}}}},
+    "200": {"description": "The page, once the redirect is followed",
+            "content": {"text/html": {"schema": {"type": "string"}}}}}
+UI_TYPES = ("text/html", "text/javascript", "text/css", "image/svg+xml")
 AUDIO_TYPES = ("audio/wav", "audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/pcm")
 
 
@@ -116,13 +122,22 @@ def _op(summary: str, tag: str, responses: dict[str, Any], *, control: bool = Fa
 def _paths() -> dict[str, dict[str, Any]]:
     speech = (400, 404, 409, 413, 503)
     return {
-        "/": {"get": _op("A short page: what serves, links to the status and docs", "host",
-                         _ok("text/html"))},
+        "/": {"get": _op("Sends browsers to the web UI", "ui", UI_REDIRECT)},
+        "/ui": {"get": _op("Sends browsers to the web UI", "ui", UI_REDIRECT)},
+        "/ui/": {"get": _op("The web UI's page", "ui", _ok("text/html"))},
+        "/ui/{name}": {"get": _op(
+            "The web UI's scripts, styles and images", "ui",
+            {"200": {"description": "The file", "content": {
+                t: {"schema": {"type": "string"}} for t in UI_TYPES}}, **_errors((404,))},
+            params=[_path("name", "a file of the page, e.g. app.js")])},
         "/tts": {"post": _op(
             "Speak text (the native route)", "speech",
             {**_audio("16-bit PCM WAV"), **_errors(speech)},
             body=_json_body(SPEAK, ("text",)),
             description="Text with nothing to speak is 400 nothing_to_speak.")},
+        "/tts/models": {"get": _op(
+            "What /tts may be asked for: models, their state, voices, languages, options",
+            "speech", _ok())},
         "/health/live": {"get": _op("200 while the process runs", "health", _ok())},
         "/health/ready": {"get": _op("200 once the default model serves", "health",
                                      {**_ok(), **_ok(status=503, description="not ready")})},
@@ -216,6 +231,9 @@ def _control_paths() -> dict[str, dict[str, Any]]:
             "Make a model the default: a commit, applied, then on the branch", "control",
             {**_ok(), **change}, control=True,
             body=_json_body({"model": S, "author": AUTHOR}, ("model",)))},
+        "/control/models/switch/plan": {"post": _op(
+            "What switching the default model would change; changes nothing", "control",
+            {**_ok(), **change}, control=True, body=_json_body({"model": S}, ("model",)))},
         "/control/models/{name}/reload": {"post": _op(
             "Load a model again from disk at the serving commit", "control",
             {**_ok(), **change}, control=True, body=_json_body({"author": AUTHOR}),

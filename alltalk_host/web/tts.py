@@ -1,4 +1,5 @@
-"""POST /tts, the native speech route (route -> SpeechService -> registry lease -> backend)."""
+"""POST /tts, the native speech route (route -> SpeechService -> registry lease -> backend),
+and GET /tts/models, what it may be asked for."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import asyncio
 from aiohttp import web
 
 from ..audio import to_wav
+from ..config.settings import SPEED_RANGE
 from ..speech import SpeechInput
-from .errors import field, read_json
+from .errors import current_serving, field, read_json
 from .keys import HOST
 from .streams import provenance_headers
 
@@ -30,3 +32,31 @@ async def tts(request: web.Request) -> web.Response:
     wav = await asyncio.to_thread(to_wav, result.audio)
     return web.Response(body=wav, content_type="audio/wav",
                         headers=provenance_headers(result.provenance))
+
+
+@routes.get("/tts/models")
+async def models(request: web.Request) -> web.Response:
+    """What a /tts request may ask for: every configured model, whether it serves, and for
+    those that do their voices, languages, options and defaults; the text limit. Read-only
+    and public like the other speech routes (no settings, paths or secrets)."""
+    serving = current_serving(request)
+    config = serving.config
+    entries = []
+    for name, model in sorted(config.models.items()):
+        gen = serving.generations.get(name)
+        entry: dict = {"name": name, "backend": model.backend,
+                       "default": name == config.default_model, **model.availability}
+        if gen is None:
+            entry["state"] = "unavailable" if model.unavailable else "not_loaded"
+        else:
+            caps = gen.capabilities
+            entry.update(
+                state="serving", generation=gen.number, commit=gen.commit, voices=gen.voices,
+                languages=list(caps.languages), streaming=caps.streaming,
+                parameters=list(caps.parameters), default_voice=model.default_voice,
+                default_language=model.default_language or config.default_language,
+                default_speed=model.default_speed)
+        entries.append(entry)
+    return web.json_response({"commit": serving.commit, "default_model": config.default_model,
+                              "max_text_length": config.max_text_length,
+                              "speed_range": list(SPEED_RANGE), "models": entries})

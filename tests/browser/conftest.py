@@ -1,0 +1,132 @@
+"""The web UI in a real browser: Debian's chromium-headless-shell driven by Playwright, against a
+real server (tests/conftest.py's ``start_server``: real git, real HTTP on loopback).
+
+Playwright's async API runs on the test's own event loop, beside the server, so these tests use
+the suite's fixtures as they are. ``make test`` runs this folder as its own pytest invocation
+(and installs the browser first where it can). Never ``playwright install``: it downloads a
+browser build, which cannot work here; the Debian package is the browser.
+
+Every page a test opens records its requests; at the end of the test each must have gone to the
+server's own origin (or be a blob: URL of it: audio the page made itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..conftest import ROOT
+
+BROWSER = Path(os.environ.get("ALLTALK_TEST_BROWSER", "/usr/bin/chromium-headless-shell"))
+ARTIFACTS = Path(os.environ.get("ALLTALK_TEST_ARTIFACTS",
+                                ROOT / "var" / "test-artifacts" / "browser"))
+INSTALL = ("apt-get install chromium-headless-shell (Debian, as root), and the playwright "
+           "package from the [test] extra")
+TIMEOUT_MS = 20_000  # generous: other work shares this machine's two cores
+
+try:
+    from playwright.async_api import Page, async_playwright, expect
+except ImportError:  # pragma: no cover - the skip below says what to install
+    Page = Any  # type: ignore[misc,assignment]
+    async_playwright = expect = None  # type: ignore[assignment]
+
+MISSING = ("the playwright package is not installed" if async_playwright is None
+           else f"no browser at {BROWSER}" if not BROWSER.exists() else None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if MISSING is None:
+        return
+    here = Path(__file__).parent
+    skip = pytest.mark.skip(reason=f"browser tests skipped: {MISSING}; install with: {INSTALL}")
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(skip)
+
+
+if expect is not None:
+    expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with async_playwright() as p:
+        # The flag lets audio start without a click, as a person's click would.
+        launched = await p.chromium.launch(
+            executable_path=str(BROWSER), args=["--autoplay-policy=no-user-gesture-required"])
+        yield launched
+        await launched.close()
+
+
+class Pages:
+    """Opens pages on a server and remembers every request they make."""
+
+    def __init__(self, browser: Any) -> None:
+        self.browser = browser
+        self.contexts: list[Any] = []
+        self.requests: list[Any] = []
+        self.errors: list[str] = []
+        self.origin = ""
+
+    async def open(self, client: Any, hash_: str = "", context: Any = None,
+                   setup: Callable[[Page], Any] | None = None) -> Page:
+        """A new page (in a new context unless given one) at ``/ui/<hash_>``; ``setup(page)``
+        runs before it loads (say, to route its requests)."""
+        self.origin = f"http://127.0.0.1:{client.port}"
+        if context is None:
+            context = await self.browser.new_context(viewport={"width": 1280, "height": 900})
+            context.set_default_timeout(TIMEOUT_MS)
+            self.contexts.append(context)
+        page = await context.new_page()
+        page.on("request", lambda request: self.requests.append(request))
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        if setup is not None:
+            await setup(page)
+        await page.goto(f"{self.origin}/ui/{hash_}")
+        return page
+
+    def foreign(self) -> list[str]:
+        """Requests that left the page's origin."""
+        own = (f"{self.origin}/", f"blob:{self.origin}/")
+        return [r.url for r in self.requests if not r.url.startswith(own)]
+
+    async def close(self) -> None:
+        for context in self.contexts:
+            await context.close()
+
+
+@pytest.fixture
+async def pages(browser: Any) -> AsyncIterator[Pages]:
+    opened = Pages(browser)
+    yield opened
+    await opened.close()
+    assert opened.requests, "no page was opened"
+    assert not opened.foreign(), f"requests left the page's origin: {opened.foreign()}"
+    assert not opened.errors, f"uncaught errors in the page: {opened.errors}"
+
+
+async def until(page: Page, expression: str, timeout_s: float = TIMEOUT_MS / 1000) -> None:
+    """Wait for a JavaScript expression to hold. (Page.wait_for_function evaluates its
+    predicate with eval, which the page's Content-Security-Policy rightly refuses.)"""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await page.evaluate(expression):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"still false after {timeout_s} s: {expression}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def shot(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Save a full-page screenshot as a test artifact: <test name>-<what>.png."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    async def take(page: Page, what: str) -> Path:
+        path = ARTIFACTS / f"{request.node.name}-{what}.png"
+        await page.screenshot(path=str(path), full_page=True)
+        return path
+    return take
