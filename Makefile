@@ -36,7 +36,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-# Serves the default voice on $(HOST):$(PORT); creates the config repo from config_repo/ and
+# Serves the default voice on $(HOST):$(PORT); creates the config repo from the template and
 # the template's tiny test voice if they are missing.
 run: install
 	$(BIN)/python tools/build_test_voice.py $(MODELS_DIR)/test-voice --if-missing
