@@ -148,6 +148,9 @@ def _check_backend_class(cls: Any) -> None:
         raise TypeError(f"backend {cls.__name__} does not implement: {missing}")
     if not isinstance(getattr(cls, "name", None), str) or not cls.name:
         raise TypeError(f"backend {cls.__name__} has no name")
+    if "speed" in cls.capabilities.parameters:
+        raise TypeError(f"backend {cls.__name__} declares an option 'speed': speed is "
+                        "SpeechRequest.speed, never an option")
 
 
 def _check_pending(pm: pluggy.PluginManager, by_name: dict[str, PluginInfo]) -> None:

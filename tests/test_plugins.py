@@ -127,8 +127,9 @@ def test_the_allow_list_loads_only_named_plugins(site: Path):
 def _run_cli(args: list[str], site: Path | None = None,
              **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
-    if site is not None:
-        environ["PYTHONPATH"] = str(site)
+    if site is not None:  # in front of the tree under test (a worktree's PYTHONPATH)
+        environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(site), environ.get("PYTHONPATH")) if p)
     environ.update(env)
     return subprocess.run([sys.executable, "-m", "alltalk_host.cli", *args], env=environ,
                           capture_output=True, text=True, timeout=60)
