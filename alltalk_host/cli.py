@@ -59,9 +59,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     catalog = discover(HostOptions.from_env().plugins)
     rows = [p.to_dict() for p in catalog.plugins]
+    # Non-zero when any plugin failed, so a script or CI notices a broken install.
+    failed = int(any(row["status"] == "failed" for row in rows))
     if args.json:
         print(json.dumps({"plugins": rows}, indent=2))
-        return 0
+        return failed
     if not rows:
         print("no plugins installed (entry-point group 'alltalk_host')")
     for row in rows:
@@ -71,7 +73,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if row["error"]:
             line += f"  error: {row['error']}"
         print(line)
-    return 0
+    return failed
 
 
 # --- commands that call a running server ---------------------------------------------------

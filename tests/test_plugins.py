@@ -138,8 +138,10 @@ def _run_cli(args: list[str], site: Path | None = None,
 def test_cli_plugins_lists_failures_and_honours_the_env_allow_list(site: Path):
     make_dist(site, "broken-plugin", "broken_plugin", "raise ImportError('needs libfoo')")
     out = _run_cli(["plugins"], site)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr  # a broken install is not a success
     assert "broken_plugin" in out.stdout and "needs libfoo" in out.stdout
+    # The log keeps the traceback, which names the file that raised.
+    assert "Traceback" in out.stderr and "broken_plugin.py" in out.stderr
     assert "reference" in out.stdout
     data = json.loads(_run_cli(["plugins", "--json"], site, ALLTALK_PLUGINS="reference").stdout)
     status = {p["name"]: p["status"] for p in data["plugins"]}
