@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, cli_words
+from . import __version__, cli_plugin, cli_words
 from .cli_serve import cmd_serve
 from .errors import HostError, PluginConflict
 
@@ -230,6 +230,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "'alltalk_host', with any load errors.")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.set_defaults(func=cmd_plugins)
+    cli_plugin.add_commands(sub)
 
     config = sub.add_parser("config", help="manage the config repo",
                             description="Create the config repo, or inspect and apply its "

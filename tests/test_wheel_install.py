@@ -125,3 +125,18 @@ def test_the_installed_host_serves_the_initialised_repo(installed: Path, tmp_pat
     finally:
         server.terminate()
         server.communicate(timeout=30)
+
+
+def test_a_plugin_made_with_the_scaffold_installs_editable_and_is_listed_at_once(
+        installed: Path, tmp_path: Path):
+    """Issue 15, section 3, as an author does it in their own environment."""
+    dest = tmp_path / "alltalk-host-mytts"
+    _run(installed / "alltalk-host", "plugin", "new", "mytts", dest, cwd=tmp_path,
+         env=_user_env())
+    _run(installed / "python", "-m", "pip", "install", "--disable-pip-version-check", "-e",
+         dest, cwd=tmp_path, env=_user_env())
+    listed = _run(installed / "alltalk-host", "plugins", cwd=tmp_path, env=_user_env()).stdout
+    assert "mytts            loaded   alltalk-host-mytts 0.1.0  backends: mytts" in listed
+    checked = _run(installed / "alltalk-host", "plugin", "check", "mytts", cwd=tmp_path,
+                   env=_user_env()).stdout
+    assert "backend mytts: conforms" in checked
