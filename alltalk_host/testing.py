@@ -102,11 +102,14 @@ def check_backend(backend: type[Backend], settings: Mapping[str, Any] | None = N
                   models_dir: Path | None = None, request_options: Mapping[str, Any] | None = None,
                   max_languages: int = 3, max_voices: int = 3, length_tolerance: float = 0.25,
                   memory_factor: float = 4.0, memory_floor_mb: float = 32.0,
+                  stream_text: str = STREAM_TEXT,
                   on_check: Callable[[Check], None] | None = None) -> Report:
     """Run every check against ``backend`` with model ``settings``; see the module docstring.
 
     ``request_options`` are sent with every synthesis (say, a low temperature so that a
-    sampling model's two runs are comparable); ``models_dir`` resolves relative paths.
+    sampling model's two runs are comparable); ``models_dir`` resolves relative paths. A slow
+    model keeps the check short with ``max_languages=1``, ``max_voices`` and a shorter
+    ``stream_text`` (it needs enough to stream three chunks).
     """
     report = Report(backend.name)
     with tempfile.TemporaryDirectory(prefix="alltalk-check-") as tmp:
@@ -115,7 +118,7 @@ def check_backend(backend: type[Backend], settings: Mapping[str, Any] | None = N
                       report, on_check)
         with contextlib.suppress(_Stop):
             run.settings(bad_settings)
-            run.loaded(max_languages, max_voices, length_tolerance)
+            run.loaded(max_languages, max_voices, length_tolerance, stream_text)
             run.memory(memory_factor, memory_floor_mb * MIB)
     return report
 
@@ -160,7 +163,8 @@ class _Runner:
         with self.check("available", stop=True):
             self.cls.check_available(self.parsed, self.context)
 
-    def loaded(self, max_languages: int, max_voices: int, tolerance: float) -> None:
+    def loaded(self, max_languages: int, max_voices: int, tolerance: float,
+               stream_text: str) -> None:
         with self.check("load and warm-up", stop=True) as c:
             instance = self.cls(self.parsed, self.context)
             instance.load()
@@ -173,7 +177,7 @@ class _Runner:
                         f"{len(instance.capabilities.languages)} languages")
         try:
             self.speech(instance, max_languages, max_voices)
-            self.streaming(instance, tolerance)
+            self.streaming(instance, tolerance, stream_text)
             self.concurrency(instance)
             self.client_errors(instance)
         finally:
@@ -188,7 +192,8 @@ class _Runner:
             with self.check(f"speaks language {language}") as c:
                 c.detail = self.speak(instance, PHRASES.get(language, "1 2 3 4 5."),
                                       voice=first_voice, language=language)
-        for voice in voices:
+                c.detail += f" (voice {first_voice})" if first_voice else ""
+        for voice in voices[1:]:  # the first spoke every language above
             with self.check(f"speaks voice {voice}") as c:
                 c.detail = self.speak(instance, WARMUP_TEXT, voice=voice,
                                       language=languages[0])
@@ -199,10 +204,10 @@ class _Runner:
         assert problem is None, problem
         return f"{audio.duration:.2f} s of audio"
 
-    def streaming(self, instance: Backend, tolerance: float) -> None:
+    def streaming(self, instance: Backend, tolerance: float, text: str) -> None:
         with self.check("stream is as long as a whole synthesis") as c:
-            whole = instance.synthesize(self.request(STREAM_TEXT))
-            chunks = list(instance.stream(self.request(STREAM_TEXT)))
+            whole = instance.synthesize(self.request(text))
+            chunks = list(instance.stream(self.request(text)))
             assert chunks, "stream() yielded nothing"
             for chunk in chunks:
                 assert isinstance(chunk, Audio), f"stream() yielded {type(chunk).__name__}"
@@ -219,7 +224,7 @@ class _Runner:
             if len(chunks) < 3:
                 c.ok, c.detail = None, f"the stream has {len(chunks)} chunk(s); needs 3 or more"
                 return
-            request = self.request(STREAM_TEXT)
+            request = self.request(text)
             stream = instance.stream(request)
             next(stream)
             request.cancelled.set()
@@ -230,6 +235,9 @@ class _Runner:
     def concurrency(self, instance: Backend) -> None:
         n = max(1, min(instance.capabilities.max_concurrency, 8))
         with self.check(f"{n} request(s) at once") as c:
+            if n == 1:
+                c.ok, c.detail = None, "max_concurrency 1: the speech checks ran one at a time"
+                return
             results: list[str | None] = [None] * n
             start = threading.Barrier(n)
 
