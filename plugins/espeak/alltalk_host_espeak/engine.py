@@ -33,6 +33,10 @@ _CHARS_UTF8 = 1
 _EE_OK = 0
 RATE, VOLUME, PITCH, RANGE, WORDGAP = 1, 2, 3, 4, 7
 RATE_MIN = 80  # espeak-ng refuses to speak slower (words per minute)
+# Audio comes to the callback in blocks of this many ms: fewer, larger blocks than espeak's
+# default made a 2000-character text 13 % faster (tools/bench_espeak.py); a cancelled request
+# still stops within one block (a few ms of work).
+BLOCK_MS = 500
 
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
                                   ctypes.c_void_p)
@@ -95,7 +99,7 @@ class Engine:
                                      ctypes.c_void_p, ctypes.c_void_p]
         lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
         lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
-        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
+        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, BLOCK_MS,
                                                  str(data).encode(), _INITIALIZE_DONT_EXIT)
         if self.sample_rate <= 0:
             self.close()
