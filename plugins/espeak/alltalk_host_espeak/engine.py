@@ -120,15 +120,15 @@ class Engine:
         while voices[i]:
             voice = voices[i].contents
             identifier = voice.identifier.decode()
-            raw = ctypes.string_at(voice.languages, 512)
-            # A run of (priority byte, NUL-terminated code) pairs, ended by a zero byte.
-            at = 0
-            while at < len(raw) and raw[at] != 0:
-                priority, end = raw[at], raw.index(b"\0", at + 1)
-                code = raw[at + 1:end].decode().lower()
+            # A run of (priority byte, NUL-terminated code) pairs, ended by a zero byte: read
+            # pair by pair, never past the end (a fixed-size read can reach unmapped memory).
+            at = voice.languages
+            while (priority := ctypes.c_ubyte.from_address(at).value) != 0:
+                raw = ctypes.string_at(at + 1)
+                code = raw.decode(errors="replace").lower()
                 if code and (code not in found or priority < found[code][0]):
                     found[code] = (priority, identifier)
-                at = end + 1
+                at += len(raw) + 2
             i += 1
         return {code: identifier for code, (_, identifier) in sorted(found.items())
                 if (self.data / f"{_dictionary(self.data, identifier)}_dict").is_file()}
