@@ -7,7 +7,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 # the ONNX plugin takes exactly one of its [cpu] / [gpu] extras. GPU machines get [gpu].
 ONNX_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
 # In-tree backend plugins: each its own distribution, installed like a third-party one.
-PLUGINS := plugins/reference plugins/onnx[$(ONNX_EXTRA),joe] plugins/xtts
+PLUGINS := plugins/reference plugins/onnx[$(ONNX_EXTRA),joe] plugins/xtts plugins/espeak
 CONFIG_REPO ?= var/config
 STATE_DIR ?= var/state
 MODELS_DIR ?= var/models
@@ -19,7 +19,7 @@ PORT ?= 7851
 BROWSER ?= /usr/bin/chromium-headless-shell
 APT := DEBIAN_FRONTEND=noninteractive apt-get -qq
 
-.PHONY: install run test test-browser lint bench clean
+.PHONY: install run test test-browser lint bench espeak-ng-cli clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-# Serves the default voice on $(HOST):$(PORT); creates the config repo from config_repo/ and
+# Serves the default voice on $(HOST):$(PORT); creates the config repo from the template and
 # the template's tiny test voice if they are missing.
 run: install
 	$(BIN)/python tools/build_test_voice.py $(MODELS_DIR)/test-voice --if-missing
@@ -79,6 +79,12 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m tools.bench_onnx
 	$(BIN)/python -m tools.bench_xtts
 	$(BIN)/python -m tools.bench_api
+	$(BIN)/python -m tools.bench_espeak
+
+# The espeak-ng command, only for bench_espeak's comparison (and the espeak plugin's test that
+# compares with it); both say so and skip that part when it is missing. Debian's package.
+espeak-ng-cli:
+	@command -v espeak-ng >/dev/null || { apt-get update && apt-get install -y espeak-ng; }
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,18 +1,23 @@
 """alltalk-host: a text-to-speech server with plugin backends and git-versioned configuration.
 
-Plugin authors need only what is re-exported here: ``hookimpl``, the backend contract, the
-error a backend raises for a request it cannot take (``BadRequest``) and the host's sentence
-splitter for streaming (``split_sentences``). plugins/reference/README.md is their guide.
+Plugin authors need only what is re-exported here: ``hookimpl``, the backend contract (with the
+reserved option names and their scales), the error a backend raises for a request it cannot
+take (``BadRequest``), the host's sentence splitter for streaming (``split_sentences``) and its
+check of warm-up audio (``audio_problem``); their tests use ``alltalk_host.testing``.
+docs/plugins.md is their guide.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .audio import audio_problem
 from .backend import (
+    RESERVED_OPTIONS,
     Audio,
     Backend,
     Capabilities,
     MemoryNeed,
     ModelContext,
+    OptionScale,
     SpeechRequest,
     parse_settings,
 )
@@ -26,14 +31,17 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "RESERVED_OPTIONS",
     "Audio",
     "Backend",
     "BadRequest",
     "Capabilities",
     "MemoryNeed",
     "ModelContext",
+    "OptionScale",
     "SpeechRequest",
     "__version__",
+    "audio_problem",
     "hookimpl",
     "parse_settings",
     "split_sentences",

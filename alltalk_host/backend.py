@@ -1,20 +1,44 @@
 """The backend contract: the one class a plugin implements so the host can serve its models.
 
 A backend class describes a kind of model (XTTS, Piper ONNX, ...). The host creates one instance
-per loaded copy of a configured model. load(), unload(), synthesize() and stream() run on worker
-threads, never with more concurrent requests than ``capabilities.max_concurrency``; voices(),
-status() and memory_estimate() are asked on the event loop, so they must be cheap.
+per loaded copy of a configured model. docs/plugins.md is the authors' guide; the rules:
+
+Threads. ``load()``, ``unload()``, ``synthesize()`` and ``stream()`` run on worker threads, never
+on the event loop, and never with more requests at once per instance than
+``capabilities.max_concurrency``. ``voices()``, ``status()`` and ``memory_estimate()`` are asked
+on the event loop (``voices()`` on every request): answer from what ``load()`` kept. The
+classmethods ``validate_settings()`` and ``check_available()`` run on the host's I/O thread at
+every apply: cheap, no model files read beyond a stat or a few kB of config.
 
 Lifecycle of an instance:  validate_settings() -> check_available() -> __init__() -> load() ->
-synthesize()/stream() ... -> unload().  Import heavy libraries (torch, onnxruntime) inside
+warm-up -> synthesize()/stream() ... -> unload(). ``sample_rate``, ``voices()`` and
+``capabilities`` are read after ``load()`` returns (so load may set them from the model's files)
+and must not change until ``unload()``. The warm-up synthesises the config's ``warmup_text`` in
+the model's ``default_language`` (else the config's ``default_language``; if the instance does
+not list it, its first language) with its ``default_voice`` (else its first voice), and the
+output must be finite, non-silent audio at ``sample_rate``. ``unload()`` is called once, never
+while a request of that instance is still running (the host waits for the last, or for the
+drain deadline and the backend's return). Import heavy libraries (torch, onnxruntime) inside
 load(), never at module import: discovery imports every plugin.
+
+Per-model capabilities: the class declares defaults; an instance narrows them in ``__init__``
+(from its settings) or in ``load()`` (from its files) with ``self.capabilities =
+dataclasses.replace(self.capabilities, languages=...)``. An empty ``voices()`` means a single
+voice: the host then checks no voice name, and the backend gets whatever the client sent.
+
+Streaming and back-pressure: the host iterates ``stream()`` in a worker thread and queues each
+chunk for the client as it comes; it does not hold the generator back for a slow client (the
+queue is bounded only by the text, at most ``max_text_length`` characters of audio). So yield
+each chunk as soon as it is ready, do not compute ahead, and check ``request.cancelled``
+between chunks (and inside long loops): it is set when the client goes away, a front-end stops
+generation, or a drain deadline passes, and the host stops pulling at once.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -22,6 +46,39 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 S = TypeVar("S")
+
+# ``progress(message, fraction)``: how far a load has come (fraction 0..1, or None if unknown).
+ProgressCallback = Callable[[str, float | None], None]
+
+
+def _no_progress(message: str, fraction: float | None = None) -> None:
+    """The default callback: nobody is listening."""
+
+
+@dataclass(frozen=True)
+class OptionScale:
+    """The one meaning of a reserved option name, whatever the backend."""
+
+    meaning: str
+    neutral: float | None  # the value that changes nothing (None: the model's own default)
+    low: float
+    high: float
+
+
+# Option names (``SpeechRequest.options``) that mean the same for every backend. A backend that
+# takes one lists it in ``capabilities.parameters``, reads it on this scale and refuses values
+# outside it with BadRequest. Front-ends map their clients' scales onto these (the AllTalk
+# routes: AllTalk's pitch 0, "unchanged", becomes 1.0). ``speed`` is reserved too, but it is no
+# option: it is ``SpeechRequest.speed``, a rate factor (1.0 the voice's own, 0.25 to 4).
+RESERVED_OPTIONS: Mapping[str, OptionScale] = {
+    "pitch": OptionScale("a factor on the voice's own pitch: 1.0 unchanged, 2.0 an octave up",
+                         1.0, 0.5, 2.0),
+    "temperature": OptionScale("the sampling temperature of a generative model: lower is "
+                               "steadier, absent is the model's default", None, 0.01, 2.0),
+    "repetition_penalty": OptionScale("how much a generative model avoids repeating itself: "
+                                      "1.0 not at all, absent is the model's default",
+                                      None, 1.0, 50.0),
+}
 
 
 @dataclass(frozen=True)
@@ -34,7 +91,8 @@ class Capabilities:
     # How many requests one loaded instance can serve at once; the host queues beyond that.
     max_concurrency: int = 1
     devices: tuple[str, ...] = ("cpu",)
-    # Per-request options it takes (SpeechRequest.options), e.g. "temperature".
+    # Per-request options it takes (SpeechRequest.options), e.g. "noise_scale". The names in
+    # RESERVED_OPTIONS carry the scale given there; "speed" is a request field, never an option.
     parameters: tuple[str, ...] = ()
     # Boolean model settings a client may flip by a commit (e.g. "low_vram", "deepspeed").
     toggles: tuple[str, ...] = ()
@@ -51,11 +109,15 @@ class MemoryNeed:
 
 @dataclass(frozen=True)
 class ModelContext:
-    """Where a model instance lives on this machine."""
+    """Where a model instance lives on this machine, and whom to tell how its load goes."""
 
     name: str  # the model's name in the config
     models_dir: Path  # relative paths in settings resolve against this
     cache_dir: Path  # a folder the backend may keep derived data in (e.g. voice latents)
+    # Call it from load() for a load that takes more than a moment:
+    # ``self.context.progress("reading weights", 0.4)``. The host shows it live while the model
+    # loads; ``alltalk-host try`` prints it. Cheap, thread-safe, never raises; optional.
+    progress: ProgressCallback = field(default=_no_progress, compare=False, repr=False)
 
     def resolve(self, value: str) -> Path:
         """A path from the model's settings: ``~`` expanded, relative ones under models_dir."""
@@ -129,7 +191,8 @@ class Backend(ABC):
 
     @abstractmethod
     def unload(self) -> None:
-        """Release everything load() took (references, device memory)."""
+        """Release everything load() took (references, device memory, child processes).
+        Called once, after the instance's last request has finished."""
 
     @property
     @abstractmethod
@@ -146,11 +209,16 @@ class Backend(ABC):
         model cannot take (an option out of range, nothing to say): the client gets a 400."""
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
-        """Chunks as they are ready. Backends with ``capabilities.streaming`` override this."""
+        """Chunks as they are ready, stopping when ``request.cancelled`` is set (see the module
+        docstring on back-pressure). Backends with ``capabilities.streaming`` override this;
+        the default is one whole chunk."""
         yield self.synthesize(request)
 
     def memory_estimate(self) -> int:
-        """Bytes this loaded instance holds, as well as the backend can tell."""
+        """Bytes this loaded instance holds, as well as the backend can tell: memory it took
+        in this process (RSS) plus device memory. An engine that runs in another process (a
+        server, a child process) counts that process's memory too, since unloading frees it;
+        0 means unknown. The conformance check compares it with the measured load."""
         return 0
 
     def status(self) -> dict[str, Any]:

@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, cli_events, cli_words
+from . import __version__, cli_events, cli_plugin, cli_words
 from .cli_serve import cmd_serve
 from .errors import HostError, PluginConflict
 
 DEFAULT_URL = "http://127.0.0.1:7851"
-TEMPLATE = Path(__file__).resolve().parent.parent / "config_repo"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,10 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- local commands ------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .config.repo import init_repo
+    from .config.template import init_from_template
+    from .host import HostOptions
+    from .plugins import discover
 
-    commit = init_repo(args.path, args.template, args.branch)
+    commit, fitted = init_from_template(args.path, discover(HostOptions.from_env().plugins),
+                                        args.branch, args.template)
     print(f"created config repo {args.path} (branch {args.branch}) at commit {commit}")
+    for line in fitted.lines():
+        print(f"  {line}")
     return 0
 
 
@@ -55,9 +59,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     catalog = discover(HostOptions.from_env().plugins)
     rows = [p.to_dict() for p in catalog.plugins]
+    # Non-zero when any plugin failed, so a script or CI notices a broken install.
+    failed = int(any(row["status"] == "failed" for row in rows))
     if args.json:
         print(json.dumps({"plugins": rows}, indent=2))
-        return 0
+        return failed
     if not rows:
         print("no plugins installed (entry-point group 'alltalk_host')")
     for row in rows:
@@ -67,7 +73,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if row["error"]:
             line += f"  error: {row['error']}"
         print(line)
-    return 0
+    return failed
 
 
 # --- commands that call a running server ---------------------------------------------------
@@ -218,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7851, help="port (default: %(default)s)")
     serve.add_argument("--init-config", action="store_true",
                        help="create the config repo from the template if it does not exist")
-    serve.add_argument("--template", type=Path, default=TEMPLATE, help=argparse.SUPPRESS)
+    serve.add_argument("--template", type=Path, help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["text", "json"],
@@ -232,6 +238,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "'alltalk_host', with any load errors.")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.set_defaults(func=cmd_plugins)
+    cli_plugin.add_commands(sub)
 
     config = sub.add_parser("config", help="manage the config repo",
                             description="Create the config repo, or inspect and apply its "
@@ -242,8 +249,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "with an initial commit.")
     init.add_argument("path", type=Path, metavar="PATH")
     init.add_argument("--branch", default="main", help="initial branch (default: %(default)s)")
-    init.add_argument("--template", type=Path, default=TEMPLATE,
-                      help="template folder (default: the config_repo/ of this source tree)")
+    init.add_argument("--template", type=Path,
+                      help="template folder (default: the one shipped with alltalk-host)")
     init.set_defaults(func=cmd_init)
 
     def remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -108,7 +108,20 @@ def progress(url: str, token: str | None, who: str,
     follower.open.wait(HELLO_WAIT_S)
     try:
         yield
-        if follower.op is not None:  # an "unchanged" reply had no operation at all
-            follower.finished.wait(FINISH_WAIT_S)
+    except KeyboardInterrupt:
+        follower.stop()
+        raise
+    except BaseException:
+        # A refused change (an error reply) is exactly when its last line matters: the
+        # reply can overtake the "failed" event, so wait for it as on success.
+        _wait_finish(follower)
+        raise
+    else:
+        _wait_finish(follower)
     finally:
         follower.stop()
+
+
+def _wait_finish(follower: _Follower) -> None:
+    if follower.op is not None:  # an "unchanged" reply had no operation at all
+        follower.finished.wait(FINISH_WAIT_S)

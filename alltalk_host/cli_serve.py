@@ -13,9 +13,10 @@ from . import __version__
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .config.repo import init_repo
+    from .config.template import init_from_template
     from .host import Host, HostOptions
     from .logs import configure
+    from .plugins import discover
     from .web.access import AccessLogger
     from .web.app import create_app
 
@@ -29,8 +30,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         subdir=args.subdir, local_file=args.local_settings,
     )
     if args.init_config and not options.config_repo.exists():
-        commit = init_repo(options.config_repo, args.template, options.branch)
-        print(f"created config repo {options.config_repo} from {args.template} at {commit[:10]}")
+        commit, fitted = init_from_template(options.config_repo, discover(options.plugins),
+                                            options.branch, args.template)
+        print(f"created config repo {options.config_repo} at {commit[:10]}: "
+              + "; ".join(fitted.lines() or ["the template as it is"]))
     app = create_app(Host(options))  # checks the config repo; starts nothing yet
     # Bound before the host starts, so a port in use is one line, not a traceback after the
     # host has begun loading models.

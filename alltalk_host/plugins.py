@@ -96,9 +96,11 @@ def discover(
             continue
         try:
             pm.register(ep.load(), name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - any failure of one plugin is that plugin's
+        except Exception as exc:  # any failure of one plugin is that plugin's
             info.error = f"{type(exc).__name__}: {exc}"
-            log.warning("plugin %s (%s) failed to load: %s", ep.name, info.distribution, exc)
+            # The traceback goes to the log: "ImportError: libfoo" alone rarely says where.
+            log.warning("plugin %s (%s) failed to load: %s", ep.name, info.distribution, exc,
+                        exc_info=True)
     for name, obj in extra:
         infos.append(PluginInfo(name, "(in-process)", ""))
         pm.register(obj, name=name)
@@ -113,9 +115,10 @@ def discover(
             impl.function(register=found.append)
             for cls in found:
                 _check_backend_class(cls)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # logged with its traceback
             info.error = f"{type(exc).__name__}: {exc}"
-            log.warning("plugin %s failed to register its backends: %s", info.name, exc)
+            log.warning("plugin %s failed to register its backends: %s", info.name, exc,
+                        exc_info=True)
             continue
         for cls in found:
             if cls.name in backends:
@@ -148,6 +151,9 @@ def _check_backend_class(cls: Any) -> None:
         raise TypeError(f"backend {cls.__name__} does not implement: {missing}")
     if not isinstance(getattr(cls, "name", None), str) or not cls.name:
         raise TypeError(f"backend {cls.__name__} has no name")
+    if "speed" in cls.capabilities.parameters:
+        raise TypeError(f"backend {cls.__name__} declares an option 'speed': speed is "
+                        "SpeechRequest.speed, never an option")
 
 
 def _check_pending(pm: pluggy.PluginManager, by_name: dict[str, PluginInfo]) -> None:

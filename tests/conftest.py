@@ -19,13 +19,14 @@ import tomlkit
 from aiohttp.test_utils import TestClient
 
 from alltalk_host.config.repo import init_repo
+from alltalk_host.config.template import template_dir
 from alltalk_host.host import Host, HostOptions
 from alltalk_host.web.app import create_app
 
 from . import strict_reference
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "config_repo"
+TEMPLATE = template_dir()  # the packaged template, as `config init` copies it
 
 
 @pytest.fixture(scope="session")

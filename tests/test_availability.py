@@ -166,7 +166,7 @@ async def test_strict_models_makes_any_unavailable_model_fail_the_apply(
 async def test_models_whose_backend_is_missing_are_unavailable_while_the_rest_serves(
         start_server, config_repo):
     config_repo.model("piper", backend="onnx", voice_package="en_US-lessac-medium")
-    config_repo.model("espeak", backend="espeak")
+    config_repo.model("festival", backend="festival")
     config_repo.model("shaky", backend="shaky")
     commit = config_repo.commit("models for backends this host does not run")
     client = await start_server(
@@ -177,9 +177,9 @@ async def test_models_whose_backend_is_missing_are_unavailable_while_the_rest_se
     assert status["serving_commit"] == commit
     reasons = {n: m.get("reason") for n, m in models_of(status).items()
                if m["availability"] == "unavailable"}
-    assert set(reasons) == {"piper", "espeak", "shaky"}
+    assert set(reasons) == {"piper", "festival", "shaky"}
     assert "left out by the ALLTALK_PLUGINS allow-list" in reasons["piper"]
-    assert "'espeak' is not installed (installed backends: reference" in reasons["espeak"]
+    assert "'festival' is not installed (installed backends: reference" in reasons["festival"]
     assert "plugin shaky" in reasons["shaky"] and "no GPU driver" in reasons["shaky"]
     assert "failed to load" in reasons["shaky"]
     for name, reason in reasons.items():

@@ -49,7 +49,7 @@ def test_every_cli_command_has_help_and_is_in_the_readme(command, capsys):
         cli.main([*command, "--help"])
     assert info.value.code == 0
     assert "usage: alltalk-host" in capsys.readouterr().out
-    if command not in {("config",), ("models",)}:
+    if command not in {("config",), ("models",), ("plugin",)}:
         assert re.search(rf"`alltalk-host {' '.join(command)}\b", README), command
 
 
@@ -143,7 +143,9 @@ def test_cli_words_tolerate_missing_keys():
 
 def run_real_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The installed command as a user runs it, in its own process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # ROOT first, and the rest of PYTHONPATH kept: a worktree's plugins live there.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     return subprocess.run([sys.executable, "-m", "alltalk_host.cli", *args], env=env,
                           capture_output=True, text=True, timeout=120)
 

@@ -20,15 +20,15 @@ from typing import Any
 import git
 import tomlkit
 
-from alltalk_host.config.repo import init_repo
+from alltalk_host.config.template import init_from_template
+from alltalk_host.plugins import discover
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "config_repo"
 
 
 def new_config_repo(path: Path) -> Path:
     """A config repo at ``path`` made from the template, as `serve --init-config` makes it."""
-    init_repo(path, TEMPLATE)
+    init_from_template(path, discover())
     return path
 
 

@@ -10,6 +10,7 @@ them with ``strict_models``) have to be available for an apply to succeed.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 from ..backend import ModelContext
 from ..errors import Code, ConfigInvalid
 from ..plugins import BackendCatalog
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Per-model keys the host reads itself; everything under ``settings`` belongs to the backend.
@@ -92,8 +95,16 @@ def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir
             except (ValueError, TypeError, KeyError) as exc:
                 errors.append(f"{where}.settings: {exc}")
                 continue
-            context = ModelContext(name=name, models_dir=models_dir, cache_dir=cache_dir / name)
-            unavailable = _check_available(cls, parsed, context)
+            except Exception as exc:  # a plugin bug, not a bad setting
+                # It disables that plugin's model only: the commit and the other models stand.
+                log.warning("backend %s: validate_settings of model %s failed", backend, name,
+                            exc_info=True)
+                unavailable = (f"backend {backend}: validate_settings failed: "
+                               f"{type(exc).__name__}: {exc}")
+            else:
+                context = ModelContext(name=name, models_dir=models_dir,
+                                       cache_dir=cache_dir / name)
+                unavailable = _check_available(cls, parsed, context)
         try:
             models[name] = ModelDef(
                 name=name,

@@ -24,6 +24,7 @@ from .alltalk_fields import (
     OPTION_FIELDS,
     boolean,
     choice,
+    contract_option,
     field_error,
     generation_errors,
     language_of,
@@ -163,15 +164,15 @@ async def _speak(request: web.Request, parts: list[SpeechInput]) -> SpeechResult
 
 
 def _options(form: Any, serving: Serving) -> dict[str, float]:
-    """AllTalk's temperature / repetition_penalty / pitch, passed on where the model takes them
-    (and ignored, as AllTalk does, where it does not)."""
+    """AllTalk's temperature / repetition_penalty / pitch, on the contract's scales, passed on
+    where the model takes them (and ignored, as AllTalk does, where it does not)."""
     gen = serving.default
     accepted = gen.capabilities.parameters if gen else ()
     options = {}
     for name in OPTION_FIELDS:
         value = number(form, name)
         if value is not None and name in accepted:
-            options[name] = value
+            options[name] = contract_option(name, value)
     return options
 
 

@@ -26,6 +26,7 @@ _FIELD_OF = {
     Code.MALFORMED_FORM: "body", Code.BODY_TOO_LARGE: "body",
 }
 OPTION_FIELDS = ("temperature", "repetition_penalty", "pitch")
+PITCH_STEPS = (-10.0, 10.0)  # AllTalk's pitch field; 0 is "unchanged"
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -85,6 +86,23 @@ def number(form: Any, name: str) -> float | None:
         return float(raw)
     except (TypeError, ValueError):
         raise FieldError(name, f"{str(raw)[:40]!r} is not a number") from None
+
+
+def contract_option(name: str, value: float) -> float:
+    """An AllTalk option field on the contract's scale (``alltalk_host.RESERVED_OPTIONS``).
+
+    AllTalk's pitch runs from -10 to 10 and 0 means unchanged (SillyTavern always sends 0);
+    its steps are taken as semitones, so 0 becomes the contract's factor 1.0 and never reaches
+    a backend as "the lowest pitch". temperature and repetition_penalty are XTTS's own values
+    in AllTalk, which is the contract's scale too.
+    """
+    if name == "pitch":
+        lo, hi = PITCH_STEPS
+        if not lo <= value <= hi:
+            raise FieldError(name, f"{value:g} is outside AllTalk's pitch range {lo:g} to "
+                                   f"{hi:g} (0: unchanged)")
+        return float(2.0 ** (value / 12.0))
+    return value
 
 
 def voice_of(form: Any, name: str, serving: Serving) -> str | None:

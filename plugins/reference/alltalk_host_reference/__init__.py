@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from alltalk_host import (
+    RESERVED_OPTIONS,
     Audio,
     Backend,
+    BadRequest,
     Capabilities,
     MemoryNeed,
     ModelContext,
@@ -60,8 +62,10 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 class ReferenceBackend(Backend):
     name = "reference"
+    # "pitch" is a reserved option: a factor on the voice's pitch, on the contract's scale.
     capabilities = Capabilities(
-        streaming=True, languages=("en", "de", "es", "fr", "it"), max_concurrency=2
+        streaming=True, languages=("en", "de", "es", "fr", "it"), max_concurrency=2,
+        parameters=("pitch",),
     )
 
     @classmethod
@@ -92,6 +96,7 @@ class ReferenceBackend(Backend):
         self._ballast: np.ndarray | None = None
 
     def load(self) -> None:
+        self.context.progress("reading the model file", 0.0)  # what a slow load reports
         if self.settings.model_file:
             path = self.context.resolve(self.settings.model_file)
             if not path.is_file():
@@ -118,7 +123,7 @@ class ReferenceBackend(Backend):
     def synthesize(self, request: SpeechRequest) -> Audio:
         if self._ballast is None:
             raise RuntimeError("model is not loaded")
-        samples = self._render(request)
+        samples = self._render(request, _pitch_factor(request.options))
         # Simulate inference cost, in slices so a cancelled request stops early.
         deadline = time.monotonic() + self.settings.rtf * len(samples) / self.sample_rate
         while time.monotonic() < deadline and not request.cancelled.is_set():
@@ -126,17 +131,18 @@ class ReferenceBackend(Backend):
         return Audio(samples, self.sample_rate)
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
+        _pitch_factor(request.options)  # a bad option fails before the first chunk
         for sentence in split_sentences(request.text):
             if request.cancelled.is_set():
                 return
             yield self.synthesize(replace(request, text=sentence))
 
-    def _render(self, request: SpeechRequest) -> np.ndarray:
+    def _render(self, request: SpeechRequest, pitch: float) -> np.ndarray:
         """One voiced 'syllable' per letter group, pauses at spaces and punctuation."""
         sr = self.sample_rate
         voice = request.voice or self.settings.voices[0]
         # Each voice gets its own pitch, deterministically from its name.
-        f0 = self._pitch * (0.8 + 0.4 * (zlib.crc32(voice.encode()) % 100) / 100)
+        f0 = pitch * self._pitch * (0.8 + 0.4 * (zlib.crc32(voice.encode()) % 100) / 100)
         unit = int(0.075 * sr / request.speed)
         parts: list[np.ndarray] = []
         for ch in request.text:
@@ -165,6 +171,21 @@ class ReferenceBackend(Backend):
         envelope = np.sin(np.pi * np.arange(n, dtype=np.float32) / n)
         peak = float(np.max(np.abs(wave))) or 1.0
         return (self._amplitude * envelope * wave / peak).astype(np.float32)
+
+
+def _pitch_factor(options: Mapping[str, Any]) -> float:
+    """The request's pitch option (1.0 when absent); any other option is refused by name."""
+    unknown = set(options) - {"pitch"}
+    if unknown:
+        raise BadRequest(f"unknown options {sorted(unknown)} for a reference model; known: "
+                         "['pitch']", code="bad_option")
+    value = options.get("pitch", 1.0)
+    scale = RESERVED_OPTIONS["pitch"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            scale.low <= value <= scale.high):
+        raise BadRequest(f"pitch: {value!r} is not a factor from {scale.low} to {scale.high} "
+                         "(1.0 is the voice's own pitch)", code="bad_option")
+    return float(value)
 
 
 @hookimpl

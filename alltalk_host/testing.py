@@ -1,0 +1,365 @@
+"""The conformance check: a backend's contract exercised on a real instance, in this process.
+
+For plugin authors' tests (``assert_conforms(MyBackend, {...})`` in pytest) and for
+``alltalk-host plugin check BACKEND``. Each check is one line of the report; the first failure
+of settings, availability or load stops the checks that need a loaded model. What it checks:
+
+- settings: good ones parse, an unknown key and the author's bad examples are a ValueError that
+  names the key;
+- availability: ``check_available`` passes for the settings given;
+- load and warm-up, as the host does them (``alltalk_host.loading.warm_up``);
+- synthesis: finite, non-silent audio at ``sample_rate`` in each declared language and voice
+  (a deterministic sample of at most ``max_languages`` and ``max_voices``);
+- streaming: the concatenated chunks are as long as a whole synthesis (within
+  ``length_tolerance``), and cancelling after the first chunk stops the stream;
+- concurrency: ``capabilities.max_concurrency`` requests at once all succeed;
+- client errors: an unknown option, a reserved option off its scale, an unknown voice are
+  ``BadRequest`` (an unknown voice may also be ignored), never another exception;
+- unload releases what load took (resident memory, measured around a second load), and
+  ``memory_estimate()`` is within ``memory_factor`` of that measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import audio_problem
+from .backend import RESERVED_OPTIONS, Audio, Backend, ModelContext, SpeechRequest
+from .config.settings import ModelDef
+from .errors import BadRequest
+from .loading import warm_up
+from .registry import release_memory
+
+WARMUP_TEXT = "The quick brown fox jumps over the lazy dog."
+STREAM_TEXT = ("The first sentence is short. A second one follows it. Then comes a third. "
+               "And a fourth sentence ends the test.")
+# A sentence per language the checks may meet; others get the digits, which most engines read.
+PHRASES = {
+    "en": "Hello, this is a test.", "de": "Guten Tag, das ist ein Test.",
+    "fr": "Bonjour, ceci est un essai.", "es": "Hola, esto es una prueba.",
+    "it": "Ciao, questa è una prova.", "pt": "Olá, isto é um teste.",
+    "nl": "Hallo, dit is een test.", "pl": "Dzień dobry, to jest test.",
+}
+MIB = 1024 * 1024
+
+
+@dataclass
+class Check:
+    """One line of the report: ``ok`` is None when the check did not apply (say why)."""
+
+    name: str
+    ok: bool | None
+    detail: str = ""
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        mark = {True: "ok  ", False: "FAIL", None: "skip"}[self.ok]
+        return f"{mark} {self.name:<44} {self.seconds:7.2f} s  {self.detail}"
+
+
+@dataclass
+class Report:
+    backend: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok is not False for c in self.checks)
+
+    def summary(self) -> str:
+        failed = [c for c in self.checks if c.ok is False]
+        head = (f"backend {self.backend}: " + (f"{len(failed)} of {len(self.checks)} checks "
+                                                "failed" if failed else "conforms"))
+        return "\n".join([head, *(c.line() for c in self.checks)])
+
+
+class _Stop(Exception):
+    """A check that later checks depend on failed."""
+
+
+def assert_conforms(backend: type[Backend], settings: Mapping[str, Any] | None = None,
+                    **options: Any) -> Report:
+    """``check_backend``, raising AssertionError with the report when a check fails."""
+    report = check_backend(backend, settings, **options)
+    if not report.ok:
+        raise AssertionError(report.summary())
+    return report
+
+
+def check_backend(backend: type[Backend], settings: Mapping[str, Any] | None = None, *,
+                  bad_settings: Sequence[Mapping[str, Any]] = (),
+                  models_dir: Path | None = None, request_options: Mapping[str, Any] | None = None,
+                  max_languages: int = 3, max_voices: int = 3, length_tolerance: float = 0.25,
+                  memory_factor: float = 4.0, memory_floor_mb: float = 32.0,
+                  stream_text: str = STREAM_TEXT,
+                  on_check: Callable[[Check], None] | None = None) -> Report:
+    """Run every check against ``backend`` with model ``settings``; see the module docstring.
+
+    ``request_options`` are sent with every synthesis (say, a low temperature so that a
+    sampling model's two runs are comparable); ``models_dir`` resolves relative paths. A slow
+    model keeps the check short with ``max_languages=1``, ``max_voices`` and a shorter
+    ``stream_text`` (it needs enough to stream three chunks).
+    """
+    report = Report(backend.name)
+    with tempfile.TemporaryDirectory(prefix="alltalk-check-") as tmp:
+        context = ModelContext("conformance", Path(models_dir or tmp), Path(tmp) / "cache")
+        run = _Runner(backend, dict(settings or {}), context, dict(request_options or {}),
+                      report, on_check)
+        with contextlib.suppress(_Stop):
+            run.settings(bad_settings)
+            run.loaded(max_languages, max_voices, length_tolerance, stream_text)
+            run.memory(memory_factor, memory_floor_mb * MIB)
+    return report
+
+
+class _Runner:
+    def __init__(self, cls: type[Backend], settings: dict[str, Any], context: ModelContext,
+                 options: dict[str, Any], report: Report,
+                 on_check: Callable[[Check], None] | None) -> None:
+        self.cls, self.raw, self.context, self.options = cls, settings, context, options
+        self.report, self.on_check = report, on_check
+        self.parsed: Any = None
+
+    @contextlib.contextmanager
+    def check(self, name: str, stop: bool = False) -> Iterator[Check]:
+        """Times the block; a failed assertion or exception is a FAIL line, not a crash."""
+        result = Check(name, True)
+        started = time.perf_counter()
+        try:
+            yield result
+        except AssertionError as exc:
+            result.ok, result.detail = False, str(exc)
+        except Exception as exc:  # noqa: BLE001 - anything a backend raises is its failure
+            result.ok, result.detail = False, f"{type(exc).__name__}: {exc}"
+        result.seconds = time.perf_counter() - started
+        self.report.checks.append(result)
+        if self.on_check:
+            self.on_check(result)
+        if stop and result.ok is False:
+            raise _Stop
+
+    # --- the checks ------------------------------------------------------------------------
+
+    def settings(self, bad: Sequence[Mapping[str, Any]]) -> None:
+        with self.check("settings: good ones parse", stop=True):
+            self.parsed = self.cls.validate_settings(self.raw)
+        with self.check("settings: bad ones are a ValueError") as c:
+            key = "no_such_setting_for_conformance"
+            _expect_value_error(self.cls, {**self.raw, key: 1}, key)
+            for example in bad:
+                _expect_value_error(self.cls, {**self.raw, **example}, next(iter(example), ""))
+            c.detail = f"an unknown key and {len(bad)} bad example(s) refused"
+        with self.check("available", stop=True):
+            self.cls.check_available(self.parsed, self.context)
+
+    def loaded(self, max_languages: int, max_voices: int, tolerance: float,
+               stream_text: str) -> None:
+        with self.check("load and warm-up", stop=True) as c:
+            instance = self.cls(self.parsed, self.context)
+            instance.load()
+            try:
+                warm_up(instance, _model(self.cls, self.raw, self.parsed), _WarmUp())
+            except BaseException:
+                instance.unload()
+                raise
+            c.detail = (f"{instance.sample_rate} Hz, {len(instance.voices())} voices, "
+                        f"{len(instance.capabilities.languages)} languages")
+        try:
+            self.speech(instance, max_languages, max_voices)
+            self.streaming(instance, tolerance, stream_text)
+            self.concurrency(instance)
+            self.client_errors(instance)
+        finally:
+            with self.check("unload"):
+                instance.unload()
+
+    def speech(self, instance: Backend, max_languages: int, max_voices: int) -> None:
+        languages = _sample(list(instance.capabilities.languages), max_languages)
+        voices = _sample(instance.voices(), max_voices)
+        first_voice = voices[0] if voices else None
+        for language in languages:
+            with self.check(f"speaks language {language}") as c:
+                c.detail = self.speak(instance, PHRASES.get(language, "1 2 3 4 5."),
+                                      voice=first_voice, language=language)
+                c.detail += f" (voice {first_voice})" if first_voice else ""
+        for voice in voices[1:]:  # the first spoke every language above
+            with self.check(f"speaks voice {voice}") as c:
+                c.detail = self.speak(instance, WARMUP_TEXT, voice=voice,
+                                      language=languages[0])
+
+    def speak(self, instance: Backend, text: str, **fields: Any) -> str:
+        audio = instance.synthesize(self.request(text, **fields))
+        problem = audio_problem(audio, instance.sample_rate)
+        assert problem is None, problem
+        return f"{audio.duration:.2f} s of audio"
+
+    def streaming(self, instance: Backend, tolerance: float, text: str) -> None:
+        with self.check("stream is as long as a whole synthesis") as c:
+            whole = instance.synthesize(self.request(text))
+            chunks = list(instance.stream(self.request(text)))
+            assert chunks, "stream() yielded nothing"
+            for chunk in chunks:
+                assert isinstance(chunk, Audio), f"stream() yielded {type(chunk).__name__}"
+                assert chunk.sample_rate == instance.sample_rate, (
+                    f"a chunk at {chunk.sample_rate} Hz, not {instance.sample_rate}")
+                assert np.all(np.isfinite(chunk.samples)), "a chunk has NaN or infinite samples"
+            streamed = sum(len(chunk.samples) for chunk in chunks) / instance.sample_rate
+            ratio = streamed / whole.duration
+            c.detail = (f"{len(chunks)} chunks, {streamed:.2f} s streamed, "
+                        f"{whole.duration:.2f} s whole")
+            assert abs(ratio - 1) <= tolerance, (
+                f"{c.detail}: they differ by {abs(ratio - 1):.0%} (tolerance {tolerance:.0%})")
+        with self.check("cancelling stops the stream") as c:
+            if len(chunks) < 3:
+                c.ok, c.detail = None, f"the stream has {len(chunks)} chunk(s); needs 3 or more"
+                return
+            request = self.request(text)
+            stream = instance.stream(request)
+            next(stream)
+            request.cancelled.set()
+            after = sum(1 for _ in stream)
+            c.detail = f"{after} chunk(s) after cancelling, of {len(chunks) - 1} to come"
+            assert after <= 1, f"{c.detail}: the stream went on"
+
+    def concurrency(self, instance: Backend) -> None:
+        n = max(1, min(instance.capabilities.max_concurrency, 8))
+        with self.check(f"{n} request(s) at once") as c:
+            if n == 1:
+                c.ok, c.detail = None, "max_concurrency 1: the speech checks ran one at a time"
+                return
+            results: list[str | None] = [None] * n
+            start = threading.Barrier(n)
+
+            def one(i: int) -> None:
+                start.wait()
+                try:
+                    audio = instance.synthesize(self.request(WARMUP_TEXT))
+                    results[i] = audio_problem(audio, instance.sample_rate) or "ok"
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    results[i] = f"{type(exc).__name__}: {exc}"
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            bad = [r for r in results if r != "ok"]
+            assert not bad, f"{len(bad)} of {n} failed: {bad[0]}"
+            c.detail = f"max_concurrency {instance.capabilities.max_concurrency}"
+
+    def client_errors(self, instance: Backend) -> None:
+        with self.check("an unknown option is a BadRequest"):
+            _expect_bad_request(instance, self.request(
+                WARMUP_TEXT, options={**self.options, "no_such_option_x": 1.0}))
+        for name in instance.capabilities.parameters:
+            scale = RESERVED_OPTIONS.get(name)
+            if scale is None:
+                continue
+            with self.check(f"option {name} keeps the contract's scale") as c:
+                for off in (scale.high * 10 + 1, scale.low - abs(scale.low) - 1, "x"):
+                    _expect_bad_request(instance, self.request(
+                        WARMUP_TEXT, options={**self.options, name: off}))
+                if scale.neutral is not None:
+                    c.detail = self.speak(instance, WARMUP_TEXT,
+                                          options={**self.options, name: scale.neutral})
+        with self.check("an unknown voice is a BadRequest or ignored") as c:
+            try:
+                c.detail = self.speak(instance, WARMUP_TEXT, voice="no-such-voice-x")
+                c.detail = "ignored: " + c.detail
+            except BadRequest as exc:
+                c.detail = f"BadRequest: {exc}"
+
+    def memory(self, factor: float, floor: float) -> None:
+        """A second load on a warm process, measured: what it takes, what unload gives back."""
+        with self.check("unload releases what load took") as c:
+            release_memory()
+            before = _rss()
+            if before is None:
+                c.ok, c.detail = None, "resident memory cannot be read on this system"
+                return
+            instance = self.cls(self.parsed, self.context)
+            instance.load()
+            loaded, estimate = _rss() or 0, instance.memory_estimate()
+            instance.unload()
+            release_memory()
+            after = _rss() or 0  # the instance still exists: unload() itself must free
+            del instance
+            took, kept = loaded - before, after - before
+            c.detail = (f"load took {took / MIB:.0f} MiB, {kept / MIB:.0f} MiB still held "
+                        "after unload")
+            assert kept <= max(floor / 2, took / 4), c.detail
+        with self.check("memory_estimate() fits the measured load") as e:
+            e.detail = f"estimate {estimate / MIB:.0f} MiB, measured {took / MIB:.0f} MiB"
+            if max(estimate, took) < floor:
+                e.detail += f" (both under {floor / MIB:.0f} MiB: close enough)"
+                return
+            assert estimate > 0, f"{e.detail}: memory_estimate() says nothing"
+            ratio = max(estimate, floor) / max(took, floor)
+            assert 1 / factor <= ratio <= factor, f"{e.detail}: off by more than {factor:g}x"
+
+    def request(self, text: str, **fields: Any) -> SpeechRequest:
+        fields.setdefault("options", self.options)
+        return SpeechRequest(text=text, **fields)
+
+
+@dataclass(frozen=True)
+class _WarmUp:
+    """The two settings of the host's config that the warm-up reads."""
+
+    warmup_text: str = WARMUP_TEXT
+    default_language: str = "en"
+
+
+def _model(cls: type[Backend], raw: dict[str, Any], parsed: Any) -> ModelDef:
+    return ModelDef(name="conformance", backend=cls.name, settings=raw, parsed=parsed)
+
+
+def _sample(items: list[str], n: int) -> list[str]:
+    """The first item and a fixed pseudo-random pick of the rest: the same on every run."""
+    if len(items) <= n:
+        return items
+    return [items[0], *random.Random(15).sample(items[1:], n - 1)]
+
+
+def _expect_value_error(cls: type[Backend], settings: Mapping[str, Any], key: str) -> None:
+    try:
+        cls.validate_settings(settings)
+    except ValueError as exc:
+        assert key in str(exc), f"the error does not name {key!r}: {exc}"
+        return
+    raise AssertionError(f"settings {dict(settings)} were accepted")
+
+
+def _expect_bad_request(instance: Backend, request: SpeechRequest) -> None:
+    try:
+        instance.synthesize(request)
+    except BadRequest:
+        return
+    except Exception as exc:  # noqa: BLE001 - the wrong kind of error is the failure
+        raise AssertionError(f"options {dict(request.options)}: {type(exc).__name__}: {exc} "
+                             "(expected alltalk_host.BadRequest)") from None
+    raise AssertionError(f"options {dict(request.options)} were accepted")
+
+
+def _rss() -> int | None:
+    """This process's resident memory in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+__all__ = ["Check", "Report", "assert_conforms", "check_backend"]

@@ -1,0 +1,201 @@
+"""Issue 15, sections 1 to 3: `alltalk-host try`, the conformance check (`plugin check` and
+alltalk_host.testing) and the scaffold (`plugin new`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from alltalk_host import Audio, SpeechRequest, cli
+from alltalk_host.testing import assert_conforms, check_backend
+from alltalk_host_reference import ReferenceBackend
+
+from .conftest import dominant_pitch, read_wav
+
+# --- the conformance check -----------------------------------------------------------------
+
+
+def test_the_reference_backend_conforms():
+    report = assert_conforms(ReferenceBackend, {"pitch_hz": 120},
+                             bad_settings=[{"pitch_hz": 9999}, {"sample_rate": 1234}])
+    names = [c.name for c in report.checks]
+    assert "speaks language en" in names and "cancelling stops the stream" in names
+    assert all(c.ok for c in report.checks), report.summary()
+
+
+class Sloppy(ReferenceBackend):
+    """Breaks one promise of the contract per flag."""
+
+    name = "sloppy"
+    flaws: frozenset[str] = frozenset()
+
+    @classmethod
+    def validate_settings(cls, settings):  # type: ignore[no-untyped-def]
+        if "lax_settings" in cls.flaws:
+            settings = {k: v for k, v in settings.items() if not k.startswith("no_such")}
+        return super().validate_settings(settings)
+
+    def synthesize(self, request: SpeechRequest) -> Audio:
+        if "lax_options" in self.flaws:
+            request = replace(request, options={k: v for k, v in request.options.items()
+                                                if k == "pitch"})
+        if "crash_on_voice" in self.flaws and request.voice == "no-such-voice-x":
+            raise KeyError(request.voice)
+        return super().synthesize(request)
+
+    def stream(self, request: SpeechRequest) -> Iterator[Audio]:
+        if "deaf_stream" not in self.flaws:
+            yield from super().stream(request)
+            return
+        for sentence in request.text.split(". "):
+            yield super().synthesize(replace(request, text=sentence))
+
+    def unload(self) -> None:
+        if "leaky" not in self.flaws:
+            super().unload()
+
+    def memory_estimate(self) -> int:
+        return 0 if "no_estimate" in self.flaws else super().memory_estimate()
+
+
+@pytest.mark.parametrize(("flaw", "check"), [
+    ("lax_settings", "settings: bad ones are a ValueError"),
+    ("lax_options", "an unknown option is a BadRequest"),
+    ("crash_on_voice", "an unknown voice is a BadRequest or ignored"),
+    ("deaf_stream", "cancelling stops the stream"),
+    ("leaky", "unload releases what load took"),
+    ("no_estimate", "memory_estimate() fits the measured load"),
+])
+def test_each_broken_promise_fails_its_check_and_only_that_one(flaw, check):
+    backend = type("Flawed", (Sloppy,), {"flaws": frozenset({flaw})})
+    report = check_backend(backend, {"memory_mb": 96})
+    failed = [c.name for c in report.checks if c.ok is False]
+    assert failed == [check], report.summary()
+    assert not report.ok
+    with pytest.raises(AssertionError, match="checks failed"):
+        assert_conforms(backend, {"memory_mb": 96})
+
+
+def test_a_backend_that_does_not_load_stops_the_check_there():
+    report = check_backend(ReferenceBackend, {"model_file": "/nonexistent/weights.toml"})
+    assert report.checks[-1].name == "load and warm-up" and report.checks[-1].ok is False
+    assert "FileNotFoundError" in report.checks[-1].detail
+
+
+# --- the commands --------------------------------------------------------------------------
+
+
+def run_cli(*args: str, cwd: Path | None = None, pythonpath: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath),
+                                                        env.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-m", "alltalk_host.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_try_takes_a_backend_from_settings_to_a_wav(tmp_path, capsys):
+    out_file = tmp_path / "out.wav"
+    code = cli.main(["try", "reference", "Hello there. How are you?", "--set", "pitch_hz=200",
+                     "--voice", "male_01", "--stream", "-o", str(out_file)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for step in ("settings", "available", "load", "warm-up", "synthesis", "stream", "unload"):
+        assert any(line.startswith(f"{step} ") and " ok " in line
+                   for line in out.splitlines()), (step, out)
+    assert "reading the model file (0%)" in out  # the load's progress
+    assert "RMS" in out and "22050 Hz" in out and "chunk(s)" in out
+    samples, rate = read_wav(out_file.read_bytes())
+    assert rate == 22050 and len(samples) > rate
+
+
+def test_try_shows_the_failing_step_with_its_traceback(tmp_path):
+    result = run_cli("try", "reference", "Hello.", "--set",
+                     f"model_file=\"{tmp_path / 'missing.toml'}\"")
+    assert result.returncode == 1
+    assert "load      FAILED" in result.stdout
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "FileNotFoundError" in result.stderr and "error: load failed" in result.stderr
+
+
+async def test_try_takes_a_models_settings_from_a_commit(config_repo, tmp_path, capsys):
+    low, high = tmp_path / "low.wav", tmp_path / "high.wav"
+    for model, path in (("reference-low", low), ("reference", high)):
+        assert cli.main(["try", "--model", model, "--config-repo", str(config_repo.path),
+                         "Hello there", "-o", str(path)]) == 0
+        assert f"model {model} at commit {config_repo.initial[:10]}" in capsys.readouterr().out
+    # reference-low has pitch_hz 90, reference 140 (tests/reference_models.toml)
+    assert dominant_pitch(*read_wav(low.read_bytes())) < dominant_pitch(
+        *read_wav(high.read_bytes())) * 0.8
+
+
+@pytest.mark.parametrize("args", [["try", "reference"], ["try", "nope", "Hi"],
+                                  ["try", "--model", "x", "Hi"], ["plugin", "new", "Bad-Name"],
+                                  ["plugin", "check", "nope"]])
+def test_mistakes_in_the_authors_commands_are_one_line(args):
+    result = run_cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_plugin_new_writes_a_distribution_that_installs_lists_and_conforms(tmp_path):
+    """The scaffold, as an author uses it: written, installed, listed, checked, tested."""
+    dest = tmp_path / "alltalk-host-mytts"
+    result = run_cli("plugin", "new", "mytts", str(dest))
+    assert result.returncode == 0, result.stderr
+    assert "pip install -e" in result.stdout
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
+        "README.md", "alltalk_host_mytts/__init__.py", "pyproject.toml",
+        "tests/test_mytts.py"]
+    # Installed as pip installs it (not editable here: the shared environment stays as it is).
+    site = tmp_path / "site"
+    build = tmp_path / "build"
+    shutil.copytree(dest, build)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--disable-pip-version-check", "--target",
+                    str(site), str(build)], check=True, capture_output=True, timeout=300)
+    listed = run_cli("plugins", pythonpath=site)
+    assert "mytts            loaded   alltalk-host-mytts 0.1.0  backends: mytts" in listed.stdout
+    checked = run_cli("plugin", "check", "mytts", pythonpath=site)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "backend mytts: conforms" in checked.stdout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(site), os.environ.get("PYTHONPATH", "")])}
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                            cwd=dest, env=env, capture_output=True, text=True, timeout=300)
+    assert tested.returncode == 0 and "1 passed" in tested.stdout, tested.stdout
+    again = run_cli("plugin", "new", "mytts", str(dest))
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_plugin_check_exits_non_zero_naming_the_failed_check(tmp_path):
+    site = tmp_path / "site"
+    (site / "sloppy_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "sloppy_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: sloppy-plugin\nVersion: 0.1\n")
+    (site / "sloppy_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[alltalk_host]\nsloppy = sloppy_plugin\n")
+    (site / "sloppy_plugin.py").write_text(
+        "from alltalk_host import hookimpl\n"
+        "from alltalk_host_reference import ReferenceBackend\n"
+        "class Deaf(ReferenceBackend):\n"
+        "    name = 'sloppy'\n"
+        "    def stream(self, request):\n"
+        "        for s in request.text.split('. '):\n"
+        "            yield self.synthesize(type(request)(text=s))\n"
+        "@hookimpl\n"
+        "def alltalk_host_register_backends(register):\n"
+        "    register(Deaf)\n")
+    result = run_cli("plugin", "check", "sloppy", "--set", "pitch_hz=150", pythonpath=site)
+    assert result.returncode == 1
+    assert "FAIL cancelling stops the stream" in result.stdout
+    assert "backend sloppy: 1 of" in result.stdout
+
