@@ -112,7 +112,8 @@ class Backend(ABC):
 
     @abstractmethod
     def unload(self) -> None:
-        """Release everything load() took (references, device memory)."""
+        """Release everything load() took (references, device memory). Also called on an
+        instance whose load() or warm-up raised: release whatever it got so far."""
 
     @property
     @abstractmethod
