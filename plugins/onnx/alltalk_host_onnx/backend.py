@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -27,12 +28,20 @@ from alltalk_host import (
     split_sentences,
 )
 
+from .cuda import (
+    Captured,
+    DeviceUse,
+    captured_output,
+    fallback_reason,
+    preload_cuda_libraries,
+)
 from .phonemize import EspeakPhonemizer, default_engine_problem, phonemes_to_ids
 from .voice import VoiceConfig, VoiceError, read_voice_config
 
 log = logging.getLogger(__name__)
 
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+GPU_PROVIDERS = (CUDA, TENSORRT)  # the ones that take a device_id and run on CUDA
 # Every provider name onnxruntime 1.2x-1.3x knows (ort.get_all_providers()), so that a typo is a
 # config error before any swap, without importing onnxruntime to check.
 KNOWN_PROVIDERS = frozenset({
@@ -64,6 +73,9 @@ class OnnxSettings:
     device_id: int = 0  # which GPU, for CUDA
     max_concurrency: int = 1  # requests one session runs at once
     intra_op_threads: int = 0  # 0: onnxruntime's default, or cores / max_concurrency
+    # Runs of more phoneme ids than this hand the arena memory they grew back afterwards (a
+    # long sentence otherwise keeps hundreds of MiB for good); 0: after every run.
+    arena_shrink_above: int = 200
     # None: the voice's own value from its .onnx.json
     noise_scale: float | None = None
     length_scale: float | None = None
@@ -134,7 +146,7 @@ class OnnxBackend(Backend):
                 raise ValueError(f"providers: {unknown_providers} do not exist in onnxruntime; "
                                  f"known: {sorted(KNOWN_PROVIDERS)}")
         for key, lo, hi in (("max_concurrency", 1, 64), ("intra_op_threads", 0, 256),
-                            ("device_id", 0, 64)):
+                            ("device_id", 0, 64), ("arena_shrink_above", 0, 100_000)):
             value = getattr(parsed, key)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{key}: {value!r} is outside {lo}..{hi}")
@@ -172,8 +184,14 @@ class OnnxBackend(Backend):
         self._session: Any = None
         self._voice: VoiceConfig | None = None
         self._phonemizer: EspeakPhonemizer | None = None
-        self._providers: list[str] = []
+        self._requested: list[str] = []  # provider names asked for, in order
+        self._on_gpu = False  # asked for CUDA (or TensorRT) and got it
+        self._cuda_fallback: str | None = None  # why not, when CUDA was asked for
+        self._fallback_lock = threading.Lock()
+        self._ep_fail: type[BaseException] = RuntimeError  # onnxruntime's EPFail, at load
+        self._run_options: tuple[Any, Any] = (None, None)  # (keep the arena, shrink it)
         self._model_bytes = 0
+        self._memory: dict[str, Any] = {}
         self._voice_names: list[str] = []  # speakers in id order, listed once at load
         self._warned: set[str] = set()
         self._warn_lock = threading.Lock()
@@ -187,9 +205,12 @@ class OnnxBackend(Backend):
         voice = read_voice_config(config_path)
         try:
             import onnxruntime as ort
+            from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
         except ImportError:
             raise RuntimeError(NO_ONNXRUNTIME) from None
         providers = self._choose_providers(ort.get_available_providers())
+        self._requested = [p if isinstance(p, str) else p[0] for p in providers]
+        wants_gpu = any(p in GPU_PROVIDERS for p in self._requested)
         options = ort.SessionOptions()
         if self.settings.intra_op_threads:
             options.intra_op_num_threads = self.settings.intra_op_threads
@@ -198,23 +219,39 @@ class OnnxBackend(Backend):
                 1, (os.cpu_count() or 1) // self.settings.max_concurrency)
         # else onnxruntime's own choice: a pinned thread per physical core, measured ~3 %
         # faster here than asking for the same count explicitly.
-        try:
-            session = ort.InferenceSession(str(model_path), sess_options=options,
-                                           providers=providers)
-        except Exception as exc:
-            raise VoiceError(f"voice model {model_path} cannot be loaded by onnxruntime: "
-                             f"{exc}") from exc
+        printed, before = "", None
+        if wants_gpu:
+            printed = preload_cuda_libraries(ort)
+            before = DeviceUse.now()
+        with captured_output() if wants_gpu else contextlib.nullcontext(Captured()) as out:
+            try:
+                session = ort.InferenceSession(str(model_path), sess_options=options,
+                                               providers=providers)
+            except Exception as exc:
+                raise VoiceError(f"voice model {model_path} cannot be loaded by onnxruntime: "
+                                 f"{exc}") from exc
         self._check_signature(session, voice, model_path)
+        # Runs that fail on CUDA fall back here, saying why (_run), not inside onnxruntime.
+        session.disable_fallback()
         got = session.get_providers()
-        # onnxruntime-gpu falls back to CPU silently when CUDA cannot start: say so.
-        if CUDA in [p if isinstance(p, str) else p[0] for p in providers] and CUDA not in got:
+        self._on_gpu = any(p in got for p in GPU_PROVIDERS)
+        if wants_gpu and not self._on_gpu:
+            # onnxruntime-gpu runs on the CPU when CUDA cannot start, printing why: say so.
+            reason = fallback_reason(ort, printed + out.text, self.settings.device_id)
             if self.settings.wants_cuda:
-                raise RuntimeError(f"CUDA was asked for but onnxruntime runs on {got}")
-            log.warning("model %s: CUDA is available but the session fell back to %s",
-                        self.context.name, got)
+                raise RuntimeError(f"CUDA was asked for but onnxruntime runs on {got}: {reason}")
+            log.warning("model %s: CUDA is available to onnxruntime but the session runs on "
+                        "%s: %s", self.context.name, got, reason)
+            self._cuda_fallback = reason
+        self._ep_fail = EPFail
+        self._run_options = self._arena_run_options(ort)
         self._phonemizer = EspeakPhonemizer(piper_compat=self.settings.piper_compat)
-        self._session, self._voice, self._providers = session, voice, got
+        self._session, self._voice = session, voice
         self._model_bytes = model_path.stat().st_size
+        if before is not None and self._on_gpu:
+            after = DeviceUse.now()
+            if after is not None:
+                self._memory = after.taken_since(before)
         self._voice_names = (sorted(voice.speakers, key=voice.speakers.__getitem__)
                              if voice.multi_speaker else [voice.name])
         self.capabilities = replace(self.capabilities, languages=(voice.language,))
@@ -222,11 +259,24 @@ class OnnxBackend(Backend):
     def unload(self) -> None:
         self._session = None
         self._phonemizer = None
+        self._memory = {}
+
+    def _arena_run_options(self, ort: Any) -> tuple[Any, Any]:
+        """Run options that keep the arena, and ones that shrink it after the run: a long
+        sentence grows the arena by hundreds of MiB (tools/bench_onnx_arena.py), which it
+        would otherwise keep for good, one arena per instance."""
+        shrink = ort.RunOptions()
+        devices = "cpu:0" + (f";gpu:{self.settings.device_id}" if self._on_gpu else "")
+        shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", devices)
+        return ort.RunOptions(), shrink
 
     def _choose_providers(self, available: list[str]) -> list[Any]:
         setting = self.settings.providers
         cuda = (CUDA, {"device_id": self.settings.device_id,
-                       "cudnn_conv_algo_search": "HEURISTIC"})
+                       "cudnn_conv_algo_search": "HEURISTIC",
+                       # the arena grows by what a run needs, not to the next power of two
+                       "arena_extend_strategy": "kSameAsRequested"})
+        tensorrt = (TENSORRT, {"device_id": self.settings.device_id})
         if setting == "auto":
             return [cuda, CPU] if CUDA in available else [CPU]
         if setting == "cpu":
@@ -237,7 +287,7 @@ class OnnxBackend(Backend):
             raise RuntimeError(f"execution providers {missing} are not available in this "
                                f"onnxruntime (available: {available}); for CUDA install "
                                "alltalk-host-onnx[gpu] instead of [cpu]")
-        return [cuda if p == CUDA else p for p in wanted]
+        return [cuda if p == CUDA else tensorrt if p == TENSORRT else p for p in wanted]
 
     @staticmethod
     def _check_signature(session: Any, voice: VoiceConfig, path: Path) -> None:
@@ -264,11 +314,18 @@ class OnnxBackend(Backend):
         return list(self._voice_names)
 
     def memory_estimate(self) -> int:
-        return self._model_bytes if self._session is not None else 0
+        """On CUDA, the device memory the load was measured to take; else the model file."""
+        if self._session is None:
+            return 0
+        return max(self._memory.get("device_load_bytes", 0), 0) or self._model_bytes
 
     def status(self) -> dict[str, Any]:
-        voice = self._voice
-        return {"providers": self._providers, "voice": voice.name if voice else None,
+        voice, session = self._voice, self._session
+        # Asked of the session each time: a run that failed on CUDA moves it to the CPU.
+        return {"providers": session.get_providers() if session is not None else [],
+                "requested_providers": self._requested, "cuda_fallback": self._cuda_fallback,
+                "model_file_bytes": self._model_bytes, **self._memory,
+                "voice": voice.name if voice else None,
                 "espeak_voice": voice.espeak_voice if voice else None,
                 "speakers": len(voice.speakers) if voice else 0}
 
@@ -306,7 +363,7 @@ class OnnxBackend(Backend):
                 }
                 if sid is not None:
                     feeds["sid"] = np.array([sid], dtype=np.int64)
-                audio = session.run(None, feeds)[0].squeeze().astype(np.float32)
+                audio = self._run(feeds, len(ids))[0].squeeze().astype(np.float32)
                 if self.settings.normalize:
                     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
                     audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
@@ -314,6 +371,35 @@ class OnnxBackend(Backend):
                 yield Audio(np.clip(audio, -1.0, 1.0), voice.sample_rate)
         if not spoken:
             raise BadRequest("the text has nothing pronounceable", code="nothing_to_say")
+
+    def _run(self, feeds: dict[str, np.ndarray], length: int) -> Any:
+        keep, shrink = self._run_options
+        options = shrink if length > self.settings.arena_shrink_above else keep
+        session = self._session
+        if session is None:
+            raise RuntimeError("model is not loaded")
+        try:
+            return session.run(None, feeds, options)
+        except self._ep_fail as exc:
+            if not self._on_gpu:
+                raise
+            self._fall_back_to_cpu(session, exc)
+            return session.run(None, feeds, options)
+
+    def _fall_back_to_cpu(self, session: Any, exc: BaseException) -> None:
+        """A run failed inside the CUDA provider: with providers = "auto" the session moves to
+        the CPU, once, saying why; asked for CUDA explicitly, the request fails instead."""
+        reason = f"a run failed on CUDA: {exc}"
+        if self.settings.wants_cuda:
+            raise RuntimeError(f"{reason} (providers asks for CUDA, so no CPU fallback)") \
+                from exc
+        with self._fallback_lock:
+            if not any(p in session.get_providers() for p in GPU_PROVIDERS):
+                return  # another request moved it already
+            log.warning("model %s: %s; running on the CPU from now on", self.context.name,
+                        reason)
+            session.set_providers([CPU])
+            self._cuda_fallback = reason
 
     def _inputs(self, request: SpeechRequest, voice: VoiceConfig) -> tuple[np.ndarray, int | None]:
         s, options = self.settings, dict(request.options)
