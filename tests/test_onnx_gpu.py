@@ -192,15 +192,15 @@ def test_long_sentences_shrink_the_arena_after_their_run(monkeypatch):
     backend = _joe(arena_shrink_above=150)
     backend.load()
     used = []
-    real_run = backend._session.run
-    monkeypatch.setattr(backend._session, "run",
+    real_run = backend._session.ort_session.run
+    monkeypatch.setattr(backend._session.ort_session, "run",
                         lambda names, feeds, options: used.append(
                             (feeds["input"].shape[1], options)) or real_run(names, feeds,
                                                                             options))
     try:
         backend.synthesize(SpeechRequest("Hi there."))
         backend.synthesize(SpeechRequest("And then " + "some more words and " * 10 + "done."))
-        _, shrink = backend._run_options
+        _, shrink = backend._session.run_options
         assert [o is shrink for n, o in used] == [n > 150 for n, o in used] == [False, True]
         assert shrink.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
     finally:

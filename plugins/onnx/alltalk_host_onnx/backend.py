@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import logging
 import math
-import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -28,24 +26,16 @@ from alltalk_host import (
     split_sentences,
 )
 
-from .cuda import (
-    Captured,
-    DeviceUse,
-    captured_output,
-    fallback_reason,
-    preload_cuda_libraries,
-)
 from .phonemize import EspeakPhonemizer, default_engine_problem, phonemes_to_ids
+from .session import CPU, CUDA, NO_ONNXRUNTIME, TENSORRT, Session, SessionError
 from .voice import VoiceConfig, VoiceError, read_voice_config
 
 log = logging.getLogger(__name__)
 
-CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
-GPU_PROVIDERS = (CUDA, TENSORRT)  # the ones that take a device_id and run on CUDA
 # Every provider name onnxruntime 1.2x-1.3x knows (ort.get_all_providers()), so that a typo is a
 # config error before any swap, without importing onnxruntime to check.
 KNOWN_PROVIDERS = frozenset({
-    "TensorrtExecutionProvider", CUDA, "MIGraphXExecutionProvider", "ROCMExecutionProvider",
+    TENSORRT, CUDA, "MIGraphXExecutionProvider", "ROCMExecutionProvider",
     "OpenVINOExecutionProvider", "DnnlExecutionProvider", "VitisAIExecutionProvider",
     "QNNExecutionProvider", "NnapiExecutionProvider", "VSINPUExecutionProvider",
     "JsExecutionProvider", "CoreMLExecutionProvider", "ArmNNExecutionProvider",
@@ -58,8 +48,6 @@ RANGES = {"noise_scale": (0.0, 2.0), "noise_w": (0.0, 2.0), "length_scale": (0.1
 # Phonemes that are pauses, not sounds: a sentence of only these is skipped.
 SILENT_PHONEMES = frozenset(" .,;:!?-\u2013\u2014\u2026\"'()[]")
 _PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-NO_ONNXRUNTIME = ("onnxruntime is not installed: install alltalk-host-onnx[cpu] (or [gpu] for "
-                  "onnxruntime-gpu; never both)")
 
 
 @dataclass(frozen=True)
@@ -181,17 +169,10 @@ class OnnxBackend(Backend):
     def __init__(self, settings: OnnxSettings, context: ModelContext) -> None:
         super().__init__(settings, context)
         self.capabilities = replace(self.capabilities, max_concurrency=settings.max_concurrency)
-        self._session: Any = None
+        self._session: Session | None = None
         self._voice: VoiceConfig | None = None
         self._phonemizer: EspeakPhonemizer | None = None
-        self._requested: list[str] = []  # provider names asked for, in order
-        self._on_gpu = False  # asked for CUDA (or TensorRT) and got it
-        self._cuda_fallback: str | None = None  # why not, when CUDA was asked for
-        self._fallback_lock = threading.Lock()
-        self._ep_fail: type[BaseException] = RuntimeError  # onnxruntime's EPFail, at load
-        self._run_options: tuple[Any, Any] = (None, None)  # (keep the arena, shrink it)
         self._model_bytes = 0
-        self._memory: dict[str, Any] = {}
         self._voice_names: list[str] = []  # speakers in id order, listed once at load
         self._warned: set[str] = set()
         self._warn_lock = threading.Lock()
@@ -204,54 +185,14 @@ class OnnxBackend(Backend):
             raise VoiceError(f"voice model {model_path} not found")
         voice = read_voice_config(config_path)
         try:
-            import onnxruntime as ort
-            from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
-        except ImportError:
-            raise RuntimeError(NO_ONNXRUNTIME) from None
-        providers = self._choose_providers(ort.get_available_providers())
-        self._requested = [p if isinstance(p, str) else p[0] for p in providers]
-        wants_gpu = any(p in GPU_PROVIDERS for p in self._requested)
-        options = ort.SessionOptions()
-        if self.settings.intra_op_threads:
-            options.intra_op_num_threads = self.settings.intra_op_threads
-        elif self.settings.max_concurrency > 1:  # share the cores, do not oversubscribe them
-            options.intra_op_num_threads = max(
-                1, (os.cpu_count() or 1) // self.settings.max_concurrency)
-        # else onnxruntime's own choice: a pinned thread per physical core, measured ~3 %
-        # faster here than asking for the same count explicitly.
-        printed, before = "", None
-        if wants_gpu:
-            printed = preload_cuda_libraries(ort)
-            before = DeviceUse.now()
-        with captured_output() if wants_gpu else contextlib.nullcontext(Captured()) as out:
-            try:
-                session = ort.InferenceSession(str(model_path), sess_options=options,
-                                               providers=providers)
-            except Exception as exc:
-                raise VoiceError(f"voice model {model_path} cannot be loaded by onnxruntime: "
-                                 f"{exc}") from exc
-        self._check_signature(session, voice, model_path)
-        # Runs that fail on CUDA fall back here, saying why (_run), not inside onnxruntime.
-        session.disable_fallback()
-        got = session.get_providers()
-        self._on_gpu = any(p in got for p in GPU_PROVIDERS)
-        if wants_gpu and not self._on_gpu:
-            # onnxruntime-gpu runs on the CPU when CUDA cannot start, printing why: say so.
-            reason = fallback_reason(ort, printed + out.text, self.settings.device_id)
-            if self.settings.wants_cuda:
-                raise RuntimeError(f"CUDA was asked for but onnxruntime runs on {got}: {reason}")
-            log.warning("model %s: CUDA is available to onnxruntime but the session runs on "
-                        "%s: %s", self.context.name, got, reason)
-            self._cuda_fallback = reason
-        self._ep_fail = EPFail
-        self._run_options = self._arena_run_options(ort)
+            session = Session(model_path, self.settings, self.context.name)
+        except SessionError as exc:
+            raise VoiceError(f"voice model {model_path} cannot be loaded by onnxruntime: "
+                             f"{exc}") from exc
+        self._check_signature(session.input_names(), voice, model_path)
         self._phonemizer = EspeakPhonemizer(piper_compat=self.settings.piper_compat)
         self._session, self._voice = session, voice
         self._model_bytes = model_path.stat().st_size
-        if before is not None and self._on_gpu:
-            after = DeviceUse.now()
-            if after is not None:
-                self._memory = after.taken_since(before)
         self._voice_names = (sorted(voice.speakers, key=voice.speakers.__getitem__)
                              if voice.multi_speaker else [voice.name])
         self.capabilities = replace(self.capabilities, languages=(voice.language,))
@@ -259,39 +200,9 @@ class OnnxBackend(Backend):
     def unload(self) -> None:
         self._session = None
         self._phonemizer = None
-        self._memory = {}
-
-    def _arena_run_options(self, ort: Any) -> tuple[Any, Any]:
-        """Run options that keep the arena, and ones that shrink it after the run: a long
-        sentence grows the arena by hundreds of MiB (tools/bench_onnx_arena.py), which it
-        would otherwise keep for good, one arena per instance."""
-        shrink = ort.RunOptions()
-        devices = "cpu:0" + (f";gpu:{self.settings.device_id}" if self._on_gpu else "")
-        shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", devices)
-        return ort.RunOptions(), shrink
-
-    def _choose_providers(self, available: list[str]) -> list[Any]:
-        setting = self.settings.providers
-        cuda = (CUDA, {"device_id": self.settings.device_id,
-                       "cudnn_conv_algo_search": "HEURISTIC",
-                       # the arena grows by what a run needs, not to the next power of two
-                       "arena_extend_strategy": "kSameAsRequested"})
-        tensorrt = (TENSORRT, {"device_id": self.settings.device_id})
-        if setting == "auto":
-            return [cuda, CPU] if CUDA in available else [CPU]
-        if setting == "cpu":
-            return [CPU]
-        wanted = [CUDA, CPU] if setting == "cuda" else list(setting)
-        missing = [p for p in wanted if p not in available]
-        if missing:
-            raise RuntimeError(f"execution providers {missing} are not available in this "
-                               f"onnxruntime (available: {available}); for CUDA install "
-                               "alltalk-host-onnx[gpu] instead of [cpu]")
-        return [cuda if p == CUDA else tensorrt if p == TENSORRT else p for p in wanted]
 
     @staticmethod
-    def _check_signature(session: Any, voice: VoiceConfig, path: Path) -> None:
-        inputs = {i.name for i in session.get_inputs()}
+    def _check_signature(inputs: set[str], voice: VoiceConfig, path: Path) -> None:
         required = {"input", "input_lengths", "scales"}
         if not required <= inputs:
             raise VoiceError(f"{path} is not a Piper voice: inputs {sorted(inputs)}, expected "
@@ -315,16 +226,17 @@ class OnnxBackend(Backend):
 
     def memory_estimate(self) -> int:
         """On CUDA, the device memory the load was measured to take; else the model file."""
-        if self._session is None:
+        session = self._session
+        if session is None:
             return 0
-        return max(self._memory.get("device_load_bytes", 0), 0) or self._model_bytes
+        return max(session.memory.get("device_load_bytes", 0), 0) or self._model_bytes
 
     def status(self) -> dict[str, Any]:
         voice, session = self._voice, self._session
-        # Asked of the session each time: a run that failed on CUDA moves it to the CPU.
-        return {"providers": session.get_providers() if session is not None else [],
-                "requested_providers": self._requested, "cuda_fallback": self._cuda_fallback,
-                "model_file_bytes": self._model_bytes, **self._memory,
+        return {"providers": session.providers if session else [],
+                "requested_providers": session.requested if session else [],
+                "cuda_fallback": session.cuda_fallback if session else None,
+                "model_file_bytes": self._model_bytes, **(session.memory if session else {}),
                 "voice": voice.name if voice else None,
                 "espeak_voice": voice.espeak_voice if voice else None,
                 "speakers": len(voice.speakers) if voice else 0}
@@ -363,7 +275,7 @@ class OnnxBackend(Backend):
                 }
                 if sid is not None:
                     feeds["sid"] = np.array([sid], dtype=np.int64)
-                audio = self._run(feeds, len(ids))[0].squeeze().astype(np.float32)
+                audio = session.run(feeds, len(ids))[0].squeeze().astype(np.float32)
                 if self.settings.normalize:
                     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
                     audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
@@ -371,35 +283,6 @@ class OnnxBackend(Backend):
                 yield Audio(np.clip(audio, -1.0, 1.0), voice.sample_rate)
         if not spoken:
             raise BadRequest("the text has nothing pronounceable", code="nothing_to_say")
-
-    def _run(self, feeds: dict[str, np.ndarray], length: int) -> Any:
-        keep, shrink = self._run_options
-        options = shrink if length > self.settings.arena_shrink_above else keep
-        session = self._session
-        if session is None:
-            raise RuntimeError("model is not loaded")
-        try:
-            return session.run(None, feeds, options)
-        except self._ep_fail as exc:
-            if not self._on_gpu:
-                raise
-            self._fall_back_to_cpu(session, exc)
-            return session.run(None, feeds, options)
-
-    def _fall_back_to_cpu(self, session: Any, exc: BaseException) -> None:
-        """A run failed inside the CUDA provider: with providers = "auto" the session moves to
-        the CPU, once, saying why; asked for CUDA explicitly, the request fails instead."""
-        reason = f"a run failed on CUDA: {exc}"
-        if self.settings.wants_cuda:
-            raise RuntimeError(f"{reason} (providers asks for CUDA, so no CPU fallback)") \
-                from exc
-        with self._fallback_lock:
-            if not any(p in session.get_providers() for p in GPU_PROVIDERS):
-                return  # another request moved it already
-            log.warning("model %s: %s; running on the CPU from now on", self.context.name,
-                        reason)
-            session.set_providers([CPU])
-            self._cuda_fallback = reason
 
     def _inputs(self, request: SpeechRequest, voice: VoiceConfig) -> tuple[np.ndarray, int | None]:
         s, options = self.settings, dict(request.options)

@@ -143,6 +143,8 @@ class XttsBackend(Backend):
         self._library: VoiceLibrary | None = None
         self._config: Any = None
         self._cuda_fallback: str | None = None  # why device = "auto" runs on the CPU
+        # Asked once: status() runs on the event loop, and package versions do not change.
+        self._deepspeed_capable = deepspeed_refusal(settings.device) is None
         # Sizes in bytes, measured once at load (parameter sizes do not change once loaded).
         self._memory: dict[str, int] = {}
         # Low-VRAM on CUDA: the weights in pinned CPU memory and the device's shared gate.
@@ -272,7 +274,7 @@ class XttsBackend(Backend):
                 "dtype": self.settings.dtype, "deepspeed": self.settings.deepspeed,
                 "deepspeed_available": importlib.util.find_spec("deepspeed") is not None,
                 # refused by validation with the pinned transformers (deepspeed_check.py)
-                "deepspeed_capable": deepspeed_refusal(self.settings.device) is None,
+                "deepspeed_capable": self._deepspeed_capable,
                 "built_in_speakers": len(self._speakers),
                 "voice_files": len(library.names()) if library else 0,
                 "latents_cache": library.stats.__dict__ if library else {},
