@@ -319,9 +319,14 @@ def step_oom(step: Step, work: Path) -> None:
 
 def step_bf16(step: Step, work: Path) -> None:
     import numpy as np
+    import torch
 
     from alltalk_host import SpeechRequest
 
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        step.facts["bf16"] = (f"{torch.cuda.get_device_name(0)} has no native bfloat16 "
+                              "(compute capability below 8.0): the backend refuses it, not run")
+        return
     tokens = 61  # the tiny checkpoint never stops early: 61 GPT tokens per sentence
     for dtype in ("fp32", "bf16"):
         backend = _xtts(work, device="cuda:0", dtype=dtype)
