@@ -192,7 +192,8 @@ class Backend(ABC):
     @abstractmethod
     def unload(self) -> None:
         """Release everything load() took (references, device memory, child processes).
-        Called once, after the instance's last request has finished."""
+        Called once, after the instance's last request has finished; also on an instance
+        whose load() or warm-up raised: release whatever it got so far."""
 
     @property
     @abstractmethod

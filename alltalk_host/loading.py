@@ -1,13 +1,17 @@
 """Bringing one model up beside the serving ones: construct, load, warm up, check the output.
 
-Runs in a worker thread. On any failure everything it loaded is unloaded again and the caller
-gets an ApplyFailed that says which model failed and why; nothing serving is touched.
+Runs in a worker thread. On any failure every instance it created is unloaded again, the one
+whose load() or warm-up raised included, once the failure's traceback has let go of what that
+call held (a CUDA out-of-memory error mid-load must not keep the half-loaded model alive through
+its frames); the caller gets an ApplyFailed that says which model failed and why; nothing
+serving is touched.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,31 +40,59 @@ def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
         name=model.name, models_dir=config.models_dir, cache_dir=cache_dir / model.name
     )
     instances: list[Backend] = []
+    step = "create"
+    failure: ApplyFailed | None = None
     try:
         for i in range(model.instances):
             started = time.monotonic()
             step = "create"
             instance = cls(model.parsed, context)
+            # Listed before load(): an instance whose load or warm-up raises holds whatever it
+            # got onto the device so far, and must be unloaded like the others.
+            instances.append(instance)
             step = "load"
             report("loading", i + 1)
             instance.load()
-            instances.append(instance)
             step = "warm up"
             report("warming up", i + 1)
             warm_up(instance, model, config)
             log.info("model %s: instance %d/%d loaded and warmed up in %.2f s",
                      model.name, i + 1, model.instances, time.monotonic() - started)
-    except ApplyFailed:
-        unload_instances(instances)
-        raise
+            del instance
+    except ApplyFailed as exc:
+        failure = _detached(exc)
     except Exception as exc:
-        unload_instances(instances)
-        raise ApplyFailed(
+        log.warning("model %s: %s failed", model.name, step, exc_info=exc)
+        failure = ApplyFailed(
             f"model {model.name} ({model.backend}): {step} failed: {type(exc).__name__}: {exc}",
             code=Code.MODEL_LOAD_FAILED,
             details={"model": model.name, "step": step},
-        ) from exc
+        )
+        failure.__cause__ = _detached(exc)
+    if failure is not None:
+        # Outside the except blocks, and after _detached cleared the traceback's frames: a
+        # frame of the failed load() (its locals: the model, a CUDA tensor) would otherwise
+        # keep alive what unload() and the cache release are meant to free.
+        instance = None  # noqa: F841 - this frame lets go of it too
+        unload_instances(instances)
+        raise failure
     return instances
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """``exc`` and every exception chained to it, their tracebacks' frames cleared and dropped:
+    the messages stay, the locals of the failed calls go (the traceback was logged first)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current.__traceback__ = None
+        pending += [current.__cause__, current.__context__]
+    return exc
 
 
 def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:

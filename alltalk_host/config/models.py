@@ -123,8 +123,11 @@ def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir
         except ValueError as exc:
             errors.append(f"{where}.{exc}")
     if errors:
-        raise ConfigInvalid("model definitions do not validate", code=Code.VALIDATION_FAILED,
-                            details=errors)
+        # The first reason in the message too: clients that show only the message (AllTalk's
+        # toggle routes answer {"status": "error", "message"}) then say what to change.
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigInvalid(f"model definitions do not validate: {errors[0]}{more}",
+                            code=Code.VALIDATION_FAILED, details=errors)
     return models
 
 

@@ -77,7 +77,9 @@ async def current_settings(request: web.Request) -> web.Response:
         "current_model_loaded": config.default_model,
         "manufacturer_name": "alltalk-host",
         "audio_format": "wav",
-        "deepspeed_capable": "deepspeed" in toggles,
+        # A backend may have the setting and still refuse it here (xtts: no working version).
+        "deepspeed_capable": "deepspeed" in toggles and bool(status.get("deepspeed_capable",
+                                                                         True)),
         "deepspeed_available": bool(status.get("deepspeed_available", False)),
         "deepspeed_enabled": bool(_setting(model, "deepspeed", False)),
         "generationspeed_capable": True,

@@ -6,7 +6,6 @@ import importlib
 import importlib.util
 import logging
 import math
-import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -28,15 +27,15 @@ from alltalk_host import (
 )
 
 from .phonemize import EspeakPhonemizer, default_engine_problem, phonemes_to_ids
+from .session import CPU, CUDA, NO_ONNXRUNTIME, TENSORRT, Session, SessionError
 from .voice import VoiceConfig, VoiceError, read_voice_config
 
 log = logging.getLogger(__name__)
 
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # Every provider name onnxruntime 1.2x-1.3x knows (ort.get_all_providers()), so that a typo is a
 # config error before any swap, without importing onnxruntime to check.
 KNOWN_PROVIDERS = frozenset({
-    "TensorrtExecutionProvider", CUDA, "MIGraphXExecutionProvider", "ROCMExecutionProvider",
+    TENSORRT, CUDA, "MIGraphXExecutionProvider", "ROCMExecutionProvider",
     "OpenVINOExecutionProvider", "DnnlExecutionProvider", "VitisAIExecutionProvider",
     "QNNExecutionProvider", "NnapiExecutionProvider", "VSINPUExecutionProvider",
     "JsExecutionProvider", "CoreMLExecutionProvider", "ArmNNExecutionProvider",
@@ -49,8 +48,6 @@ RANGES = {"noise_scale": (0.0, 2.0), "noise_w": (0.0, 2.0), "length_scale": (0.1
 # Phonemes that are pauses, not sounds: a sentence of only these is skipped.
 SILENT_PHONEMES = frozenset(" .,;:!?-\u2013\u2014\u2026\"'()[]")
 _PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-NO_ONNXRUNTIME = ("onnxruntime is not installed: install alltalk-host-onnx[cpu] (or [gpu] for "
-                  "onnxruntime-gpu; never both)")
 
 
 @dataclass(frozen=True)
@@ -64,6 +61,9 @@ class OnnxSettings:
     device_id: int = 0  # which GPU, for CUDA
     max_concurrency: int = 1  # requests one session runs at once
     intra_op_threads: int = 0  # 0: onnxruntime's default, or cores / max_concurrency
+    # Runs of more phoneme ids than this hand the arena memory they grew back afterwards (a
+    # long sentence otherwise keeps hundreds of MiB for good); 0: after every run.
+    arena_shrink_above: int = 200
     # None: the voice's own value from its .onnx.json
     noise_scale: float | None = None
     length_scale: float | None = None
@@ -134,7 +134,7 @@ class OnnxBackend(Backend):
                 raise ValueError(f"providers: {unknown_providers} do not exist in onnxruntime; "
                                  f"known: {sorted(KNOWN_PROVIDERS)}")
         for key, lo, hi in (("max_concurrency", 1, 64), ("intra_op_threads", 0, 256),
-                            ("device_id", 0, 64)):
+                            ("device_id", 0, 64), ("arena_shrink_above", 0, 100_000)):
             value = getattr(parsed, key)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{key}: {value!r} is outside {lo}..{hi}")
@@ -169,10 +169,9 @@ class OnnxBackend(Backend):
     def __init__(self, settings: OnnxSettings, context: ModelContext) -> None:
         super().__init__(settings, context)
         self.capabilities = replace(self.capabilities, max_concurrency=settings.max_concurrency)
-        self._session: Any = None
+        self._session: Session | None = None
         self._voice: VoiceConfig | None = None
         self._phonemizer: EspeakPhonemizer | None = None
-        self._providers: list[str] = []
         self._model_bytes = 0
         self._voice_names: list[str] = []  # speakers in id order, listed once at load
         self._warned: set[str] = set()
@@ -186,34 +185,13 @@ class OnnxBackend(Backend):
             raise VoiceError(f"voice model {model_path} not found")
         voice = read_voice_config(config_path)
         try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RuntimeError(NO_ONNXRUNTIME) from None
-        providers = self._choose_providers(ort.get_available_providers())
-        options = ort.SessionOptions()
-        if self.settings.intra_op_threads:
-            options.intra_op_num_threads = self.settings.intra_op_threads
-        elif self.settings.max_concurrency > 1:  # share the cores, do not oversubscribe them
-            options.intra_op_num_threads = max(
-                1, (os.cpu_count() or 1) // self.settings.max_concurrency)
-        # else onnxruntime's own choice: a pinned thread per physical core, measured ~3 %
-        # faster here than asking for the same count explicitly.
-        try:
-            session = ort.InferenceSession(str(model_path), sess_options=options,
-                                           providers=providers)
-        except Exception as exc:
+            session = Session(model_path, self.settings, self.context.name)
+        except SessionError as exc:
             raise VoiceError(f"voice model {model_path} cannot be loaded by onnxruntime: "
                              f"{exc}") from exc
-        self._check_signature(session, voice, model_path)
-        got = session.get_providers()
-        # onnxruntime-gpu falls back to CPU silently when CUDA cannot start: say so.
-        if CUDA in [p if isinstance(p, str) else p[0] for p in providers] and CUDA not in got:
-            if self.settings.wants_cuda:
-                raise RuntimeError(f"CUDA was asked for but onnxruntime runs on {got}")
-            log.warning("model %s: CUDA is available but the session fell back to %s",
-                        self.context.name, got)
+        self._check_signature(session.input_names(), voice, model_path)
         self._phonemizer = EspeakPhonemizer(piper_compat=self.settings.piper_compat)
-        self._session, self._voice, self._providers = session, voice, got
+        self._session, self._voice = session, voice
         self._model_bytes = model_path.stat().st_size
         self._voice_names = (sorted(voice.speakers, key=voice.speakers.__getitem__)
                              if voice.multi_speaker else [voice.name])
@@ -223,25 +201,8 @@ class OnnxBackend(Backend):
         self._session = None
         self._phonemizer = None
 
-    def _choose_providers(self, available: list[str]) -> list[Any]:
-        setting = self.settings.providers
-        cuda = (CUDA, {"device_id": self.settings.device_id,
-                       "cudnn_conv_algo_search": "HEURISTIC"})
-        if setting == "auto":
-            return [cuda, CPU] if CUDA in available else [CPU]
-        if setting == "cpu":
-            return [CPU]
-        wanted = [CUDA, CPU] if setting == "cuda" else list(setting)
-        missing = [p for p in wanted if p not in available]
-        if missing:
-            raise RuntimeError(f"execution providers {missing} are not available in this "
-                               f"onnxruntime (available: {available}); for CUDA install "
-                               "alltalk-host-onnx[gpu] instead of [cpu]")
-        return [cuda if p == CUDA else p for p in wanted]
-
     @staticmethod
-    def _check_signature(session: Any, voice: VoiceConfig, path: Path) -> None:
-        inputs = {i.name for i in session.get_inputs()}
+    def _check_signature(inputs: set[str], voice: VoiceConfig, path: Path) -> None:
         required = {"input", "input_lengths", "scales"}
         if not required <= inputs:
             raise VoiceError(f"{path} is not a Piper voice: inputs {sorted(inputs)}, expected "
@@ -264,11 +225,19 @@ class OnnxBackend(Backend):
         return list(self._voice_names)
 
     def memory_estimate(self) -> int:
-        return self._model_bytes if self._session is not None else 0
+        """On CUDA, the device memory the load was measured to take; else the model file."""
+        session = self._session
+        if session is None:
+            return 0
+        return max(session.memory.get("device_load_bytes", 0), 0) or self._model_bytes
 
     def status(self) -> dict[str, Any]:
-        voice = self._voice
-        return {"providers": self._providers, "voice": voice.name if voice else None,
+        voice, session = self._voice, self._session
+        return {"providers": session.providers if session else [],
+                "requested_providers": session.requested if session else [],
+                "cuda_fallback": session.cuda_fallback if session else None,
+                "model_file_bytes": self._model_bytes, **(session.memory if session else {}),
+                "voice": voice.name if voice else None,
                 "espeak_voice": voice.espeak_voice if voice else None,
                 "speakers": len(voice.speakers) if voice else 0}
 
@@ -306,7 +275,7 @@ class OnnxBackend(Backend):
                 }
                 if sid is not None:
                     feeds["sid"] = np.array([sid], dtype=np.int64)
-                audio = session.run(None, feeds)[0].squeeze().astype(np.float32)
+                audio = session.run(feeds, len(ids))[0].squeeze().astype(np.float32)
                 if self.settings.normalize:
                     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
                     audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak

@@ -10,13 +10,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
-import json
 import logging
 import math
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,11 +28,15 @@ from alltalk_host import (
     parse_settings,
 )
 
+from .checkpoint import check_checkpoint, check_vocab, checkpoint_key, first_lines
+from .cuda import NO_DRIVER, DeviceMemory, cuda_problem
+from .deepspeed_check import deepspeed_refusal
+from .lowvram import DeviceGate, WeightShuttle, gate_for
+from .precision import DTYPES, autocast_gpt
 from .voices import VoiceLibrary
 
 log = logging.getLogger(__name__)
 
-REQUIRED_FILES = ("config.json", "model.pth", "vocab.json")
 # What `import TTS` (coqui-tts 0.28) insists on, looked up without importing any of it.
 REQUIRED_MODULES = ("torch", "torchaudio", "TTS")
 NO_DEEPSPEED = ("deepspeed = true but the deepspeed package is not installed "
@@ -59,7 +60,8 @@ class XttsSettings:
     voices_dir: str | None = None  # reference wavs for cloning (relative: against models_dir)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     low_vram: bool = False  # keep the model in CPU memory between requests
-    deepspeed: bool = False
+    deepspeed: bool = False  # refused until a working version pair is known (deepspeed_check)
+    dtype: str = "fp32"  # fp32 | bf16 (the GPT part under bfloat16 autocast)
     stream_chunk_size: int = 20  # GPT tokens per streamed chunk
     temperature: float = PARAMETERS["temperature"][0]
     repetition_penalty: float = PARAMETERS["repetition_penalty"][0]
@@ -100,6 +102,12 @@ class XttsBackend(Backend):
         for key in ("low_vram", "deepspeed"):
             if not isinstance(getattr(parsed, key), bool):
                 raise ValueError(f"{key}: expected true or false")
+        if parsed.deepspeed:
+            refusal = deepspeed_refusal(device)
+            if refusal:
+                raise ValueError(refusal)
+        if parsed.dtype not in DTYPES:
+            raise ValueError(f"dtype: {parsed.dtype!r} is not one of {', '.join(DTYPES)}")
         if isinstance(parsed.stream_chunk_size, bool) or not isinstance(
                 parsed.stream_chunk_size, int) or not 1 <= parsed.stream_chunk_size <= 400:
             raise ValueError("stream_chunk_size: expected a whole number from 1 to 400")
@@ -114,7 +122,7 @@ class XttsBackend(Backend):
         folder is optional (the checkpoint's built-in speakers are voices too)."""
         problems = []
         try:
-            _check_checkpoint(context.resolve(settings.checkpoint))
+            check_checkpoint(context.resolve(settings.checkpoint))
         except (FileNotFoundError, ValueError) as exc:
             problems.append(str(exc))
         missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
@@ -134,14 +142,20 @@ class XttsBackend(Backend):
         self._speakers: dict[str, tuple[Any, Any]] = {}
         self._library: VoiceLibrary | None = None
         self._config: Any = None
-        self._model_bytes = 0  # parameter sizes do not change once loaded: summed at load
-        self._lock = threading.Lock()  # low-VRAM moves must not interleave
+        self._cuda_fallback: str | None = None  # why device = "auto" runs on the CPU
+        # Asked once: status() runs on the event loop, and package versions do not change.
+        self._deepspeed_capable = deepspeed_refusal(settings.device) is None
+        # Sizes in bytes, measured once at load (parameter sizes do not change once loaded).
+        self._memory: dict[str, int] = {}
+        # Low-VRAM on CUDA: the weights in pinned CPU memory and the device's shared gate.
+        self._shuttle: WeightShuttle | None = None
+        self._gate: DeviceGate | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def load(self) -> None:
         folder = self.context.resolve(self.settings.checkpoint)
-        _check_checkpoint(folder)
+        check_checkpoint(folder)
         if self.settings.deepspeed and importlib.util.find_spec("deepspeed") is None:
             raise RuntimeError(NO_DEEPSPEED)
         import torch
@@ -149,12 +163,20 @@ class XttsBackend(Backend):
         from TTS.tts.models.xtts import Xtts
 
         device = self._choose_device(torch)
+        on_cuda = device.startswith("cuda")
+        if self.settings.deepspeed and not on_cuda:
+            raise RuntimeError(f"deepspeed = true needs CUDA: {self._cuda_fallback}")
+        if self.settings.dtype == "bf16" and on_cuda and not torch.cuda.is_bf16_supported(
+                including_emulation=False):
+            raise RuntimeError(f"dtype = 'bf16': {torch.cuda.get_device_name(device)} has no "
+                               "native bfloat16 (compute capability 8.0 or newer); use 'fp32'")
         config = XttsConfig()
         try:
             config.load_json(str(folder / "config.json"))
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"{folder / 'config.json'} is not an XTTS config: {exc}") from None
-        _check_vocab(folder, config)
+        check_vocab(folder, config)
+        before = DeviceMemory.now(torch, device) if on_cuda else None
         model = Xtts(config)
         try:
             model.load_checkpoint(config, checkpoint_dir=str(folder),
@@ -164,18 +186,30 @@ class XttsBackend(Backend):
             # (e.g. a size mismatch) is the context of what it raises.
             cause = exc.__context__ if isinstance(exc, RuntimeError) and exc.__context__ else exc
             raise ValueError(f"{folder / 'model.pth'} does not load into this XTTS config: "
-                             f"{type(cause).__name__}: {_first_lines(cause)}") from exc
-        model.to("cpu" if self.settings.low_vram else device)
+                             f"{type(cause).__name__}: {first_lines(cause)}") from exc
         self._model, self._device, self._config = model, device, config
+        if on_cuda and self.settings.low_vram:
+            self._shuttle = WeightShuttle(model, device, pin=True)
+            self._gate = gate_for(device, torch.cuda.empty_cache)
+        else:
+            model.to(device)
+        if self.settings.dtype == "bf16":
+            autocast_gpt(model.gpt, "cuda" if on_cuda else "cpu", torch)
+        self._memory = {"parameter_bytes": sum(p.numel() * p.element_size()
+                                               for p in model.parameters())}
+        if self._shuttle is not None:
+            self._memory["device_visit_bytes"] = self._shuttle.bytes
+        if before is not None:
+            self._memory.update(DeviceMemory.now(torch, device).taken_since(before))
         self._sample_rate = int(config.audio.output_sample_rate)
         manager = model.speaker_manager
         speakers = manager.speakers if manager is not None else {}
         self._speakers = {name: (v["gpt_cond_latent"], v["speaker_embedding"])
                           for name, v in speakers.items()}
-        self._model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         voices_dir = (self.context.resolve(self.settings.voices_dir)
                       if self.settings.voices_dir else None)
-        self._library = VoiceLibrary(voices_dir, self.context.cache_dir / "latents",
+        latents_dir = self.context.cache_dir / "latents" / checkpoint_key(folder)
+        self._library = VoiceLibrary(voices_dir, latents_dir,
                                      compute=self._compute_latents,
                                      save=lambda value, path: torch.save(value, path),
                                      load=lambda path: torch.load(path, weights_only=True))
@@ -184,7 +218,9 @@ class XttsBackend(Backend):
 
     def unload(self) -> None:
         self._model = None
-        self._model_bytes = 0
+        self._shuttle = None
+        self._gate = None
+        self._memory = {}
         self._speakers = {}
         if self._library is not None:
             self._library.clear()
@@ -196,18 +232,24 @@ class XttsBackend(Backend):
             torch.cuda.empty_cache()
 
     def _choose_device(self, torch: Any) -> str:
+        """"cpu" or "cuda:N". "auto" falls back to the CPU saying why; an explicit CUDA device
+        that cannot be used is an error with the same reason."""
         wanted = self.settings.device
+        if wanted == "cpu":
+            return "cpu"
+        index = int(wanted[5:]) if wanted.startswith("cuda:") else 0
+        problem = cuda_problem(torch, index)
+        if problem is None:
+            return f"cuda:{index}"
         if wanted == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if wanted.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise RuntimeError(f"device = {wanted!r} but torch sees no CUDA GPU on this "
-                                   "machine; use 'auto' or 'cpu'")
-            index = int(wanted[5:] or 0) if ":" in wanted else 0
-            if index >= torch.cuda.device_count():
-                raise RuntimeError(f"device = {wanted!r} but there are only "
-                                   f"{torch.cuda.device_count()} GPUs")
-        return wanted
+            # A warning where an NVIDIA driver is there and CUDA still cannot be used; on a
+            # machine without one the CPU is what "auto" means.
+            log.log(logging.INFO if NO_DRIVER in problem else logging.WARNING,
+                    "model %s: device = 'auto' runs on the CPU: %s", self.context.name, problem)
+            self._cuda_fallback = problem
+            return "cpu"
+        raise RuntimeError(f"device = {wanted!r} cannot be used: {problem}; use 'auto' or "
+                           "'cpu'")
 
     # --- what it serves --------------------------------------------------------------------
 
@@ -220,40 +262,60 @@ class XttsBackend(Backend):
         return sorted(self._speakers) + files
 
     def memory_estimate(self) -> int:
-        return self._model_bytes
+        """On a GPU, the device memory the load was measured to take; else the parameters."""
+        memory = self._memory
+        return max(memory.get("device_allocated_bytes", 0), 0) or memory.get(
+            "parameter_bytes", 0)
 
     def status(self) -> dict[str, Any]:
         library = self._library
-        return {"device": self._device, "low_vram": self.settings.low_vram,
-                "deepspeed": self.settings.deepspeed,
+        return {"device": self._device, "device_setting": self.settings.device,
+                "cuda_fallback": self._cuda_fallback, "low_vram": self.settings.low_vram,
+                "dtype": self.settings.dtype, "deepspeed": self.settings.deepspeed,
                 "deepspeed_available": importlib.util.find_spec("deepspeed") is not None,
+                # refused by validation with the pinned transformers (deepspeed_check.py)
+                "deepspeed_capable": self._deepspeed_capable,
                 "built_in_speakers": len(self._speakers),
                 "voice_files": len(library.names()) if library else 0,
-                "latents_cache": library.stats.__dict__ if library else {}}
+                "latents_cache": library.stats.__dict__ if library else {},
+                **self._memory}
 
     def synthesize(self, request: SpeechRequest) -> Audio:
-        model, latent, embedding, params = self._prepare(request)
-        with self._on_device(model):
+        model, voice, params = self._prepare(request)
+        with self._on_device():
+            latent, embedding = self._latents(voice)
             out = model.inference(request.text, _language(request.language), latent, embedding,
                                   speed=request.speed, enable_text_splitting=True, **params)
         return Audio(np.asarray(out["wav"], dtype=np.float32), self._sample_rate)
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
-        model, latent, embedding, params = self._prepare(request)
-        with self._on_device(model):
+        model, voice, params = self._prepare(request)
+        with self._on_device():
+            latent, embedding = self._latents(voice)
             chunks = model.inference_stream(
                 request.text, _language(request.language), latent, embedding,
                 stream_chunk_size=self.settings.stream_chunk_size, speed=request.speed,
                 enable_text_splitting=True, **params)
-            for chunk in chunks:
-                yield Audio(chunk.detach().cpu().numpy().astype(np.float32).reshape(-1),
-                            self._sample_rate)
-                if request.cancelled.is_set():
-                    return
+            try:
+                for chunk in chunks:
+                    audio = Audio(chunk.detach().cpu().numpy().astype(np.float32).reshape(-1),
+                                  self._sample_rate)
+                    del chunk
+                    yield audio
+                    if request.cancelled.is_set():
+                        return
+            finally:
+                # A stream that stops early (cancelled, its reader gone) leaves Coqui's
+                # generator holding its KV cache and latents on the device: free them before
+                # the weights leave and the cache is emptied.
+                chunks.close()
+                del chunks, latent, embedding
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _prepare(self, request: SpeechRequest) -> tuple[Any, Any, Any, dict[str, Any]]:
+    def _prepare(self, request: SpeechRequest) -> tuple[Any, str, dict[str, Any]]:
+        """The model, voice and generation parameters of a request, checked before anything
+        visits the GPU."""
         model = self._model
         if model is None:
             raise RuntimeError("model is not loaded")
@@ -269,83 +331,45 @@ class XttsBackend(Backend):
             except ValueError as exc:
                 raise BadRequest(str(exc), code="bad_option") from None
         params["top_k"] = int(params["top_k"])
-        voice = request.voice or (next(iter(self._speakers), None) or
-                                  next(iter(self.voices()), None))
+        voices = self.voices()
+        voice = request.voice or (next(iter(self._speakers), None) or next(iter(voices), None))
         if voice is None:
             raise BadRequest("this model has no voices: add reference wavs to its voices_dir",
                              code="unknown_voice")
+        if voice not in voices:
+            raise BadRequest(f"unknown voice {voice!r}", code="unknown_voice")
+        return model, voice, params
+
+    def _latents(self, voice: str) -> tuple[Any, Any]:
+        """A voice's conditioning latents; computed (on the device, inside the request's one
+        visit in low-VRAM mode) the first time a voice file is used."""
         if voice in self._speakers:
-            latent, embedding = self._speakers[voice]
-        else:
-            assert self._library is not None
-            latent, embedding = self._library.latents(voice)
-        return model, latent, embedding, params
+            return self._speakers[voice]
+        assert self._library is not None
+        return self._library.latents(voice)
 
     def _compute_latents(self, samples: np.ndarray, rate: int) -> tuple[Any, Any]:
         import torch
 
         model, config = self._model, self._config
         audio = torch.from_numpy(samples).unsqueeze(0)
-        with torch.inference_mode(), self._on_device(model):
+        with torch.inference_mode():
             latent = model.get_gpt_cond_latents(audio, rate, length=config.gpt_cond_len,
                                                 chunk_length=config.gpt_cond_chunk_len)
             embedding = model.get_speaker_embedding(audio, rate)
         return latent.cpu(), embedding.cpu()
 
     @contextlib.contextmanager
-    def _on_device(self, model: Any) -> Iterator[None]:
-        """Low-VRAM mode: the model visits the GPU for one generation only."""
-        if not (self.settings.low_vram and self._device.startswith("cuda")):
+    def _on_device(self) -> Iterator[None]:
+        """Low-VRAM mode on CUDA: the weights visit the GPU for one request, when the device's
+        gate lets them (one low-VRAM copy on a device at a time). Otherwise nothing moves."""
+        shuttle, gate = self._shuttle, self._gate
+        if shuttle is None or gate is None:
             yield
             return
-        import torch
-
-        with self._lock:
-            model.to(self._device)
-            try:
-                yield
-            finally:
-                model.to("cpu")
-                torch.cuda.empty_cache()
+        with gate.visit(), shuttle.visit():
+            yield
 
 
 def _language(language: str) -> str:
     return language.lower()
-
-
-def _check_checkpoint(folder: Path) -> None:
-    """The folder has the files Coqui loads, and its config.json is an XTTS config as far as a
-    glance can tell (the weights and vocabulary are checked when they load)."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {folder} not found")
-    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"checkpoint folder {folder} lacks {', '.join(missing)}")
-    if (folder / "model.pth").stat().st_size == 0:
-        raise ValueError(f"{folder / 'model.pth'} is empty")
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{folder / 'config.json'} is not JSON: {exc}") from None
-    if not isinstance(config, dict) or config.get("model", "xtts") != "xtts":
-        kind = config.get("model") if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"{folder / 'config.json'} is not an XTTS config (model: {kind!r})")
-
-
-def _check_vocab(folder: Path, config: Any) -> None:
-    """A vocab.json that does not fit config.json is named as such, not as a torch error."""
-    try:
-        data = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        ids = list(data["model"]["vocab"].values())
-        ids += [t["id"] for t in data.get("added_tokens", [])]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{folder / 'vocab.json'} is not a tokenizer vocabulary: {exc}") from None
-    tokens = max(ids) + 1 if ids else 0
-    expected = getattr(config.model_args, "gpt_number_text_tokens", None)
-    if expected and tokens != expected:
-        raise ValueError(f"vocab.json has {tokens} tokens but config.json expects "
-                         f"gpt_number_text_tokens = {expected}: they are not from one checkpoint")
-
-
-def _first_lines(exc: BaseException, limit: int = 3) -> str:
-    return " ".join(str(exc).strip().splitlines()[:limit])[:500]

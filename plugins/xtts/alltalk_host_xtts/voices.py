@@ -2,7 +2,9 @@
 
 Latents are computed once per distinct audio content and cached in memory and on disk, keyed by
 a hash of the file's bytes: a changed file gets new latents, an unchanged one never costs the
-model again, and a new file in the folder is a voice on the next request.
+model again, and a new file in the folder is a voice on the next request. Latents belong to the
+weights that computed them, so the disk cache has a folder per checkpoint
+(``checkpoint.checkpoint_key``): a fine-tuned checkpoint under the same model name computes its own.
 """
 
 from __future__ import annotations

@@ -1,0 +1,152 @@
+"""One voice's onnxruntime session: its execution providers chosen from the settings, CUDA
+checked after creation (or the reason it is missing kept), and its runs, with the arena policy
+and the move to the CPU when a run fails inside the CUDA provider.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .cuda import Captured, DeviceUse, captured_output, fallback_reason, preload_cuda_libraries
+
+if TYPE_CHECKING:
+    from .backend import OnnxSettings
+
+log = logging.getLogger(__name__)
+
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+GPU_PROVIDERS = (CUDA, TENSORRT)  # the ones that take a device_id and run on CUDA
+NO_ONNXRUNTIME = ("onnxruntime is not installed: install alltalk-host-onnx[cpu] (or [gpu] for "
+                  "onnxruntime-gpu; never both)")
+
+
+class SessionError(Exception):
+    """onnxruntime could not load the model file at all."""
+
+
+def choose_providers(settings: OnnxSettings, available: list[str]) -> list[Any]:
+    """The providers list for onnxruntime, with their options, from the ``providers``
+    setting and what this onnxruntime offers."""
+    setting = settings.providers
+    cuda = (CUDA, {"device_id": settings.device_id,
+                   "cudnn_conv_algo_search": "HEURISTIC",
+                   # the arena grows by what a run needs, not to the next power of two
+                   "arena_extend_strategy": "kSameAsRequested"})
+    tensorrt = (TENSORRT, {"device_id": settings.device_id})
+    if setting == "auto":
+        return [cuda, CPU] if CUDA in available else [CPU]
+    if setting == "cpu":
+        return [CPU]
+    wanted = [CUDA, CPU] if setting == "cuda" else list(setting)
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise RuntimeError(f"execution providers {missing} are not available in this "
+                           f"onnxruntime (available: {available}); for CUDA install "
+                           "alltalk-host-onnx[gpu] instead of [cpu]")
+    return [cuda if p == CUDA else tensorrt if p == TENSORRT else p for p in wanted]
+
+
+class Session:
+    """An onnxruntime InferenceSession and what is known about where it runs."""
+
+    def __init__(self, model_path: Path, settings: OnnxSettings, name: str) -> None:
+        try:
+            import onnxruntime as ort
+            from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+        except ImportError:
+            raise RuntimeError(NO_ONNXRUNTIME) from None
+        self.settings, self.name = settings, name
+        providers = choose_providers(settings, ort.get_available_providers())
+        self.requested = [p if isinstance(p, str) else p[0] for p in providers]
+        wants_gpu = any(p in GPU_PROVIDERS for p in self.requested)
+        printed, before = "", None
+        if wants_gpu:
+            printed = preload_cuda_libraries(ort)
+            before = DeviceUse.now()
+        with captured_output() if wants_gpu else contextlib.nullcontext(Captured()) as out:
+            try:
+                self.ort_session = ort.InferenceSession(
+                    str(model_path), sess_options=self._options(ort), providers=providers)
+            except Exception as exc:
+                raise SessionError(str(exc)) from exc
+        # Runs that fail on CUDA move to the CPU here, saying why (run), not inside onnxruntime.
+        self.ort_session.disable_fallback()
+        got = self.ort_session.get_providers()
+        self.on_gpu = any(p in got for p in GPU_PROVIDERS)
+        self.cuda_fallback: str | None = None  # why not on CUDA, when CUDA was asked for
+        if wants_gpu and not self.on_gpu:
+            # onnxruntime-gpu runs on the CPU when CUDA cannot start, printing why: say so.
+            reason = fallback_reason(ort, printed + out.text, settings.device_id)
+            if settings.wants_cuda:
+                raise RuntimeError(f"CUDA was asked for but onnxruntime runs on {got}: {reason}")
+            log.warning("model %s: CUDA is available to onnxruntime but the session runs on "
+                        "%s: %s", name, got, reason)
+            self.cuda_fallback = reason
+        self.memory: dict[str, Any] = {}  # the load's device memory, on CUDA
+        if before is not None and self.on_gpu:
+            after = DeviceUse.now()
+            if after is not None:
+                self.memory = after.taken_since(before)
+        self.ep_fail = EPFail
+        self.run_options = self._run_options(ort)
+        self._fallback_lock = threading.Lock()
+
+    def _options(self, ort: Any) -> Any:
+        options = ort.SessionOptions()
+        if self.settings.intra_op_threads:
+            options.intra_op_num_threads = self.settings.intra_op_threads
+        elif self.settings.max_concurrency > 1:  # share the cores, do not oversubscribe them
+            options.intra_op_num_threads = max(
+                1, (os.cpu_count() or 1) // self.settings.max_concurrency)
+        # else onnxruntime's own choice: a pinned thread per physical core, measured ~3 %
+        # faster here than asking for the same count explicitly.
+        return options
+
+    def _run_options(self, ort: Any) -> tuple[Any, Any]:
+        """Run options that keep the arena, and ones that shrink it after the run: a long
+        sentence grows the arena by hundreds of MiB (tools/bench_onnx_arena.py), which it
+        would otherwise keep for good, one arena per instance."""
+        shrink = ort.RunOptions()
+        devices = "cpu:0" + (f";gpu:{self.settings.device_id}" if self.on_gpu else "")
+        shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", devices)
+        return ort.RunOptions(), shrink
+
+    @property
+    def providers(self) -> list[str]:
+        """Asked of onnxruntime each time: a run that failed on CUDA moves the session."""
+        return list(self.ort_session.get_providers())
+
+    def input_names(self) -> set[str]:
+        return {i.name for i in self.ort_session.get_inputs()}
+
+    def run(self, feeds: dict[str, Any], length: int) -> Any:
+        """The model's outputs for ``feeds``; ``length`` (phoneme ids) decides whether the
+        arena is shrunk afterwards."""
+        keep, shrink = self.run_options
+        options = shrink if length > self.settings.arena_shrink_above else keep
+        try:
+            return self.ort_session.run(None, feeds, options)
+        except self.ep_fail as exc:
+            if not self.on_gpu:
+                raise
+            self._fall_back_to_cpu(exc)
+            return self.ort_session.run(None, feeds, options)
+
+    def _fall_back_to_cpu(self, exc: BaseException) -> None:
+        """A run failed inside the CUDA provider: with providers = "auto" the session moves to
+        the CPU, once, saying why; asked for CUDA explicitly, the request fails instead."""
+        reason = f"a run failed on CUDA: {exc}"
+        if self.settings.wants_cuda:
+            raise RuntimeError(f"{reason} (providers asks for CUDA, so no CPU fallback)") \
+                from exc
+        with self._fallback_lock:
+            if not any(p in self.providers for p in GPU_PROVIDERS):
+                return  # another request moved it already
+            log.warning("model %s: %s; running on the CPU from now on", self.name, reason)
+            self.ort_session.set_providers([CPU])
+            self.cuda_fallback = reason
