@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .host import Host
+    from .wyoming.server import WyomingServer
+
+WYOMING_URI_ENV = "ALLTALK_WYOMING_URI"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -26,7 +37,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.init_config and not options.config_repo.exists():
         commit = init_repo(options.config_repo, args.template, options.branch)
         print(f"created config repo {options.config_repo} from {args.template} at {commit[:10]}")
-    app = create_app(Host(options))  # checks the config repo; starts nothing yet
+    host = Host(options)  # checks the config repo; starts nothing yet
+    app = create_app(host)
     # Bound before the host starts, so a port in use is one line, not a traceback after the
     # host has begun loading models.
     try:
@@ -35,11 +47,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; is "
               "another server using it? (choose another with --port)", file=sys.stderr)
         return 1
+    serving = f"http://{args.host}:{args.port}"
+    wyoming_uri = args.wyoming_uri or os.environ.get(WYOMING_URI_ENV)
+    if wyoming_uri:
+        wyoming = _wyoming_server(host, wyoming_uri)
+        if wyoming is None:
+            for sock in sockets:
+                sock.close()
+            return 1
+        # After the host's own start-up (cleanup contexts run in order, and end in reverse):
+        # the Wyoming server starts once the host has started and stops before it does.
+        app.cleanup_ctx.append(_lifetime_of(wyoming))
+        serving += f" and {wyoming.address.uri} (Wyoming)"
     # handler_cancellation: a client that disconnects cancels its own generation.
     web.run_app(app, sock=sockets, handler_cancellation=True,
-                print=lambda _: print(f"alltalk-host {__version__} serving on "
-                                      f"http://{args.host}:{args.port}", flush=True))
+                print=lambda _: print(f"alltalk-host {__version__} serving on {serving}",
+                                      flush=True))
     return 0
+
+
+def _wyoming_server(host: Host, uri: str) -> WyomingServer | None:
+    """The Wyoming front-end on its bound sockets, or None once the reason is printed."""
+    from .wyoming.server import Address, WyomingServer, bind_unix
+
+    try:
+        address = Address.parse(uri)
+    except ValueError as exc:
+        print(f"error: --wyoming-uri: {exc}", file=sys.stderr)
+        return None
+    try:
+        sockets = ([bind_unix(address.path)] if address.path is not None
+                   else _listen(address.host, address.port))
+    except OSError as exc:
+        print(f"error: cannot listen on {uri} for Wyoming: {exc.strerror or exc}; is another "
+              "server using it? (choose another with --wyoming-uri)", file=sys.stderr)
+        return None
+    return WyomingServer(host, address, sockets)
+
+
+def _lifetime_of(server: WyomingServer) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        await server.start()
+        yield
+        await server.stop()
+    return lifetime
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:
