@@ -216,6 +216,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--wyoming-uri", metavar="URI",
                        help="also serve the Wyoming protocol (Home Assistant) on tcp://HOST:PORT "
                             "or unix://PATH (default: ALLTALK_WYOMING_URI; off when unset)")
+    serve.add_argument("--wyoming-zeroconf", nargs="?", const="alltalk-host", metavar="NAME",
+                       help="announce the Wyoming server on the local network (mDNS "
+                            "_wyoming._tcp) as NAME (default: %(const)s; env "
+                            "ALLTALK_WYOMING_ZEROCONF=NAME); needs the zeroconf extra")
     serve.add_argument("--init-config", action="store_true",
                        help="create the config repo from the template if it does not exist")
     serve.add_argument("--template", type=Path, default=TEMPLATE, help=argparse.SUPPRESS)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .wyoming.server import WyomingServer
 
 WYOMING_URI_ENV = "ALLTALK_WYOMING_URI"
+WYOMING_ZEROCONF_ENV = "ALLTALK_WYOMING_ZEROCONF"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -49,8 +50,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     serving = f"http://{args.host}:{args.port}"
     wyoming_uri = args.wyoming_uri or os.environ.get(WYOMING_URI_ENV)
+    if args.wyoming_zeroconf and not wyoming_uri:
+        print("error: --wyoming-zeroconf announces the Wyoming server: give --wyoming-uri too",
+              file=sys.stderr)
+        for sock in sockets:
+            sock.close()
+        return 1
     if wyoming_uri:
-        wyoming = _wyoming_server(host, wyoming_uri)
+        zeroconf = args.wyoming_zeroconf or os.environ.get(WYOMING_ZEROCONF_ENV)
+        wyoming = _wyoming_server(host, wyoming_uri, zeroconf)
         if wyoming is None:
             for sock in sockets:
                 sock.close()
@@ -66,8 +74,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wyoming_server(host: Host, uri: str) -> WyomingServer | None:
-    """The Wyoming front-end on its bound sockets, or None once the reason is printed."""
+def _wyoming_server(host: Host, uri: str, zeroconf: str | None) -> WyomingServer | None:
+    """The Wyoming front-end on its bound sockets (announced as ``zeroconf`` if that names
+    it), or None once the reason is printed."""
+    from .wyoming.announce import Announcement, service_info
     from .wyoming.server import Address, WyomingServer, bind_unix
 
     try:
@@ -75,6 +85,22 @@ def _wyoming_server(host: Host, uri: str) -> WyomingServer | None:
     except ValueError as exc:
         print(f"error: --wyoming-uri: {exc}", file=sys.stderr)
         return None
+    announcement = None
+    if zeroconf:
+        if address.path is not None:
+            print("error: --wyoming-zeroconf announces a tcp:// address, not a Unix socket",
+                  file=sys.stderr)
+            return None
+        try:
+            announcement = Announcement(service_info(zeroconf, address.host, address.port))
+        except ImportError:
+            print("error: --wyoming-zeroconf needs the zeroconf package: pip install "
+                  "'alltalk-host[zeroconf]'", file=sys.stderr)
+            return None
+        except (OSError, ValueError) as exc:
+            print(f"error: --wyoming-zeroconf: cannot announce {address.host}: {exc}",
+                  file=sys.stderr)
+            return None
     try:
         sockets = ([bind_unix(address.path)] if address.path is not None
                    else _listen(address.host, address.port))
@@ -82,7 +108,7 @@ def _wyoming_server(host: Host, uri: str) -> WyomingServer | None:
         print(f"error: cannot listen on {uri} for Wyoming: {exc.strerror or exc}; is another "
               "server using it? (choose another with --wyoming-uri)", file=sys.stderr)
         return None
-    return WyomingServer(host, address, sockets)
+    return WyomingServer(host, address, sockets, announcement)
 
 
 def _lifetime_of(server: WyomingServer) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -31,6 +31,7 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
+from alltalk_host.wyoming.announce import service_info
 from tools.server import Server, free_port
 
 from .conftest import ROOT, ConfigRepoHelper, read_wav
@@ -430,13 +431,16 @@ async def test_a_unix_socket_serves_too_and_is_removed_at_the_end(config_repo, t
     assert not path.exists()
 
 
-def serve_error(config_repo: ConfigRepoHelper, tmp_path: Path, uri: str) -> str:
-    """`alltalk-host serve --wyoming-uri URI` that must fail: its one line on stderr."""
+def serve_error(config_repo: ConfigRepoHelper, tmp_path: Path, *args: str) -> str:
+    """`alltalk-host serve ARGS` that must fail: its one line on stderr."""
     result = subprocess.run(
         [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo",
          str(config_repo.path), "--state-dir", str(tmp_path / "state"), "--port",
-         str(free_port()), "--wyoming-uri", uri],
-        env=os.environ, cwd=ROOT, capture_output=True, text=True, timeout=120)
+         str(free_port()), *args],
+        # Only the plugin the config uses: a broken one installed beside it would add a
+        # warning line of its own to stderr.
+        env={**os.environ, "ALLTALK_PLUGINS": "reference"}, cwd=ROOT, capture_output=True,
+        text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -449,7 +453,7 @@ def serve_error(config_repo: ConfigRepoHelper, tmp_path: Path, uri: str) -> str:
     ("http://127.0.0.1:10200", "use tcp://HOST:PORT or unix://PATH"),
 ])
 def test_a_bad_wyoming_uri_is_one_line(config_repo, tmp_path, uri, says):
-    line = serve_error(config_repo, tmp_path, uri)
+    line = serve_error(config_repo, tmp_path, "--wyoming-uri", uri)
     assert line.startswith("error: --wyoming-uri") and says in line, line
 
 
@@ -458,5 +462,26 @@ def test_a_wyoming_port_in_use_is_one_line(config_repo, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = serve_error(config_repo, tmp_path, f"tcp://127.0.0.1:{port}")
+        line = serve_error(config_repo, tmp_path, "--wyoming-uri", f"tcp://127.0.0.1:{port}")
     assert line.startswith(f"error: cannot listen on tcp://127.0.0.1:{port} for Wyoming"), line
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--wyoming-uri", "unix://{tmp}/w.sock", "--wyoming-zeroconf"],
+     "error: --wyoming-zeroconf announces a tcp:// address, not a Unix socket"),
+    (["--wyoming-zeroconf"], "error: --wyoming-zeroconf announces the Wyoming server: give "
+                             "--wyoming-uri too"),
+    (["--wyoming-uri", "tcp://127.0.0.1:{port}", "--wyoming-zeroconf", "a.b"],
+     "error: --wyoming-zeroconf: cannot announce 127.0.0.1: 'a.b' is no service name"),
+])
+def test_zeroconf_mistakes_are_one_line(config_repo, tmp_path, args, says):
+    args = [a.format(tmp=tmp_path, port=free_port()) for a in args]
+    assert serve_error(config_repo, tmp_path, *args).startswith(says)
+
+
+def test_the_zeroconf_announcement_is_wyoming_piper_s_service_type():
+    # Built, never registered: registering sends multicast beyond loopback.
+    info = service_info("kitchen", "192.168.1.5", 10200)
+    assert info.type == "_wyoming._tcp.local."
+    assert info.name == "kitchen._wyoming._tcp.local."
+    assert info.port == 10200 and info.parsed_addresses() == ["192.168.1.5"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..host import Host
+from .announce import Announcement
 from .handler import SpeechHandler
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,11 @@ def bind_unix(path: Path) -> socket.socket:
 
 
 class WyomingServer:
-    def __init__(self, host: Host, address: Address, sockets: list[socket.socket]) -> None:
+    def __init__(self, host: Host, address: Address, sockets: list[socket.socket],
+                 announcement: Announcement | None = None) -> None:
         self.host = host
         self.address = address
+        self.announcement = announcement
         self._sockets = sockets
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -83,8 +86,12 @@ class WyomingServer:
                 server = await asyncio.start_server(self._serve, sock=sock)
             self._servers.append(server)
         log.info("Wyoming text-to-speech on %s", self.address.uri)
+        if self.announcement is not None:
+            await self.announcement.start()
 
     async def stop(self) -> None:
+        if self.announcement is not None:
+            await self.announcement.stop()
         for server in self._servers:
             server.close()
         for task in list(self._connections):
