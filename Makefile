@@ -53,6 +53,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m tools.bench_onnx
 	$(BIN)/python -m tools.bench_xtts
 	$(BIN)/python -m tools.bench_api
+	$(BIN)/python -m tools.bench_wyoming
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
