@@ -32,6 +32,7 @@ from wyoming.tts import (
 )
 
 from alltalk_host.wyoming.announce import service_info
+from alltalk_host.wyoming.sentences import SentenceBuffer
 from tools.server import Server, free_port
 
 from .conftest import ROOT, ConfigRepoHelper, read_wav
@@ -284,6 +285,33 @@ async def test_a_stream_keeps_its_model_across_a_switch(serve):
     assert after.rates == {LOW_RATE}
 
 
+@pytest.mark.parametrize(("pieces", "heard"), [
+    (["Hel", "lo the", "re. How are", " you?"], [[], [], ["Hello there."], []]),
+    (["Dr. Smith is in. ", "Yes."], [[], ["Dr. Smith is in."]]),  # "Dr." ends no sentence
+    (["Wait... ", "what? ", "Oh."], [[], [], ["Wait... what?"]]),
+    (["One line\n\n", "Another"], [[], ["One line"]]),  # a blank line ends a paragraph
+])
+def test_streamed_text_is_cut_where_a_sentence_is_known_to_be_over(pieces, heard):
+    buffer = SentenceBuffer()
+    assert [buffer.add(p) for p in pieces] == heard
+    rest = buffer.finish()
+    assert " ".join(s for h in heard for s in h) + " " + " ".join(rest) == " ".join(
+        "".join(pieces).split())
+
+
+async def test_a_stream_longer_than_the_text_limit_ends_with_an_error(serve, config_repo):
+    config_repo.set("settings.toml", "default.max_text_length", 45)
+    served = serve("tests: 45 characters at most")
+    async with connect(served) as client:
+        # 20 + 21 characters are spoken; 13 more pass the limit
+        reply = await stream(client, ["Twenty letters here. ", "And twenty more here. ",
+                                      "One too many.", " Never spoken."])
+        good = await synthesize(client, "Still here.")
+    assert reply.types == ["audio-start", "audio-stop"] * 2 + ["error", "synthesize-stopped"]
+    assert reply.error.code == "text_too_long" and "45" in reply.error.text
+    assert good.error is None and good.pcm
+
+
 # --- errors: an error event, then the request's last event; the connection goes on -----------
 
 async def test_unknown_voices_and_bad_events_are_error_events_and_the_connection_goes_on(
@@ -356,7 +384,7 @@ async def test_a_full_queue_is_a_busy_error_event(serve, config_repo):
     config_repo.set("settings.toml", "default.queue_limit", 0)
     served = serve("tests: one slow request at a time, no queue")
     async with connect(served) as first, connect(served) as second:
-        await first.write_event(Synthesize(text="A slow one.").event())
+        await first.write_event(Synthesize(text="A slow one. And a second slow one.").event())
         assert (await first.read_event()).type == "audio-start"  # it holds the only slot
         busy = await synthesize(second, "Me too.")
         done = await read_until(first, "audio-stop")

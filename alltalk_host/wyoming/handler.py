@@ -121,8 +121,13 @@ class SpeechHandler(AsyncEventHandler):
             return
         request.provenance = stream.provenance
         async with stream:
-            await self._audio_start(request.provenance)
             try:
+                # The first chunk before audio-start: what fails before any audio (an
+                # option the backend refuses) gets no audio-start.
+                first = await anext(stream.chunks, None)
+                await self._audio_start(request.provenance)
+                if first is not None:
+                    await self._send(request, first)
                 async for chunk in stream.chunks:
                     await self._send(request, chunk)
             except HostError as exc:  # after the first audio: a drain deadline, a backend error
@@ -190,14 +195,18 @@ class SpeechHandler(AsyncEventHandler):
                 choice = self._input(sentence, stream.voice)
                 stream.utterance = await self.host.speech.utterance(choice)
                 stream.request.provenance = stream.utterance.provenance
-            await self._audio_start(stream.utterance.provenance)
-            stream.request.sentences += 1
-            try:
-                async with aclosing(stream.utterance.speak(sentence)) as chunks:
+            async with aclosing(stream.utterance.speak(sentence)) as chunks:
+                # Checked and started before its audio-start (see _synthesize).
+                first = await anext(chunks, None)
+                await self._audio_start(stream.utterance.provenance)
+                stream.request.sentences += 1
+                try:
+                    if first is not None:
+                        await self._send(stream.request, first)
                     async for chunk in chunks:
                         await self._send(stream.request, chunk)
-            finally:
-                await self.write_event(AudioStop().event())
+                finally:
+                    await self.write_event(AudioStop().event())
         except HostError as exc:
             await self._stream_failed(stream, exc)
         except ConnectionError:
