@@ -209,8 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alltalk-host {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the HTTP server",
-                           description="Serve speech and the control API over HTTP.")
+    serve = sub.add_parser("serve", help="run the server",
+                           description="Serve speech and the control API over HTTP, and "
+                                       "speech over Wyoming with --wyoming-uri.")
     serve.add_argument("--config-repo", type=Path,
                        help="the config git repo (default: ALLTALK_CONFIG_REPO or var/config)")
     serve.add_argument("--state-dir", type=Path,
@@ -222,6 +223,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="the host-local settings file (default: <state dir>/local.toml)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=7851, help="port (default: %(default)s)")
+    serve.add_argument("--wyoming-uri", metavar="URI",
+                       help="also serve the Wyoming protocol (Home Assistant) on tcp://HOST:PORT "
+                            "or unix://PATH (default: ALLTALK_WYOMING_URI; off when unset)")
+    serve.add_argument("--wyoming-zeroconf", nargs="?", const="alltalk-host", metavar="NAME",
+                       help="announce the Wyoming server on the local network (mDNS "
+                            "_wyoming._tcp) as NAME (default: %(const)s; env "
+                            "ALLTALK_WYOMING_ZEROCONF=NAME); needs the zeroconf extra")
     serve.add_argument("--init-config", action="store_true",
                        help="create the config repo from the template if it does not exist")
     serve.add_argument("--template", type=Path, help=argparse.SUPPRESS)

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .host import Host
+    from .wyoming.server import WyomingServer
+
+WYOMING_URI_ENV = "ALLTALK_WYOMING_URI"
+WYOMING_ZEROCONF_ENV = "ALLTALK_WYOMING_ZEROCONF"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -34,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             options.branch, args.template)
         print(f"created config repo {options.config_repo} at {commit[:10]}: "
               + "; ".join(fitted.lines() or ["the template as it is"]))
-    app = create_app(Host(options))  # checks the config repo; starts nothing yet
+    host = Host(options)  # checks the config repo; starts nothing yet
+    app = create_app(host)
     # Bound before the host starts, so a port in use is one line, not a traceback after the
     # host has begun loading models.
     try:
@@ -43,12 +56,76 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; is "
               "another server using it? (choose another with --port)", file=sys.stderr)
         return 1
+    serving = f"http://{args.host}:{args.port}"
+    wyoming_uri = args.wyoming_uri or os.environ.get(WYOMING_URI_ENV)
+    if args.wyoming_zeroconf and not wyoming_uri:
+        print("error: --wyoming-zeroconf announces the Wyoming server: give --wyoming-uri too",
+              file=sys.stderr)
+        for sock in sockets:
+            sock.close()
+        return 1
+    if wyoming_uri:
+        zeroconf = args.wyoming_zeroconf or os.environ.get(WYOMING_ZEROCONF_ENV)
+        wyoming = _wyoming_server(host, wyoming_uri, zeroconf)
+        if wyoming is None:
+            for sock in sockets:
+                sock.close()
+            return 1
+        # After the host's own start-up (cleanup contexts run in order, and end in reverse):
+        # the Wyoming server starts once the host has started and stops before it does.
+        app.cleanup_ctx.append(_lifetime_of(wyoming))
+        serving += f" and {wyoming.address.uri} (Wyoming)"
     # handler_cancellation: a client that disconnects cancels its own generation.
     web.run_app(app, sock=sockets, handler_cancellation=True, access_log_class=AccessLogger,
                 access_log=logging.getLogger("alltalk_host.access"),
-                print=lambda _: print(f"alltalk-host {__version__} serving on "
-                                      f"http://{args.host}:{args.port}", flush=True))
+                print=lambda _: print(f"alltalk-host {__version__} serving on {serving}",
+                                      flush=True))
     return 0
+
+
+def _wyoming_server(host: Host, uri: str, zeroconf: str | None) -> WyomingServer | None:
+    """The Wyoming front-end on its bound sockets (announced as ``zeroconf`` if that names
+    it), or None once the reason is printed."""
+    from .wyoming.announce import Announcement, service_info
+    from .wyoming.server import Address, WyomingServer, bind_unix
+
+    try:
+        address = Address.parse(uri)
+    except ValueError as exc:
+        print(f"error: --wyoming-uri: {exc}", file=sys.stderr)
+        return None
+    announcement = None
+    if zeroconf:
+        if address.path is not None:
+            print("error: --wyoming-zeroconf announces a tcp:// address, not a Unix socket",
+                  file=sys.stderr)
+            return None
+        try:
+            announcement = Announcement(service_info(zeroconf, address.host, address.port))
+        except ImportError:
+            print("error: --wyoming-zeroconf needs the zeroconf package: pip install "
+                  "'alltalk-host[zeroconf]'", file=sys.stderr)
+            return None
+        except (OSError, ValueError) as exc:
+            print(f"error: --wyoming-zeroconf: cannot announce {address.host}: {exc}",
+                  file=sys.stderr)
+            return None
+    try:
+        sockets = ([bind_unix(address.path)] if address.path is not None
+                   else _listen(address.host, address.port))
+    except OSError as exc:
+        print(f"error: cannot listen on {uri} for Wyoming: {exc.strerror or exc}; is another "
+              "server using it? (choose another with --wyoming-uri)", file=sys.stderr)
+        return None
+    return WyomingServer(host, address, sockets, announcement)
+
+
+def _lifetime_of(server: WyomingServer) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        await server.start()
+        yield
+        await server.stop()
+    return lifetime
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from .backend import Audio, SpeechRequest
 from .config.settings import SPEED_RANGE
 from .errors import BadRequest, Code, HostError, NotFound
+from .lease import Lease
 from .registry import Generation, ModelRegistry, Serving
 from .text import has_speakable
 
@@ -87,6 +88,53 @@ class SpeechObserver(Protocol):
                     busy_s: float, audio_s: float) -> None: ...
 
 
+class Utterance:
+    """One request whose text arrives in pieces (Wyoming's streaming synthesis), spoken piece
+    by piece on one lease: every piece comes from the generation the first one started on, at
+    one sample rate, as a streamed HTTP request does. Use as ``async with``.
+
+    Together the pieces may be at most the config's ``max_text_length``, as one text would.
+    """
+
+    def __init__(self, service: SpeechService, wanted: SpeechInput,
+                 lease: Lease[SpeechRequest], stack: AsyncExitStack) -> None:
+        self.provenance = _provenance(lease.serving, lease.gen)
+        self._service = service
+        self._wanted = wanted
+        self._lease = lease
+        self._stack = stack
+        self._length = 0
+
+    async def speak(self, text: str) -> AsyncIterator[Audio]:
+        """Chunks of one piece as the backend makes them; the piece is checked like a request
+        (text, voice, language, speed) against the snapshot the utterance started under."""
+        limit = self._lease.serving.config.max_text_length
+        self._length += len(text.strip())
+        if self._length > limit:
+            raise BadRequest(f"the streamed text passed {limit} characters, the limit",
+                             code=Code.TEXT_TOO_LONG,
+                             details={"length": self._length, "limit": limit})
+        request = _build_request(replace(self._wanted, text=text), self._lease.serving,
+                                 self._lease.gen)
+        self._service._active[id(request)] = request
+        try:
+            async for chunk in self._lease.stream(lambda backend: backend.stream(request),
+                                                  self._service.registry.inference,
+                                                  request.cancelled):
+                yield chunk
+        finally:
+            self._service._active.pop(id(request), None)
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> Utterance:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 class SpeechService:
     def __init__(self, registry: ModelRegistry,
                  observer: SpeechObserver | None = None) -> None:
@@ -153,6 +201,14 @@ class SpeechService:
         if self.observer is not None:
             chunks = _observed(chunks, self.observer, lease.gen.model.name, arrived)
         return SpeechStream(_provenance(lease.serving, lease.gen), chunks, request, stack)
+
+    async def utterance(self, wanted: SpeechInput) -> Utterance:
+        """A lease for text that will come in pieces; ``wanted.text`` is the first piece, checked
+        before the request queues. Returns once the request has started, like ``stream``."""
+        stack = AsyncExitStack()
+        lease = await stack.enter_async_context(
+            self.registry.lease(wanted.model, lambda s, g: _build_request(wanted, s, g)))
+        return Utterance(self, wanted, lease, stack)
 
     async def silence(self, model: str | None = None) -> SpeechResult:
         """Short silence as if ``model`` had spoken it, with that model's provenance.

@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import git
 import tomlkit
@@ -60,19 +61,23 @@ def free_port() -> int:
 class Server:
     """`alltalk-host serve` on loopback, started and ready when the constructor returns.
 
-    Use it as a context manager, or call ``stop()``.
+    Use it as a context manager, or call ``stop()``. ``args`` are more `serve` flags,
+    ``env`` more environment variables (``ALLTALK_*`` ones included), ``output`` where its
+    log goes (default: this process's).
     """
 
     def __init__(self, config_repo: Path, state_dir: Path, log_level: str = "warning",
-                 ready_timeout_s: float = 120.0, env: dict[str, str] | None = None) -> None:
+                 ready_timeout_s: float = 120.0, args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, output: IO[bytes] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")},
-               **(env or {})}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
+        environ.update(env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo",
              str(config_repo), "--state-dir", str(state_dir), "--port", str(self.port),
-             "--log-level", log_level], env=env, cwd=ROOT)
+             "--log-level", log_level, *args], env=environ, cwd=ROOT,
+            stdout=output, stderr=subprocess.STDOUT if output is not None else None)
         try:
             self._wait_ready(ready_timeout_s)
         except BaseException:
