@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -65,6 +66,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("ALLTALK_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("ALLTALK_OUTPUTS__DIR", str(tmp_path / "outputs"))
+
+
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """A test that runs `serve` in-process sets up the root logger for a real server (a stream
+    handler on the stderr of the moment, then closed): later tests must get pytest's back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 class ConfigRepoHelper:

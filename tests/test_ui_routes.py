@@ -22,7 +22,7 @@ async def test_tts_models_says_what_each_model_takes(start_server, config_repo):
     assert ref["state"] == "serving" and ref["default"] and ref["generation"] == 1
     assert ref["voices"] == ["female_01", "male_01"] and ref["default_voice"] == "female_01"
     assert ref["languages"][0] == "en" and ref["streaming"] is True
-    assert ref["parameters"] == [] and ref["default_language"] == "en"
+    assert ref["parameters"] == ["pitch"] and ref["default_language"] == "en"
     assert models["reference-low"]["state"] == "not_loaded"
     assert "voices" not in models["reference-low"]
     assert models["unusable"]["state"] == "unavailable"
