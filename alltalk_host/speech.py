@@ -97,13 +97,20 @@ class Utterance:
     """
 
     def __init__(self, service: SpeechService, wanted: SpeechInput,
-                 lease: Lease[SpeechRequest], stack: AsyncExitStack) -> None:
+                 lease: Lease[SpeechRequest], stack: AsyncExitStack,
+                 arrived: float | None = None) -> None:
         self.provenance = _provenance(lease.serving, lease.gen)
         self._service = service
         self._wanted = wanted
         self._lease = lease
         self._stack = stack
         self._length = 0
+        # For the metrics, as one streamed request: the time spent speaking (not the waits
+        # for the next piece of text), the first audio, and the audio's length.
+        self._arrived = time.monotonic() if arrived is None else arrived
+        self._first: float | None = None
+        self._busy = 0.0
+        self._audio = 0.0
 
     async def speak(self, text: str) -> AsyncIterator[Audio]:
         """Chunks of one piece as the backend makes them; the piece is checked like a request
@@ -117,15 +124,25 @@ class Utterance:
         request = _build_request(replace(self._wanted, text=text), self._lease.serving,
                                  self._lease.gen)
         self._service._active[id(request)] = request
+        started = time.monotonic()
         try:
             async for chunk in self._lease.stream(lambda backend: backend.stream(request),
                                                   self._service.registry.inference,
                                                   request.cancelled):
+                if self._first is None:
+                    self._first = time.monotonic() - self._arrived
+                self._audio += chunk.duration
                 yield chunk
         finally:
+            self._busy += time.monotonic() - started
             self._service._active.pop(id(request), None)
 
     async def aclose(self) -> None:
+        observer, first = self._service.observer, self._first
+        self._first = None  # counted once, however often it is closed
+        if observer is not None and first is not None:
+            observer.speech_done(self._lease.gen.model.name, first,
+                                 time.monotonic() - self._arrived, self._busy, self._audio)
         await self._stack.aclose()
 
     async def __aenter__(self) -> Utterance:
@@ -205,10 +222,11 @@ class SpeechService:
     async def utterance(self, wanted: SpeechInput) -> Utterance:
         """A lease for text that will come in pieces; ``wanted.text`` is the first piece, checked
         before the request queues. Returns once the request has started, like ``stream``."""
+        arrived = time.monotonic()
         stack = AsyncExitStack()
         lease = await stack.enter_async_context(
             self.registry.lease(wanted.model, lambda s, g: _build_request(wanted, s, g)))
-        return Utterance(self, wanted, lease, stack)
+        return Utterance(self, wanted, lease, stack, arrived)
 
     async def silence(self, model: str | None = None) -> SpeechResult:
         """Short silence as if ``model`` had spoken it, with that model's provenance.

@@ -268,6 +268,25 @@ async def test_streamed_text_is_spoken_sentence_by_sentence_as_it_arrives(serve)
     assert first.pcm + rest.pcm == whole.pcm
 
 
+async def _audio_seconds(served: Served) -> float:
+    async with aiohttp.ClientSession() as http, http.get(served.server.base + "/metrics") as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('alltalk_audio_seconds_total{model="reference"}'))
+
+
+async def test_a_streamed_utterance_is_counted_in_the_metrics_once(serve):
+    served = serve()
+    before = await _audio_seconds(served)
+    async with connect(served) as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="One sentence. And another one.").event())
+        await client.write_event(SynthesizeStop().event())
+        streamed = await read_until(client, "synthesize-stopped")
+    heard = len(streamed.pcm) / 2 / 22050
+    assert await _audio_seconds(served) - before == pytest.approx(heard, rel=0.01)
+
+
 async def test_a_stream_keeps_its_model_across_a_switch(serve):
     served = serve()
     async with connect(served) as client:
