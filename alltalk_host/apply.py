@@ -25,7 +25,7 @@ import psutil
 from .backend import Backend
 from .config.settings import HostConfig, ModelDef
 from .errors import ApplyFailed, Code, HostError
-from .events import Operation
+from .events import MODEL, Operation
 from .loading import load_model
 from .memory import MemoryAdmission, refuse
 from .plan import Plan
@@ -33,6 +33,7 @@ from .plugins import BackendCatalog
 from .registry import Generation, ModelRegistry, Serving
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 0.25  # a backend's load progress, shown at most this often
 
 
 @dataclass
@@ -128,12 +129,31 @@ class ApplyTransaction:
             op.phase_threadsafe(phase, model=model.name, instance=number,
                                 instances=model.instances, expected_s=expected)
 
+        shown = [0.0]
+
+        def progress(number: int, message: str, fraction: float | None) -> None:
+            # What the backend says of its own load, on the loading thread: shown in the
+            # status and as model events, at most a few times a second (a backend may report
+            # every tensor it reads).
+            now = time.monotonic()
+            done = fraction is not None and fraction >= 1
+            if now - shown[0] < PROGRESS_EVERY_S and not done:
+                return
+            shown[0] = now
+            told = {"instance": number, "detail": str(message)[:200],
+                    "fraction": None if fraction is None else round(float(fraction), 3)}
+            self.loading.get(model.name, {}).update(progress=told)
+            events = self.registry.events
+            if events is not None:
+                events.publish_threadsafe(MODEL, name=model.name, state="loading",
+                                          commit=config.commit, backend=model.backend, **told)
+
         def load_measured() -> list[Backend]:
             # RAM taken by the load, remembered for the next admission of these settings.
             # The process's growth undercounts when the allocator reuses memory freed
             # earlier (an unloaded model's), so what the instances say they hold is a floor.
             before = psutil.Process().memory_info().rss
-            loaded = load_model(model, config, self.catalog, self.cache_dir, step)
+            loaded = load_model(model, config, self.catalog, self.cache_dir, step, progress)
             grown = psutil.Process().memory_info().rss - before
             self.memory.remember(model, max(grown, sum(b.memory_estimate() for b in loaded)))
             return loaded

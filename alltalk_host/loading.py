@@ -13,6 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from .audio import audio_problem
@@ -26,12 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
-               cache_dir: Path, on_step: Callable[[str, int], None] | None = None
+               cache_dir: Path, on_step: Callable[[str, int], None] | None = None,
+               on_progress: Callable[[int, str, float | None], None] | None = None
                ) -> list[Backend]:
     """Loaded and warmed-up instances of ``model`` (``model.instances`` of them).
 
     ``on_step(step, instance_number)`` is told when each instance starts loading and warming
-    up (live progress); it runs on this worker thread."""
+    up, ``on_progress(instance_number, message, fraction)`` what the backend says of its own
+    load (``context.progress``); both run on this worker thread."""
     report = on_step or (lambda step, number: None)
     cls = catalog.get(model.backend)
     if cls is None:  # validated already; the catalog cannot shrink at run time
@@ -46,7 +49,10 @@ def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
         for i in range(model.instances):
             started = time.monotonic()
             step = "create"
-            instance = cls(model.parsed, context)
+            number = i + 1
+            instance = cls(model.parsed, context if on_progress is None else replace(
+                context, progress=lambda message, fraction=None, n=number:
+                on_progress(n, message, fraction)))
             # Listed before load(): an instance whose load or warm-up raises holds whatever it
             # got onto the device so far, and must be unloaded like the others.
             instances.append(instance)

@@ -55,6 +55,11 @@ async def test_a_switch_streams_its_phases_in_order_and_the_models_states(start_
     assert loading["model"] == "reference-low" and loading["instances"] == 1
     models = [(e["name"], e["state"]) for e in events if e["event"] == "model"]
     assert ("reference-low", "loading") in models and ("reference-low", "serving") in models
+    # What the backend said of its own load (context.progress) is passed on as it happens.
+    (told,) = [e for e in events if e["event"] == "model" and e.get("detail")]
+    assert told["name"] == "reference-low" and told["state"] == "loading"
+    assert told["detail"] == "reading the model file" and told["fraction"] == 0.0
+    assert told["instance"] == 1
     # The old default drains and unloads after the switch, and says how long that took.
     after = await read_events(stream, lambda e: e.get("state") == "unloaded")
     unloaded = after[-1]

@@ -8,11 +8,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tools.gpu_smoke import STEPS, gpu_absent
 
 from .conftest import ROOT
 
 
+# On a GPU every step loads real models (the smoke script allows itself 900 s); on the CPU it
+# takes seconds. The suite's 300 s per test would cut a GPU run short.
+@pytest.mark.timeout(960)
 def test_the_gpu_smoke_test_runs_and_reports(tmp_path):
     report_path = tmp_path / "gpu_smoke.json"
     out = subprocess.run([sys.executable, "-m", "tools.gpu_smoke", "--out", str(report_path),

@@ -67,6 +67,9 @@ async def test_make_default_plans_applies_and_shows_each_phase_while_another_tab
     await expect(diff).to_contain_text("default_model")
     await expect(diff).to_contain_text("repo:settings.toml[default]")
     await expect(page.locator("table.actions tr.load")).to_contain_text("reference-low")
+    # What memory admission decided, before anything loads: the backend's estimate.
+    await expect(page.locator("table.actions tr.load")).to_contain_text(
+        "8.0 MiB RAM (estimate), loads beside")
     await expect(page.locator("table.actions tr.unload")).to_contain_text("reference")
     apply = button(page, "Apply")
     await expect(apply).to_be_enabled()  # only now that the plan is shown

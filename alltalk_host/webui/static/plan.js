@@ -90,7 +90,16 @@ function commitInfo(hash) {
 function describe(plan, mode, target) {
   const info = commitInfo(plan.commit);
   const status = app.status;
+  // The host's admission decision for a model it loads (plan.memory), else what a serving
+  // copy holds now.
   const memory = (name) => {
+    const a = (plan.memory || []).find((x) => x.model === name);
+    if (a && a.need && a.need.ram_bytes) {
+      const device = a.need.device_bytes ? ` + ${bytes(a.need.device_bytes)} on ${a.need.device}` : "";
+      const what = `${bytes(a.need.ram_bytes)} RAM${device} (${a.need.source})`;
+      return a.fits === false ? h("span", {class: "warning"}, `${what}: does not fit: ${a.reason}`)
+        : `${what}, loads ${a.how}`;
+    }
     const m = status && status.models.find((x) => x.name === name && x.state === "serving");
     return m && m.memory_estimate ? bytes(m.memory_estimate) : "not known until loaded";
   };
