@@ -65,21 +65,31 @@ class Metrics:
                                     ["model"], buckets=PHASE_BUCKETS, registry=r)
         r.register(_HostCollector(host))
         self._phases: dict[str, tuple[str, str, float]] = {}  # op -> (action, phase, since)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # per-request series
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     def request_done(self, route: str, model: str, status: int) -> None:
-        self.requests.labels(route, model, f"{status // 100}xx").inc()
+        self._child(self.requests, route, model, f"{status // 100}xx").inc()
 
     def speech_done(self, model: str, first_audio_s: float | None, total_s: float,
                     busy_s: float, audio_s: float) -> None:
         if first_audio_s is not None:
-            self.first_audio.labels(model).observe(first_audio_s)
-        self.request_time.labels(model).observe(total_s)
+            self._child(self.first_audio, model).observe(first_audio_s)
+        self._child(self.request_time, model).observe(total_s)
         if audio_s > 0:
-            self.audio.labels(model).inc(audio_s)
-            self.rtf.labels(model).observe(busy_s / audio_s)
+            self._child(self.audio, model).inc(audio_s)
+            self._child(self.rtf, model).observe(busy_s / audio_s)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # labels() validates and locks on every call: most of what a request's metrics cost.
+        # The label sets are few (routes, models, status classes), so each child is kept.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def on_event(self, event: Event) -> None:
         """A live event: time the phases of changes, count their outcomes, time drains."""
