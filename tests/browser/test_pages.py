@@ -67,6 +67,7 @@ async def test_every_page_by_keyboard_with_its_state_in_the_url(start_server, co
 
     await nav.get_by_role("link", name="Connect a client", exact=True).click()
     await expect(page.get_by_text(f"{pages.origin}/v1", exact=True)).to_be_visible()
+    await expect(page.get_by_text("Wyoming Protocol (recommended): host and port")).to_be_visible()
     await shot(page, "connect")
 
     # Back and forward work like any site's.

@@ -38,7 +38,10 @@ function render() {
       + `with client.audio.speech.with_streaming_response.create(\n        model="tts-1", voice="alloy", input="Hello there.") as reply:\n`
       + "    reply.stream_to_file(\"hello.mp3\")"),
     h("h2", {}, "Home Assistant"),
-    h("dl", {}, item("AllTalk integrations: server URL", base,
+    h("dl", {}, item("Wyoming Protocol (recommended): host and port",
+      `${location.hostname} : 10200`,
+      "(when the server runs with --wyoming-uri tcp://0.0.0.0:10200 or ALLTALK_WYOMING_URI; voices are MODEL and MODEL/VOICE)"),
+      item("AllTalk integrations: server URL", base,
       "(those that fetch output_file_url as it is need alltalk.legacy_api = true in the config)"),
       item("openai_tts: URL", `${base}/v1/audio/speech`, "(any API key; its key check speaks \".\")")),
     h("h2", {}, "curl"),
