@@ -82,6 +82,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"attempted {data['attempted_commit'] or '-'}")
     if data["apply_in_progress"]:
         print(f"busy      {data['apply_in_progress']}")
+    canary = data.get("canary") or {}
+    if canary.get("running"):
+        print(f"canary    {canary['commit']}  ({canary['spec']['percent']:g} %, "
+              f"{canary['time_left_s']:.0f} s left): {canary['verdict_now']['reason']}")
     for m in data["models"]:
         gen = f"gen {m['generation']}" if "generation" in m else ""
         print(f"  {m['name']:<20} {m['state']:<10} {m.get('backend', ''):<12} {gen} "
@@ -119,8 +123,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    return _print_change(args, _call(args, "POST", "/control/config/apply",
-                                     {"commit": args.commit, "author": _author()}))
+    body: dict[str, Any] = {"commit": args.commit, "author": _author()}
+    overrides = {k: v for k, v in (("percent", args.percent), ("duration_s", args.duration_s),
+                                   ("min_requests", args.min_requests)) if v is not None}
+    if args.canary or overrides:
+        body["canary"] = overrides or True
+    return _print_change(args, _call(args, "POST", "/control/config/apply", body))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -264,6 +272,15 @@ def _parser() -> argparse.ArgumentParser:
                                description="Load what the commit changes beside the serving "
                                            "models, warm up, then switch."))
     p.add_argument("commit", help="full or short hash, branch or tag")
+    p.add_argument("--canary", action="store_true",
+                   help="serve it to a share of requests first; promoted or aborted by what it "
+                        "did (docs/canary.md; defaults from the serving commit's [canary])")
+    p.add_argument("--percent", type=float, help="the canary's share of requests (implies "
+                                                 "--canary)")
+    p.add_argument("--duration-s", type=float, help="how long the canary runs before it is "
+                                                    "judged (implies --canary)")
+    p.add_argument("--min-requests", type=int, help="requests the canary must serve to be "
+                                                    "judged (implies --canary)")
     p.set_defaults(func=cmd_apply)
     p = remote(csub.add_parser("rollback", help="go back to a known-good commit",
                                description="Apply COMMIT, or the previous known-good commit; "

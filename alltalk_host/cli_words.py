@@ -19,6 +19,8 @@ def change(reply: dict[str, Any]) -> str:
     """One line for an apply, rollback, reload or switch: ``applied 3f2a9c1: test-voice
     loaded in 0.4 s, reference unloaded``."""
     commit = short(reply.get("commit"))
+    if reply.get("result") == "canary":
+        return canary_started(reply)
     if reply.get("result") == "unchanged":
         return f"unchanged, still serving {commit}: {reply.get('message') or 'nothing to do'}"
     verb = VERBS.get(str(reply.get("action", "")), "applied")
@@ -46,3 +48,17 @@ def change(reply: dict[str, Any]) -> str:
     if isinstance(branch, dict) and branch.get("moved") is False:
         line += f"; branch {branch.get('name', '')} not moved: {branch.get('reason', '')}"
     return line
+
+
+def canary_started(reply: dict[str, Any]) -> str:
+    """``canary 3f2a9c1 serves 10 % of requests beside 8e1d0a2 for 300 s: promoted if ...``"""
+    canary = reply.get("canary") or {}
+    spec = canary.get("spec") or {}
+    loaded = ", ".join(f"{name} loaded in {s:.1f} s" for name, s in
+                       (reply.get("loaded") or {}).items() if isinstance(s, int | float))
+    return (f"canary {short(reply.get('commit'))} serves {spec.get('percent', '?')} % of "
+            f"requests beside {short(canary.get('stable'))} for {spec.get('duration_s', '?')} "
+            f"s: promoted if it serves at least {spec.get('min_requests', '?')} requests with "
+            f"an error rate <= {spec.get('max_error_rate', '?')} and a p95 time to first "
+            f"audio <= {spec.get('max_latency_ratio', '?')} x the stable arm's, else aborted"
+            + (f" ({loaded})" if loaded else " (settings only, no model loaded)"))
