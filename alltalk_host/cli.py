@@ -122,10 +122,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+# The canary thresholds `config apply` takes as flags (--duration-s for duration_s): each one
+# implies --canary and overrides the serving commit's [canary] default.
+CANARY_FLAGS = ("percent", "duration_s", "min_requests", "max_error_rate", "max_latency_ratio")
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"commit": args.commit, "author": _author()}
-    overrides = {k: v for k, v in (("percent", args.percent), ("duration_s", args.duration_s),
-                                   ("min_requests", args.min_requests)) if v is not None}
+    overrides = {name: getattr(args, name) for name in CANARY_FLAGS
+                 if getattr(args, name) is not None}
     if args.canary or overrides:
         body["canary"] = overrides or True
     return _print_change(args, _call(args, "POST", "/control/config/apply", body))
@@ -281,6 +286,11 @@ def _parser() -> argparse.ArgumentParser:
                                                     "judged (implies --canary)")
     p.add_argument("--min-requests", type=int, help="requests the canary must serve to be "
                                                     "judged (implies --canary)")
+    p.add_argument("--max-error-rate", type=float, help="the highest share of its requests "
+                                                        "that may fail (implies --canary)")
+    p.add_argument("--max-latency-ratio", type=float,
+                   help="its p95 time to first audio, at most this times the stable arm's "
+                        "(implies --canary)")
     p.set_defaults(func=cmd_apply)
     p = remote(csub.add_parser("rollback", help="go back to a known-good commit",
                                description="Apply COMMIT, or the previous known-good commit; "

@@ -398,16 +398,29 @@ async def test_the_cli_applies_a_commit_as_a_canary(start_server, config_repo):
     new = config_repo.change("higher", "models.toml",
                              "default.models.reference.settings.pitch_hz", 280)
     out = await run_cli("config", "apply", new[:10], "--canary", "--percent", "25",
-                        "--duration-s", "600", "--url", url)
-    assert re.fullmatch(rf"canary {new[:7]} serves 25(\.0)? % of requests beside "
-                        rf"{config_repo.initial[:7]} for 600(\.0)? s: promoted if it serves at "
-                        r"least 20 requests with an error rate <= 0.01 and a p95 time to first "
+                        "--duration-s", "600", "--max-error-rate", "0.05", "--url", url)
+    assert re.fullmatch(rf"canary {new[:7]} serves 25 % of requests beside "
+                        rf"{config_repo.initial[:7]} for 600 s: promoted if it serves at "
+                        r"least 20 requests with an error rate <= 0.05 and a p95 time to first "
                         r"audio <= 1.5 x the stable arm's, else aborted \(reference loaded in "
                         r"[\d.]+ s\)\n", out), out
     state = await canary_state(client)
     assert state["spec"]["percent"] == 25 and state["spec"]["duration_s"] == 600
+    assert state["spec"]["max_error_rate"] == 0.05 and state["spec"]["min_requests"] == 20
     with pytest.raises(SystemExit, match="canary_in_progress"):
         await asyncio.to_thread(cli.main, ["config", "apply", "HEAD~1", "--url", url])
+    assert (await client.post("/control/canary/abort", json={})).status == 200
+    # A threshold flag alone means a canary; one out of range is the server's 400, in a line.
+    other = config_repo.change("lower", "models.toml",
+                               "default.models.reference.settings.pitch_hz", 180)
+    with pytest.raises(SystemExit, match="bad_field"):
+        await asyncio.to_thread(cli.main, ["config", "apply", other[:10], "--max-latency-ratio",
+                                           "0", "--url", url])
+    out = await run_cli("config", "apply", other[:10], "--max-latency-ratio", "3", "--url", url)
+    assert out.startswith(f"canary {other[:7]} serves 10 % of requests beside "
+                          f"{config_repo.initial[:7]} for "
+                          "300 s") and "<= 3 x the stable arm's" in out, out
+    assert (await canary_state(client))["spec"]["max_latency_ratio"] == 3
     assert (await client.post("/control/canary/abort", json={})).status == 200
     assert words.change({"result": "canary", "commit": "3f2a9c1dead", "loaded": {},
                          "canary": {}}).startswith("canary 3f2a9c1 serves ? % of requests")
