@@ -139,9 +139,12 @@ class ApplyTransaction:
 
         def load_measured() -> list[Backend]:
             # RAM taken by the load, remembered for the next admission of these settings.
+            # The process's growth undercounts when the allocator reuses memory freed
+            # earlier (an unloaded model's), so what the instances say they hold is a floor.
             before = psutil.Process().memory_info().rss
             loaded = load_model(model, config, self.catalog, self.cache_dir, step)
-            self.memory.remember(model, psutil.Process().memory_info().rss - before)
+            grown = psutil.Process().memory_info().rss - before
+            self.memory.remember(model, max(grown, sum(b.memory_estimate() for b in loaded)))
             return loaded
 
         try:

@@ -299,7 +299,7 @@ class Controller:
             prepared = await self.transaction.prepare(config, plan, op, beside_only)
         except Exception as exc:
             error = await self._failed(exc, commit, who, action, started)
-            op.phase("failed", reason=error.message, code=str(error.code),
+            op.phase("failed", reason=error.message, code=error.code,
                      still_serving=self.registry.serving.commit if self.registry.serving
                      else None)
             if error is exc:

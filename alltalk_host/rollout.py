@@ -161,7 +161,7 @@ class Rollout:
                                          duration_s=run.ran_s, extra={"canary": summary})
             finally:
                 self._end(promote=False)
-            op.phase("failed", reason=reason, code=str(Code.CANARY_ABORTED),
+            op.phase("failed", reason=reason, code=Code.CANARY_ABORTED,
                      still_serving=run.stable_commit)
             log.warning("canary of %s aborted by %s: %s; %s serves on", run.commit[:10], who,
                         reason, run.stable_commit[:10])
@@ -186,7 +186,7 @@ class Rollout:
             extra={"canary": {**left, "outcome": "aborted", "reason": reason,
                               "decided_by": "startup", "arms": None}})
         Operation(self.events, "canary", left["commit"], "startup").phase(
-            "failed", reason=reason, code=str(Code.CANARY_ABORTED),
+            "failed", reason=reason, code=Code.CANARY_ABORTED,
             still_serving=self.ledger.applied)
         log.warning("start-up: canary of %s aborted: %s", left["commit"][:10], reason)
 

@@ -108,7 +108,8 @@ def problems(source: str, where: str) -> Iterator[str]:
             continue
         for kw in node.keywords:
             value = kw.value
-            if kw.arg == "code" and not _is_member(value) and not (
+            # error.code passes another error's code on: errors are built with Code members.
+            if kw.arg == "code" and not _is_member(value) and not _is_code_attr(value) and not (
                     isinstance(value, ast.Name) and value.id in declared.get(id(node), ())):
                 yield (f"{where}:{kw.lineno}: code={ast.unparse(value)} is neither a Code "
                        "member nor a name declared as a Code")
