@@ -124,7 +124,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # The canary thresholds `config apply` takes as flags (--duration-s for duration_s): each one
 # implies --canary and overrides the serving commit's [canary] default.
-CANARY_FLAGS = ("percent", "duration_s", "min_requests", "max_error_rate", "max_latency_ratio")
+CANARY_FLAGS = ("percent", "duration_s", "min_requests", "max_error_rate", "max_latency_ratio",
+                "latency_slack_s")
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -291,6 +292,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-latency-ratio", type=float,
                    help="its p95 time to first audio, at most this times the stable arm's "
                         "(implies --canary)")
+    p.add_argument("--latency-slack-s", type=float,
+                   help="a p95 at most this many seconds above the stable arm's passes "
+                        "whatever the ratio (implies --canary)")
     p.set_defaults(func=cmd_apply)
     p = remote(csub.add_parser("rollback", help="go back to a known-good commit",
                                description="Apply COMMIT, or the previous known-good commit; "

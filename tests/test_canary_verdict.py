@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -60,6 +61,21 @@ def test_a_slow_canary_is_aborted_by_its_p95_against_the_stable_arms():
                               "0.200 s > 1.5")
 
 
+def test_a_p95_within_the_slack_passes_whatever_the_ratio():
+    """2 ms against 1 ms is noise, not a slower model: promoted, and the reason says why."""
+    fast = evaluate(SPEC, arm(100, first_audio_s=0.001), arm(40, first_audio_s=0.002), False)
+    assert fast == Verdict(PROMOTE, "error rate 0.00 <= 0.01 over 40 requests; p95 time to "
+                                    "first audio 0.002 s is within 0.05 s of the stable "
+                                    "arm's 0.001 s")
+    strict = replace(SPEC, latency_slack_s=0)
+    assert evaluate(strict, arm(100, first_audio_s=0.001), arm(40, first_audio_s=0.002),
+                    False).outcome == ABORT
+    # Just past the slack and the ratio both: aborted.
+    slow = evaluate(SPEC, arm(100, first_audio_s=0.02), arm(40, first_audio_s=0.08), False)
+    assert slow.outcome == ABORT and slow.reason.startswith("p95 time to first audio 0.080 s "
+                                                            "is 4.00 x")
+
+
 def test_a_good_canary_is_promoted_and_says_why():
     verdict = evaluate(SPEC, arm(200, errors=1), arm(40, first_audio_s=0.25), False)
     assert verdict.outcome == PROMOTE
@@ -84,6 +100,7 @@ def test_p95_is_the_95th_percentile_of_what_was_measured():
     ({"duration_s": float("nan")}, "canary.duration_s must be a number"),
     ({"min_requests": 2.5}, "canary.min_requests must be a whole number"),
     ({"max_error_rate": 1.5}, "canary.max_error_rate must be from 0 to 1"),
+    ({"latency_slack_s": -0.1}, "canary.latency_slack_s must be from 0 to 60"),
     ({"percents": 10}, "canary has no setting 'percents'"),
 ])
 def test_overrides_out_of_range_are_refused(overrides, problem):

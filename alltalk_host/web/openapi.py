@@ -105,7 +105,8 @@ CANARY = {"oneOf": [
          "duration_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 7 * 86400},
          "min_requests": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
          "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1},
-         "max_latency_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 100}}}]}
+         "max_latency_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+         "latency_slack_s": {"type": "number", "minimum": 0, "maximum": 60}}}]}
 CONTROL_ERRORS = (401, 403)
 JSON_CONTROL_ERRORS = (400, 401, 403, 413, 415)
 
