@@ -131,6 +131,23 @@ async def test_a_failing_canary_is_aborted_with_its_measured_reason_and_no_clien
     assert status["applied_commit"] == status["serving_commit"] == stable
 
 
+async def test_a_slow_canary_is_aborted_by_its_p95_time_to_first_audio(start_server,
+                                                                      config_repo):
+    """A model that works but is slow: no error, and still not promoted."""
+    client = await start_server()
+    stable = config_repo.initial
+    slow = config_repo.change("slow", "models.toml", "default.models.reference.settings.rtf",
+                              1.0)  # a second of work per second of audio
+    await canary_of(client, slow, percent=50, duration_s=1.0, min_requests=2)
+    seen = await speak_until_decided(client, texts=("Hi.",))
+    assert all(s == 200 for s, _, _ in seen) and {c for _, c, _ in seen} == {stable, slow}
+    last = (await canary_state(client))["last"]
+    assert last["canary"]["outcome"] == "aborted" and last["canary"]["arms"]["canary"][
+        "errors"] == 0
+    assert re.fullmatch(r"p95 time to first audio [\d.]+ s is [\d.]+ x the stable arm's "
+                        r"[\d.]+ s > 1\.5", last["reason"]), last["reason"]
+
+
 async def test_streams_switch_arms_before_their_first_byte(start_server, config_repo):
     """A stream sent to a failing canary: the stable arm serves it from its first byte, for
     AllTalk's and OpenAI's streaming routes alike."""
