@@ -363,6 +363,29 @@ async def test_a_sticky_choice_sends_each_client_to_one_arm(start_server, config
     assert state["arms"]["canary"]["requests"] + state["arms"]["stable"]["requests"] == 48
 
 
+async def test_a_sticky_choice_by_address_keeps_one_client_on_one_arm(start_server,
+                                                                    config_repo):
+    """Every request of this test comes from 127.0.0.1: one client, so one arm, at 50 %."""
+    config_repo.set("settings.toml", "default.canary.arm_choice", "address")
+    config_repo.initial = config_repo.commit("canaries stick to a client's address")
+    client = await start_server()
+    new = config_repo.change("speed", "models.toml", "default.models.reference.default_speed",
+                             1.1)
+    await canary_of(client, new, percent=50, duration_s=300)
+    commits = set()
+    for n in range(20):
+        resp = await client.post("/tts", json={"text": "Hi."},
+                                 headers={"X-AllTalk-Client": f"ignored-{n}"})
+        commits.add(resp.headers["X-AllTalk-Commit"])
+    assert len(commits) == 1, commits
+    # Asking for an arm still wins over stickiness.
+    other = ({config_repo.initial, new} - commits).pop()
+    arm = "canary" if other == new else "stable"
+    resp = await client.post("/tts", json={"text": "Hi."}, headers={CANARY: arm})
+    assert resp.headers["X-AllTalk-Commit"] == other
+    assert (await client.post("/control/canary/abort", json={})).status == 200
+
+
 async def test_metrics_label_the_arm_that_served(start_server, config_repo):
     client = await start_server()
     for _ in range(2):
