@@ -24,7 +24,7 @@ import psutil
 
 from .backend import Backend
 from .config.settings import HostConfig, ModelDef
-from .errors import ApplyFailed, Code, HostError
+from .errors import ApplyFailed, Code, Conflict, HostError
 from .events import MODEL, Operation
 from .loading import load_model
 from .memory import MemoryAdmission, refuse
@@ -67,17 +67,26 @@ class ApplyTransaction:
         self.last_load_s: dict[str, float] = {}
         self.memory = MemoryAdmission(catalog, cache_dir)
 
-    async def prepare(self, config: HostConfig, plan: Plan,
-                      op: Operation | None = None) -> Prepared:
+    async def prepare(self, config: HostConfig, plan: Plan, op: Operation | None = None,
+                      beside_only: bool = False) -> Prepared:
+        """``beside_only``: every changed model must load beside its serving copy (a canary
+        serves both), so one that would be replaced in place refuses the change."""
         op = op or Operation(None, "apply", config.commit, "")
         check_available(config, plan)
         current = self.registry.serving
         admissions = self.memory.check(config, plan, current)
         refuse(admissions)  # before anything is loaded or unloaded
-        in_place = set()
+        in_place = {a.model for a in admissions if a.how == "in place"}
+        if beside_only and current is not None:
+            first = [n for n in plan.reload if config.models[n].low_memory_swap or n in in_place]
+            if first:
+                raise Conflict(
+                    f"model {first[0]} would be replaced in place (low_memory_swap, or it does "
+                    "not fit beside its serving copy), but a canary serves both copies at "
+                    "once; apply it without a canary, or make room",
+                    code=Code.CANARY_NOT_POSSIBLE, details={"models": first})
         for a in admissions:
             if a.how == "in place":
-                in_place.add(a.model)
                 log.warning("model %s does not fit beside its serving copy (%s): replacing it "
                             "in place; its requests wait while it loads", a.model, a.reason)
         fresh: dict[str, Generation] = {}

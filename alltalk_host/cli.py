@@ -88,6 +88,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"attempted {data['attempted_commit'] or '-'}")
     if data["apply_in_progress"]:
         print(f"busy      {data['apply_in_progress']}")
+    canary = data.get("canary") or {}
+    if canary.get("running"):
+        print(f"canary    {canary['commit']}  ({canary['spec']['percent']:g} %, "
+              f"{canary['time_left_s']:.0f} s left): {canary['verdict_now']['reason']}")
     for m in data["models"]:
         gen = f"gen {m['generation']}" if "generation" in m else ""
         print(f"  {m['name']:<20} {m['state']:<10} {m.get('backend', ''):<12} {gen} "
@@ -124,8 +128,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+# The canary thresholds `config apply` takes as flags (--duration-s for duration_s): each one
+# implies --canary and overrides the serving commit's [canary] default.
+CANARY_FLAGS = ("percent", "duration_s", "min_requests", "max_error_rate", "max_latency_ratio",
+                "latency_slack_s")
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
-    return _change(args, "/control/config/apply", {"commit": args.commit})
+    body: dict[str, Any] = {"commit": args.commit}
+    overrides = {name: getattr(args, name) for name in CANARY_FLAGS
+                 if getattr(args, name) is not None}
+    if args.canary or overrides:
+        body["canary"] = overrides or True
+    return _change(args, "/control/config/apply", body)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -283,6 +298,23 @@ def _parser() -> argparse.ArgumentParser:
                                description="Load what the commit changes beside the serving "
                                            "models, warm up, then switch."))
     p.add_argument("commit", help="full or short hash, branch or tag")
+    p.add_argument("--canary", action="store_true",
+                   help="serve it to a share of requests first; promoted or aborted by what it "
+                        "did (docs/canary.md; defaults from the serving commit's [canary])")
+    p.add_argument("--percent", type=float, help="the canary's share of requests (implies "
+                                                 "--canary)")
+    p.add_argument("--duration-s", type=float, help="how long the canary runs before it is "
+                                                    "judged (implies --canary)")
+    p.add_argument("--min-requests", type=int, help="requests the canary must serve to be "
+                                                    "judged (implies --canary)")
+    p.add_argument("--max-error-rate", type=float, help="the highest share of its requests "
+                                                        "that may fail (implies --canary)")
+    p.add_argument("--max-latency-ratio", type=float,
+                   help="its p95 time to first audio, at most this times the stable arm's "
+                        "(implies --canary)")
+    p.add_argument("--latency-slack-s", type=float,
+                   help="a p95 at most this many seconds above the stable arm's passes "
+                        "whatever the ratio (implies --canary)")
     p.set_defaults(func=cmd_apply)
     p = remote(csub.add_parser("rollback", help="go back to a known-good commit",
                                description="Apply COMMIT, or the previous known-good commit; "

@@ -63,7 +63,8 @@ class _Follower(threading.Thread):
                 self.open.set()
             elif kind == "operation" and self._ours(data):
                 print(cli_words.phase(data), file=self.out, flush=True)
-                if data.get("phase") in ("done", "failed"):
+                # A canary's apply answers once both arms serve; its verdict comes later.
+                if data.get("phase") in ("done", "failed", "canary"):
                     self.finished.set()
                     return
 

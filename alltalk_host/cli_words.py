@@ -19,6 +19,8 @@ def change(reply: dict[str, Any]) -> str:
     """One line for an apply, rollback, reload or switch: ``applied 3f2a9c1: test-voice
     loaded in 0.4 s, reference unloaded``."""
     commit = short(reply.get("commit"))
+    if reply.get("result") == "canary":
+        return canary_started(reply)
     if reply.get("result") == "unchanged":
         return f"unchanged, still serving {commit}: {reply.get('message') or 'nothing to do'}"
     verb = VERBS.get(str(reply.get("action", "")), "applied")
@@ -73,3 +75,22 @@ def phase(event: dict[str, Any]) -> str:
     if isinstance(expected, int | float) and name == "loading":
         words += f" (last time {expected:.1f} s)"
     return words
+
+
+def canary_started(reply: dict[str, Any]) -> str:
+    """``canary 3f2a9c1 serves 10 % of requests beside 8e1d0a2 for 300 s: promoted if ...``"""
+    canary = reply.get("canary") or {}
+    spec = canary.get("spec") or {}
+
+    def num(key: str) -> str:  # 10 and 10.0 alike, as a person writes them
+        value = spec.get(key)
+        return f"{value:g}" if isinstance(value, int | float) else "?"
+
+    loaded = ", ".join(f"{name} loaded in {s:.1f} s" for name, s in
+                       (reply.get("loaded") or {}).items() if isinstance(s, int | float))
+    return (f"canary {short(reply.get('commit'))} serves {num('percent')} % of requests "
+            f"beside {short(canary.get('stable'))} for {num('duration_s')} s: promoted if it "
+            f"serves at least {num('min_requests')} requests with an error rate <= "
+            f"{num('max_error_rate')} and a p95 time to first audio <= "
+            f"{num('max_latency_ratio')} x the stable arm's, else aborted"
+            + (f" ({loaded})" if loaded else " (settings only, no model loaded)"))

@@ -3,7 +3,9 @@
 It orders the pieces of a change and owns none of them: the ApplyTransaction loads and checks
 models (``apply.py``), the Ledger records and saves state (``ledger.py``), the SettingsEditor
 writes setting commits (``config/editor.py``), the BranchWatcher follows the branch
-(``watch.py``). One change runs at a time; a second gets 409 ``apply_in_progress``.
+(``watch.py``), the Rollout starts and ends canaries (``rollout.py``). One change runs at a
+time; a second gets 409 ``apply_in_progress``, and any change during a canary 409
+``canary_in_progress``.
 
 The order of an apply, and why:
   1. record the attempt (a crash from here on leaves the previous good state serving);
@@ -13,9 +15,11 @@ The order of an apply, and why:
   4. move the branch, for a commit the host wrote (a setting edit, a rollback by revert);
   5. switch the snapshot, last, with nothing awaited after it, so whoever sees the new state
      can act on it at once.
+A canary stops after step 2: the Rollout serves it beside the stable snapshot, and steps 3
+and 5 (or the commit failed) come when it is judged.
 Git and config building run on one I/O thread; model loading on the registry's threads.
 
-(About 400 lines, over the house limit of ~300: this is the one place where the order of each
+(About 480 lines, over the house limit of ~300: this is the one place where the order of each
 change is written down, kept together so it reads top to bottom. Its parts live elsewhere.)
 """
 
@@ -24,14 +28,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .apply import ApplyTransaction
+from .apply import ApplyTransaction, Prepared
+from .canary import Arms
 from .config.editor import SettingsEditor
 from .config.loader import ConfigLoader
 from .config.repo import ConfigRepo
@@ -43,6 +48,7 @@ from .plan import Plan, make_plan
 from .plugins import BackendCatalog
 from .registry import ModelRegistry
 from .report import Report
+from .rollout import Rollout
 from .state import StateStore
 from .watch import BranchWatcher
 
@@ -53,7 +59,7 @@ T = TypeVar("T")
 class Controller:
     def __init__(self, repo: ConfigRepo, loader: ConfigLoader, store: StateStore,
                  registry: ModelRegistry, catalog: BackendCatalog, cache_dir: Path,
-                 events: EventBus | None = None) -> None:
+                 events: EventBus | None = None, arms: Arms | None = None) -> None:
         self.repo = repo
         self.events = events
         self.loader = loader
@@ -63,13 +69,15 @@ class Controller:
         self.ledger = Ledger(store, self._io)
         self.editor = SettingsEditor(repo, loader)
         self.transaction = ApplyTransaction(registry, catalog, cache_dir)
-        self.watcher = BranchWatcher(repo, self.ledger, registry, self._io,
-                                     apply=self._watch_apply, busy=lambda: self._busy is not None)
-        self._busy: dict[str, Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.rollout = Rollout(registry, self.ledger, arms or Arms(), events, self._spawn)
+        self.watcher = BranchWatcher(
+            repo, self.ledger, registry, self._io, apply=self._watch_apply,
+            busy=lambda: self._busy is not None or self.rollout.running is not None)
+        self._busy: dict[str, Any] | None = None
         self.report = Report(repo, registry, catalog, self.ledger, self.transaction,
                              self.watcher, self._io, busy=lambda: self._busy,
-                             ready=lambda: self.ready)
+                             ready=lambda: self.ready, canary=self.rollout.describe)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -80,6 +88,7 @@ class Controller:
 
     async def stop(self) -> None:
         self.watcher.close()
+        self.rollout.close()  # a canary left running is aborted at the next start
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -91,6 +100,7 @@ class Controller:
         if removed:
             log.info("removed %d temporary config copies left by an earlier run", removed)
         await self._finish_branch_move()
+        await self.rollout.abort_left_over()
         head = await self._run_io(self.repo.head)
         candidates = list(dict.fromkeys([*self.ledger.startup_candidates(), head]))
         for commit in candidates:
@@ -163,13 +173,25 @@ class Controller:
     # ``who`` is recorded in the history and the log; ``author``, when the caller named one,
     # is the git author of a commit the host writes (else the repo's own identity).
 
-    async def apply(self, ref: str, who: str) -> dict[str, Any]:
+    async def apply(self, ref: str, who: str,
+                    canary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Apply ``ref``; with ``canary`` (overrides of the ``[canary]`` defaults, ``{}`` for
+        none) serve it to a share of requests first, promoted or aborted by what it did."""
         async def run() -> dict[str, Any]:
-            with self._exclusive("apply", ref, who) as busy:
+            with self._exclusive("apply" if canary is None else "canary", ref, who) as busy:
                 commit = await self._run_io(self.repo.resolve, ref)
                 busy["commit"] = commit
+                if canary is not None:
+                    return await self.rollout.start(commit, who, canary, self._prepare)
                 return await self._apply(commit, who, "apply")
         return await self._detached(run())
+
+    # Deciding on a canary early: not _exclusive, as a canary refuses every other change and
+    # the Rollout lets only one end happen.
+
+    async def end_canary(self, who: str, promote: bool) -> dict[str, Any]:
+        end = self.rollout.promote if promote else self.rollout.abort
+        return await self._detached(end(who))
 
     async def rollback(self, ref: str | None, who: str, revert: bool = True,
                        author: str | None = None) -> dict[str, Any]:
@@ -271,10 +293,11 @@ class Controller:
                                          move_from=edit.base)
         return await self._detached(run())
 
-    async def _apply(self, commit: str, who: str, action: str, *,
-                     config: HostConfig | None = None, force_reload: Collection[str] = (),
-                     pause_watch_at: str | None = None,
-                     move_from: str | None = None) -> dict[str, Any]:
+    async def _prepare(self, commit: str, who: str, action: str,
+                       config: HostConfig | None = None, force_reload: Collection[str] = (),
+                       beside_only: bool = False) -> tuple[Operation, Plan, Prepared]:
+        """Record the attempt; load, check and prepare the commit's snapshot beside the
+        serving one. A failure is recorded, published and raised."""
         started = time.monotonic()
         op = Operation(self.events, action, commit, who)
         op.phase("started")
@@ -284,7 +307,7 @@ class Controller:
             if config is None:
                 config = await self._run_io(self.loader.load, commit)
             plan = self._plan(config, force_reload)
-            prepared = await self.transaction.prepare(config, plan, op)
+            prepared = await self.transaction.prepare(config, plan, op, beside_only)
         except Exception as exc:
             error = await self._failed(exc, commit, who, action, started)
             op.phase("failed", reason=error.message, code=error.code,
@@ -293,6 +316,14 @@ class Controller:
             if error is exc:
                 raise
             raise error from exc
+        return op, plan, prepared
+
+    async def _apply(self, commit: str, who: str, action: str, *,
+                     config: HostConfig | None = None, force_reload: Collection[str] = (),
+                     pause_watch_at: str | None = None,
+                     move_from: str | None = None) -> dict[str, Any]:
+        started = time.monotonic()
+        op, plan, prepared = await self._prepare(commit, who, action, config, force_reload)
         move = {"from": move_from, "to": commit} if move_from else None
         duration = time.monotonic() - started
         try:
@@ -356,8 +387,13 @@ class Controller:
         return {"moved": True, "name": self.repo.branch, "head": new}
 
     async def _watch_apply(self, head: str) -> None:
-        with self._exclusive("watch", head, "watch"):
-            await self._apply(head, "watch", "watch")
+        serving = self.registry.serving
+        canary = serving is not None and serving.config.canary.watch  # as the stable says
+        with self._exclusive("canary" if canary else "watch", head, "watch"):
+            if canary:
+                await self.rollout.start(head, "watch", {}, self._prepare)
+            else:
+                await self._apply(head, "watch", "watch")
 
     async def _rollback_target(self, ref: str | None) -> str:
         if ref:
@@ -385,6 +421,7 @@ class Controller:
     def _exclusive(self, action: str, commit: str | None,
                    who: str) -> Iterator[dict[str, Any]]:
         """One change at a time; every one that fails, at whatever step, is logged here."""
+        self.rollout.refuse_change()
         if self._busy is not None:
             what = self._busy.get("commit") or self._busy["action"]
             raise Conflict(

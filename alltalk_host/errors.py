@@ -80,6 +80,12 @@ class Code(StrEnum):
     INSUFFICIENT_MEMORY = "insufficient_memory"
     WARMUP_FAILED = "warmup_failed"
     NO_ROLLBACK_TARGET = "no_rollback_target"
+    # canaries: another change while one runs; promote/abort with none running; a commit that
+    # cannot be canaried (the one serving, or a model that would have to be replaced in place)
+    CANARY_IN_PROGRESS = "canary_in_progress"
+    NO_CANARY = "no_canary"
+    CANARY_NOT_POSSIBLE = "canary_not_possible"
+    CANARY_ABORTED = "canary_aborted"
     # the HTTP boundary and the outputs folder
     BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .canary import Arms
 from .config.loader import ConfigLoader
 from .config.repo import ConfigRepo
 from .config.settings import ENV_PREFIX
@@ -89,7 +90,10 @@ class Host:
         self.events = EventBus()
         self.registry = ModelRegistry(events=self.events)
         self.metrics = Metrics(self) if options.metrics else None
-        self.speech = SpeechService(self.registry, observer=self.metrics)
+        # Where requests go while a canary runs: the speech service routes and measures by
+        # it, the controller's rollout starts and ends canaries in it.
+        arms = Arms()
+        self.speech = SpeechService(self.registry, observer=self.metrics, arms=arms)
         cache_dir = options.state_dir / "cache"
         self.control = Controller(
             repo=repo,
@@ -100,6 +104,7 @@ class Host:
             catalog=self.catalog,
             cache_dir=cache_dir,
             events=self.events,
+            arms=arms,
         )
         if self.metrics is not None:
             self.events.listen(self.metrics.on_event)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .backend import Backend
+from .canary import STABLE
 from .errors import Code, HostError, Unavailable
 from .generation import Generation
 
@@ -27,13 +28,16 @@ P = TypeVar("P")
 class Lease(Generic[P]):
     """A started request: one slot on one instance of one generation, until the lease ends.
 
-    ``value`` is what the caller's ``prepare`` made of the request against this snapshot. The
+    ``value`` is what the caller's ``prepare`` made of the request against this snapshot, and
+    ``arm`` the arm that snapshot served ("stable", or "canary" while one runs). The
     slot is given back when the lease has ended *and* no backend call of it is still running:
     a cancelled request must not let a second caller into a backend that is still busy.
     """
 
-    def __init__(self, serving: Serving, gen: Generation, index: int, value: P) -> None:
+    def __init__(self, serving: Serving, gen: Generation, index: int, value: P,
+                 arm: str = STABLE) -> None:
         self.serving = serving
+        self.arm = arm
         self.gen = gen
         self.value = value
         self._index = index

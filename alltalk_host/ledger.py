@@ -1,5 +1,5 @@
 """The ledger: every transition of the host's state (attempted, applied, failed, known-good,
-history, watch pause), each saved before anyone can act on it.
+history, watch pause, a canary in progress), each saved before anyone can act on it.
 
 The controller is its only caller. Saving encodes on the event loop, where the state changes,
 and writes (with fsync) on the I/O thread.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
@@ -63,15 +64,16 @@ class Ledger:
         await self.save()
 
     async def failed(self, commit: str, *, who: str, action: str, reason: str,
-                     duration_s: float) -> None:
+                     duration_s: float, extra: Mapping[str, Any] | None = None) -> None:
         self.state.failed[commit] = {"reason": reason, "time": time.time()}
         self._record(commit=commit, actor=who, action=action, result="failed",
-                     duration_s=duration_s, reason=reason)
+                     duration_s=duration_s, reason=reason, **(extra or {}))
         await self.save()
 
     async def applied_ok(self, commit: str, *, who: str, action: str, duration_s: float,
                          pause_watch_at: str | None = None,
-                         branch_move: dict[str, str] | None = None) -> None:
+                         branch_move: dict[str, str] | None = None,
+                         extra: Mapping[str, Any] | None = None) -> None:
         """The commit point of an apply: after this save, a restart serves ``commit``."""
         state = self.state
         state.applied = commit
@@ -84,8 +86,35 @@ class Ledger:
             state.watch_paused_at = pause_watch_at
         state.branch_move = branch_move
         self._record(commit=commit, actor=who, action=action, result="applied",
-                     duration_s=duration_s)
+                     duration_s=duration_s, **(extra or {}))
         await self.save()
+
+    async def canary_started(self, canary: dict[str, Any], *, who: str,
+                             duration_s: float) -> None:
+        """A canary serves from now on: a restart finds it in the state and aborts it."""
+        self.state.canary = canary
+        self._record(commit=canary["commit"], actor=who, action="canary",
+                     result="canary-started", duration_s=duration_s, canary=canary)
+        await self.save()
+
+    async def canary_extended(self, canary: dict[str, Any], reason: str) -> None:
+        self.state.canary = canary
+        self._record(commit=canary["commit"], actor="canary", action="canary",
+                     result="canary-extended", duration_s=0.0, reason=reason)
+        await self.save()
+
+    def end_canary(self) -> None:
+        """The canary has ended; the next save (its outcome's) forgets it."""
+        self.state.canary = None
+
+    @property
+    def canary(self) -> dict[str, Any] | None:
+        return self.state.canary
+
+    def last_canary(self) -> dict[str, Any] | None:
+        """The history entry of the last canary that ended, if any is still kept."""
+        return next((h for h in reversed(self.state.history) if h.get("action") == "canary"
+                     and h["result"] in ("applied", "failed")), None)
 
     def record_only(self, *, commit: str | None, who: str, action: str, result: str,
                     reason: str | None = None) -> None:
@@ -109,9 +138,9 @@ class Ledger:
         await asyncio.get_running_loop().run_in_executor(self._io, self.store.write, data)
 
     def _record(self, *, commit: str | None, actor: str, action: str, result: str,
-                duration_s: float, reason: str | None = None) -> None:
+                duration_s: float, reason: str | None = None, **extra: Any) -> None:
         entry = {"time": time.time(), "actor": actor, "action": action, "commit": commit,
-                 "result": result, "duration_s": round(duration_s, 4)}
+                 "result": result, "duration_s": round(duration_s, 4), **extra}
         if reason:
             entry["reason"] = reason
         self.state.history.append(entry)

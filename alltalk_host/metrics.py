@@ -6,8 +6,10 @@ front-end (``request_done``), changes and drains by the live events (``on_event`
 info metrics (requests running and waiting, memory, the applied commit, serving generations,
 watch) are read from the host when Prometheus scrapes, so they can never drift.
 
-Label sets stay small: model, route, status class, backend, action, phase, outcome. A commit
-appears only on the info metrics, never on a counter (each commit would start new series).
+Label sets stay small: model, route, status class, arm, backend, action, phase, outcome. A
+commit appears only on the info metrics, never on a counter (each commit would start new
+series). ``arm`` is "canary" for what a running canary served and "stable" for everything else,
+so the request series keep one label set whether or not a canary runs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .canary import STABLE
 from .events import MODEL, OPERATION, Event
 
 if TYPE_CHECKING:
@@ -38,18 +41,18 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("alltalk_requests", "HTTP requests answered, by route, model "
-                                "(empty when none served it) and status class",
-                                ["route", "model", "status_class"], registry=r)
+                                "(empty when none served it), status class and arm",
+                                ["route", "model", "status_class", "arm"], registry=r)
         self.first_audio = Histogram("alltalk_time_to_first_audio_seconds",
                                      "From a speech request's arrival to its first audio",
-                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
+                                     ["model", "arm"], buckets=LATENCY_BUCKETS, registry=r)
         self.request_time = Histogram("alltalk_speech_duration_seconds",
                                       "From a speech request's arrival to its last audio",
-                                      ["model"], buckets=LATENCY_BUCKETS, registry=r)
+                                      ["model", "arm"], buckets=LATENCY_BUCKETS, registry=r)
         self.rtf = Histogram("alltalk_real_time_factor",
                              "Seconds of work per second of audio, once a request started",
-                             ["model"], buckets=RTF_BUCKETS, registry=r)
-        self.audio = Counter("alltalk_audio", "Seconds of audio produced", ["model"],
+                             ["model", "arm"], buckets=RTF_BUCKETS, registry=r)
+        self.audio = Counter("alltalk_audio", "Seconds of audio produced", ["model", "arm"],
                              registry=r, unit="seconds")
         self.operations = Counter("alltalk_operations", "Changes (apply, rollback, reload, "
                                   "switch, ...) by outcome", ["action", "outcome"], registry=r)
@@ -70,21 +73,21 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def request_done(self, route: str, model: str, status: int) -> None:
-        self._child(self.requests, route, model, f"{status // 100}xx").inc()
+    def request_done(self, route: str, model: str, status: int, arm: str = STABLE) -> None:
+        self._child(self.requests, route, model, f"{status // 100}xx", arm).inc()
 
     def speech_done(self, model: str, first_audio_s: float | None, total_s: float,
-                    busy_s: float, audio_s: float) -> None:
+                    busy_s: float, audio_s: float, arm: str = STABLE) -> None:
         if first_audio_s is not None:
-            self._child(self.first_audio, model).observe(first_audio_s)
-        self._child(self.request_time, model).observe(total_s)
+            self._child(self.first_audio, model, arm).observe(first_audio_s)
+        self._child(self.request_time, model, arm).observe(total_s)
         if audio_s > 0:
-            self._child(self.audio, model).inc(audio_s)
-            self._child(self.rtf, model).observe(busy_s / audio_s)
+            self._child(self.audio, model, arm).inc(audio_s)
+            self._child(self.rtf, model, arm).observe(busy_s / audio_s)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         # labels() validates and locks on every call: most of what a request's metrics cost.
-        # The label sets are few (routes, models, status classes), so each child is kept.
+        # The label sets are few (routes, models, status classes, arms), so each child is kept.
         key = (id(metric), labels)
         child = self._children.get(key)
         if child is None:
@@ -137,7 +140,7 @@ class _HostCollector(Collector):
                                                "device", "state"])
         serving = host.registry.serving
         gens = list(serving.generations.values()) if serving else []
-        gens += host.registry.draining
+        gens += host.registry.canary_only() + host.registry.draining
         counts: dict[str, list[int]] = {}
         for gen in gens:
             name = gen.model.name

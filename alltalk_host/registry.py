@@ -11,6 +11,11 @@ its generation: one still waiting when a switch happens moves to whatever now se
 A replaced generation is unloaded after its last request, or at its drain deadline, when the
 requests still on it end with a clean 503 (``Unavailable``) instead of a crash or a hang.
 
+While a canary runs (``canary.py``) a second snapshot serves beside the stable one: a request
+leases on the arm it was sent to. The canary's snapshot shares the generations its commit does
+not change; when it ends it becomes the serving one (promoted), or its own generations retire
+(aborted), and requests waiting on them move as on any switch.
+
 Everything here runs on one event loop; backend calls go to worker threads.
 """
 
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .backend import Backend
+from .canary import CANARY, STABLE
 from .config.settings import HostConfig
 from .errors import Code, Conflict, NotFound, Unavailable
 from .events import MODEL, EventBus
@@ -67,6 +73,8 @@ class ModelRegistry:
     loading: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="alltalk-load"))
     serving: Serving | None = None
+    # A canary's snapshot, served beside ``serving`` to the requests sent to the canary arm.
+    canary: Serving | None = None
     draining: list[Generation] = field(default_factory=list)
     _counters: dict[str, int] = field(default_factory=dict)
     # Where model state changes are told (live events), if anywhere.
@@ -80,16 +88,17 @@ class ModelRegistry:
         return self._counters[name]
 
     @asynccontextmanager
-    async def lease(self, name: str | None,
-                    prepare: Callable[[Serving, Generation], P]) -> AsyncIterator[Lease[P]]:
-        """Wait for room on the generation serving ``name`` (the default model if None).
+    async def lease(self, name: str | None, prepare: Callable[[Serving, Generation], P],
+                    arm: str = STABLE) -> AsyncIterator[Lease[P]]:
+        """Wait for room on the generation serving ``name`` (the default model if None) in
+        the snapshot of ``arm`` (the stable one when no canary runs).
 
         ``prepare(serving, gen)`` checks the request against that snapshot and model before
         it queues (so a bad request fails at once), and again if a switch moves it elsewhere.
         """
         admitted = False
         while True:
-            serving = self._require_serving()
+            serving = self._current(arm) or self._require_serving()
             model = name or serving.config.default_model
             held = self._held.get(model)
             if held is not None:
@@ -99,7 +108,7 @@ class ModelRegistry:
             value = prepare(serving, gen)
             slot = await gen._wait_for_slot(name, serving.config.queue_limit, admitted)
             if isinstance(slot, int):
-                current = self.serving
+                current = self._current(arm)
                 if (current is not None and current is not serving and
                         current.generations.get(name or current.config.default_model) is gen):
                     # A runtime-only change applied while it waited: the same generation
@@ -112,7 +121,8 @@ class ModelRegistry:
                     serving = current
                 break
             admitted = True  # moved: it waited its turn once already
-        lease = Lease(serving, gen, slot, value)
+        lease = Lease(serving, gen, slot, value,
+                      CANARY if serving is self.canary else STABLE)
         gen._start(lease)
         try:
             yield lease
@@ -124,6 +134,19 @@ class ModelRegistry:
         answers that need no backend)."""
         serving = self._require_serving()
         return serving, _generation(serving, name or serving.config.default_model)
+
+    def _current(self, arm: str) -> Serving | None:
+        """The snapshot ``arm`` serves from now: a canary's while one runs, else the stable."""
+        if arm == CANARY and self.canary is not None:
+            return self.canary
+        return self.serving
+
+    def canary_only(self) -> list[Generation]:
+        """The generations a running canary loaded for itself (not shared with stable)."""
+        if self.canary is None:
+            return []
+        shared = {id(g) for g in self.serving.generations.values()} if self.serving else set()
+        return [g for g in self.canary.generations.values() if id(g) not in shared]
 
     def _require_serving(self) -> Serving:
         if self.serving is None:
@@ -167,13 +190,37 @@ class ModelRegistry:
         for gen in new.generations.values():
             if id(gen) not in before:
                 self._generation_event(gen)
-        if old is None:
+        if old is not None:
+            self._retire_unused(old, new)
+
+    def start_canary(self, canary: Serving) -> None:
+        """Serve ``canary`` beside the stable snapshot, to the requests sent to its arm."""
+        self.canary = canary
+        for gen in self.canary_only():
+            self._generation_event(gen, arm=CANARY)
+
+    def end_canary(self, promote: bool) -> None:
+        """Promoted: the canary's snapshot serves everyone (a switch). Aborted: the stable one
+        serves on, and the canary's own generations drain and unload; requests waiting on
+        them move to the stable snapshot."""
+        canary, self.canary = self.canary, None
+        if canary is None:
             return
+        if promote:
+            self.switch(canary)
+        else:
+            self._retire_unused(canary, self._require_serving())
+
+    def _retire_unused(self, old: Serving, new: Serving) -> None:
+        """Move ``old``'s waiting requests whose model ``new`` serves elsewhere, and retire the
+        generations of ``old`` that neither ``new`` nor a running canary uses."""
         default = new.config.default_model
         for gen in old.generations.values():
             gen.move_waiters(
                 lambda wanted, gen=gen: new.generations.get(wanted or default) not in (None, gen))
         keep = {id(g) for g in new.generations.values()}
+        if self.canary is not None:
+            keep |= {id(g) for g in self.canary.generations.values()}
         for gen in old.generations.values():
             if id(gen) not in keep:
                 self.retire(gen, new.config.drain_deadline_s, new.commit)
@@ -217,10 +264,10 @@ class ModelRegistry:
         for task in list(self._tasks):
             task.cancel()
         gens = list(self.serving.generations.values()) if self.serving else []
-        for gen in [*gens, *self.draining]:
+        for gen in [*gens, *self.canary_only(), *self.draining]:
             gen.expire(None, 0)
             await self.unload(gen)
-        self.serving = None
+        self.serving = self.canary = None
         self.inference.shutdown(wait=False, cancel_futures=True)
         self.loading.shutdown(wait=True)
 

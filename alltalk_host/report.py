@@ -10,6 +10,7 @@ from typing import Any
 
 from . import __version__
 from .apply import ApplyTransaction
+from .canary import CANARY
 from .config.repo import ConfigRepo
 from .config.settings import HostConfig
 from .config.values import flatten
@@ -24,7 +25,7 @@ class Report:
     def __init__(self, repo: ConfigRepo, registry: ModelRegistry, catalog: BackendCatalog,
                  ledger: Ledger, transaction: ApplyTransaction, watcher: BranchWatcher,
                  io: Executor, busy: Callable[[], dict[str, Any] | None],
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], canary: Callable[[], dict[str, Any]]) -> None:
         self.repo = repo
         self.registry = registry
         self.catalog = catalog
@@ -34,6 +35,7 @@ class Report:
         self._io = io
         self._busy = busy
         self._ready = ready
+        self._canary = canary
 
     def model_health(self, name: str) -> tuple[bool, dict[str, Any]]:
         """Whether ``name`` serves now, and what to say about it."""
@@ -86,6 +88,7 @@ class Report:
         if serving:
             models += [{**g.describe(), **serving.config.models[n].availability}
                        for n, g in serving.generations.items()]
+        models += [{**g.describe(), "arm": CANARY} for g in self.registry.canary_only()]
         models += [g.describe() for g in self.registry.draining]
         models += [{"name": n, "state": "loading", **info}
                    for n, info in self.transaction.loading.items()]
@@ -102,6 +105,7 @@ class Report:
             "default_model": config.default_model if config else None,
             "ready": self._ready(),
             "apply_in_progress": self._busy(),
+            "canary": self._canary(),
             "models": models,
             "plugins": [p.to_dict() for p in self.catalog.plugins],
             "watch": self.watcher.describe(),

@@ -1,7 +1,9 @@
 """Serving speech: check a request against the serving config, run it on a leased generation.
 
 Every front-end (the native /tts route, the AllTalk and OpenAI routes, a Ray deployment) calls
-``SpeechService``; it returns the audio together with the commit and generation that made it.
+``SpeechService``; it returns the audio together with the commit, generation and arm that made
+it. While a canary runs, each request goes to an arm (``canary.Arms``), and a canary request
+that fails before its first audio is served by the stable arm instead.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .backend import Audio, SpeechRequest
+from .canary import STABLE, Arms, server_side
 from .config.settings import SPEED_RANGE
 from .errors import BadRequest, Code, HostError, NotFound
 from .lease import Lease
@@ -47,6 +50,7 @@ class Provenance:
     model: str
     generation: int
     sample_rate: int
+    arm: str = STABLE  # "canary" when a running canary's snapshot served it
 
     @property
     def model_label(self) -> str:
@@ -85,7 +89,7 @@ class SpeechObserver(Protocol):
     """Told about every speech request that produced audio (metrics)."""
 
     def speech_done(self, model: str, first_audio_s: float | None, total_s: float,
-                    busy_s: float, audio_s: float) -> None: ...
+                    busy_s: float, audio_s: float, arm: str = STABLE) -> None: ...
 
 
 class Utterance:
@@ -99,7 +103,7 @@ class Utterance:
     def __init__(self, service: SpeechService, wanted: SpeechInput,
                  lease: Lease[SpeechRequest], stack: AsyncExitStack,
                  arrived: float | None = None) -> None:
-        self.provenance = _provenance(lease.serving, lease.gen)
+        self.provenance = _provenance(lease)
         self._service = service
         self._wanted = wanted
         self._lease = lease
@@ -138,11 +142,11 @@ class Utterance:
             self._service._active.pop(id(request), None)
 
     async def aclose(self) -> None:
-        observer, first = self._service.observer, self._first
+        first = self._first
         self._first = None  # counted once, however often it is closed
-        if observer is not None and first is not None:
-            observer.speech_done(self._lease.gen.model.name, first,
-                                 time.monotonic() - self._arrived, self._busy, self._audio)
+        if first is not None:  # in the metrics, and in its canary arm's measurements
+            self._service._done(self._lease.arm, self._lease.gen.model.name)(
+                first, time.monotonic() - self._arrived, self._busy, self._audio, None)
         await self._stack.aclose()
 
     async def __aenter__(self) -> Utterance:
@@ -153,10 +157,11 @@ class Utterance:
 
 
 class SpeechService:
-    def __init__(self, registry: ModelRegistry,
-                 observer: SpeechObserver | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, observer: SpeechObserver | None = None,
+                 arms: Arms | None = None) -> None:
         self.registry = registry
         self.observer = observer
+        self.arms = arms or Arms()
         # Generations in progress, by identity (equal requests are still separate requests).
         self._active: dict[int, SpeechRequest] = {}
 
@@ -172,12 +177,15 @@ class SpeechService:
         models = {p.model for p in parts}
         if not parts or len(models) != 1:
             raise BadRequest("parts of one utterance must name one model", code=Code.BAD_REQUEST)
+        return await self.arms.serve(lambda arm: self._synthesize_on(arm, parts, pause_s))
 
+    async def _synthesize_on(self, arm: str, parts: Sequence[SpeechInput],
+                             pause_s: float) -> SpeechResult:
         def prepare(serving: Serving, gen: Generation) -> list[SpeechRequest]:
             return [_build_request(p, serving, gen) for p in parts]
 
         arrived = time.monotonic()
-        async with self.registry.lease(parts[0].model, prepare) as lease:
+        async with self.registry.lease(parts[0].model, prepare, arm) as lease:
             started = time.monotonic()
             pieces = []
             for request in lease.value:
@@ -194,38 +202,61 @@ class SpeechService:
                     raise HostError("the generation was cancelled", code=Code.CANCELLED,
                                     status=409)
             audio = _join(pieces, lease.gen.sample_rate, pause_s)
-            if self.observer is not None:
-                now = time.monotonic()
-                self.observer.speech_done(lease.gen.model.name, now - arrived, now - arrived,
-                                          now - started, audio.duration)
-            return SpeechResult(audio, _provenance(lease.serving, lease.gen))
+            now = time.monotonic()
+            self._done(lease.arm, lease.gen.model.name)(now - arrived, now - arrived,
+                                                         now - started, audio.duration, None)
+            return SpeechResult(audio, _provenance(lease))
 
     async def stream(self, wanted: SpeechInput) -> SpeechStream:
         """Chunks as the backend makes them; the lease lasts until the stream is closed.
 
-        Returns once the request has started (checked, and holding room on an instance), so
-        a request that is refused or cannot be queued fails before any byte is sent.
+        Returns once the first chunk is ready (or the stream turned out empty), so a request
+        that is refused, cannot be queued or fails before its first audio is still answered
+        as an error before any byte is sent; a canary's is served by the stable arm instead,
+        and the stream's provenance names the arm that did.
         """
+        return await self.arms.serve(lambda arm: self._stream_on(arm, wanted))
+
+    async def _stream_on(self, arm: str, wanted: SpeechInput) -> SpeechStream:
         arrived = time.monotonic()
         stack = AsyncExitStack()
-        lease = await stack.enter_async_context(
-            self.registry.lease(wanted.model, lambda s, g: _build_request(wanted, s, g)))
-        request = lease.value
-        self._active[id(request)] = request
-        stack.callback(self._active.pop, id(request), None)
-        chunks = lease.stream(lambda backend: backend.stream(request),
-                              self.registry.inference, request.cancelled)
-        if self.observer is not None:
-            chunks = _observed(chunks, self.observer, lease.gen.model.name, arrived)
-        return SpeechStream(_provenance(lease.serving, lease.gen), chunks, request, stack)
+        try:
+            lease = await stack.enter_async_context(self.registry.lease(
+                wanted.model, lambda s, g: _build_request(wanted, s, g), arm))
+            request = lease.value
+            self._active[id(request)] = request
+            stack.callback(self._active.pop, id(request), None)
+            chunks = _measured(lease.stream(lambda backend: backend.stream(request),
+                                            self.registry.inference, request.cancelled),
+                               arrived, self._done(lease.arm, lease.gen.model.name))
+            first = await anext(chunks, None)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return SpeechStream(_provenance(lease), _after(first, chunks), request, stack)
+
+    def _done(self, arm: str, model: str) -> Callable[..., None]:
+        """What to tell when a request on ``arm`` has produced its audio (``error``: a
+        failure after its first audio, which no retry can hide)."""
+        def done(first_audio_s: float, total_s: float, busy_s: float, audio_s: float,
+                 error: BaseException | None) -> None:
+            if self.observer is not None:
+                self.observer.speech_done(model, first_audio_s, total_s, busy_s, audio_s, arm)
+            if error is None:
+                self.arms.served(arm, first_audio_s, busy_s, audio_s)
+            elif server_side(error):
+                self.arms.failed(arm)
+        return done
 
     async def utterance(self, wanted: SpeechInput) -> Utterance:
         """A lease for text that will come in pieces; ``wanted.text`` is the first piece, checked
         before the request queues. Returns once the request has started, like ``stream``."""
         arrived = time.monotonic()
         stack = AsyncExitStack()
-        lease = await stack.enter_async_context(
-            self.registry.lease(wanted.model, lambda s, g: _build_request(wanted, s, g)))
+        # During a canary it takes an arm like any request; its text comes later, so a
+        # failure cannot be retried on the stable arm unheard, as a stream's first chunk is.
+        lease = await stack.enter_async_context(self.registry.lease(
+            wanted.model, lambda s, g: _build_request(wanted, s, g), self.arms.choose()))
         return Utterance(self, wanted, lease, stack, arrived)
 
     async def silence(self, model: str | None = None) -> SpeechResult:
@@ -237,7 +268,9 @@ class SpeechService:
         """
         serving, gen = self.registry.resolve(model)
         samples = np.zeros(int(gen.sample_rate * SILENCE_S), dtype=np.float32)
-        return SpeechResult(Audio(samples, gen.sample_rate), _provenance(serving, gen))
+        return SpeechResult(Audio(samples, gen.sample_rate),
+                            Provenance(serving.commit, gen.model.name, gen.number,
+                                       gen.sample_rate))
 
     def cancel_all(self) -> int:
         """Ask every generation in progress to stop (between chunks); how many there were."""
@@ -247,23 +280,39 @@ class SpeechService:
         return len(active)
 
 
-async def _observed(chunks: AsyncIterator[Audio], observer: SpeechObserver, model: str,
-                    arrived: float) -> AsyncIterator[Audio]:
-    """The same chunks, timed: first audio, the whole, and the audio's length."""
+async def _measured(chunks: AsyncIterator[Audio], arrived: float,
+                    done: Callable[..., None]) -> AsyncIterator[Audio]:
+    """The same chunks, timed: first audio, the whole, and the audio's length. A stream that
+    never produced audio is not told here: its failure is the caller's to count."""
     started = time.monotonic()
     first: float | None = None
     audio = 0.0
+    error: BaseException | None = None
     try:
         async for chunk in chunks:
             if first is None:
                 first = time.monotonic() - arrived
             audio += chunk.duration
             yield chunk
+    except Exception as exc:
+        error = exc
+        raise
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
         if first is not None:
             now = time.monotonic()
-            observer.speech_done(model, first, now - arrived, now - started, audio)
+            done(first, now - arrived, now - started, audio, error)
+
+
+async def _after(first: Audio | None, rest: AsyncIterator[Audio]) -> AsyncIterator[Audio]:
+    """``first`` (read already, before the status line), then the rest."""
+    try:
+        if first is not None:
+            yield first
+            async for chunk in rest:
+                yield chunk
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
 
 
 def _join(pieces: list[Audio], rate: int, pause_s: float) -> Audio:
@@ -278,8 +327,10 @@ def _join(pieces: list[Audio], rate: int, pause_s: float) -> Audio:
     return Audio(np.concatenate(joined), rate)
 
 
-def _provenance(serving: Serving, gen: Generation) -> Provenance:
-    return Provenance(serving.commit, gen.model.name, gen.number, gen.sample_rate)
+def _provenance(lease: Lease[Any]) -> Provenance:
+    gen = lease.gen
+    return Provenance(lease.serving.commit, gen.model.name, gen.number, gen.sample_rate,
+                      lease.arm)
 
 
 def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> SpeechRequest:

@@ -39,6 +39,9 @@ class HostState:
     # A branch move decided by an apply ({"from", "to"}): written with the applied commit, so
     # a host killed before the move finished completes it at start-up.
     branch_move: dict[str, str] | None = None
+    # A canary in progress (canary.CanaryRun.to_state): a host that restarts finds it here and
+    # aborts it, saying why (rollout.py).
+    canary: dict[str, Any] | None = None
 
 
 class BadState(Exception):
@@ -58,6 +61,7 @@ def decode(data: bytes) -> HostState:
         "applied": _optional_hash, "attempted": _optional_hash,
         "watch_paused_at": _optional_hash, "known_good": _hash_list,
         "failed": _failures, "history": _history, "branch_move": _move,
+        "canary": _canary,
     }
     for key, check in checks.items():
         if key in raw:
@@ -89,6 +93,11 @@ def _history(v: Any) -> bool:
 def _move(v: Any) -> bool:
     return v is None or (isinstance(v, dict) and _optional_hash(v.get("from"))
                          and _optional_hash(v.get("to")) and v.get("to") is not None)
+
+
+def _canary(v: Any) -> bool:
+    return v is None or (isinstance(v, dict) and isinstance(v.get("commit"), str)
+                         and bool(_HASH.match(v["commit"])))
 
 
 class StateStore:

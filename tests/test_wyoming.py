@@ -272,7 +272,8 @@ async def _audio_seconds(served: Served) -> float:
     async with aiohttp.ClientSession() as http, http.get(served.server.base + "/metrics") as r:
         text = await r.text()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('alltalk_audio_seconds_total{model="reference"}'))
+               if line.startswith("alltalk_audio_seconds_total{")
+               and 'model="reference"' in line)
 
 
 async def test_a_streamed_utterance_is_counted_in_the_metrics_once(serve):

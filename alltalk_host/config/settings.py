@@ -25,6 +25,7 @@ from typing import Any
 from dynaconf import Dynaconf, ValidationError, Validator
 from dynaconf.loaders.env_loader import load_from_env
 
+from ..canary import CHOICES, LIMITS, CanarySettings, CanarySpec
 from ..errors import Code, ConfigInvalid
 from ..outputs import Retention
 from ..plugins import BackendCatalog
@@ -81,6 +82,14 @@ HOST_VALIDATORS = [
     Validator("http.cors_origins", default=["*"], is_type_of=list, condition=_strings),
     Validator("http.max_body_bytes", default=1_048_576, is_type_of=int, gte=1024,
               lte=64 * 1_048_576),
+    # Canaries (canary.py): the defaults of an apply's canary, how requests are split, and
+    # whether the branch watcher applies new commits as canaries.
+    *(Validator(f"canary.{name}", default=getattr(CanarySpec, name),
+                is_type_of=int if limit.whole else (int, float), **limit.bounds())
+      for name, limit in LIMITS.items()),
+    Validator("canary.arm_choice", default="random", is_type_of=str, is_in=list(CHOICES)),
+    Validator("canary.client_header", default="X-AllTalk-Client", is_type_of=str, len_min=1),
+    Validator("canary.watch", default=False, is_type_of=bool),
 ]
 
 
@@ -139,6 +148,7 @@ class HostConfig:
     openai: OpenAISettings
     http: HttpSettings
     strict_models: bool
+    canary: CanarySettings
     # Dotted key -> the layer its value came from.
     sources: Mapping[str, Layer]
     # Each layer's own keys, lowest first: where an edit of a key has to be written.
@@ -250,6 +260,7 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
                           cors_origins=tuple(http["cors_origins"]),
                           max_body_bytes=http["max_body_bytes"]),
         strict_models=values["strict_models"],
+        canary=_canary(values["canary"]),
         sources=layer_of_each_key(flatten(values), layers),
         layer_keys=tuple((layer, frozenset(flatten(lower_top(data)))) for layer, data in layers),
     )
@@ -287,6 +298,13 @@ def _env_keys() -> dict[str, Any]:
         else:
             table[parts[-1]] = True
     return out
+
+
+def _canary(values: dict[str, Any]) -> CanarySettings:
+    spec = CanarySpec(**{name: (int if limit.whole else float)(values[name])
+                         for name, limit in LIMITS.items()})
+    return CanarySettings(spec=spec, arm_choice=values["arm_choice"],
+                          client_header=values["client_header"], watch=values["watch"])
 
 
 def _str_map(value: Any, where: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from . import (
     tts,
 )
 from .access import echo_request_id, request_id_middleware
+from .arms import arm_middleware
 from .cors import CONTROL, PUBLIC, add_cors_headers, preflight
 from .errors import Handler, error_middleware
 from .guard import ControlRoutes, guard
@@ -47,7 +48,8 @@ CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
 
 def create_app(host: Host) -> web.Application:
     app = web.Application(middlewares=[request_id_middleware, metrics.metrics_middleware,
-                                       error_middleware, body_limit_middleware])
+                                       error_middleware, body_limit_middleware,
+                                       arm_middleware])
     app[HOST] = host
     app[OUTPUTS] = OutputStores()
     app[DELIVERIES] = deque(maxlen=SEEN_DELIVERIES)

@@ -1,4 +1,5 @@
-"""The /control routes: status, config history, plan, apply, rollback, reload, model switch.
+"""The /control routes: status, config history, plan, apply (with a canary, and deciding on
+one), rollback, reload, model switch.
 
 Every one is a control route (guard.py): they change state or show the configuration.
 """
@@ -68,8 +69,30 @@ async def plan(request: web.Request) -> web.Response:
 async def apply(request: web.Request) -> web.Response:
     body = await read_json(request)
     commit = field(body, "commit", str, required=True)
+    # true: a canary with the [canary] defaults; an object: some of them overridden.
+    canary = field(body, "canary", (dict, bool))
+    overrides = {} if canary is True else canary if isinstance(canary, dict) else None
+    return web.json_response(await request.app[HOST].control.apply(
+        commit, _who(request, body), canary=overrides))
+
+
+@control_routes.get("/control/canary")
+async def canary(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HOST].control.rollout.describe())
+
+
+@control_routes.post("/control/canary/promote")
+async def promote_canary(request: web.Request) -> web.Response:
+    body = await read_json(request)
     return web.json_response(
-        await request.app[HOST].control.apply(commit, _who(request, body)))
+        await request.app[HOST].control.end_canary(_who(request, body), promote=True))
+
+
+@control_routes.post("/control/canary/abort")
+async def abort_canary(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(
+        await request.app[HOST].control.end_canary(_who(request, body), promote=False))
 
 
 @control_routes.post("/control/config/reload")

@@ -11,11 +11,12 @@ import asyncio
 
 from aiohttp import web
 
+from ..canary import CANARY, STABLE
 from ..metrics import CONTENT_TYPE
 from .errors import Handler
 from .guard import ControlRoutes
 from .keys import HOST
-from .streams import MODEL_HEADER
+from .streams import ARM_HEADER, MODEL_HEADER
 
 control_routes = ControlRoutes(body=None)
 
@@ -32,7 +33,7 @@ async def metrics(request: web.Request) -> web.Response:
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count each answer by route (its pattern, not the path: a bounded label), the model
-    that served it and its status class; a request the client gave up on counts apart."""
+    that served it, its status class and arm; a request the client gave up on counts apart."""
     collected = request.app[HOST].metrics
     if collected is None:
         return await handler(request)
@@ -41,8 +42,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
     except asyncio.CancelledError:
-        collected.requests.labels(route, "", "cancelled").inc()
+        collected.requests.labels(route, "", "cancelled", STABLE).inc()
         raise
     model = response.headers.get(MODEL_HEADER, "").split(";", 1)[0]
-    collected.request_done(route, model, response.status)
+    arm = CANARY if response.headers.get(ARM_HEADER) == CANARY else STABLE
+    collected.request_done(route, model, response.status, arm)
     return response

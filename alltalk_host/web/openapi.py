@@ -54,7 +54,10 @@ def _audio(description: str, types: tuple[str, ...] = ("audio/wav",)) -> dict[st
     headers = {"X-AllTalk-Commit": {"description": "the config commit that served it",
                                     "schema": {"type": "string"}},
                "X-AllTalk-Model": {"description": "model; generation=N",
-                                   "schema": {"type": "string"}}}
+                                   "schema": {"type": "string"}},
+               "X-AllTalk-Arm": {"description": "canary when a running canary served it, "
+                                                "else stable",
+                                 "schema": {"type": "string", "enum": ["stable", "canary"]}}}
     return {"200": {"description": description, "headers": headers,
                     "content": {t: {"schema": schema} for t in types}}}
 
@@ -99,6 +102,17 @@ ALLTALK_FORM = {name: S for name in (
     "repetition_penalty", "pitch", "streaming", "rvccharacter_voice_gen", "rvccharacter_pitch",
     "rvcnarrator_voice_gen", "rvcnarrator_pitch")}
 STREAM_FIELDS = {"text": S, "voice": S, "language": S, "output_file": S}
+CANARY = {"oneOf": [
+    {"type": "boolean", "description": "true: a canary with the [canary] defaults"},
+    {"type": "object", "additionalProperties": False,
+     "description": "a canary with some of the [canary] defaults overridden",
+     "properties": {
+         "percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+         "duration_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 7 * 86400},
+         "min_requests": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+         "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1},
+         "max_latency_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+         "latency_slack_s": {"type": "number", "minimum": 0, "maximum": 60}}}]}
 CONTROL_ERRORS = (401, 403)
 JSON_CONTROL_ERRORS = (400, 401, 403, 413, 415)
 
@@ -119,6 +133,11 @@ def _op(summary: str, tag: str, responses: dict[str, Any], *, control: bool = Fa
     return operation
 
 
+# Every speech route takes it; any other value is no preference.
+ARM = {"name": "X-AllTalk-Canary", "in": "header", "required": False, "schema": S,
+       "description": "while a canary runs: canary or stable sends the request to that arm"}
+
+
 def _paths() -> dict[str, dict[str, Any]]:
     speech = (400, 404, 409, 413, 503)
     return {
@@ -133,7 +152,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/tts": {"post": _op(
             "Speak text (the native route)", "speech",
             {**_audio("16-bit PCM WAV"), **_errors(speech)},
-            body=_json_body(SPEAK, ("text",)),
+            body=_json_body(SPEAK, ("text",)), params=[ARM],
             description="Text with nothing to speak is 400 nothing_to_speak.")},
         "/tts/models": {"get": _op(
             "What /tts may be asked for: models, their state, voices, languages, options",
@@ -155,21 +174,21 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/api/tts-generate": {"post": _op(
             "AllTalk: generate a file (narrator mode too)", "alltalk",
             {**_ok(), **_errors((400, 404, 409, 413, 503, 507), ALLTALK_FAILURE)},
-            body=_form_body(ALLTALK_FORM, ("text_input",)))},
+            body=_form_body(ALLTALK_FORM, ("text_input",)), params=[ARM])},
         "/api/previewvoice/": {"post": _op(
             "AllTalk: a voice preview file", "alltalk",
             {**_ok(), **_errors((400, 404, 409, 413, 503, 507), ALLTALK_FAILURE)},
-            body=_form_body({"voice": S}, ("voice",)))},
+            body=_form_body({"voice": S}, ("voice",)), params=[ARM])},
         "/api/tts-generate-streaming": {
             "get": _op("AllTalk: stream WAV as sentences complete", "alltalk",
                        {**_audio("WAV header, then PCM"),
                         **_errors((400, 404, 409, 503), ALLTALK_FAILURE)},
-                       params=[_query(k, v, required=k == "text")
-                               for k, v in STREAM_FIELDS.items()]),
+                       params=[*(_query(k, v, required=k == "text")
+                                 for k, v in STREAM_FIELDS.items()), ARM]),
             "post": _op("AllTalk: stream WAV as sentences complete (form)", "alltalk",
                         {**_audio("WAV header, then PCM"),
                          **_errors((400, 404, 409, 413, 503), ALLTALK_FAILURE)},
-                        body=_form_body(STREAM_FIELDS, ("text",)))},
+                        body=_form_body(STREAM_FIELDS, ("text",)), params=[ARM])},
         "/audio/{name}": {"get": _op("A generated file", "alltalk",
                                      {**_audio("the file"), **_errors((404, 503))},
                                      params=[_path("name", "as output_file_url names it")])},
@@ -182,7 +201,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             body=_json_body({"model": S, "input": S, "voice": S, "response_format": {
                 "type": "string", "enum": ["mp3", "opus", "aac", "flac", "wav", "pcm"]},
                 "speed": N, "stream_format": S, "instructions": S},
-                ("model", "input", "voice")))},
+                ("model", "input", "voice")), params=[ARM])},
         "/v1/audio/voices": {"get": _op(
             "OpenAI-style voice list of a model", "openai",
             {**_ok(), **_errors((404, 409, 503), OPENAI_ERROR)}, params=[_query("model", S)])},
@@ -218,8 +237,25 @@ def _control_paths() -> dict[str, dict[str, Any]]:
             "What applying a commit would change; changes nothing", "control",
             {**_ok(), **change}, control=True, body=_json_body({"commit": S}, ("commit",)))},
         "/control/config/apply": {"post": _op(
-            "Apply a commit", "control", {**_ok(), **change}, control=True,
-            body=_json_body({"commit": S, "author": AUTHOR}, ("commit",)))},
+            "Apply a commit, or canary it", "control", {**_ok(), **change}, control=True,
+            body=_json_body({"commit": S, "author": AUTHOR, "canary": CANARY}, ("commit",)),
+            description="With canary, the commit serves a share of requests beside the "
+                        "serving one and is promoted or aborted at the end of its duration "
+                        "by what it did (docs/canary.md). 409 canary_in_progress while one "
+                        "runs.")},
+        "/control/canary": {"get": _op(
+            "The canary in progress (arms, counts, rates, time left), or how the last ended",
+            "control", {**_ok(), **_errors(CONTROL_ERRORS)}, control=True)},
+        "/control/canary/promote": {"post": _op(
+            "Promote the canary now: it becomes the applied commit", "control",
+            {**_ok(), **_errors((*JSON_CONTROL_ERRORS, 409))}, control=True,
+            body=_json_body({"author": AUTHOR}),
+            description="409 no_canary when none is in progress.")},
+        "/control/canary/abort": {"post": _op(
+            "Abort the canary now: its commit is failed, the stable one serves on", "control",
+            {**_ok(), **_errors((*JSON_CONTROL_ERRORS, 409))}, control=True,
+            body=_json_body({"author": AUTHOR}),
+            description="409 no_canary when none is in progress.")},
         "/control/config/reload": {"post": _op(
             "Apply the branch head", "control", {**_ok(), **change}, control=True,
             body=_json_body({"commit_working_tree": B, "message": S, "author": AUTHOR}))},

@@ -8,6 +8,7 @@ here: settings validation, load/unload, synthesis, streaming, voices and a memor
 from __future__ import annotations
 
 import math
+import threading
 import time
 import tomllib
 import zlib
@@ -45,6 +46,9 @@ class ReferenceSettings:
     rtf: float = 0.0  # seconds of work per second of audio produced
     memory_mb: int = 8  # held while loaded, released on unload
     max_concurrency: int = 2
+    # The share of requests it fails after its warm-up (evenly spread, not at random), so a
+    # canary can be made bad on purpose. The warm-up, its first request after load, succeeds.
+    error_rate: float = 0.0
     # Optional "weights": a TOML file whose pitch_hz/amplitude override the settings, read at
     # load time (so a missing or damaged file fails the load, and a model reload re-reads it).
     model_file: str | None = None
@@ -57,6 +61,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "rtf": (0.0, 10.0),
     "memory_mb": (0, 4096),
     "max_concurrency": (1, 64),
+    "error_rate": (0.0, 1.0),
 }
 
 
@@ -94,6 +99,9 @@ class ReferenceBackend(Backend):
         self._pitch = settings.pitch_hz
         self._amplitude = settings.amplitude
         self._ballast: np.ndarray | None = None
+        self._fail_lock = threading.Lock()  # requests run on several threads at once
+        self._warmed_up = False
+        self._owed = 0.0  # failures owed: error_rate added per request, one failure per 1.0
 
     def load(self) -> None:
         self.context.progress("reading the model file", 0.0)  # what a slow load reports
@@ -106,6 +114,7 @@ class ReferenceBackend(Backend):
             self._amplitude = float(weights.get("amplitude", self._amplitude))
         time.sleep(self.settings.load_seconds)
         self._ballast = np.ones(self.settings.memory_mb * 1024 * 1024 // 8, dtype=np.float64)
+        self._warmed_up = False
 
     def unload(self) -> None:
         self._ballast = None
@@ -121,6 +130,29 @@ class ReferenceBackend(Backend):
         return 0 if self._ballast is None else self._ballast.nbytes
 
     def synthesize(self, request: SpeechRequest) -> Audio:
+        self._maybe_fail()
+        return self._synthesize(request)
+
+    def stream(self, request: SpeechRequest) -> Iterator[Audio]:
+        self._maybe_fail()  # before the first chunk, as a model that cannot start would
+        _pitch_factor(request.options)  # a bad option fails before the first chunk too
+        for sentence in split_sentences(request.text):
+            if request.cancelled.is_set():
+                return
+            yield self._synthesize(replace(request, text=sentence))
+
+    def _maybe_fail(self) -> None:
+        with self._fail_lock:
+            if not self._warmed_up:
+                self._warmed_up = True
+                return
+            self._owed += self.settings.error_rate
+            if self._owed < 1.0 - 1e-9:
+                return
+            self._owed -= 1.0
+        raise RuntimeError(f"simulated failure (error_rate = {self.settings.error_rate:g})")
+
+    def _synthesize(self, request: SpeechRequest) -> Audio:
         if self._ballast is None:
             raise RuntimeError("model is not loaded")
         samples = self._render(request, _pitch_factor(request.options))
@@ -129,13 +161,6 @@ class ReferenceBackend(Backend):
         while time.monotonic() < deadline and not request.cancelled.is_set():
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
         return Audio(samples, self.sample_rate)
-
-    def stream(self, request: SpeechRequest) -> Iterator[Audio]:
-        _pitch_factor(request.options)  # a bad option fails before the first chunk
-        for sentence in split_sentences(request.text):
-            if request.cancelled.is_set():
-                return
-            yield self.synthesize(replace(request, text=sentence))
 
     def _render(self, request: SpeechRequest, pitch: float) -> np.ndarray:
         """One voiced 'syllable' per letter group, pauses at spaces and punctuation."""
