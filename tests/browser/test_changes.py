@@ -218,3 +218,27 @@ async def test_a_page_opened_during_an_apply_shows_it_from_its_start(start_serve
     assert (await switch).status == 200
     await expect(page.get_by_role("article", name="Model reference-low")).to_contain_text(
         "serving")
+
+
+async def test_a_running_canary_is_shown_with_its_arms_and_a_person_can_abort_it(
+        start_server, config_repo, pages, shot):
+    client = await start_server()
+    canary = config_repo.change("a higher voice, tried on half the requests", "models.toml",
+                                "default.models.reference.settings.pitch_hz", 180)
+    resp = await client.post("/control/config/apply", json={
+        "commit": canary, "canary": {"percent": 50, "duration_s": 600}})
+    assert resp.status == 200, await resp.text()
+    page = await pages.open(client, "#/status")
+    section = page.locator("#canary")
+    await expect(section).to_be_visible()
+    await expect(section).to_contain_text(f"{canary[:7]} serves 50 % of requests beside "
+                                          f"{config_repo.initial[:7]}")
+    await expect(section.locator("tr.canary")).to_contain_text(canary[:7])
+    await expect(section.locator("tr.stable")).to_contain_text(config_repo.initial[:7])
+    await expect(page.locator("article .badge.canary")).to_have_text("canary arm")
+    await shot(page, "canary")
+    await button(section, "Abort").click()
+    await confirm(page, f"Abort the canary of {canary[:7]}?")
+    await expect(section).to_be_hidden()
+    status = await (await client.get("/control/status")).json()
+    assert status["applied_commit"] == config_repo.initial and not status["canary"]["running"]

@@ -2,6 +2,7 @@
 // branch, the last operation, the models), the operation running now, one card per model
 // with Reload and Make default, watch, plugins (failed ones with their error), outputs.
 
+import * as api from "./api.js";
 import {bytes, errorBox, fill, firstLine, h, seconds, short, age} from "./dom.js";
 import {renderStepper, runChange, summary} from "./progress.js";
 
@@ -16,6 +17,7 @@ function mount(section, shared) {
   fill(body,
     h("div", {id: "status-error"}),
     h("dl", {class: "axes", id: "axes"}),
+    h("section", {id: "canary", "aria-labelledby": "canary-title", hidden: ""}),
     h("section", {"aria-labelledby": "op-title"},
       h("h2", {id: "op-title"}, "Latest operation"),
       h("p", {id: "op-busy"}),
@@ -87,6 +89,7 @@ function render() {
       unavailable ? ` · ${unavailable} unavailable here` : ""),
     s.last_failure ? axis("Last failure", "axis-failure", h("code", {}, short(s.last_failure.commit)),
       ` ${s.last_failure.action}: ${s.last_failure.reason || ""}`) : null);
+  renderCanary(s.canary);
   fill(part("op-busy"), s.apply_in_progress
     ? `${s.apply_in_progress.action} of ${short(s.apply_in_progress.commit)} in progress` : "");
   renderStepper(part("status-op"), app.ops.latest());
@@ -120,7 +123,8 @@ function card(s, m) {
   const row = (term, value) => h("div", {}, h("dt", {}, term), h("dd", {}, value));
   return h("article", {class: `card ${state}`, "aria-label": `Model ${m.name}`},
     h("h3", {}, m.name, " ", h("span", {class: `badge ${state}`}, state === "configured" ? "not loaded" : state),
-      isDefault ? h("span", {class: "badge default"}, "default") : null),
+      isDefault ? h("span", {class: "badge default"}, "default") : null,
+      m.arm === "canary" ? h("span", {class: "badge canary"}, "canary arm") : null),
     h("dl", {},
       row("Backend", m.backend || "-"),
       m.generation !== undefined ? row("Generation", String(m.generation)) : null,
@@ -143,6 +147,47 @@ async function reload(name) {
     h("p", {}, "Requests keep being served; the new copy takes over once it has warmed up and passed its checks, and the old one drains.")]);
   if (!ok) return;
   await runChange(app, part("model-action"), `/control/models/${encodeURIComponent(name)}/reload`, {});
+}
+
+// A running canary: both arms side by side, what the verdict would be now, and a person's
+// early decision (Promote, Abort). Hidden when none runs.
+function renderCanary(c) {
+  const section = part("canary");
+  const running = Boolean(c && c.running);
+  section.hidden = !running;
+  if (!running) { fill(section); return; }
+  const pct = (x) => (x === null || x === undefined ? "-" : `${(100 * x).toFixed(1)} %`);
+  const arm = (name, a) => h("tr", {class: name},
+    h("th", {scope: "row"}, name), h("td", {}, h("code", {title: a.commit}, short(a.commit))),
+    h("td", {}, String(a.requests)), h("td", {}, String(a.errors)), h("td", {}, pct(a.error_rate)),
+    h("td", {}, a.p95_time_to_first_audio_s === null ? "-" : seconds(a.p95_time_to_first_audio_s)));
+  const decide = async (what) => {
+    const ok = await app.confirm(`${what === "promote" ? "Promote" : "Abort"} the canary of ${short(c.arms.canary.commit)}?`, [
+      h("p", {}, what === "promote"
+        ? "Its commit becomes the applied one, as a normal apply would make it; the stable arm drains."
+        : "Its models are unloaded and its commit is recorded as failed; the stable commit serves on.")]);
+    if (!ok) return;
+    try {
+      await api.post(`/control/canary/${what}`);
+      fill(part("canary-error"));
+    } catch (error) {
+      fill(part("canary-error"), errorBox(error));
+    }
+    app.refresh();
+  };
+  fill(section,
+    h("h2", {id: "canary-title"}, "Canary"),
+    h("p", {}, `${short(c.arms.canary.commit)} serves ${c.spec.percent} % of requests beside `
+      + `${short(c.arms.stable.commit)} (${c.arm_choice}); ${seconds(c.time_left_s)} left. `
+      + `Now it would be: ${c.verdict_now.outcome} (${c.verdict_now.reason}).`),
+    h("table", {class: "arms"},
+      h("thead", {}, h("tr", {}, ["Arm", "Commit", "Requests", "Errors", "Error rate", "p95 first audio"]
+        .map((t) => h("th", {scope: "col"}, t)))),
+      h("tbody", {}, arm("stable", c.arms.stable), arm("canary", c.arms.canary))),
+    h("div", {class: "buttons"},
+      h("button", {type: "button", onclick: () => decide("promote")}, "Promote"),
+      h("button", {type: "button", onclick: () => decide("abort")}, "Abort")),
+    h("div", {id: "canary-error"}));
 }
 
 function watchSection(s) {
