@@ -81,8 +81,15 @@ class Controller:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Begin serving in the background: the last good commit, then watch the branch."""
+    async def start(self, choose_commit: bool = True) -> None:
+        """Begin serving in the background: the last good commit, then watch the branch.
+
+        Without ``choose_commit`` (a fleet member, told its commit by whoever rolls the fleet
+        out) nothing is applied and the branch is not watched: two replicas that each chose
+        would serve different commits."""
+        if not choose_commit:
+            await self._run_io(self.loader.clear_work_dir)
+            return
         self._spawn(self._startup())
         self._spawn(self.watcher.run())
 

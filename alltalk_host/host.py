@@ -1,6 +1,6 @@
 """The core, assembled: plugins, config repo, state, registry, controller and speech service.
 
-A front-end (the aiohttp app, a CLI, later a Ray Serve deployment) builds one ``Host``, calls
+A front-end (the aiohttp app, a CLI, a Ray Serve replica) builds one ``Host``, calls
 ``start()``/``stop()`` around its own lifetime and talks to ``host.speech`` and ``host.control``.
 Nothing here imports a web framework.
 """
@@ -49,6 +49,9 @@ class HostOptions:
     # Signs git-push webhooks (POST /hooks/git); setting it turns them on.
     webhook_secret: str | None = None
     metrics: bool = True  # ALLTALK_METRICS=0 turns Prometheus metrics off (to measure them)
+    # Told which commit to serve by a fleet (a Ray Serve replica's user_config): no start-up
+    # choice of commit and no branch watch; it serves nothing until its first apply.
+    directed: bool = False
     extra_plugins: list[tuple[str, object]] = field(default_factory=list)
 
     @property
@@ -114,7 +117,7 @@ class Host:
             if plugin.error:
                 log.warning("plugin %s (%s) is not available: %s",
                             plugin.name, plugin.distribution, plugin.error)
-        await self.control.start()
+        await self.control.start(choose_commit=not self.options.directed)
 
     async def stop(self) -> None:
         self.events.close()

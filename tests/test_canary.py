@@ -38,13 +38,17 @@ async def canary_state(client) -> dict[str, Any]:
     return await resp.json()
 
 
-async def speak_until_decided(client, texts=("Hello there.",), **headers) -> list[tuple]:
+async def speak_until_decided(client, texts=("Hello there.",), alternate: bool = False,
+                              **headers) -> list[tuple]:
     """Speak (whole files and streams, in turn) until the canary has ended; each answer's
-    (status, commit, arm)."""
+    (status, commit, arm). ``alternate``: ask for the canary and the stable arm in turn, so
+    both are measured whatever the random choice would have done."""
     seen = []
     n = 0
     while (await canary_state(client))["running"]:
         text = texts[n % len(texts)]
+        if alternate:
+            headers[CANARY] = ("canary", "stable")[n % 2]
         if n % 3 == 2:  # AllTalk's stream: the status line waits for its first chunk
             resp = await client.get("/api/tts-generate-streaming",
                                     params={"text": text}, headers=headers)
@@ -139,7 +143,7 @@ async def test_a_slow_canary_is_aborted_by_its_p95_time_to_first_audio(start_ser
     slow = config_repo.change("slow", "models.toml", "default.models.reference.settings.rtf",
                               1.0)  # a second of work per second of audio
     await canary_of(client, slow, percent=50, duration_s=1.0, min_requests=2)
-    seen = await speak_until_decided(client, texts=("Hi.",))
+    seen = await speak_until_decided(client, texts=("Hi.",), alternate=True)
     assert all(s == 200 for s, _, _ in seen) and {c for _, c, _ in seen} == {stable, slow}
     last = (await canary_state(client))["last"]
     assert last["canary"]["outcome"] == "aborted" and last["canary"]["arms"]["canary"][

@@ -19,6 +19,7 @@ from ..errors import Code, HostError
 from ..outputs import check_stem
 from ..registry import Serving
 from ..speech import SpeechInput, SpeechResult
+from ..speech_api import provenance_headers
 from ..text import filter_text, filtered_segments
 from .alltalk_fields import (
     OPTION_FIELDS,
@@ -33,7 +34,7 @@ from .alltalk_fields import (
 )
 from .errors import V1_HINT, current_serving, ensure_form
 from .keys import HOST, OUTPUTS
-from .streams import provenance_headers, send_audio, send_stream
+from .streams import send_audio, send_stream
 
 routes = web.RouteTableDef()
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import BadRequest, Code
-from .errors import field, read_json
+from ..speech_api import field
+from .errors import read_json
 from .guard import ControlRoutes
 from .keys import HOST
 from .outputs_check import outputs_status

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,6 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, Code, HostError, PayloadTooLarge, Unavailable
 from ..registry import Serving
+from ..speech_api import INTERNAL_MESSAGE, parse_json, short
 from .keys import HOST
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response(body, status=exc.status, headers=headers)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        body = HostError("internal error; the server log has the details").to_dict()
+        body = HostError(INTERNAL_MESSAGE).to_dict()
         return web.json_response(body, status=500)
 
 
@@ -85,45 +85,11 @@ async def read_body(request: web.Request) -> bytes:
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; an empty body counts as ``{}``."""
-    raw = await read_body(request)
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    # ValueError covers a JSONDecodeError, bytes that are no UTF-8 and a number of thousands
-    # of digits (Python's int limit); RecursionError, arrays nested thousands deep.
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {_short(exc)}",
-                         code=Code.MALFORMED_JSON) from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object", code=Code.MALFORMED_JSON)
-    return data
+    return parse_json(await read_body(request))
 
 
 def _too_large(exc: web.HTTPRequestEntityTooLarge) -> str:
     return f"{exc.text or 'the body is too large'} (http.max_body_bytes)"
-
-
-def _short(exc: BaseException) -> str:
-    return str(exc)[:200] or type(exc).__name__
-
-
-def field(data: dict[str, Any], name: str, types: type | tuple[type, ...],
-          required: bool = False) -> Any:
-    """One typed field of a JSON body, or None when absent and optional."""
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise BadRequest(f"{name} is required", code=Code.MISSING_FIELD,
-                             details={"field": name})
-        return None
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
-        raise BadRequest(f"{name} has the wrong type", code=Code.BAD_FIELD, details={"field": name})
-    return value
-
-
-def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
-    return types if isinstance(types, tuple) else (types,)
 
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -143,5 +109,5 @@ async def ensure_form(request: web.Request) -> Any:
     # with control characters): aiohttp's multipart reader.
     except (ValueError, LookupError, AssertionError, web.HTTPException,
             HttpProcessingError) as exc:
-        raise BadRequest(f"the form body cannot be read: {_short(exc)}",
+        raise BadRequest(f"the form body cannot be read: {short(exc)}",
                          code=Code.MALFORMED_FORM) from None

@@ -19,23 +19,15 @@ from aiohttp import web
 from ..backend import Audio
 from ..encode import Format, StreamEncoder, encode
 from ..errors import HostError
-from ..speech import Provenance, SpeechResult, SpeechStream
+from ..speech import SpeechResult, SpeechStream
+from ..speech_api import ARM_HEADER, COMMIT_HEADER, MODEL_HEADER, provenance_headers
 
 log = logging.getLogger(__name__)
 
-COMMIT_HEADER = "X-AllTalk-Commit"
-MODEL_HEADER = "X-AllTalk-Model"
-# "canary" when a running canary's commit served the request, else "stable".
-ARM_HEADER = "X-AllTalk-Arm"
 # Set when an AllTalk route spoke another language than the one asked for.
 LANGUAGE_HEADER = "X-AllTalk-Language"
 # Headers a browser client may read from a cross-origin response (see cors.py).
 EXPOSED_HEADERS = (COMMIT_HEADER, MODEL_HEADER, ARM_HEADER, LANGUAGE_HEADER)
-
-
-def provenance_headers(p: Provenance) -> dict[str, str]:
-    """Sent on every audio response: which config, loaded model and arm produced it."""
-    return {COMMIT_HEADER: p.commit, MODEL_HEADER: p.model_label, ARM_HEADER: p.arm}
 
 
 async def send_audio(result: SpeechResult, fmt: Format,

@@ -9,25 +9,16 @@ from aiohttp import web
 
 from ..audio import to_wav
 from ..config.settings import SPEED_RANGE
-from ..speech import SpeechInput
-from .errors import current_serving, field, read_json
+from ..speech_api import provenance_headers, tts_input
+from .errors import current_serving, read_json
 from .keys import HOST
-from .streams import provenance_headers
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/tts")
 async def tts(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    wanted = SpeechInput(
-        text=field(body, "text", str, required=True),
-        model=field(body, "model", str),
-        voice=field(body, "voice", str),
-        language=field(body, "language", str),
-        speed=field(body, "speed", (int, float)),
-        options=field(body, "options", dict) or {},  # backend parameters, checked by it
-    )
+    wanted = tts_input(await read_json(request))
     result = await request.app[HOST].speech.synthesize(wanted)
     wav = await asyncio.to_thread(to_wav, result.audio)
     return web.Response(body=wav, content_type="audio/wav",

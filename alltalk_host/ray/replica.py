@@ -1,0 +1,102 @@
+"""One replica of the fleet: the core (``Host``) told its commit from outside, and what it says
+about how that went. No Ray here, so its rules are tested without a cluster.
+
+Ray Serve hands every replica the deployment's ``user_config`` (``{"commit": ...}``) at start
+and at each rollout, and calls ``reconfigure`` with it. The commit is applied with the core's
+own transaction (load beside, warm up, check, switch), whose slow parts run on the core's
+threads, so requests already on this replica keep being served meanwhile. A commit that fails
+leaves the replica serving the one it had, and it says so in its status; it does not raise,
+because Ray would then replace the replica, dropping what it serves. Only a replica that has
+nothing to keep (its first commit failed) raises, so Ray reports the deployment as failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import BadRequest, Code, HostError
+from ..host import Host, HostOptions
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaState:
+    STARTING = "starting"  # no commit applied yet
+    SERVING = "serving"  # serves the commit it was last told
+    FAILED = "failed"  # the commit it was last told failed; it serves the one before
+
+
+@dataclass(frozen=True)
+class Failure:
+    commit: str
+    reason: str
+    code: str
+    time: float
+
+
+class Replica:
+    def __init__(self, options: HostOptions, replica_id: str, host: Host | None = None) -> None:
+        if not options.directed:
+            raise ValueError("a replica's host must be directed (HostOptions.directed)")
+        self.id = replica_id
+        self.host = host or Host(options)
+        self.target: str | None = None  # the commit it was last told
+        self.last_error: Failure | None = None  # kept after a later success, for the status
+        self._failed = False  # the last commit it was told failed
+
+    async def start(self) -> None:
+        await self.host.start()
+
+    async def stop(self) -> None:
+        await self.host.stop()
+
+    @property
+    def commit(self) -> str | None:
+        serving = self.host.registry.serving
+        return serving.commit if serving else None
+
+    @property
+    def state(self) -> str:
+        if self.commit is None:
+            return ReplicaState.STARTING
+        if self._failed:
+            return ReplicaState.FAILED
+        return ReplicaState.SERVING
+
+    async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        """Serve ``user_config["commit"]``; on failure keep serving the commit it had."""
+        commit = user_config.get("commit") if isinstance(user_config, Mapping) else None
+        if not isinstance(commit, str) or not commit:
+            raise BadRequest(f"user_config must be {{'commit': HASH}}, not {user_config!r}",
+                             code=Code.BAD_REQUEST)
+        self.target = commit
+        try:
+            await self.host.control.apply(commit, f"ray:{self.id}")
+        except HostError as exc:
+            self.last_error = Failure(commit, exc.message, str(exc.code), time.time())
+            self._failed = True
+            if self.commit is None:
+                raise  # nothing to keep serving: let Ray say the replica failed to start
+            log.warning("replica %s: commit %s failed, still serving %s: %s", self.id,
+                        commit[:10], (self.commit or "-")[:10], exc.message)
+            return
+        self._failed = False
+        self.target = self.commit  # the full hash, however it was named
+        log.info("replica %s serves %s", self.id, (self.commit or "-")[:10])
+
+    def status(self) -> dict[str, Any]:
+        """What ``alltalk-host ray status`` shows per replica."""
+        serving = self.host.registry.serving
+        return {
+            "replica": self.id,
+            "state": self.state,
+            "commit": self.commit,
+            "target": self.target,
+            "generations": ({name: gen.number for name, gen in serving.generations.items()}
+                            if serving else {}),
+            "last_error": asdict(self.last_error) if self.last_error else None,
+        }

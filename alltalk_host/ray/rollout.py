@@ -1,0 +1,211 @@
+"""Rolling a config commit across the fleet, from outside it: through Ray's REST API (a
+declarative deploy, the Python equivalent of ``serve deploy``) and the replicas' own status.
+
+No Ray import: this talks HTTP, so it runs wherever the dashboard and the Serve proxy can be
+reached, with Ray's token when token auth is on.
+
+Why declarative: ``serve.run`` makes every deploy a new code version, so replicas would be
+replaced; a declarative deploy whose only change is ``user_config`` updates the replicas in
+place, a few at a time, each calling ``reconfigure`` while the others serve.
+
+A rollout: deploy the commit; wait until every replica has taken it or failed it; if any
+failed, deploy the previous known-good commit again, so the fleet converges on one commit.
+The fleet's own ledger (``<state dir>/fleet/state.json``, the single host's format) records
+the attempt, the result and the known-good commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..config.repo import ConfigRepo
+from ..ledger import Ledger
+from ..state import StateStore
+from .front import REPLICA_HEADER, STATUS_PATH
+
+APP_NAME = "alltalk"
+DEPLOYMENT = "alltalk"  # deployment.DEPLOYMENT_NAME, without importing Ray
+IMPORT_PATH = "alltalk_host.ray.deployment:build"
+APPS_PATH = "/api/serve/applications/"
+
+
+class RolloutError(Exception):
+    pass
+
+
+@dataclass
+class FleetSpec:
+    """What the deployment is: where the replicas find the config repo, how many there are."""
+
+    config_repo: Path
+    state_dir: Path
+    replicas: int = 2
+    branch: str = "main"
+    subdir: str = ""
+    plugins: list[str] | None = None
+    ray_actor_options: dict[str, Any] = field(default_factory=lambda: {"num_cpus": 0.5})
+
+    def deploy_config(self, commit: str) -> dict[str, Any]:
+        args: dict[str, Any] = {"config_repo": str(self.config_repo.resolve()),
+                                "state_dir": str(self.state_dir.resolve()),
+                                "branch": self.branch, "subdir": self.subdir}
+        if self.plugins is not None:
+            args["plugins"] = self.plugins
+        return {"applications": [{
+            "name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args,
+            "deployments": [{"name": DEPLOYMENT, "num_replicas": self.replicas,
+                             "ray_actor_options": self.ray_actor_options,
+                             "user_config": {"commit": commit}}],
+        }]}
+
+
+class Fleet:
+    def __init__(self, spec: FleetSpec, dashboard: str, serve: str, token: str | None = None,
+                 timeout_s: float = 120.0) -> None:
+        self.spec = spec
+        self.dashboard = dashboard.rstrip("/")
+        self.serve = serve.rstrip("/")
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout_s = timeout_s
+        self.repo = ConfigRepo(spec.config_repo, subdir=spec.subdir, branch=spec.branch)
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="alltalk-fleet")
+        self.ledger = Ledger(StateStore(spec.state_dir / "fleet"), self._io)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Fleet:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._io.shutdown(wait=True)
+        self.repo.close()
+
+    # --- commands ----------------------------------------------------------------------------
+
+    async def apply(self, ref: str, who: str = "ray", action: str = "apply") -> dict[str, Any]:
+        """Roll ``ref`` out; on any replica's failure, roll the fleet back to the previous
+        known-good commit. The result says what each replica did."""
+        commit = await self._run_io(self.repo.resolve, ref)
+        previous = self.ledger.applied
+        started = time.monotonic()
+        await self.ledger.attempt(commit)
+        await self._deploy(commit)
+        replicas = await self.wait_settled(commit)
+        failed = {r["replica"]: r["last_error"] for r in replicas if r["state"] == "failed"}
+        duration = time.monotonic() - started
+        if not failed:
+            await self.ledger.applied_ok(commit, who=who, action=action, duration_s=duration)
+            return {"commit": commit, "result": "applied", "replicas": replicas,
+                    "duration_s": round(duration, 3)}
+        reason = "; ".join(f"{rid}: {e['reason']}" for rid, e in failed.items() if e)
+        await self.ledger.failed(commit, who=who, action=action, reason=reason,
+                                 duration_s=duration)
+        result: dict[str, Any] = {"commit": commit, "result": "failed", "reason": reason,
+                                  "replicas": replicas, "duration_s": round(duration, 3)}
+        if previous is not None:
+            # Every replica on the old commit again: those that took the new one go back,
+            # those that failed it confirm the commit they kept serving.
+            await self._deploy(previous)
+            result["rolled_back_to"] = previous
+            result["after_rollback"] = await self.wait_settled(previous)
+            self.ledger.record_only(commit=previous, who=who, action="rollback",
+                                    result="applied", reason=f"{commit[:10]} failed")
+            await self.ledger.save()
+        return result
+
+    async def rollback(self, who: str = "ray") -> dict[str, Any]:
+        target = self.ledger.previous_good()
+        if target is None:
+            raise RolloutError("there is no earlier known-good commit to roll back to")
+        return await self.apply(target, who, action="rollback")
+
+    async def status(self) -> dict[str, Any]:
+        details = await self._app_details()
+        replicas = await self.replica_statuses(details)
+        return {"application": details.get("status") if details else "NOT_DEPLOYED",
+                "applied": self.ledger.applied, "known_good": self.ledger.state.known_good[-5:],
+                "failed": self.ledger.state.failed, "replicas": replicas}
+
+    # --- Ray's REST API and the replicas -----------------------------------------------------
+
+    async def _deploy(self, commit: str) -> None:
+        async with self._http.put(self.dashboard + APPS_PATH, json=self.spec.deploy_config(commit),
+                                  headers=self._auth) as resp:
+            if resp.status != 200:
+                raise RolloutError(f"Ray refused the deploy ({resp.status}): "
+                                   f"{(await resp.text())[:500]}")
+
+    async def _app_details(self) -> dict[str, Any] | None:
+        async with self._http.get(self.dashboard + APPS_PATH, headers=self._auth) as resp:
+            if resp.status != 200:
+                raise RolloutError(f"Ray's REST API answered {resp.status}: "
+                                   f"{(await resp.text())[:500]}")
+            return (await resp.json()).get("applications", {}).get(APP_NAME)
+
+    async def wait_settled(self, commit: str) -> list[dict[str, Any]]:
+        """Until Ray says the application runs its replicas and each of them has taken
+        ``commit`` or failed it (and kept its old one); their statuses."""
+        deadline = time.monotonic() + self.timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            details = await self._app_details()
+            last = details and details.get("status")
+            if details and details.get("status") == "RUNNING":
+                replicas = await self.replica_statuses(details)
+                if replicas and all(r.get("target") == commit and r["state"] != "starting"
+                                    for r in replicas):
+                    return replicas
+                last = replicas
+            await asyncio.sleep(0.5)
+        raise RolloutError(f"the fleet did not settle on {commit[:10]} within "
+                           f"{self.timeout_s:.0f} s; last seen: {last}")
+
+    async def replica_statuses(self, details: dict[str, Any] | None,
+                               rounds: int = 10) -> list[dict[str, Any]]:
+        """Each running replica's own status. Serve's proxy picks the replica, so several
+        requests go out at once until every replica Ray lists has answered; one never
+        reached is listed as ``unreached``."""
+        deployment = (details or {}).get("deployments", {}).get(DEPLOYMENT, {})
+        wanted = {r["replica_id"] for r in deployment.get("replicas", [])
+                  if r.get("state") == "RUNNING"}
+        seen: dict[str, dict[str, Any]] = {}
+        for _ in range(rounds):
+            if wanted <= set(seen):
+                break
+            for answer in await asyncio.gather(*(self._one_status()
+                                                 for _ in range(2 * len(wanted) or 1))):
+                if answer is not None:
+                    seen[answer["replica"]] = answer
+        return [seen.get(rid, {"replica": rid, "state": "unreached", "target": None})
+                for rid in sorted(wanted)]
+
+    async def _one_status(self) -> dict[str, Any] | None:
+        try:
+            async with self._http.get(self.serve + STATUS_PATH) as resp:
+                if resp.status != 200 or REPLICA_HEADER not in resp.headers:
+                    return None
+                return await resp.json()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use Fleet as 'async with'")
+        return self._session
+
+    async def _run_io(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
