@@ -24,6 +24,7 @@ from alltalk_host import (
     MemoryNeed,
     ModelContext,
     SpeechRequest,
+    first_clause,
     parse_settings,
     split_sentences,
 )
@@ -80,6 +81,11 @@ class OnnxSettings:
     noise_w: float | None = None
     normalize: bool = True  # peak-normalise each sentence, as piper does
     piper_compat: bool = True  # phonemes exactly as piper-tts 1.8.0 (see phonemize.py)
+    # Streaming speaks a long first sentence's first clause alone, so first audio waits for
+    # one clause: cut at a clause mark after this many words (and as many left) ...
+    first_clause_min_words: int = 4
+    # ... or at a word boundary after this many; 0: never cut (docs/benchmarks.md).
+    first_clause_max_words: int = 12
 
     @property
     def wants_cuda(self) -> bool:
@@ -154,10 +160,15 @@ class OnnxBackend(Backend):
                 raise ValueError(f"providers: {unknown_providers} do not exist in onnxruntime; "
                                  f"known: {sorted(KNOWN_PROVIDERS)}")
         for key, lo, hi in (("max_concurrency", 1, 64), ("intra_op_threads", 0, 256),
-                            ("device_id", 0, 64), ("arena_shrink_above", 0, 100_000)):
+                            ("device_id", 0, 64), ("arena_shrink_above", 0, 100_000),
+                            ("first_clause_min_words", 1, 100),
+                            ("first_clause_max_words", 0, 100)):
             value = getattr(parsed, key)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{key}: {value!r} is outside {lo}..{hi}")
+        if 0 < parsed.first_clause_max_words < parsed.first_clause_min_words:
+            raise ValueError("first_clause_max_words: below first_clause_min_words (0 turns "
+                             "the cut off)")
         for key in RANGES:
             if getattr(parsed, key) is not None:
                 _check_range(key, getattr(parsed, key))
@@ -282,8 +293,16 @@ class OnnxBackend(Backend):
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
         # The host's splitter bounds the first chunk: time to first audio does not grow
-        # with the length of the text.
-        yield from self._sentences(request, split_sentences(request.text))
+        # with the length of the text; cutting a long first sentence after its first clause
+        # bounds it by one clause. Later sentences stay whole: by the time they run, the
+        # first is playing.
+        pieces = split_sentences(request.text)
+        s = self.settings
+        cut = first_clause(pieces[0], s.first_clause_min_words,
+                           s.first_clause_max_words) if pieces else None
+        if cut:
+            pieces[:1] = cut
+        yield from self._sentences(request, pieces)
 
     # --- inference -------------------------------------------------------------------------
 
