@@ -2,8 +2,9 @@
 
 Plugin authors need only what is re-exported here: ``hookimpl``, the backend contract (with the
 reserved option names and their scales), the error a backend raises for a request it cannot
-take (``BadRequest``), the host's sentence splitter for streaming (``split_sentences``) and its
-check of warm-up audio (``audio_problem``); their tests use ``alltalk_host.testing``.
+take (``BadRequest``), the host's sentence splitter for streaming (``split_sentences``, with
+``first_clause`` to speak a long first sentence's first clause first) and its check of warm-up
+audio (``audio_problem``); their tests use ``alltalk_host.testing``.
 docs/plugins.md is their guide.
 """
 
@@ -23,7 +24,7 @@ from .backend import (
 )
 from .errors import BadRequest
 from .hookspecs import hookimpl
-from .text import split_sentences
+from .text import first_clause, split_sentences
 
 try:
     __version__ = version("alltalk-host")
@@ -42,6 +43,7 @@ __all__ = [
     "SpeechRequest",
     "__version__",
     "audio_problem",
+    "first_clause",
     "hookimpl",
     "parse_settings",
     "split_sentences",

@@ -69,6 +69,53 @@ def _limit(sentence: str, max_chars: int) -> list[str]:
     return [p for p in pieces if p]
 
 
+# Quote and bracket marks: a clause is never cut inside them, so neither half speaks half a
+# quotation. A straight double quote opens or closes by count; single quotes are left out,
+# since "\u2019" is also the apostrophe of "don\u2019t".
+_OPENERS, _CLOSERS = "\u201c([", "\u201d)]"
+_DASHES = frozenset({"-", "--", "\u2013", "\u2014"})
+_TRAILING_CLOSERS = "\"'\u201d\u2019)]"
+
+
+def first_clause(sentence: str, min_words: int, max_words: int) -> tuple[str, str] | None:
+    """``sentence`` cut in two after its first clause, or None where it should stay whole.
+
+    Streaming speaks the head alone first, so the first audio waits for one clause, not one
+    sentence. The cut comes after a ``,;:`` or a spaced dash that ends a word, once at least
+    ``min_words`` words are said and at least ``min_words`` remain; with no clause mark by
+    ``max_words`` words, at the first word boundary after that. Never inside quotes or
+    brackets, never after a word that ends with a full stop (an abbreviation or an initial:
+    "Dr. | Smith" would be said as two sentences), and never inside a number ("1,000" has no
+    space after its comma). The head keeps its punctuation, so the voice pauses there as it
+    would mid-sentence instead of falling as at a sentence end. ``max_words = 0``: never.
+    """
+    if max_words <= 0:
+        return None
+    words = [(m.group(), m.end()) for m in re.finditer(r"\S+", sentence)]
+    depth = 0  # how deep inside quotes and brackets the cut point is
+    straight_open = False
+    for i, (word, end) in enumerate(words[:len(words) - min_words]):
+        for ch in word:
+            if ch == '"':
+                straight_open = not straight_open
+            elif ch in _OPENERS:
+                depth += 1
+            elif ch in _CLOSERS and depth:
+                depth -= 1
+        said = i + 1
+        if depth or straight_open or said < min_words:
+            continue
+        bare = word.rstrip(_TRAILING_CLOSERS)
+        clause_end = bare[-1:] in (",", ";", ":") or word in _DASHES
+        if clause_end and word not in _DASHES and words[i + 1][0] in _DASHES:
+            continue  # "well, - no": cut after the dash, not before it
+        if bare.endswith(".") and not clause_end:
+            continue
+        if clause_end or said >= max_words:
+            return sentence[:end].strip(), sentence[end:].strip()
+    return None
+
+
 def has_speakable(text: str) -> bool:
     """Whether ``text`` has anything a voice could say: a letter or a digit in some script.
 

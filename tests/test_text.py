@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alltalk_host.text import split_sentences
+from alltalk_host.text import first_clause, split_sentences
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,60 @@ def test_long_sentences_are_cut_at_clause_marks_then_spaces():
     assert pieces[0].endswith(",") and all(len(p) <= 200 for p in pieces)
     spaces = split_sentences("x" * 50 + " " + "y" * 300, max_chars=100)
     assert all(len(p) <= 100 for p in spaces) and "".join(spaces) == "x" * 50 + "y" * 300
+
+
+@pytest.mark.parametrize(
+    ("sentence", "head"),
+    [
+        # at the first clause mark once four words are said, four or more left
+        ("When the first sentence runs long, the listener should not wait for all of it.",
+         "When the first sentence runs long,"),
+        ("Well, in the first place, I never said that I would come tonight.",
+         "Well, in the first place,"),
+        ("The committee met on Tuesday; after a long debate it agreed.",
+         "The committee met on Tuesday;"),
+        ("We looked at the numbers: sales were up in every single region.",
+         "We looked at the numbers:"),
+        ("It was late in the evening \u2014 nobody had eaten anything all day.",
+         "It was late in the evening \u2014"),
+        ("It was late in the evening - nobody had eaten anything all day.",
+         "It was late in the evening -"),
+        # no clause mark by twelve words: at the next word boundary
+        ("A text to speech server turns written words into sound and it has to be quick.",
+         "A text to speech server turns written words into sound and it"),
+        # a number's comma is no clause mark
+        ("We counted 1,000 birds on the lake and then, at last, we went home for tea.",
+         "We counted 1,000 birds on the lake and then,"),
+        # not inside quotes or brackets; after them, yes
+        ('He said "wait, stop, come back here" and then, sadly, he left us all alone.',
+         'He said "wait, stop, come back here" and then,'),
+        ("The plan (first, second, third) was simple, and it worked very well indeed.",
+         "The plan (first, second, third) was simple,"),
+        # never right after an abbreviation or an initial, even at the word limit
+        ("One two three four five six seven eight nine ten eleven Dr. Smith came home at last.",
+         "One two three four five six seven eight nine ten eleven Dr. Smith"),
+    ],
+)
+def test_a_long_first_sentence_is_cut_after_its_first_clause(sentence, head):
+    cut = first_clause(sentence, 4, 12)
+    assert cut is not None and cut[0] == head
+    assert f"{cut[0]} {cut[1]}" == sentence  # nothing lost, punctuation kept on the head
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "The quick brown fox jumps over the lazy dog.",  # short, no clause mark
+        "Yes, of course, I can help you.",  # the marks come before four words
+        "I can help you with that, sure.",  # too little would be left after the mark
+        "It costs 1,000,000 dollars or 2,500 euros today.",  # numbers only
+        '"Well, yes, I suppose so, but only if you insist on it, my dear friend."',  # quoted
+        "",
+    ],
+)
+def test_a_sentence_that_should_stay_whole_is_not_cut(sentence):
+    assert first_clause(sentence, 4, 12) is None
+
+
+def test_max_words_zero_turns_the_cut_off():
+    assert first_clause("When the first sentence runs long, the listener waits.", 4, 0) is None

