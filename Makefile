@@ -17,6 +17,9 @@ PORT ?= 7851
 # The browser tests drive Debian's chromium-headless-shell through the playwright package;
 # never `playwright install`, which downloads a browser build of its own.
 BROWSER ?= /usr/bin/chromium-headless-shell
+# The version the browser suite was last verified with (Debian bookworm-security). Security
+# updates remove old versions from the archive: then the current one is installed, saying so.
+BROWSER_VERSION ?= 156.0.8078.108-1~deb12u1
 APT := DEBIAN_FRONTEND=noninteractive apt-get -qq
 
 .PHONY: install run test test-browser lint bench espeak-ng-cli clean
@@ -61,8 +64,10 @@ test: $(VENV)/.installed-test
 test-browser: $(VENV)/.installed-test
 	@if [ ! -x $(BROWSER) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing chromium-headless-shell for the browser tests"; \
-	  $(APT) install -y chromium-headless-shell >/dev/null 2>&1 \
-	    || { $(APT) update && $(APT) install -y chromium-headless-shell >/dev/null; }; \
+	  $(APT) install -y chromium-headless-shell=$(BROWSER_VERSION) >/dev/null 2>&1 \
+	    || { $(APT) update && $(APT) install -y chromium-headless-shell=$(BROWSER_VERSION) >/dev/null 2>&1; } \
+	    || { echo "chromium-headless-shell $(BROWSER_VERSION) is no longer in the archive: installing its current version"; \
+	         $(APT) install -y chromium-headless-shell >/dev/null; }; \
 	fi
 	@if [ -x $(BROWSER) ]; then \
 	  echo "ALLTALK_TEST_BROWSER=$(BROWSER) $(BIN)/pytest tests/browser"; \
