@@ -128,18 +128,22 @@ class Utterance:
         request = _build_request(replace(self._wanted, text=text), self._lease.serving,
                                  self._lease.gen)
         self._service._active[id(request)] = request
-        started = time.monotonic()
         try:
-            async for chunk in self._lease.stream(lambda backend: backend.stream(request),
-                                                  self._service.registry.inference,
-                                                  request.cancelled):
-                if self._first is None:
-                    self._first = time.monotonic() - self._arrived
-                self._audio += chunk.duration
+            # Timed as a streamed request's chunks are; the pieces add up in _piece_done.
+            async for chunk in _measured(
+                    self._lease.stream(lambda backend: backend.stream(request),
+                                       self._service.registry.inference, request.cancelled),
+                    self._arrived, self._piece_done):
                 yield chunk
         finally:
-            self._busy += time.monotonic() - started
             self._service._active.pop(id(request), None)
+
+    def _piece_done(self, first_audio_s: float, total_s: float, busy_s: float,
+                    audio_s: float, error: BaseException | None) -> None:
+        if self._first is None:
+            self._first = first_audio_s
+        self._busy += busy_s
+        self._audio += audio_s
 
     async def aclose(self) -> None:
         first = self._first
