@@ -107,22 +107,16 @@ def progress(url: str, token: str | None, who: str,
     follower = _Follower(url, token, who, out or sys.stderr)
     follower.start()
     follower.open.wait(HELLO_WAIT_S)
+    interrupted = False
     try:
         yield
     except KeyboardInterrupt:
-        follower.stop()
+        interrupted = True
         raise
-    except BaseException:
-        # A refused change (an error reply) is exactly when its last line matters: the
-        # reply can overtake the "failed" event, so wait for it as on success.
-        _wait_finish(follower)
-        raise
-    else:
-        _wait_finish(follower)
     finally:
+        # A refused change (an error reply) is exactly when its last line matters: the reply
+        # can overtake the "failed" event, so wait for it as on success. An "unchanged"
+        # reply had no operation at all.
+        if not interrupted and follower.op is not None:
+            follower.finished.wait(FINISH_WAIT_S)
         follower.stop()
-
-
-def _wait_finish(follower: _Follower) -> None:
-    if follower.op is not None:  # an "unchanged" reply had no operation at all
-        follower.finished.wait(FINISH_WAIT_S)
