@@ -24,6 +24,8 @@ COMMIT_HEADER = "X-AllTalk-Commit"
 MODEL_HEADER = "X-AllTalk-Model"
 # "canary" when a running canary's commit served the request, else "stable".
 ARM_HEADER = "X-AllTalk-Arm"
+# Set when an AllTalk route spoke another language than the one asked for.
+LANGUAGE_HEADER = "X-AllTalk-Language"
 
 
 def provenance_headers(p: Provenance) -> dict[str, str]:
@@ -33,6 +35,9 @@ def provenance_headers(p: Provenance) -> dict[str, str]:
 
 # What a client is told about a failure nobody expected; the log has the traceback.
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+# A client given the server's root as its OpenAI base URL calls /audio/speech, /models, ...
+V1_HINT = ("the OpenAI-compatible routes are under /v1: use http://HOST:PORT/v1 as the "
+           "client's base URL")
 
 
 # --- JSON bodies ------------------------------------------------------------------------------

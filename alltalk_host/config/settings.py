@@ -142,7 +142,10 @@ class HostConfig:
     warmup_text: str
     models_dir: Path
     watch: WatchSettings
-    outputs_dir: Path
+    outputs_dir: Path  # resolved against this process's working directory
+    # As written (``~`` expanded): the Ray front resolves a relative one against the
+    # deployment's shared state_dir instead, the same for every replica.
+    outputs_dir_as_written: Path
     output_retention: Retention
     alltalk: AllTalkSettings
     openai: OpenAISettings
@@ -248,6 +251,7 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
             remote=watch["remote"], fetch_timeout_s=float(watch["fetch_timeout_s"]),
         ),
         outputs_dir=Path(values["outputs"]["dir"]).expanduser().resolve(),
+        outputs_dir_as_written=Path(values["outputs"]["dir"]).expanduser(),
         output_retention=Retention(max_files=values["outputs"]["max_files"],
                                    max_age_s=float(values["outputs"]["max_age_s"])),
         alltalk=AllTalkSettings(legacy_api=alltalk["legacy_api"],

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..alltalk_fields import boolean
 from ..errors import Code, Conflict, HostError, NotFound
-from .alltalk_fields import boolean
 from .errors import current_serving
 from .guard import ControlRoutes
 from .keys import HOST

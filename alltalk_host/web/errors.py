@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, Code, HostError, PayloadTooLarge, Unavailable
 from ..registry import Serving
-from ..speech_api import INTERNAL_MESSAGE, parse_json, short
+from ..speech_api import INTERNAL_MESSAGE, V1_HINT, parse_json, short
 from .keys import HOST
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error in %s %s", request.method, request.path)
         body = HostError(INTERNAL_MESSAGE).to_dict()
         return web.json_response(body, status=500)
-
-
-# A client given the server's root as its OpenAI base URL calls /audio/speech, /models, ...
-V1_HINT = ("the OpenAI-compatible routes are under /v1: use http://HOST:PORT/v1 as the "
-           "client's base URL")
 
 
 async def _is_under_v1(request: web.Request) -> bool:

@@ -20,12 +20,16 @@ from ..backend import Audio
 from ..encode import Format, StreamEncoder, encode
 from ..errors import HostError
 from ..speech import SpeechResult, SpeechStream
-from ..speech_api import ARM_HEADER, COMMIT_HEADER, MODEL_HEADER, provenance_headers
+from ..speech_api import (
+    ARM_HEADER,
+    COMMIT_HEADER,
+    LANGUAGE_HEADER,
+    MODEL_HEADER,
+    provenance_headers,
+)
 
 log = logging.getLogger(__name__)
 
-# Set when an AllTalk route spoke another language than the one asked for.
-LANGUAGE_HEADER = "X-AllTalk-Language"
 # Headers a browser client may read from a cross-origin response (see cors.py).
 EXPOSED_HEADERS = (COMMIT_HEADER, MODEL_HEADER, ARM_HEADER, LANGUAGE_HEADER)
 

@@ -1,20 +1,22 @@
-"""Reading AllTalk's form and query fields, and answering in AllTalk's error shapes.
+"""Reading AllTalk's form and query fields, and AllTalk's error shapes, for every front-end.
 
 A bad field is 400 ``{"error": "field: description"}`` naming the field the client sent; any
-other failure of a generation is ``{"status": "generate-failure", "error": ...}``.
+other failure of a generation is ``{"status": "generate-failure", "error": ...}``. The mapping
+from core errors to these shapes lives here once (``alltalk_error``), so the aiohttp app and
+the Ray front cannot answer the same bad request in two ways. No web framework: a form is any
+Mapping with ``.get`` (aiohttp's MultiDict, Starlette's FormData, a dict).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
-from ..errors import BadRequest, Code, HostError
-from ..registry import Serving
-from .errors import Handler
-from .streams import LANGUAGE_HEADER
+from .errors import BadRequest, Code, HostError
+from .registry import Serving
+from .speech_api import LANGUAGE_HEADER
 
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 # Core error codes that are about one field whatever the route. Voices are checked per field
@@ -38,28 +40,31 @@ class FieldError(BadRequest):
         self.field = field
 
 
-def field_error(field: str, message: str) -> web.Response:
-    return web.json_response({"error": f"{field}: {message}"}, status=400)
+@dataclass(frozen=True)
+class Reply:
+    """A JSON answer, for whichever front-end to send."""
+
+    body: dict[str, Any]
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def generation_errors(handler: Handler) -> Handler:
-    """Core errors in AllTalk's shapes for the generation routes."""
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except FieldError as exc:
-            return field_error(exc.field, exc.message)
-        except HostError as exc:
-            if exc.code == Code.BAD_OPTION:  # the backend's message starts with the option name
-                name, _, rest = exc.message.partition(": ")
-                return field_error(name if name in OPTION_FIELDS else "temperature",
-                                   rest or exc.message)
-            field = _FIELD_OF.get(exc.code)
-            if field is not None:
-                return field_error(field, exc.message)
-            return web.json_response({"status": "generate-failure", "error": exc.message},
-                                     status=exc.status)
-    return wrapped
+def field_error(name: str, message: str) -> Reply:
+    return Reply({"error": f"{name}: {message}"}, status=400)
+
+
+def alltalk_error(exc: HostError) -> Reply:
+    """A core error of a generation route in AllTalk's shapes."""
+    if isinstance(exc, FieldError):
+        return field_error(exc.field, exc.message)
+    if exc.code == Code.BAD_OPTION:  # the backend's message starts with the option name
+        name, _, rest = exc.message.partition(": ")
+        return field_error(name if name in OPTION_FIELDS else "temperature",
+                           rest or exc.message)
+    name_of_field = _FIELD_OF.get(exc.code)
+    if name_of_field is not None:
+        return field_error(name_of_field, exc.message)
+    return Reply({"status": "generate-failure", "error": exc.message}, status=exc.status)
 
 
 def boolean(form: Any, name: str, default: bool) -> bool:
