@@ -52,19 +52,19 @@ class OutputStore:
         check_stem(stem)
         if suffix not in SUFFIXES:
             raise BadRequest(f"unsupported output type {suffix!r}", code=Code.BAD_FILE_NAME)
-        if timestamp:
-            # The counter keeps two requests in one second from overwriting each other.
-            stem = f"{stem}_{time.strftime('%Y%m%d_%H%M%S')}_{next(self._counter) % 10000}"
-        target = self.folder / f"{stem}{suffix}"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            target = (self._claim(stem, suffix) if timestamp
+                      else self.folder / f"{stem}{suffix}")
             fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=self.folder)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
-                os.replace(tmp, target)
+                os.replace(tmp, target)  # over the empty file that claimed the name
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
+                if timestamp:
+                    target.unlink(missing_ok=True)
                 raise
             with self._lock, (self.folder / RECORD).open("a", encoding="utf-8") as record:
                 record.write(target.name + "\n")
@@ -72,6 +72,23 @@ class OutputStore:
         except OSError as exc:
             raise self._unwritable(exc) from None
         return target
+
+    def _claim(self, stem: str, suffix: str) -> Path:
+        """A new ``stem_YYYYmmdd_HHMMSS_n`` name, created empty so nobody else takes it.
+
+        The counter keeps two requests in one second apart; creating the file exclusively
+        keeps apart the writers the counter does not know: Ray's replicas share this folder,
+        each with its own counter, and a host restarted within the second starts at 0 again.
+        """
+        stamped = f"{stem}_{time.strftime('%Y%m%d_%H%M%S')}"
+        for _ in range(10000):
+            target = self.folder / f"{stamped}_{next(self._counter) % 10000}{suffix}"
+            try:
+                os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                continue
+            return target
+        raise FileExistsError(f"every name {stamped}_N{suffix} is taken")
 
     def resolve(self, name: str) -> Path:
         """The stored file called ``name``; NotFound for anything else, including escapes."""

@@ -56,3 +56,18 @@ async def test_an_unusable_outputs_folder_is_reported(start_server, tmp_path, mo
     assert "cannot take files" in caplog.text
     # Speech that stores nothing is unaffected.
     assert (await client.post("/tts", json={"text": "Hello."})).status == 200
+
+
+def test_two_writers_sharing_a_folder_never_overwrite_each_other(tmp_path):
+    """Ray's replicas share one outputs folder, each with its own counter: the same name in
+    the same second from both must give two files, each with its own audio."""
+    from alltalk_host.outputs import OutputStore
+
+    replicas = [OutputStore(tmp_path / "shared"), OutputStore(tmp_path / "shared")]
+    paths = [store.write("st_output", f"RIFF audio {i}".encode())
+             for i, store in enumerate(replicas * 3)]
+    assert len(set(paths)) == 6, paths
+    for i, path in enumerate(paths):
+        assert path.read_bytes() == f"RIFF audio {i}".encode()
+    assert sorted(p.name for p in (tmp_path / "shared").glob("*.wav")) == sorted(
+        p.name for p in paths)  # no empty placeholder left behind
