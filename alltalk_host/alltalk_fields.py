@@ -27,6 +27,9 @@ _FIELD_OF = {
     Code.BAD_SPEED: "speed", Code.BAD_FILE_NAME: "output_file_name",
     Code.MALFORMED_FORM: "body", Code.BODY_TOO_LARGE: "body",
 }
+# What AllTalk's clients send: SillyTavern and text-generation-webui urlencoded, Home Assistant's
+# integrations multipart.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 OPTION_FIELDS = ("temperature", "repetition_penalty", "pitch")
 PITCH_STEPS = (-10.0, 10.0)  # AllTalk's pitch field; 0 is "unchanged"
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -38,6 +41,11 @@ class FieldError(BadRequest):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message, code=Code.BAD_FIELD, details={"field": field})
         self.field = field
+
+
+def not_a_form(content_type: str) -> BadRequest:
+    return BadRequest(f"expected a form body ({' or '.join(FORM_TYPES)}), not {content_type}",
+                      code=Code.MALFORMED_FORM)
 
 
 @dataclass(frozen=True)

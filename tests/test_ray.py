@@ -1,5 +1,6 @@
 """Scale-out on Ray Serve: a real local Ray cluster, two replicas of the core with the reference
-backend, commits rolled out while clients speak, and one commit that fails.
+backend, commits rolled out while clients speak, and one commit that fails. Without a cluster:
+a replica's rules, and the Ray front's AllTalk routes against the aiohttp app's.
 
 The cluster is this module's own (``alltalk_host.ray.local``: ``RAY_TMPDIR`` and ``HOME`` in the
 test's folder, token auth on, no usage stats) and is shut down whatever happens; ``ray stop``,
@@ -11,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
+import socket
 import wave
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,7 +27,7 @@ from alltalk_host.host import Host, HostOptions
 from alltalk_host.ray.replica import Replica, ReplicaState
 from alltalk_host.speech import SpeechInput
 
-from .conftest import ConfigRepoHelper
+from .conftest import ConfigRepoHelper, read_wav
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(
@@ -84,6 +88,222 @@ def test_a_replica_needs_a_directed_host(config_repo: ConfigRepoHelper, tmp_path
                 host=Host.__new__(Host))
 
 
+# --- the Ray front's AllTalk routes, without a cluster ---------------------------------------
+#
+# Each replica's front is served as Serve serves it (an ASGI app calling RayFront.handle per
+# request) by uvicorn, which Ray's own proxy runs on, on loopback in the test's event loop.
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+StartFront = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def ray_front(host_options: Callable[..., HostOptions], config_repo: ConfigRepoHelper,
+                    tmp_path: Path) -> AsyncIterator[StartFront]:
+    """``await ray_front("r1")``: a replica serving the config's head behind its own front,
+    its state where the deployment keeps it; the front's base URL. Fronts share
+    ``tmp_path / "ray"``, the deployment's state_dir."""
+    import uvicorn
+    from starlette.requests import Request
+
+    from alltalk_host.ray.front import RayFront
+
+    running: list[tuple[Replica, Any, asyncio.Task[None]]] = []
+
+    async def start(replica_id: str = "r1") -> str:
+        shared = tmp_path / "ray"
+        replica = Replica(host_options(state_dir=shared / "replicas" / replica_id,
+                                       directed=True), replica_id)
+        await replica.start()
+        await replica.reconfigure({"commit": config_repo.head})
+        front = RayFront(replica, shared_dir=shared)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            response = await front.handle(Request(scope, receive))
+            await response(scope, receive, send)
+
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off",
+                                               ws="none", http="h11"))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        running.append((replica, server, task))
+        while not server.started:
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield start
+    for replica, server, task in running:
+        server.should_exit = True
+        await task
+        await replica.stop()
+
+
+async def test_a_file_generated_on_one_replica_is_fetched_from_the_other(
+        ray_front: StartFront, config_repo: ConfigRepoHelper, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A relative outputs.dir: under the deployment's state_dir, the same for every replica.
+    monkeypatch.setenv("ALLTALK_OUTPUTS__DIR", "outs")
+    one, other = await ray_front("r1"), await ray_front("r2")
+    form = {"text_input": "Hello there, traveller. *She waves.* \"Welcome!\"",
+            "text_filtering": "standard", "character_voice_gen": "female_01",
+            "narrator_enabled": "false", "language": "en", "output_file_name": "st_output",
+            "output_file_timestamp": "true", "autoplay": "false"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(one + "/api/tts-generate", data=form) as resp:
+            reply = await resp.json()
+            assert resp.status == 200, reply
+            assert resp.headers["X-AllTalk-Commit"] == config_repo.head
+            assert resp.headers["X-AllTalk-Model"].startswith("reference; generation=")
+            assert resp.headers["X-AllTalk-Replica"] == "r1"
+        assert set(reply) == {"status", "output_file_path", "output_file_url",
+                              "output_cache_url"}
+        assert reply["status"] == "generate-success"
+        written = Path(reply["output_file_path"])
+        assert written.parent == (tmp_path / "ray" / "outs").resolve(), written
+        assert reply["output_file_url"] == f"/audio/{written.name}"
+        assert written.name.startswith("st_output_")
+        assert reply["output_cache_url"] == f"/audiocache/{written.name}"
+
+        # The client's next GET may land on the other replica: it has the file too.
+        async with http.get(other + reply["output_file_url"]) as resp:
+            assert resp.status == 200 and resp.headers["X-AllTalk-Replica"] == "r2"
+            assert resp.headers["Content-Type"] == "audio/wav"
+            data = await resp.read()
+        assert data == written.read_bytes()
+        samples, rate = read_wav(data)
+        assert len(samples) / rate > 1.0
+        async with http.get(one + reply["output_cache_url"]) as resp:
+            assert resp.status == 200 and "immutable" in resp.headers["Cache-Control"]
+            assert await resp.read() == data
+
+        async with http.post(other + "/api/previewvoice/", data="voice=male_01",
+                             headers=FORM) as resp:
+            preview = await resp.json()
+            assert resp.status == 200 and resp.headers["X-AllTalk-Replica"] == "r2"
+        assert preview["output_file_url"].startswith("/audio/preview_voice_")
+        assert "output_cache_url" not in preview
+        async with http.get(one + preview["output_file_url"]) as resp:
+            assert resp.status == 200
+            read_wav(await resp.read())
+
+
+async def test_the_ray_front_streams_alltalk_wav(ray_front: StartFront,
+                                                 config_repo: ConfigRepoHelper) -> None:
+    base = await ray_front("r1")
+    url = base + "/api/tts-generate-streaming"
+    async with aiohttp.ClientSession() as http:
+        for call in (lambda: http.get(url, params={"text": "Streaming now. Two sentences.",
+                                                   "voice": "female_01"}),
+                     lambda: http.post(url, data={"text": "Streaming now. Two sentences."})):
+            async with call() as resp:
+                assert resp.status == 200 and resp.headers["Content-Type"] == "audio/wav"
+                assert resp.headers["X-AllTalk-Commit"] == config_repo.head
+                assert resp.headers["X-AllTalk-Model"].startswith("reference; generation=")
+                assert resp.headers["X-AllTalk-Replica"] == "r1"
+                samples, rate = read_wav(await resp.read())
+            assert len(samples) / rate > 1.0
+        # A language the model lacks is spoken in its own, and the header says so.
+        async with http.get(url, params={"text": "Ahoj.", "language": "cs"}) as resp:
+            assert resp.headers["X-AllTalk-Language"] == "en; model reference does not speak cs"
+            read_wav(await resp.read())
+        # Nothing to speak: a short, complete silence, as on one host.
+        async with http.get(url, params={"text": "..."}) as resp:
+            assert resp.status == 200
+            samples, rate = read_wav(await resp.read())
+        assert 0 < len(samples) / rate <= 0.25
+
+
+async def test_the_ray_front_answers_sillytaverns_first_calls_as_one_host(
+        ray_front: StartFront, start_server: Callable[..., Any]) -> None:
+    """/api/ready, /api/currentsettings, /api/voices, /api/rvcvoices: the same answers."""
+    base = await ray_front("r1")
+    client = await start_server()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/api/ready") as resp:
+            assert await resp.text() == "Ready"
+        for path in ("/api/currentsettings", "/api/voices", "/api/rvcvoices"):
+            async with http.get(base + path) as resp:
+                assert resp.status == 200 and resp.headers["X-AllTalk-Replica"] == "r1"
+                assert await resp.json() == await (await client.get(path)).json(), path
+
+
+# What a client may get wrong, each answered on the Ray front exactly as on one host.
+BAD_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/api/tts-generate", {"data": {}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "  "}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "x" * 2001}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "character_voice_gen": "nobody"}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "output_file_name": "../x"}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "narrator_enabled": "maybe"}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "text_filtering": "latex"}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "speed": "fast"}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "speed": "9"}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "temperature": "warm"}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "pitch": "11"}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "autoplay": "perhaps"}}),
+    ("POST", "/api/tts-generate", {"data": {"text_input": "Hi", "narrator_enabled": "true",
+                                            "narrator_voice_gen": "nobody"}}),
+    ("POST", "/api/tts-generate", {"json": {"text_input": "Hi"}}),
+    ("POST", "/api/tts-generate", {"data": b"text_input=Hi", "headers": {
+        "Content-Type": "application/x-www-form-urlencoded; charset=bogus"}}),
+    ("POST", "/api/previewvoice/", {"data": {}}),
+    ("POST", "/api/previewvoice/", {"data": {"voice": "nobody"}}),
+    ("GET", "/api/tts-generate-streaming", {"params": {"text": " "}}),
+    ("GET", "/api/tts-generate-streaming", {"params": {"text": "Hi", "voice": "nobody"}}),
+    ("POST", "/api/tts-generate-streaming", {"data": {"voice": "female_01"}}),
+    ("GET", "/audio/nope.wav", {}),
+    ("GET", "/audio/.alltalk-host-written", {}),
+    ("GET", "/audiocache/speech", {}),
+]
+
+
+async def test_bad_alltalk_requests_get_the_same_answer_on_both_fronts(
+        ray_front: StartFront, start_server: Callable[..., Any], tmp_path: Path) -> None:
+    base = await ray_front("r1")
+    client = await start_server()
+    async with aiohttp.ClientSession() as http:
+        good = await http.post(base + "/api/tts-generate", data={"text_input": "Hi."})
+        assert good.status == 200
+        outputs = tmp_path / "outputs"  # the tests' outputs.dir, absolute: both fronts' folder
+        written = sorted(outputs.glob("*.wav"))
+        assert [p.name for p in written] == [(await good.json())["output_file_url"][7:]]
+        for method, path, kwargs in BAD_REQUESTS:
+            one_host = await client.request(method, path, **kwargs)
+            expected = (one_host.status, await one_host.json())
+            async with http.request(method, base + path, **kwargs) as resp:
+                assert resp.headers["X-AllTalk-Replica"] == "r1"
+                assert (resp.status, await resp.json()) == expected, (method, path, kwargs)
+            assert expected[0] in (400, 404), expected
+        assert sorted(outputs.glob("*.wav")) == written  # nothing written for a bad request
+
+
+async def test_the_ray_front_refuses_multipart_and_big_forms_in_alltalks_shape(
+        ray_front: StartFront, config_repo: ConfigRepoHelper, tmp_path: Path) -> None:
+    config_repo.change("small bodies", "settings.toml", "default.http.max_body_bytes", 4096)
+    base = await ray_front("r1")
+    multipart = aiohttp.FormData()
+    multipart.add_field("text_input", "The front door is open.")
+    multipart.add_field("output_file_name", "ha_alert")
+    multipart.add_field("attachment", b"x", filename="x.bin")  # makes aiohttp send multipart
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/api/tts-generate", data=multipart) as resp:
+            body = await resp.json()
+        assert resp.status == 400
+        assert body["error"].startswith("body: multipart/form-data is not read on the Ray "
+                                        "front"), body
+        assert "application/x-www-form-urlencoded" in body["error"]
+        async with http.post(base + "/api/tts-generate",
+                             data={"text_input": "x" * 5000}) as resp:
+            body = await resp.json()
+        assert resp.status == 400 and body["error"].startswith("body: "), body
+        assert "http.max_body_bytes" in body["error"]
+        async with http.post(base + "/audio/x.wav") as resp:
+            assert resp.status == 405
+    assert not (tmp_path / "outputs").exists()  # nothing written
+
+
 # --- a real cluster -------------------------------------------------------------------------
 
 @needs_ray
@@ -115,10 +335,12 @@ async def test_rollouts_under_load_drop_nothing(config_repo: ConfigRepoHelper,
             assert deployed["result"] == "applied", deployed
 
             answers: list[tuple[int, str | None, str | None, str]] = []
+            fetches: list[tuple[int, str | None, str | None]] = []
             stop = asyncio.Event()
             async with aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=60)) as http:
-                clients = [asyncio.create_task(_speak(http, info.serve, i, stop, answers))
+                clients = [asyncio.create_task(_speak(http, info.serve, i, stop, answers,
+                                                      fetches))
                            for i in range(CLIENTS)]
                 await asyncio.sleep(0.5)
                 results = [await fleet.apply(c, who="test") for c in (second, third)]
@@ -154,22 +376,30 @@ async def test_rollouts_under_load_drop_nothing(config_repo: ConfigRepoHelper,
     assert third in commits
     assert len({replica for _, _, replica, _ in answers}) == 2, Counter(
         replica for _, _, replica, _ in answers)  # both replicas served, each named
-    assert {route for *_, route in answers} == {"/tts", "/v1/audio/speech"}
+    assert {route for *_, route in answers} == {"/tts", "/v1/audio/speech", "/api/tts-generate"}
+
+    # Each AllTalk client fetched the file it was told of; Serve sent some of those GETs to
+    # the replica that had not written the file, and it was there too.
+    assert fetches and {code for code, *_ in fetches} == {200}, fetches
+    assert any(made_by != served_by for _, made_by, served_by in fetches), fetches
 
 
 async def _speak(http: aiohttp.ClientSession, base: str, n: int, stop: asyncio.Event,
-                 answers: list[tuple[int, str | None, str | None, str]]) -> None:
-    """One client: /tts and OpenAI's route in turn until told to stop; every answer kept."""
+                 answers: list[tuple[int, str | None, str | None, str]],
+                 fetches: list[tuple[int, str | None, str | None]]) -> None:
+    """One client: /tts, OpenAI's route and AllTalk's (then its file) in turn until told to
+    stop; every answer kept."""
     i = 0
     while not stop.is_set():
         i += 1
-        if (i + n) % 2:
-            route, body = "/tts", {"text": f"Client {n}, request {i}."}
-        else:
-            route, body = "/v1/audio/speech", {"model": "tts-1", "voice": "alloy",
-                                               "input": f"Client {n}, request {i}.",
-                                               "response_format": "wav"}
+        text = f"Client {n}, request {i}."
+        route = ("/tts", "/v1/audio/speech", "/api/tts-generate")[(i + n) % 3]
+        body: dict[str, Any] = {"text": text} if route == "/tts" else {
+            "model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"}
         try:
+            if route == "/api/tts-generate":
+                await _generate_and_fetch(http, base, text, answers, fetches)
+                continue
             async with http.post(base + route, json=body) as resp:
                 data = await resp.read()
                 code = resp.status
@@ -181,6 +411,25 @@ async def _speak(http: aiohttp.ClientSession, base: str, n: int, stop: asyncio.E
                 assert code != 200 or model.startswith("reference; generation="), model
         except (aiohttp.ClientError, TimeoutError) as exc:
             answers.append((0, None, None, f"{route}: {exc!r}"))
+
+
+async def _generate_and_fetch(http: aiohttp.ClientSession, base: str, text: str,
+                             answers: list[tuple[int, str | None, str | None, str]],
+                             fetches: list[tuple[int, str | None, str | None]]) -> None:
+    """SillyTavern's two steps: generate to a file, then GET the URL it was given."""
+    async with http.post(base + "/api/tts-generate", data={"text_input": text}) as resp:
+        reply = await resp.json()
+        made_by = resp.headers.get("X-AllTalk-Replica")
+        answers.append((resp.status, resp.headers.get("X-AllTalk-Commit"), made_by,
+                        "/api/tts-generate"))
+        model = resp.headers.get("X-AllTalk-Model", "")
+        assert resp.status != 200 or model.startswith("reference; generation="), model
+    if resp.status == 200:
+        async with http.get(base + reply["output_file_url"]) as resp:
+            data = await resp.read()
+            if resp.status == 200:
+                _check_wav(data)
+            fetches.append((resp.status, made_by, resp.headers.get("X-AllTalk-Replica")))
 
 
 def _check_wav(data: bytes) -> None:

@@ -39,7 +39,7 @@ class AllTalkReplica:
             options.plugins = plugins
         self.replica = Replica(options, replica_id)
         await self.replica.start()
-        self.front = RayFront(self.replica)
+        self.front = RayFront(self.replica, shared_dir=Path(state_dir))
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         await self.replica.reconfigure(user_config)

@@ -1,25 +1,44 @@
 """The Ray Serve front's HTTP handlers: Starlette requests in, Starlette responses out, over the
-same core calls as the aiohttp routes (``speech_api`` for what a request may say, the speech
-service for audio, ``encode`` for formats).
+same core calls as the aiohttp routes (``speech_api`` for what a request may say, ``alltalk_api``
+for AllTalk's routes, the speech service for audio, ``encode`` for formats).
 
 Ray Serve's ingress is ASGI, so these cannot be the aiohttp handlers; they are kept as thin.
 Every response names the replica that answered (``X-AllTalk-Replica``); audio responses also
 carry the commit and model that produced them.
+
+AllTalk's output files are fetched by URL after the reply, and Serve may send that GET to
+another replica, so every replica keeps them in one folder (``outputs_folder``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from email.message import Message
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
 
+from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 
+from .. import alltalk_api
+from ..alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
+from ..alltalk_fields import FORM_TYPES, Reply, alltalk_error, not_a_form
 from ..audio import to_wav
 from ..backend import Audio
+from ..config.settings import HostConfig
 from ..encode import Format, StreamEncoder, encode
-from ..errors import Code, HostError, NotFound, PayloadTooLarge, Unavailable
+from ..errors import BadRequest, Code, HostError, NotFound, PayloadTooLarge, Unavailable
+from ..outputs import OutputStore, OutputStores
 from ..registry import Serving
 from ..speech import SpeechResult, SpeechStream
 from ..speech_api import (
@@ -29,6 +48,7 @@ from ..speech_api import (
     openai_request,
     parse_json,
     provenance_headers,
+    short,
     tts_input,
     with_param,
 )
@@ -41,30 +61,45 @@ STATUS_PATH = "/ray/status"
 DEFAULT_BODY_LIMIT = 1_048_576  # before any config serves; then http.max_body_bytes
 
 RayHandler = Callable[[Request], Awaitable[Response]]
+Generation = Callable[[AllTalkContext, Mapping[str, Any]], Awaitable[Reply]]
+
+
+def outputs_folder(config: HostConfig, shared_dir: Path) -> Path:
+    """``outputs.dir`` the same for every replica: as written when absolute (on several
+    machines, a shared file system mounted there on each), else under the deployment's
+    ``state_dir``. Never a worker's working directory, which Ray chooses."""
+    written = config.outputs_dir_as_written
+    return written if written.is_absolute() else (shared_dir / written).resolve()
 
 
 class RayFront:
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, shared_dir: Path) -> None:
         self.replica = replica
+        self.host = replica.host
         self.speech = replica.host.speech
+        self.shared_dir = shared_dir  # the deployment's state_dir, which every replica shares
+        self.outputs = OutputStores()
         self.routes: dict[tuple[str, str], RayHandler] = {
             ("POST", "/tts"): self.tts,
             ("POST", "/v1/audio/speech"): self.openai_speech,
             ("GET", STATUS_PATH): self.status,
+            ("GET", "/api/ready"): self.ready,
+            ("GET", "/api/voices"): self.voices,
+            ("GET", "/api/rvcvoices"): self.rvc_voices,
+            ("GET", "/api/currentsettings"): self.current_settings,
+            ("POST", "/api/tts-generate"): self.tts_generate,
+            ("POST", "/api/previewvoice/"): self.preview_voice,
+            ("GET", "/api/tts-generate-streaming"): self.tts_generate_streaming,
+            ("POST", "/api/tts-generate-streaming"): self.tts_generate_streaming,
         }
+        # GET /audio/{name}, /audiocache/{name}: the folder, and the file's extra headers.
+        self.files: dict[str, Mapping[str, str]] = {"/audio": {}, "/audiocache": CACHE_HEADERS}
 
     async def handle(self, request: Request) -> Response:
         """The one entry: the route, the JSON error of a failure, the replica header."""
         method, path = request.method, request.url.path
-        handler = self.routes.get((method, path))
         try:
-            if handler is None:
-                allowed = sorted(m for m, p in self.routes if p == path)
-                if allowed:
-                    raise HostError(f"{method} is not allowed on {path}; use {allowed}",
-                                    code=Code.METHOD_NOT_ALLOWED, status=405)
-                raise NotFound(f"no route {method} {path}", code=Code.NOT_FOUND)
-            response = await handler(request)
+            response = await self._route(method, path)(request)
         except HostError as exc:
             response = JSONResponse(exc.to_dict(), status_code=exc.status)
         except Exception:
@@ -72,6 +107,23 @@ class RayFront:
             response = JSONResponse(HostError(INTERNAL_MESSAGE).to_dict(), status_code=500)
         response.headers[REPLICA_HEADER] = self.replica.id
         return response
+
+    def _route(self, method: str, path: str) -> RayHandler:
+        handler = self.routes.get((method, path))
+        if handler is not None:
+            return handler
+        folder, _, name = path.rpartition("/")
+        file_headers = self.files.get(folder) if name else None
+        if file_headers is not None:
+            if method == "GET":
+                return lambda request: self.output_file(request, name, file_headers)
+            allowed = ["GET"]
+        else:
+            allowed = sorted(m for m, p in self.routes if p == path)
+        if allowed:
+            raise HostError(f"{method} is not allowed on {path}; use {allowed}",
+                            code=Code.METHOD_NOT_ALLOWED, status=405)
+        raise NotFound(f"no route {method} {path}", code=Code.NOT_FOUND)
 
     async def tts(self, request: Request) -> Response:
         result = await self.speech.synthesize(tts_input(parse_json(await self._body(request))))
@@ -89,22 +141,91 @@ class RayFront:
                     return await _whole(await self.speech.silence(asked.model), asked.fmt)
                 raise with_param(exc) from None
             try:
-                # Before the status line: a refusal here is still an ordinary error.
-                first = await anext(stream.chunks, None)
+                return await _streamed(stream, asked.fmt)
             except HostError as exc:
-                await stream.aclose()
                 raise with_param(exc) from None
-            except BaseException:
-                await stream.aclose()
-                raise
         except HostError as exc:
             return JSONResponse(openai_error(exc), status_code=exc.status)
-        return StreamingResponse(_encoded(stream, first, asked.fmt),
-                                 media_type=asked.fmt.content_type,
-                                 headers=provenance_headers(stream.provenance))
 
     async def status(self, request: Request) -> Response:
         return JSONResponse(self.replica.status())
+
+    # --- AllTalk's routes: adapters over alltalk_api, as web/alltalk.py is ---------------
+
+    async def ready(self, request: Request) -> Response:
+        return PlainTextResponse(alltalk_api.ready_text(self.host.control.ready))
+
+    async def voices(self, request: Request) -> Response:
+        return JSONResponse(alltalk_api.voices(self._serving()))
+
+    async def rvc_voices(self, request: Request) -> Response:
+        return JSONResponse(RVC_VOICES)
+
+    async def current_settings(self, request: Request) -> Response:
+        return JSONResponse(alltalk_api.current_settings(self._serving(),
+                                                         self.host.catalog.backends))
+
+    async def tts_generate(self, request: Request) -> Response:
+        return await self._generation(request, alltalk_api.generate)
+
+    async def preview_voice(self, request: Request) -> Response:
+        return await self._generation(request, alltalk_api.preview)
+
+    async def tts_generate_streaming(self, request: Request) -> Response:
+        try:
+            params = (request.query_params if request.method == "GET"
+                      else await self._form(request))
+            spoken, headers = await alltalk_api.streaming(self._context(request), params)
+            if isinstance(spoken, SpeechResult):
+                return await _whole(spoken, WAV, headers)
+            return await _streamed(spoken, WAV, headers)
+        except HostError as exc:  # refused before the first byte
+            return _send(alltalk_error(exc))
+
+    async def output_file(self, request: Request, name: str, headers: Mapping[str, str]
+                          ) -> Response:
+        path = alltalk_api.output_file(self._context(request), name)
+        return FileResponse(path, media_type="audio/wav", headers=dict(headers))
+
+    async def _generation(self, request: Request, call: Generation) -> Response:
+        try:
+            return _send(await call(self._context(request), await self._form(request)))
+        except HostError as exc:
+            return _send(alltalk_error(exc))
+
+    def _context(self, request: Request) -> AllTalkContext:
+        return AllTalkContext(serving_now=self._serving, speech=self.speech,
+                              outputs_for=self._outputs_for,
+                              base_url=f"{request.url.scheme}://{request.url.netloc}")
+
+    def _outputs_for(self, config: HostConfig) -> OutputStore:
+        return self.outputs.get(outputs_folder(config, self.shared_dir))
+
+    async def _form(self, request: Request) -> Mapping[str, str]:
+        """An urlencoded form body, read within the body limit as aiohttp's ``post()`` reads
+        it. Starlette's own ``form()`` needs python-multipart, which Ray does not ship; so
+        multipart is refused with a message that says what to send instead."""
+        raw = await self._body(request)
+        if not raw:
+            return ImmutableMultiDict()
+        header = Message()
+        header["content-type"] = request.headers.get("content-type",
+                                                     "application/octet-stream")
+        content_type = header.get_content_type()
+        if content_type == FORM_TYPES[1]:
+            raise BadRequest("multipart/form-data is not read on the Ray front (it would need "
+                             "the python-multipart package); send the fields as "
+                             f"{FORM_TYPES[0]}", code=Code.MALFORMED_FORM)
+        if content_type != FORM_TYPES[0]:
+            raise not_a_form(content_type)
+        charset = str(header.get_param("charset") or "utf-8")
+        try:
+            return ImmutableMultiDict(parse_qsl(raw.rstrip().decode(charset),
+                                                keep_blank_values=True, encoding=charset))
+        # LookupError: a charset Python does not know; ValueError: undecodable bytes.
+        except (ValueError, LookupError) as exc:
+            raise BadRequest(f"the form body cannot be read: {short(exc)}",
+                             code=Code.MALFORMED_FORM) from None
 
     def _serving(self) -> Serving:
         serving = self.replica.host.registry.serving
@@ -125,10 +246,29 @@ class RayFront:
         return bytes(data)
 
 
-async def _whole(result: SpeechResult, fmt: Format) -> Response:
+def _send(reply: Reply) -> Response:
+    return JSONResponse(reply.body, status_code=reply.status, headers=dict(reply.headers))
+
+
+async def _whole(result: SpeechResult, fmt: Format,
+                 headers: Mapping[str, str] | None = None) -> Response:
     data = await asyncio.to_thread(encode, result.audio, fmt)
     return Response(data, media_type=fmt.content_type,
-                    headers=provenance_headers(result.provenance))
+                    headers={**provenance_headers(result.provenance), **(headers or {})})
+
+
+async def _streamed(stream: SpeechStream, fmt: Format,
+                    headers: Mapping[str, str] | None = None) -> Response:
+    """The stream as a response once its first chunk is ready: a refusal until then (the
+    text, a voice, the queue, an option the backend rejects) is still an ordinary error."""
+    try:
+        first = await anext(stream.chunks, None)
+    except BaseException:
+        await stream.aclose()
+        raise
+    return StreamingResponse(_encoded(stream, first, fmt), media_type=fmt.content_type,
+                             headers={**provenance_headers(stream.provenance),
+                                      **(headers or {})})
 
 
 async def _encoded(stream: SpeechStream, first: Audio | None, fmt: Format

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from ..alltalk_fields import FORM_TYPES, not_a_form
 from ..errors import BadRequest, Code, HostError, PayloadTooLarge, Unavailable
 from ..registry import Serving
 from ..speech_api import INTERNAL_MESSAGE, V1_HINT, parse_json, short
@@ -87,14 +88,10 @@ def _too_large(exc: web.HTTPRequestEntityTooLarge) -> str:
     return f"{exc.text or 'the body is too large'} (http.max_body_bytes)"
 
 
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
 async def ensure_form(request: web.Request) -> Any:
     """The request's form fields (urlencoded or multipart), or BadRequest if unreadable."""
     if request.body_exists and request.content_type not in FORM_TYPES:
-        raise BadRequest(f"expected a form body ({' or '.join(FORM_TYPES)}), not "
-                         f"{request.content_type}", code=Code.MALFORMED_FORM)
+        raise not_a_form(request.content_type)
     try:
         return await request.post()
     except web.HTTPRequestEntityTooLarge as exc:
