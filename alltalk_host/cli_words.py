@@ -50,6 +50,16 @@ def change(reply: dict[str, Any]) -> str:
     return line
 
 
+def commit_line(c: dict[str, Any]) -> str:
+    """A commit of ``config log`` (and ``ray log``) with its marks, and why it failed."""
+    marks = [m for m in ("serving", "known_good", "failed") if c.get(m)]
+    line = f"{c['short']}  {c['date'][:19]}  {c['author']:<16} {c['message'].splitlines()[0]}"
+    line = f"{line}  [{', '.join(marks)}]" if marks else line
+    if c.get("failure_reason"):
+        line += f"\n            failed: {c['failure_reason']}"
+    return line
+
+
 def phase(event: dict[str, Any]) -> str:
     """One phase of a change as it happens: ``  1.52 s  loading test-voice (last time 0.4 s)``;
     the last line says how it ended."""
