@@ -15,6 +15,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -193,6 +194,8 @@ def cmd_local(args: argparse.Namespace) -> int:
     dashboard = _port_or_free(args.dashboard_port, free_port)
     serve = _port_or_free(args.serve_port, free_port)
     print(f"starting a Ray cluster in {args.dir} ({args.num_cpus} CPUs)...", file=sys.stderr)
+    # A `kill` ends it as Ctrl-C does: leaving the `with` shuts the cluster down in order.
+    signal.signal(signal.SIGTERM, _interrupt)
     cluster = LocalCluster(args.dir, num_cpus=args.num_cpus, dashboard_port=dashboard,
                            serve_port=serve)
     with cluster as info:
@@ -220,6 +223,10 @@ def cmd_local(args: argparse.Namespace) -> int:
             return 0
     print(f"error: the cluster stopped by itself; see {cluster.log_path}", file=sys.stderr)
     return 1
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _port_or_free(port: int, free: Callable[[], int]) -> int:
