@@ -20,9 +20,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .cli_words import commit_line, short
+if TYPE_CHECKING:
+    from .ray.rollout import Fleet, FleetSpec
+
+from .cli_words import Progress, commit_line, rollout_words, short, table
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"  # Ray's own default, as `serve deploy` uses
 DEFAULT_SERVE = "http://127.0.0.1:8000"
@@ -135,7 +138,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if spec.replicas < 1:
         raise SystemExit("error: --replicas must be at least 1")
 
-    async def run(fleet: Any) -> dict[str, Any]:
+    async def run(fleet: Fleet) -> dict[str, Any]:
         ref = args.commit or fleet.ledger.applied or spec.branch
         result = await fleet.apply(ref, who=_who(), action="deploy")
         spec.save()  # what Ray now runs, whatever the replicas made of the commit
@@ -251,7 +254,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir or HostOptions.from_env().state_dir)
 
 
-def _spec(args: argparse.Namespace) -> Any:
+def _spec(args: argparse.Namespace) -> FleetSpec:
     from .ray.rollout import FleetSpec
 
     spec = FleetSpec.load(_state_dir(args))
@@ -262,8 +265,8 @@ def _spec(args: argparse.Namespace) -> Any:
     return spec
 
 
-def _rollout(args: argparse.Namespace, spec: Any,
-             command: Callable[[Any], Awaitable[dict[str, Any]]]) -> int:
+def _rollout(args: argparse.Namespace, spec: FleetSpec,
+             command: Callable[[Fleet], Awaitable[dict[str, Any]]]) -> int:
     """Run a rollout, its progress on stderr, the result on stdout; 1 if it failed."""
     result = _with_fleet(args, spec, command, progress=Progress(spec.replicas))
     if args.json:
@@ -273,8 +276,9 @@ def _rollout(args: argparse.Namespace, spec: Any,
     return 0 if result["result"] == "applied" else 1
 
 
-def _with_fleet(args: argparse.Namespace, spec: Any,
-                command: Callable[[Any], Awaitable[Any]], progress: Any = None) -> Any:
+def _with_fleet(args: argparse.Namespace, spec: FleetSpec,
+                command: Callable[[Fleet], Awaitable[Any]],
+                progress: Progress | None = None) -> Any:
     import aiohttp
 
     from .ray.rollout import Fleet, RolloutError
@@ -310,74 +314,3 @@ def _who() -> str:
     from .cli import _author  # not at import: cli imports this module
 
     return _author()
-
-
-class Progress:
-    """``waiting for 2 replicas to take 3f2a9c1... 1/2`` on stderr, each time it changes."""
-
-    def __init__(self, replicas: int) -> None:
-        self.replicas = replicas
-        self._last: tuple[Any, ...] | None = None
-
-    def __call__(self, commit: str, app: str | None, replicas: list[dict[str, Any]]) -> None:
-        done = sum(1 for r in replicas if r.get("target") == commit
-                   and r.get("state") != "starting")
-        refused = sum(1 for r in replicas if r.get("target") == commit
-                      and r.get("state") == "failed")
-        now = (commit, app, done, refused)
-        if now == self._last:
-            return
-        self._last = now
-        line = f"waiting for {self.replicas} replicas to take {short(commit)}... " \
-               f"{done}/{self.replicas}"
-        if refused:
-            line += f" ({refused} refused it)"
-        if app != "RUNNING":
-            line += f" (Ray: {app or 'not deployed yet'})"
-        print(line, file=sys.stderr, flush=True)
-
-
-# --- words ---------------------------------------------------------------------------------
-
-def table(replicas: list[dict[str, Any]]) -> str:
-    """One row per replica: id, commit, generations, state, last error."""
-    rows = [("replica", "commit", "generation", "state", "last error")]
-    for r in replicas:
-        gens = ", ".join(f"{name} {n}" for name, n in (r.get("generations") or {}).items())
-        error = r.get("last_error") or {}
-        rows.append((str(r.get("replica", "?")), short(r.get("commit")), gens or "-",
-                     str(r.get("state", "?")),
-                     f"{short(error.get('commit'))}: {error.get('reason', '')}" if error
-                     else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True))
-                     + "  " + row[4] for row in rows)
-
-
-def rollout_words(result: dict[str, Any]) -> str:
-    """What the rollout did, and what each replica did."""
-    commit = short(result.get("commit"))
-    replicas = result.get("replicas") or []
-    if result.get("result") == "applied":
-        lines = [f"{len(replicas)} replicas serve {commit} "
-                 f"({result.get('duration_s', 0):.1f} s)", table(replicas)]
-        return "\n".join(lines)
-    refused = [r for r in replicas if r.get("state") == "failed"]
-    took = [r for r in replicas if r.get("state") != "failed"]
-    back = result.get("rolled_back_to")
-    lines = [f"rollout of {commit} failed: {len(refused)} of {len(replicas)} replicas "
-             f"refused it"]
-    for r in refused:
-        error = r.get("last_error") or {}
-        lines.append(f"  {r.get('replica')}: refused it ({error.get('reason', '?')}), "
-                     f"kept serving {short(r.get('commit'))}")
-    for r in took:
-        lines.append(f"  {r.get('replica')}: took it"
-                     + (f", then went back to {short(back)}" if back else ""))
-    if back:
-        lines.append(f"rolled back to {short(back)}; the fleet now:")
-        lines.append(table(result.get("after_rollback") or []))
-    else:
-        lines.append("no earlier known-good commit to roll back to: fix the commit and apply "
-                     "again")
-    return "\n".join(lines)
