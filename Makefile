@@ -86,6 +86,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m tools.bench_api
 	$(BIN)/python -m tools.bench_espeak
 	$(BIN)/python -m tools.bench_wyoming
+	$(BIN)/python -m tools.bench_ray
 
 # The espeak-ng command, only for bench_espeak's comparison (and the espeak plugin's test that
 # compares with it); both say so and skip that part when it is missing. Debian's package.

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, cli_events, cli_plugin, cli_words
+from . import __version__, cli_events, cli_plugin, cli_ray, cli_words
 from .cli_serve import cmd_serve
 from .errors import HostError, PluginConflict
 
@@ -107,11 +107,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     if args.json:
         return _print_json(data)
     for c in data["commits"]:
-        marks = [m for m in ("serving", "known_good", "failed") if c[m]]
-        line = f"{c['short']}  {c['date'][:19]}  {c['author']:<16} {c['message'].splitlines()[0]}"
-        print(f"{line}  [{', '.join(marks)}]" if marks else line)
-        if c.get("failure_reason"):
-            print(f"            failed: {c['failure_reason']}")
+        print(cli_words.commit_line(c))
     return 0
 
 
@@ -262,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.set_defaults(func=cmd_plugins)
     cli_plugin.add_commands(sub)
+    cli_ray.add_commands(sub)
 
     config = sub.add_parser("config", help="manage the config repo",
                             description="Create the config repo, or inspect and apply its "

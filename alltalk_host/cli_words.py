@@ -1,4 +1,5 @@
-"""How the command line says what a running server did, in words (``--json`` prints the reply).
+"""How the command line says what a running server, or a fleet's rollout, did, in words
+(``--json`` prints the reply).
 
 Replies are read defensively: a key the server does not send (an older or newer version) is
 left out of the sentence rather than failing the command.
@@ -6,6 +7,7 @@ left out of the sentence rather than failing the command.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 VERBS = {"rollback": "rolled back to", "reload-model": "reloaded models at"}
@@ -47,6 +49,16 @@ def change(reply: dict[str, Any]) -> str:
     branch = reply.get("branch")
     if isinstance(branch, dict) and branch.get("moved") is False:
         line += f"; branch {branch.get('name', '')} not moved: {branch.get('reason', '')}"
+    return line
+
+
+def commit_line(c: dict[str, Any]) -> str:
+    """A commit of ``config log`` (and ``ray log``) with its marks, and why it failed."""
+    marks = [m for m in ("serving", "known_good", "failed") if c.get(m)]
+    line = f"{c['short']}  {c['date'][:19]}  {c['author']:<16} {c['message'].splitlines()[0]}"
+    line = f"{line}  [{', '.join(marks)}]" if marks else line
+    if c.get("failure_reason"):
+        line += f"\n            failed: {c['failure_reason']}"
     return line
 
 
@@ -94,3 +106,75 @@ def canary_started(reply: dict[str, Any]) -> str:
             f"{num('max_error_rate')} and a p95 time to first audio <= "
             f"{num('max_latency_ratio')} x the stable arm's, else aborted"
             + (f" ({loaded})" if loaded else " (settings only, no model loaded)"))
+
+
+# --- the fleet (`alltalk-host ray`) ---------------------------------------------------------
+
+class Progress:
+    """``waiting for 2 replicas to take 3f2a9c1... 1/2`` on stderr, each time it changes."""
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = replicas
+        self._last: tuple[Any, ...] | None = None
+
+    def __call__(self, commit: str, app: str | None, replicas: list[dict[str, Any]]) -> None:
+        done = sum(1 for r in replicas if r.get("target") == commit
+                   and r.get("state") != "starting")
+        refused = sum(1 for r in replicas if r.get("target") == commit
+                      and r.get("state") == "failed")
+        now = (commit, app, done, refused)
+        if now == self._last:
+            return
+        self._last = now
+        line = f"waiting for {self.replicas} replicas to take {short(commit)}... " \
+               f"{done}/{self.replicas}"
+        if refused:
+            line += f" ({refused} refused it)"
+        if app != "RUNNING":
+            line += f" (Ray: {app or 'not deployed yet'})"
+        print(line, file=sys.stderr, flush=True)
+
+
+
+def table(replicas: list[dict[str, Any]]) -> str:
+    """One row per replica: id, commit, generations, state, last error."""
+    rows = [("replica", "commit", "generation", "state", "last error")]
+    for r in replicas:
+        gens = ", ".join(f"{name} {n}" for name, n in (r.get("generations") or {}).items())
+        error = r.get("last_error") or {}
+        rows.append((str(r.get("replica", "?")), short(r.get("commit")), gens or "-",
+                     str(r.get("state", "?")),
+                     f"{short(error.get('commit'))}: {error.get('reason', '')}" if error
+                     else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True))
+                     + "  " + row[4] for row in rows)
+
+
+def rollout_words(result: dict[str, Any]) -> str:
+    """What the rollout did, and what each replica did."""
+    commit = short(result.get("commit"))
+    replicas = result.get("replicas") or []
+    if result.get("result") == "applied":
+        lines = [f"{len(replicas)} replicas serve {commit} "
+                 f"({result.get('duration_s', 0):.1f} s)", table(replicas)]
+        return "\n".join(lines)
+    refused = [r for r in replicas if r.get("state") == "failed"]
+    took = [r for r in replicas if r.get("state") != "failed"]
+    back = result.get("rolled_back_to")
+    lines = [f"rollout of {commit} failed: {len(refused)} of {len(replicas)} replicas "
+             f"refused it"]
+    for r in refused:
+        error = r.get("last_error") or {}
+        lines.append(f"  {r.get('replica')}: refused it ({error.get('reason', '?')}), "
+                     f"kept serving {short(r.get('commit'))}")
+    for r in took:
+        lines.append(f"  {r.get('replica')}: took it"
+                     + (f", then went back to {short(back)}" if back else ""))
+    if back:
+        lines.append(f"rolled back to {short(back)}; the fleet now:")
+        lines.append(table(result.get("after_rollback") or []))
+    else:
+        lines.append("no earlier known-good commit to roll back to: fix the commit and apply "
+                     "again")
+    return "\n".join(lines)

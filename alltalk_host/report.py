@@ -11,7 +11,7 @@ from typing import Any
 from . import __version__
 from .apply import ApplyTransaction
 from .canary import CANARY
-from .config.repo import ConfigRepo
+from .config.repo import CommitInfo, ConfigRepo
 from .config.settings import HostConfig
 from .config.values import flatten
 from .errors import Code, NotFound
@@ -57,18 +57,7 @@ class Report:
         entries = await asyncio.get_running_loop().run_in_executor(self._io, self.repo.log,
                                                                  limit)
         serving = self.registry.serving
-        out = []
-        for info in entries:
-            entry = info.to_dict()
-            entry["applied"] = info.hash == self.ledger.applied
-            entry["serving"] = serving is not None and info.hash == serving.commit
-            entry["known_good"] = self.ledger.is_known_good(info.hash)
-            failure = self.ledger.failure(info.hash)
-            entry["failed"] = failure is not None
-            if failure:
-                entry["failure_reason"] = failure["reason"]
-            out.append(entry)
-        return out
+        return marked(entries, self.ledger, serving.commit if serving else None)
 
     def effective(self, config: HostConfig) -> dict[str, Any]:
         values = config.redacted()
@@ -115,3 +104,20 @@ class Report:
             "history": self.ledger.recent(20),
         }
 
+
+
+def marked(entries: list[CommitInfo], ledger: Ledger, serving: str | None) -> list[dict[str, Any]]:
+    """The log's commits with the ledger's marks: what ``config log`` shows for one host, and
+    ``ray log`` for a fleet (its own ledger, the commit it rolled out)."""
+    out = []
+    for info in entries:
+        entry: dict[str, Any] = info.to_dict()
+        entry["applied"] = info.hash == ledger.applied
+        entry["serving"] = info.hash == serving
+        entry["known_good"] = ledger.is_known_good(info.hash)
+        failure = ledger.failure(info.hash)
+        entry["failed"] = failure is not None
+        if failure:
+            entry["failure_reason"] = failure["reason"]
+        out.append(entry)
+    return out

@@ -37,9 +37,11 @@ class LocalCluster:
     """``with LocalCluster(root) as info:`` a cluster for the block; shut down on leaving it."""
 
     def __init__(self, root: Path, num_cpus: int = 4, env: Mapping[str, str] | None = None,
-                 start_timeout_s: float = 120.0) -> None:
+                 start_timeout_s: float = 120.0, dashboard_port: int = 0,
+                 serve_port: int = 0) -> None:
         self.root = root
         self.num_cpus = num_cpus
+        self.ports = (dashboard_port, serve_port)  # 0: a free one
         self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[str] | None = None
@@ -55,8 +57,12 @@ class LocalCluster:
         self._log: IO[str] = self.log_path.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "alltalk_host.ray.local", "--ray-tmp", str(self.ray_tmp),
-             "--num-cpus", str(self.num_cpus)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)
+             "--num-cpus", str(self.num_cpus), "--dashboard-port", str(self.ports[0]),
+             "--serve-port", str(self.ports[1])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env,
+            # Its own session: a Ctrl-C in the owner's terminal reaches the owner only, which
+            # then shuts the cluster down in order (closing stdin), not Ray's processes at once.
+            start_new_session=True)
         try:
             line = _read_line(self.process, self.start_timeout_s)
             return ClusterInfo(**json.loads(line))
@@ -116,12 +122,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _own(ray_tmp: Path, num_cpus: int) -> None:
+def _own(ray_tmp: Path, num_cpus: int, dashboard_port: int = 0, serve_port: int = 0) -> None:
     """In the child: start, report, wait for stdin to close, shut down."""
     import ray
     from ray import serve
 
-    dashboard_port, serve_port = free_port(), free_port()
+    dashboard_port, serve_port = dashboard_port or free_port(), serve_port or free_port()
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              dashboard_port=dashboard_port, _temp_dir=str(ray_tmp),
              log_to_driver=False)
@@ -146,8 +152,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ray-tmp", type=Path, required=True)
     parser.add_argument("--num-cpus", type=int, default=4)
+    parser.add_argument("--dashboard-port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--serve-port", type=int, default=0, help="0: a free port")
     args = parser.parse_args()
-    _own(args.ray_tmp, args.num_cpus)
+    _own(args.ray_tmp, args.num_cpus, args.dashboard_port, args.serve_port)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ the attempt, the result and the known-good commits.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,11 @@ APP_NAME = "alltalk"
 DEPLOYMENT = "alltalk"  # deployment.DEPLOYMENT_NAME, without importing Ray
 IMPORT_PATH = "alltalk_host.ray.deployment:build"
 APPS_PATH = "/api/serve/applications/"
+SPEC_FILE = "spec.json"  # beside the fleet's state.json: what `alltalk-host ray deploy` chose
+
+# Told each time the fleet is looked at during a rollout: the commit, Ray's application
+# status, the replicas' statuses so far.
+Progress = Callable[[str, str | None, list[dict[str, Any]]], None]
 
 
 class RolloutError(Exception):
@@ -65,11 +72,34 @@ class FleetSpec:
                              "user_config": {"commit": commit}}],
         }]}
 
+    def save(self) -> Path:
+        """Write the spec beside the fleet's ledger, so later commands need only the state
+        folder; the path written."""
+        path = self.state_dir / "fleet" / SPEC_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**asdict(self), "config_repo": str(self.config_repo.resolve()),
+                "state_dir": str(self.state_dir.resolve())}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, state_dir: Path) -> FleetSpec | None:
+        """The spec saved in ``state_dir``; None when nothing was deployed from it."""
+        path = state_dir / "fleet" / SPEC_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return cls(**{**data, "config_repo": Path(data["config_repo"]),
+                      "state_dir": Path(data["state_dir"])})
+
 
 class Fleet:
     def __init__(self, spec: FleetSpec, dashboard: str, serve: str, token: str | None = None,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, progress: Progress | None = None) -> None:
         self.spec = spec
+        self.progress = progress
         self.dashboard = dashboard.rstrip("/")
         self.serve = serve.rstrip("/")
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
@@ -99,11 +129,19 @@ class Fleet:
         """Roll ``ref`` out; on any replica's failure, roll the fleet back to the previous
         known-good commit. The result says what each replica did."""
         commit = await self._run_io(self.repo.resolve, ref)
+        await self._app_details()  # Ray answers, before anything is recorded
         previous = self.ledger.applied
         started = time.monotonic()
         await self.ledger.attempt(commit)
-        await self._deploy(commit)
-        replicas = await self.wait_settled(commit)
+        try:
+            await self._deploy(commit)
+            replicas = await self.wait_settled(commit)
+        except RolloutError as exc:
+            # Ray refused the deploy, gave up on it, or the fleet did not settle in time: the
+            # commit is recorded failed, as a single host records an apply that raised.
+            await self.ledger.failed(commit, who=who, action=action, reason=str(exc),
+                                     duration_s=time.monotonic() - started)
+            raise
         failed = {r["replica"]: r["last_error"] for r in replicas if r["state"] == "failed"}
         duration = time.monotonic() - started
         if not failed:
@@ -160,15 +198,30 @@ class Fleet:
         ``commit`` or failed it (and kept its old one); their statuses."""
         deadline = time.monotonic() + self.timeout_s
         last: Any = None
+        failed_since: float | None = None
         while time.monotonic() < deadline:
             details = await self._app_details()
-            last = details and details.get("status")
-            if details and details.get("status") == "RUNNING":
+            status = details.get("status") if details else None
+            last = status
+            replicas: list[dict[str, Any]] = []
+            # Ray gave up (a replica with no commit to keep raised, again and again): no
+            # point waiting out the timeout. Seen for a few seconds first, since right after
+            # a deploy Ray may still show the previous deploy's failure.
+            failed_since = (failed_since or time.monotonic()) if status == "DEPLOY_FAILED" \
+                else None
+            if failed_since is not None and time.monotonic() - failed_since > 3.0:
+                raise RolloutError(f"Ray could not deploy {commit[:10]}: "
+                                   f"{(details or {}).get('message') or 'no reason given'}")
+            if status == "RUNNING":
                 replicas = await self.replica_statuses(details)
                 if replicas and all(r.get("target") == commit and r["state"] != "starting"
                                     for r in replicas):
+                    if self.progress:
+                        self.progress(commit, status, replicas)
                     return replicas
                 last = replicas
+            if self.progress:
+                self.progress(commit, status, replicas)
             await asyncio.sleep(0.5)
         raise RolloutError(f"the fleet did not settle on {commit[:10]} within "
                            f"{self.timeout_s:.0f} s; last seen: {last}")

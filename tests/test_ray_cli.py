@@ -1,0 +1,194 @@
+"""``alltalk-host ray``, run as a user runs it (the command in a child process) against one real
+local Ray cluster for the module: deploy, roll commits out, a commit every replica refuses,
+rollback, status and log; and the mistakes (no deploy yet, no cluster, an unknown commit).
+
+The cluster is this module's own (``alltalk_host.ray.local``, token auth on) and is shut down
+whatever happens; ``ray stop`` is never used. The tests that need it skip where Ray is not
+installed; the others run anyway, since the commands themselves need no Ray.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from alltalk_host.ray.local import ClusterInfo, free_port
+from alltalk_host.ray.rollout import APP_NAME, APPS_PATH
+
+from .conftest import ROOT, ConfigRepoHelper
+
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(
+    not HAVE_RAY, reason="Ray is not installed: pip install 'alltalk-host[ray]' (make test does)")
+
+
+@dataclass
+class Cluster:
+    info: ClusterInfo
+    token_file: Path
+
+    def flags(self) -> list[str]:
+        return ["--address", self.info.dashboard, "--serve-url", self.info.serve,
+                "--token-file", str(self.token_file)]
+
+    def applications(self) -> dict:
+        request = urllib.request.Request(self.info.dashboard + APPS_PATH, headers={
+            "Authorization": f"Bearer {self.info.token}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp).get("applications", {})
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from alltalk_host.ray.local import LocalCluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    with LocalCluster(root, num_cpus=2) as info:
+        yield Cluster(info, root / "home" / ".ray" / "auth_token")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConfigRepoHelper]:
+    helper = ConfigRepoHelper(tmp_path_factory.mktemp("repo") / "config")
+    yield helper
+    helper.repo.close()
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+
+def ray_cli(*args: str, cwd: Path) -> Run:
+    """``alltalk-host ray ARGS`` in a child process, with none of the developer's ALLTALK_ or
+    RAY_ variables and a HOME of its own (no ~/.ray/auth_token but the one given)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLTALK_", "RAY_"))}
+    env["HOME"] = str(cwd)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "alltalk_host.cli", "ray", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=240)
+    return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+# --- mistakes, said plainly ----------------------------------------------------------------
+
+def test_apply_before_deploy_says_to_deploy_first(tmp_path: Path) -> None:
+    for command in (["apply", "main"], ["status"], ["rollback"], ["log"]):
+        run = ray_cli(*command, "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+        assert run.code == 1, run
+        assert "run `alltalk-host ray deploy --config-repo" in run.err, run
+
+
+def test_no_cluster_is_a_quick_clear_error(repo: ConfigRepoHelper, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    run = ray_cli("deploy", "--config-repo", str(repo.path), "--address", dead,
+                  "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert run.code == 1, run
+    assert f"no Ray cluster at {dead}" in run.err and "--address" in run.err, run
+    assert "alltalk-host ray local" in run.err or "pip install" in run.err, run
+    assert run.seconds < 15, run  # refused at once, not a timeout
+    assert not (tmp_path / "state" / "fleet" / "spec.json").exists()
+
+
+@needs_ray
+@pytest.mark.timeout(300)
+def test_an_unknown_commit_deploys_nothing(cluster: Cluster, repo: ConfigRepoHelper,
+                                           tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    run = ray_cli("deploy", "--config-repo", str(repo.path), "--commit", "0badc0ffee",
+                  "--state-dir", str(state), *cluster.flags(), cwd=tmp_path)
+    assert run.code == 2, run
+    assert "no commit" in run.err or "unknown" in run.err.lower(), run
+    assert APP_NAME not in cluster.applications()
+    assert not (state / "fleet" / "spec.json").exists()
+    assert not (state / "fleet" / "state.json").exists()
+
+
+# --- a fleet's life ------------------------------------------------------------------------
+
+@needs_ray
+@pytest.mark.timeout(300)
+def test_deploy_apply_refuse_rollback(cluster: Cluster, repo: ConfigRepoHelper,
+                                      tmp_path: Path) -> None:
+    first = repo.initial
+    second = repo.change("lower", "models.toml", "default.models.reference.settings.pitch_hz",
+                         120)
+    silent = repo.change("silent", "models.toml",
+                         "default.models.reference.settings.amplitude", 0.0)
+    state = ["--state-dir", str(tmp_path / "state")]
+
+    def ray(*args: str) -> Run:
+        return ray_cli(*args, *state, *cluster.flags(), cwd=tmp_path)
+
+    def status() -> dict:
+        run = ray("status", "--json")
+        assert run.code == 0, run
+        return json.loads(run.out)
+
+    run = ray("deploy", "--config-repo", str(repo.path), "--replicas", "2",
+              "--plugins", "reference", "--commit", first)
+    assert run.code == 0, run
+    assert f"2 replicas serve {first[:7]}" in run.out, run
+    assert f"waiting for 2 replicas to take {first[:7]}..." in run.err, run
+    spec = json.loads((tmp_path / "state" / "fleet" / "spec.json").read_text())
+    assert (spec["replicas"], spec["plugins"]) == (2, ["reference"])
+
+    # No --config-repo or --replicas again: the deploy remembered them.
+    run = ray("apply", second[:10])
+    assert run.code == 0, run
+    assert f"2 replicas serve {second[:7]}" in run.out, run
+    assert "2/2" in run.err, run
+    now = status()
+    assert now["application"] == "RUNNING" and now["applied"] == second, now
+    assert [(r["commit"], r["state"]) for r in now["replicas"]] == [(second, "serving")] * 2
+    words = ray("status")
+    assert words.code == 0, words
+    for r in now["replicas"]:  # one row per replica: id, commit, generation, state
+        assert any(r["replica"] in line and second[:7] in line and "serving" in line
+                   and "reference" in line for line in words.out.splitlines()), words.out
+
+    # A commit whose model warms up silent: every replica refuses it and keeps serving the
+    # last good one; the command says who did what, and exits 1.
+    run = ray("apply", silent)
+    assert run.code == 1, run
+    assert f"rollout of {silent[:7]} failed: 2 of 2 replicas refused it" in run.out, run
+    for r in now["replicas"]:
+        assert f"{r['replica']}: refused it (" in run.out, run.out
+    assert f"rolled back to {second[:7]}" in run.out, run
+    after = status()
+    assert [(r["commit"], r["state"]) for r in after["replicas"]] == [(second, "serving")] * 2
+    assert after["applied"] == second and silent in after["failed"], after
+    assert all(r["last_error"]["commit"] == silent for r in after["replicas"]), after
+
+    # Back to the known-good commit before the current one.
+    run = ray("rollback")
+    assert run.code == 0, run
+    assert f"2 replicas serve {first[:7]}" in run.out, run
+    assert [r["commit"] for r in status()["replicas"]] == [first] * 2
+
+    # The branch log, marked from the fleet's ledger as `config log` marks it.
+    run = ray_cli("log", *state, cwd=tmp_path)
+    assert run.code == 0, run
+    lines = run.out.splitlines()
+    marks = {c: next(line for line in lines if line.startswith(c[:10]))
+             for c in (first, second, silent)}
+    assert marks[first].endswith("[serving, known_good]"), run.out
+    assert marks[second].endswith("[known_good]"), run.out
+    assert marks[silent].endswith("[failed]"), run.out
+    reason = lines[lines.index(marks[silent]) + 1].strip()  # each replica's own refusal
+    assert reason.startswith("failed: ") and all(r["replica"] in reason
+                                                 for r in now["replicas"]), run.out
