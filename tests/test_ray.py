@@ -279,21 +279,45 @@ async def test_bad_alltalk_requests_get_the_same_answer_on_both_fronts(
         assert sorted(outputs.glob("*.wav")) == written  # nothing written for a bad request
 
 
-async def test_the_ray_front_refuses_multipart_and_big_forms_in_alltalks_shape(
+async def test_the_ray_front_reads_multipart_forms_as_home_assistant_sends_them(
+        ray_front: StartFront, start_server: Callable[..., Any], tmp_path: Path) -> None:
+    """Home Assistant's AllTalk integrations post multipart: the same reply as on one host."""
+    base = await ray_front("r1")
+    client = await start_server()
+
+    def form() -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        data.add_field("text_input", "The front door is open. Ça va?")
+        data.add_field("output_file_name", "ha_alert")
+        data.add_field("output_file_timestamp", "false")
+        data.add_field("attachment", b"x", filename="x.bin")  # makes aiohttp send multipart
+        return data
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/api/tts-generate", data=form()) as resp:
+            assert resp.status == 200, await resp.text()
+            reply = await resp.json()
+        one_host = await client.post("/api/tts-generate", data=form())
+        assert one_host.status == 200
+        assert reply == await one_host.json()
+        async with http.get(base + reply["output_file_url"]) as resp:
+            samples, rate = read_wav(await resp.read())
+        assert len(samples) / rate > 1.0
+    assert (tmp_path / "outputs" / "ha_alert.wav").is_file()
+
+
+async def test_the_ray_front_refuses_broken_multipart_and_big_forms_in_alltalks_shape(
         ray_front: StartFront, config_repo: ConfigRepoHelper, tmp_path: Path) -> None:
     config_repo.change("small bodies", "settings.toml", "default.http.max_body_bytes", 4096)
     base = await ray_front("r1")
-    multipart = aiohttp.FormData()
-    multipart.add_field("text_input", "The front door is open.")
-    multipart.add_field("output_file_name", "ha_alert")
-    multipart.add_field("attachment", b"x", filename="x.bin")  # makes aiohttp send multipart
     async with aiohttp.ClientSession() as http:
-        async with http.post(base + "/api/tts-generate", data=multipart) as resp:
-            body = await resp.json()
-        assert resp.status == 400
-        assert body["error"].startswith("body: multipart/form-data is not read on the Ray "
-                                        "front"), body
-        assert "application/x-www-form-urlencoded" in body["error"]
+        for content_type in ("multipart/form-data",  # no boundary
+                             "multipart/form-data; boundary=zz"):  # none in the body
+            async with http.post(base + "/api/tts-generate", data=b"text_input=Hi",
+                                 headers={"Content-Type": content_type}) as resp:
+                body = await resp.json()
+            assert resp.status == 400, body
+            assert body["error"].startswith("body: the form body cannot be read"), body
         async with http.post(base + "/api/tts-generate",
                              data={"text_input": "x" * 5000}) as resp:
             body = await resp.json()

@@ -16,6 +16,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.message import Message
+from email.parser import BytesParser
+from email.policy import HTTP
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -202,30 +204,9 @@ class RayFront:
         return self.outputs.get(outputs_folder(config, self.shared_dir))
 
     async def _form(self, request: Request) -> Mapping[str, str]:
-        """An urlencoded form body, read within the body limit as aiohttp's ``post()`` reads
-        it. Starlette's own ``form()`` needs python-multipart, which Ray does not ship; so
-        multipart is refused with a message that says what to send instead."""
-        raw = await self._body(request)
-        if not raw:
-            return ImmutableMultiDict()
-        header = Message()
-        header["content-type"] = request.headers.get("content-type",
-                                                     "application/octet-stream")
-        content_type = header.get_content_type()
-        if content_type == FORM_TYPES[1]:
-            raise BadRequest("multipart/form-data is not read on the Ray front (it would need "
-                             "the python-multipart package); send the fields as "
-                             f"{FORM_TYPES[0]}", code=Code.MALFORMED_FORM)
-        if content_type != FORM_TYPES[0]:
-            raise not_a_form(content_type)
-        charset = str(header.get_param("charset") or "utf-8")
-        try:
-            return ImmutableMultiDict(parse_qsl(raw.rstrip().decode(charset),
-                                                keep_blank_values=True, encoding=charset))
-        # LookupError: a charset Python does not know; ValueError: undecodable bytes.
-        except (ValueError, LookupError) as exc:
-            raise BadRequest(f"the form body cannot be read: {short(exc)}",
-                             code=Code.MALFORMED_FORM) from None
+        """A form body, read within the body limit as aiohttp's ``post()`` reads it."""
+        return read_form(await self._body(request),
+                         request.headers.get("content-type", "application/octet-stream"))
 
     def _serving(self) -> Serving:
         serving = self.replica.host.registry.serving
@@ -289,3 +270,47 @@ async def _encoded(stream: SpeechStream, first: Audio | None, fmt: Format
                         fmt.name, stream.provenance.model_label, stream.provenance.commit[:10],
                         exc.message)
             raise
+
+
+def read_form(raw: bytes, content_type_header: str) -> Mapping[str, str]:
+    """The fields of an urlencoded or multipart form, as aiohttp's ``post()`` gives them.
+
+    Starlette's own ``form()`` needs python-multipart, which Ray does not ship; the standard
+    library reads both kinds. Of a multipart body only the plain fields are kept (AllTalk's
+    routes read no file), each decoded with its part's charset.
+    """
+    if not raw:
+        return ImmutableMultiDict()
+    header = Message()
+    header["content-type"] = content_type_header
+    content_type = header.get_content_type()
+    charset = str(header.get_param("charset") or "utf-8")
+    try:
+        if content_type == FORM_TYPES[0]:
+            return ImmutableMultiDict(parse_qsl(raw.rstrip().decode(charset),
+                                                keep_blank_values=True, encoding=charset))
+        if content_type == FORM_TYPES[1]:
+            return ImmutableMultiDict(_multipart_fields(raw, content_type_header))
+    # LookupError: a charset Python does not know; ValueError: undecodable bytes.
+    except (ValueError, LookupError) as exc:
+        raise BadRequest(f"the form body cannot be read: {short(exc)}",
+                         code=Code.MALFORMED_FORM) from None
+    raise not_a_form(content_type)
+
+
+def _multipart_fields(raw: bytes, content_type_header: str) -> list[tuple[str, str]]:
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type_header.encode("latin-1") + b"\r\n\r\n" + raw)
+    if not message.is_multipart() or message.defects:
+        raise ValueError("the multipart body is malformed (no boundary, or parts that do "
+                         "not end)")
+    fields = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or part.get_filename() is not None:
+            continue  # a part with no field name, or a file
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        fields.append((name, payload.decode(part.get_content_charset() or "utf-8")))
+    return fields

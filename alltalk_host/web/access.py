@@ -16,6 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..logs import REQUEST_ID, request_id
 from .errors import Handler
+from .keys import REQUEST_ID_KEY
 from .streams import COMMIT_HEADER, MODEL_HEADER
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -25,7 +26,7 @@ log = logging.getLogger("alltalk_host.access")
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request_id(request.headers.get(REQUEST_ID_HEADER))
-    request["request_id"] = rid
+    request[REQUEST_ID_KEY] = rid
     token = REQUEST_ID.set(rid)
     try:
         return await handler(request)
@@ -35,7 +36,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: also streams, whose headers go out before the handler returns."""
-    rid = request.get("request_id")
+    rid = request.get(REQUEST_ID_KEY)
     if rid:
         response.headers[REQUEST_ID_HEADER] = rid
 
@@ -48,7 +49,7 @@ class AccessLogger(AbstractAccessLogger):
             "; generation=")
         commit = response.headers.get(COMMIT_HEADER, "")
         fields = {
-            "request_id": request.get("request_id"), "method": request.method,
+            "request_id": request.get(REQUEST_ID_KEY), "method": request.method,
             "route": resource.canonical if resource is not None else "unmatched",
             "path": request.path, "status": response.status, "duration_s": round(time, 4),
             "model": model or None, "generation": int(generation) if generation else None,

@@ -93,7 +93,7 @@ async def ensure_form(request: web.Request) -> Any:
     if request.body_exists and request.content_type not in FORM_TYPES:
         raise not_a_form(request.content_type)
     try:
-        return await request.post()
+        form = await request.post()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(_too_large(exc)) from None
     # LookupError: a charset Python does not know (charset=bogus); ValueError includes
@@ -103,3 +103,9 @@ async def ensure_form(request: web.Request) -> Any:
             HttpProcessingError) as exc:
         raise BadRequest(f"the form body cannot be read: {short(exc)}",
                          code=Code.MALFORMED_FORM) from None
+    # aiohttp spools a file part into a temporary file and never closes it; no route reads
+    # files, so each is closed now rather than left to the garbage collector.
+    for value in form.values():
+        if isinstance(value, web.FileField):
+            value.file.close()
+    return form

@@ -14,3 +14,5 @@ ROUTE_KINDS = web.AppKey("route_kinds", dict)
 # Webhook delivery ids seen lately (a bounded deque), so a replayed delivery does nothing.
 DELIVERIES = web.AppKey("webhook_deliveries", deque)
 SEEN_DELIVERIES = 1000
+# The request's id (access.py), for the access log and the response header.
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
