@@ -38,8 +38,10 @@ import aiohttp
 import psutil
 
 from alltalk_host.backend import ModelContext, SpeechRequest
+from alltalk_host.host import Host, HostOptions
+from alltalk_host.plan import make_plan
 from alltalk_host_reference import ReferenceBackend
-from tools.benchlib import ONE, RESULTS_DIR, write_results
+from tools.benchlib import ONE, RESULTS_DIR, median_ci95, write_results
 from tools.server import Server, commit, new_config_repo, set_key
 
 LOAD_SECONDS = 1.0
@@ -267,55 +269,109 @@ async def run(args: argparse.Namespace) -> dict:
 
 async def metrics_cost_phase(cfg: Path, work: Path, c: dict[str, str],
                              args: argparse.Namespace) -> dict[str, Any]:
-    """Throughput with metrics on and off (ALLTALK_METRICS=0), two servers on one config,
-    in interleaved rounds of the same load, each round with two swaps (so the memory
-    admission check of each apply is in it too)."""
-    rates: dict[str, list[float]] = {"on": [], "off": []}
-    # The server's own CPU time per answered request: what the metrics cost in work, which
-    # other processes on a shared machine cannot move (throughput they can, by a lot).
-    cpu_per_request: dict[str, list[float]] = {"on": [], "off": []}
-    with Server(cfg, work / "state-on") as on, \
-            Server(cfg, work / "state-off", env={"ALLTALK_METRICS": "0"}) as off:
-        bases = {"on": on.base, "off": off.base}
-        processes = {"on": psutil.Process(on.pid), "off": psutil.Process(off.pid)}
-        async with aiohttp.ClientSession() as session:
-            for base in bases.values():
-                await apply(session, base, c["a"])
-            for round_ in range(args.cost_rounds):
-                order = ("on", "off") if round_ % 2 == 0 else ("off", "on")
-                for name in order:
-                    base = bases[name]
-                    load = Load(session, base, args.clients, args.request_timeout)
-                    cpu = processes[name].cpu_times()
-                    started = time.perf_counter()
-                    for commit in (c["b"], c["a"]):
-                        await asyncio.sleep(args.cost_seconds / 3)
-                        await apply(session, base, commit)
-                    await asyncio.sleep(args.cost_seconds / 3)
-                    await load.stop()
-                    summary = load.summary()
-                    if summary["failed"]:
-                        raise SystemExit(f"(f) requests failed: {summary['failures']}")
-                    rates[name].append(summary["ok"] / (time.perf_counter() - started))
-                    spent = processes[name].cpu_times()
-                    cpu_per_request[name].append(
-                        (spent.user + spent.system - cpu.user - cpu.system) / summary["ok"])
-                    await settled(session, base)
-    on_rate, off_rate = statistics.median(rates["on"]), statistics.median(rates["off"])
-    # Each round's two sides ran back to back: their ratio cancels most of what the machine
-    # did meanwhile, which the medians of each side alone do not.
-    paired = sorted(a / b for a, b in zip(rates["on"], rates["off"], strict=True))
-    quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
+    """Throughput with metrics on and off (ALLTALK_METRICS=0): two servers on one config,
+    side by side, each under the same load at the same time, with two swaps on both at the
+    same moments in each round (memory admission runs in each apply).
+
+    Side by side, not in turns: on this 2-core machine throughput moves by 10-20 % from one
+    few-second window to the next, and both servers see the same window. Half of the rounds
+    run with the servers started in one order and half in the other: an A/A run (both with
+    metrics on, ``--cost-control``) showed the server started first 3-4 % slower, whatever
+    it measured."""
+    names = ("on", "on-too") if args.cost_control else ("on", "off")
+    envs = {"on": {}, "on-too": {}, "off": {"ALLTALK_METRICS": "0"}}
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    # The server's own CPU time per answered request: the work the metrics add.
+    cpu_per_request: dict[str, list[float]] = {n: [] for n in names}
+    for order in (names, names[::-1]):
+        half = args.cost_rounds // 2 if order == names else args.cost_rounds - args.cost_rounds // 2
+        with Server(cfg, work / f"state-{order[0]}", env=envs[order[0]]) as first, \
+                Server(cfg, work / f"state-{order[1]}", env=envs[order[1]]) as second:
+            await _side_by_side(dict(zip(order, (first, second), strict=True)), c, args, half,
+                                rates, cpu_per_request)
+    a, b = names
+    paired = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
+    paired_cpu = [x / y for x, y in zip(cpu_per_request[a], cpu_per_request[b], strict=True)]
     return {"rounds": args.cost_rounds, "seconds": args.cost_seconds, "clients": args.clients,
-            "rps_metrics_on": on_rate, "rps_metrics_off": off_rate,
-            "ratio": on_rate / off_rate, "cost_pct": 100 * (1 - on_rate / off_rate),
-            "paired": statistics.median(paired), "paired_iqr": [quartiles[0], quartiles[2]],
-            "cpu_ms_on": 1000 * statistics.median(cpu_per_request["on"]),
-            "cpu_ms_off": 1000 * statistics.median(cpu_per_request["off"]),
-            "cpu_ratio": statistics.median(
-                a / b for a, b in zip(cpu_per_request["on"], cpu_per_request["off"],
-                                      strict=True)),
+            "control": args.cost_control, "sides": list(names),
+            "rps_a": statistics.median(rates[a]), "rps_b": statistics.median(rates[b]),
+            "paired": statistics.median(paired), "paired_ci95": median_ci95(paired),
+            "cost_pct": 100 * (1 - statistics.median(paired)),
+            "cpu_ms_a": 1000 * statistics.median(cpu_per_request[a]),
+            "cpu_ms_b": 1000 * statistics.median(cpu_per_request[b]),
+            "cpu_ratio": statistics.median(paired_cpu), "cpu_ratio_ci95": median_ci95(paired_cpu),
+            **await in_process_costs(cfg, work, c),
             "rates": rates, "cpu_per_request": cpu_per_request}
+
+
+async def _side_by_side(servers: dict[str, Server], c: dict[str, str], args: argparse.Namespace,
+                        rounds: int, rates: dict[str, list[float]],
+                        cpu_per_request: dict[str, list[float]]) -> None:
+    """``rounds`` rounds (after one that warms both up) of the same load and swaps on both
+    servers at once; each server's requests per second and CPU per request appended."""
+    processes = {n: psutil.Process(s.pid) for n, s in servers.items()}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for server in servers.values():
+            await apply(session, server.base, c["a"])
+        for round_ in range(rounds + 1):
+            cpu = {n: p.cpu_times() for n, p in processes.items()}
+            started = time.perf_counter()
+            loads = {n: Load(session, s.base, args.clients, args.request_timeout)
+                     for n, s in servers.items()}
+            for commit in (c["b"], c["a"]):
+                await asyncio.sleep(args.cost_seconds / 3)
+                await asyncio.gather(*(apply(session, s.base, commit)
+                                       for s in servers.values()))
+            await asyncio.sleep(args.cost_seconds / 3)
+            await asyncio.gather(*(load.stop() for load in loads.values()))
+            elapsed = time.perf_counter() - started
+            for name, load in loads.items():
+                summary = load.summary()
+                if summary["failed"]:
+                    raise SystemExit(f"(f) requests failed: {summary['failures']}")
+                if round_ == 0:
+                    continue
+                spent = processes[name].cpu_times()
+                rates[name].append(summary["ok"] / elapsed)
+                cpu_per_request[name].append(
+                    (spent.user + spent.system - cpu[name].user - cpu[name].system)
+                    / summary["ok"])
+            await asyncio.gather(*(settled(session, s.base) for s in servers.values()))
+
+
+async def in_process_costs(cfg: Path, work: Path, c: dict[str, str],
+                           repeats: int = 2000) -> dict[str, float]:
+    """The two costs timed directly, in a host of this process on the same config:
+
+    - ``admission_ms``: one memory admission check (free RAM, the cgroup's room, each model's
+      need); an apply runs it twice (its plan, its transaction);
+    - ``metrics_us``: what the metrics record for one speech request (its answer counted by
+      route, model, status and arm; time to first audio, whole time, real-time factor and
+      audio seconds observed): the work the metrics add to every request, which the servers'
+      CPU times above can resolve only to a percent or two."""
+    host = Host(HostOptions(config_repo=cfg, state_dir=work / "state-in-process",
+                            directed=True))
+    await host.start()
+    try:
+        await host.control.apply(c["a"], "bench")
+        config = await asyncio.to_thread(host.control.loader.load, c["b"])
+        serving = host.registry.serving
+        plan = make_plan(serving.config, serving.generations, config)
+        memory = host.control.transaction.memory
+        started = time.perf_counter()
+        for _ in range(repeats // 10):
+            memory.check(config, plan, serving)
+        admission_ms = 1000 * (time.perf_counter() - started) / (repeats // 10)
+        metrics = host.metrics
+        assert metrics is not None
+        started = time.perf_counter()
+        for _ in range(repeats):
+            metrics.request_done("/tts", "reference", 200)
+            metrics.speech_done("reference", 0.02, 0.02, 0.015, 1.5)
+        metrics_us = 1e6 * (time.perf_counter() - started) / repeats
+        return {"admission_ms": admission_ms, "metrics_us": metrics_us}
+    finally:
+        await host.stop()
 
 
 async def drain_phase(session: aiohttp.ClientSession, base: str, c: dict[str, str],
@@ -367,16 +423,23 @@ def table(r: dict) -> str:
                      f"{r['d']['swaps']} swaps", "< 5 %"))
     if "f" in r:
         f = r["f"]
-        rows.append(("(f) throughput with metrics / without", f"{f['ratio']:.3f}",
-                     f"paired {f['paired']:.3f} [{f['paired_iqr'][0]:.3f}, "
-                     f"{f['paired_iqr'][1]:.3f}]; "
-                     f"{f['rps_metrics_on']:.0f} / {f['rps_metrics_off']:.0f} requests/s, "
-                     f"{f['clients']} clients, {f['rounds']} interleaved rounds of "
+        a, b = f["sides"]
+        rows.append((f"(f) throughput, metrics {a} / {b} (paired per round)",
+                     f"{f['paired']:.3f} [{f['paired_ci95'][0]:.3f}, {f['paired_ci95'][1]:.3f}]",
+                     f"{f['rps_a']:.0f} / {f['rps_b']:.0f} requests/s (medians), "
+                     f"{f['clients']} clients each, side by side, {f['rounds']} rounds of "
                      f"{f['seconds']:.0f} s with 2 swaps each; cost {f['cost_pct']:+.1f} %",
                      ">= 0.98"))
-        rows.append(("(f) server CPU per request, metrics on / off", f"{f['cpu_ratio']:.3f}",
-                     f"{f['cpu_ms_on']:.2f} / {f['cpu_ms_off']:.2f} ms (medians; paired ratio)",
-                     "<= 1.02"))
+        rows.append((f"(f) server CPU per request, metrics {a} / {b}",
+                     f"{f['cpu_ratio']:.3f} [{f['cpu_ratio_ci95'][0]:.3f}, "
+                     f"{f['cpu_ratio_ci95'][1]:.3f}]",
+                     f"{f['cpu_ms_a']:.2f} / {f['cpu_ms_b']:.2f} ms (medians)", "<= 1.02"))
+        rows.append(("(f) the metrics' own work per request, timed in process",
+                     f"{f['metrics_us']:.1f} us",
+                     f"{f['metrics_us'] / 10 / f['cpu_ms_b']:.2f} % of the server's CPU per "
+                     "request", "< 2 %"))
+        rows.append(("(f) one memory admission check", f"{f['admission_ms']:.3f} ms",
+                     "run twice per apply", ""))
     if "e" in r:
         e = r["e"]
         rows.append((f"(e) failed requests during swaps, drain deadline {e['drain_deadline_s']} s"
@@ -412,8 +475,10 @@ def main() -> None:
     parser.add_argument("--request-timeout", type=float, default=60.0,
                         help="a request without an answer by then counts as failed")
     parser.add_argument("--phases", default="abcdef", help="which of (a)-(f) to run")
-    parser.add_argument("--cost-rounds", type=int, default=6,
-                        help="(f): interleaved rounds per side, metrics on and off")
+    parser.add_argument("--cost-rounds", type=int, default=10,
+                        help="(f): measured rounds, both servers loaded at once")
+    parser.add_argument("--cost-control", action="store_true",
+                        help="(f): both servers with metrics on (an A/A run: the noise floor)")
     parser.add_argument("--cost-seconds", type=float, default=6.0,
                         help="(f): seconds of load per round")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "swap.json")
