@@ -10,6 +10,9 @@
       (counted apart), the waiting ones move to the new model; failed = any other 5xx or 4xx,
       a broken connection or a request that does not end within --request-timeout (target 0),
       and apply under that load / bare load + warm-up (target <= 1.10)
+  (f) throughput and server CPU per request with metrics on / off (ALLTALK_METRICS=0), two
+      servers loaded side by side with swaps (target >= 0.98), and the metrics' and memory
+      admission's own work timed in process (--cost-control: both servers on, the noise floor)
 
 The server is a real `alltalk-host serve` process on loopback with the reference backend, given
 a simulated load cost (load_seconds) and a memory footprint (memory_mb) so that swaps do work;
