@@ -75,9 +75,10 @@ class OnnxSettings:
     device_id: int = 0  # which GPU, for CUDA
     # Sentences run at once, each on its own onnxruntime thread(s), for one request's long
     # text as for many requests; 0: one per core (on CUDA: 1). 1: one at a time on all cores,
-    # the default: measured on a quiet 2-core machine, one lone 2000-character text took
-    # 5.6 s on one lane and 6.4 s on two (piper: 5.2 s); two lanes pay off only under
-    # concurrent load (throughput 1.10-1.23 of piper's at 2-8 clients, docs/benchmarks.md).
+    # the default, fastest for a lone short request (1-client latency 1.07 of piper's on a
+    # quiet 2-core machine, 1.25 with two lanes); two lanes win under concurrent load
+    # (throughput 1.12-1.16 of piper's at 2-8 clients) and on a lone long text (0.98 of
+    # piper's against 1.12): docs/benchmarks.md.
     lanes: int = 1
     max_concurrency: int = 0  # requests admitted at once, sharing the lanes; 0: 2 x lanes
     intra_op_threads: int = 0  # 0: cores / lanes, or onnxruntime's default with one lane
