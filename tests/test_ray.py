@@ -345,9 +345,11 @@ async def test_rollouts_under_load_drop_nothing(config_repo: ConfigRepoHelper,
                          120)
     third = repo.change("higher", "models.toml", "default.models.reference.settings.pitch_hz",
                         180)
+    last = repo.change("middle", "models.toml", "default.models.reference.settings.pitch_hz",
+                       150)
     silent = repo.change("silent", "models.toml",
                          "default.models.reference.settings.amplitude", 0.0)
-    good = {first, second, third}
+    good = {first, second, third, last}
 
     cluster = LocalCluster(tmp_path / "cluster")
     info = await asyncio.to_thread(cluster.__enter__)
@@ -367,7 +369,7 @@ async def test_rollouts_under_load_drop_nothing(config_repo: ConfigRepoHelper,
                                                       fetches))
                            for i in range(CLIENTS)]
                 await asyncio.sleep(0.5)
-                results = [await fleet.apply(c, who="test") for c in (second, third)]
+                results = [await fleet.apply(c, who="test") for c in (second, third, last)]
                 failed = await fleet.apply(silent, who="test")
                 await asyncio.sleep(0.5)
                 stop.set()
@@ -377,19 +379,19 @@ async def test_rollouts_under_load_drop_nothing(config_repo: ConfigRepoHelper,
     finally:
         await asyncio.to_thread(cluster.close)
 
-    assert [r["result"] for r in results] == ["applied", "applied"], results
+    assert [r["result"] for r in results] == ["applied"] * 3, results
     for r in results:
         assert {x["commit"] for x in r["replicas"]} == {r["commit"]}, r
 
     # The failing commit: each replica refused it and kept serving; the fleet is back on the
     # last good commit, and the failure is recorded with the replica's reason.
-    assert failed["result"] == "failed" and failed["rolled_back_to"] == third, failed
+    assert failed["result"] == "failed" and failed["rolled_back_to"] == last, failed
     assert {r["state"] for r in failed["replicas"]} == {ReplicaState.FAILED}, failed
-    assert {r["commit"] for r in failed["replicas"]} == {third}
-    assert {r["commit"] for r in failed["after_rollback"]} == {third}
+    assert {r["commit"] for r in failed["replicas"]} == {last}
+    assert {r["commit"] for r in failed["after_rollback"]} == {last}
     assert [r["state"] for r in status["replicas"]] == [ReplicaState.SERVING] * 2, status
-    assert {r["commit"] for r in status["replicas"]} == {third}
-    assert status["applied"] == third and silent in status["failed"], status
+    assert {r["commit"] for r in status["replicas"]} == {last}
+    assert status["applied"] == last and silent in status["failed"], status
 
     # Nothing dropped; every answer names a commit that was serving, and a replica.
     codes = Counter(code for code, *_ in answers)
@@ -397,7 +399,7 @@ async def test_rollouts_under_load_drop_nothing(config_repo: ConfigRepoHelper,
     assert len(answers) >= 10 * CLIENTS, len(answers)  # bounds on counts, never timings
     commits = {commit for _, commit, _, _ in answers}
     assert commits <= good and silent not in commits, commits
-    assert third in commits
+    assert last in commits
     assert len({replica for _, _, replica, _ in answers}) == 2, Counter(
         replica for _, _, replica, _ in answers)  # both replicas served, each named
     assert {route for *_, route in answers} == {"/tts", "/v1/audio/speech", "/api/tts-generate"}
