@@ -192,3 +192,34 @@ def test_deploy_apply_refuse_rollback(cluster: Cluster, repo: ConfigRepoHelper,
     reason = lines[lines.index(marks[silent]) + 1].strip()  # each replica's own refusal
     assert reason.startswith("failed: ") and all(r["replica"] in reason
                                                  for r in now["replicas"]), run.out
+
+
+@needs_ray
+@pytest.mark.timeout(300)
+def test_a_first_deploy_that_fails_is_reported_and_recorded(
+        cluster: Cluster, repo: ConfigRepoHelper, tmp_path: Path) -> None:
+    """No replica has a commit to keep, so each one raises and Ray gives up on the
+    deployment: the command says so without waiting out its timeout and records the commit as
+    failed; the fleet's settings are not kept, so the next command asks for a deploy again.
+    (Last in the module: it leaves the shared cluster's application failed, and removes it.)"""
+    silent = repo.change("silent from the start", "models.toml",
+                         "default.models.reference.settings.amplitude", 0.0)
+    state = ["--state-dir", str(tmp_path / "state")]
+    try:
+        run = ray_cli("deploy", "--config-repo", str(repo.path), "--replicas", "1",
+                      "--plugins", "reference", "--commit", silent, *state, *cluster.flags(),
+                      cwd=tmp_path)
+        assert run.code == 1, run
+        assert f"Ray could not deploy {silent[:10]}" in run.err, run
+        ledger = json.loads((tmp_path / "state" / "fleet" / "state.json").read_text())
+        assert silent in ledger["failed"] and not ledger.get("known_good"), ledger
+
+        for command in (["rollback"], ["apply", repo.initial]):
+            run = ray_cli(*command, *state, *cluster.flags(), cwd=tmp_path)
+            assert run.code == 1, run
+            assert "run `alltalk-host ray deploy --config-repo" in run.err, run
+    finally:
+        request = urllib.request.Request(cluster.info.dashboard + APPS_PATH, method="DELETE",
+                                          headers={"Authorization":
+                                                   f"Bearer {cluster.info.token}"})
+        urllib.request.urlopen(request, timeout=30).close()
