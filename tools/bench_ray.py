@@ -38,14 +38,14 @@ import aiohttp
 
 from alltalk_host.ray.local import LocalCluster
 from alltalk_host.ray.rollout import Fleet, FleetSpec
-from tools.benchlib import ONE, RESULTS_DIR, median_ci95, write_results
+from tools.benchlib import ONE, RESULTS_DIR, ClientLoad, median_ci95, write_results
 from tools.server import Server, commit, new_config_repo, set_key
 
 MODEL = "default.models.reference.settings"
 LOAD_SECONDS = 0.3
 
 
-class Load:
+class Load(ClientLoad):
     """Clients sending /tts back to back until stopped: every answer's time, status (0: no
     answer), commit and replica kept."""
 
@@ -53,26 +53,20 @@ class Load:
         self.answers: list[tuple[float, int, str | None, str | None]] = []
         self.errors: Counter[str] = Counter()
         self._session, self._base = session, base
-        self._stop = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._client()) for _ in range(clients)]
+        super().__init__(clients)
 
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-    async def _client(self) -> None:
-        while not self._stop.is_set():
-            try:
-                async with self._session.post(f"{self._base}/tts", json={"text": ONE}) as r:
-                    await r.read()
-                    self.answers.append((time.monotonic(), r.status,
-                                         r.headers.get("X-AllTalk-Commit"),
-                                         r.headers.get("X-AllTalk-Replica")))
-                    if r.status != 200:
-                        self.errors[f"HTTP {r.status}"] += 1
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.answers.append((time.monotonic(), 0, None, None))
-                self.errors[type(exc).__name__] += 1
+    async def one(self) -> None:
+        try:
+            async with self._session.post(f"{self._base}/tts", json={"text": ONE}) as r:
+                await r.read()
+                self.answers.append((time.monotonic(), r.status,
+                                     r.headers.get("X-AllTalk-Commit"),
+                                     r.headers.get("X-AllTalk-Replica")))
+                if r.status != 200:
+                    self.errors[f"HTTP {r.status}"] += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.answers.append((time.monotonic(), 0, None, None))
+            self.errors[type(exc).__name__] += 1
 
     @property
     def ok(self) -> int:

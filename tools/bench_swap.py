@@ -44,7 +44,7 @@ from alltalk_host.backend import ModelContext, SpeechRequest
 from alltalk_host.host import Host, HostOptions
 from alltalk_host.plan import make_plan
 from alltalk_host_reference import ReferenceBackend
-from tools.benchlib import ONE, RESULTS_DIR, median_ci95, write_results
+from tools.benchlib import ONE, RESULTS_DIR, ClientLoad, median_ci95, write_results
 from tools.server import Server, commit, new_config_repo, set_key
 
 LOAD_SECONDS = 1.0
@@ -113,7 +113,7 @@ async def apply_timed(session: aiohttp.ClientSession, base: str,
     return time.perf_counter() - started, sum((body.get("loaded") or {}).values())
 
 
-class Load:
+class Load(ClientLoad):
     """Clients sending /tts back to back until stopped; every outcome classified."""
 
     def __init__(self, session: aiohttp.ClientSession, base: str, clients: int,
@@ -121,18 +121,12 @@ class Load:
         self.outcomes: Counter[str] = Counter()
         self.longest_s = 0.0
         self._session, self._base, self._timeout = session, base, timeout_s
-        self._stop = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._client()) for _ in range(clients)]
+        super().__init__(clients)
 
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-    async def _client(self) -> None:
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            self.outcomes[await self._one()] += 1
-            self.longest_s = max(self.longest_s, time.perf_counter() - started)
+    async def one(self) -> None:
+        started = time.perf_counter()
+        self.outcomes[await self._one()] += 1
+        self.longest_s = max(self.longest_s, time.perf_counter() - started)
 
     async def _one(self) -> str:
         """"ok", "drain_deadline" (the documented 503) or what went wrong."""

@@ -7,6 +7,7 @@ that `tools` imports as a package with no `sys.path` edits.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -43,3 +44,23 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nJSON: {path}")
+
+
+class ClientLoad:
+    """``clients`` clients, each sending one request after another (``one()``) until
+    ``stop()``; subclasses say what a request is and what they keep of its answer."""
+
+    def __init__(self, clients: int) -> None:
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._client()) for _ in range(clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _client(self) -> None:
+        while not self._stop.is_set():
+            await self.one()
+
+    async def one(self) -> None:
+        raise NotImplementedError
