@@ -125,12 +125,7 @@ class Rollout:
     async def promote(self, who: str, reason: str | None = None) -> dict[str, Any]:
         """Make the canary the applied commit, exactly as an apply would."""
         async with self._lock:
-            run = self._require_run()
-            reason = reason or f"promoted by {who} ({run.measured()})"
-            op = self._operation(run)
-            op.phase("promoting", reason=reason)
-            summary = run.summary("promoted", reason, who)
-            self.ledger.end_canary()
+            run, reason, op, summary = self._ending("promoted", "promoting", who, reason)
             try:
                 await self.ledger.applied_ok(run.commit, who=who, action="canary",
                                              duration_s=run.ran_s,
@@ -150,12 +145,7 @@ class Rollout:
     async def abort(self, who: str, reason: str | None = None) -> dict[str, Any]:
         """Stop the canary; its commit is failed with ``reason``, the stable one serves on."""
         async with self._lock:
-            run = self._require_run()
-            reason = reason or f"aborted by {who} ({run.measured()})"
-            op = self._operation(run)
-            op.phase("aborting", reason=reason)
-            summary = run.summary("aborted", reason, who)
-            self.ledger.end_canary()
+            run, reason, op, summary = self._ending("aborted", "aborting", who, reason)
             try:
                 await self.ledger.failed(run.commit, who=who, action="canary", reason=reason,
                                          duration_s=run.ran_s, extra={"canary": summary})
@@ -168,6 +158,19 @@ class Rollout:
             return {"commit": run.commit, "result": "aborted", "action": "canary",
                     "duration_s": round(run.ran_s, 4), "reason": reason,
                     "serving": run.stable_commit, "canary": summary}
+
+    def _ending(self, outcome: str, phase: str, who: str, reason: str | None
+                ) -> tuple[CanaryRun, str, Operation, dict[str, Any]]:
+        """What promoting and aborting share: the running canary, the reason (said, or what
+        it measured), its operation told ``phase``, its summary; the ledger no longer holds
+        it as running."""
+        run = self._require_run()
+        reason = reason or f"{outcome} by {who} ({run.measured()})"
+        op = self._operation(run)
+        op.phase(phase, reason=reason)
+        summary = run.summary(outcome, reason, who)
+        self.ledger.end_canary()
+        return run, reason, op, summary
 
     async def abort_left_over(self) -> None:
         """At start-up, before anything serves: a canary the state still holds is aborted."""
