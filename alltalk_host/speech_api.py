@@ -18,7 +18,7 @@ from .config.settings import SPEED_RANGE
 from .encode import Format, get_format
 from .errors import BadRequest, Code, HostError
 from .registry import Serving
-from .speech import Provenance, SpeechInput
+from .speech import Provenance, SpeechInput, SpeechResult, SpeechService, SpeechStream
 
 COMMIT_HEADER = "X-AllTalk-Commit"
 MODEL_HEADER = "X-AllTalk-Model"
@@ -158,6 +158,19 @@ def openai_request(body: dict[str, Any], serving_now: Callable[[], Serving]) -> 
     wanted = SpeechInput(text, model=model, voice=voice,
                          speed=None if speed is None else float(speed))
     return OpenAISpeech(wanted, fmt)
+
+
+async def openai_spoken(speech: SpeechService, asked: OpenAISpeech
+                        ) -> SpeechResult | SpeechStream:
+    """The stream to send, or a short silence when the input has nothing to speak (Home
+    Assistant's openai_tts checks a key by speaking "."); a refusal names its field. The
+    caller sends the stream (its first chunk before the status line) and closes it."""
+    try:
+        return await speech.stream(asked.wanted)
+    except HostError as exc:
+        if exc.code == Code.NOTHING_TO_SPEAK:
+            return await speech.silence(asked.model)
+        raise with_param(exc) from None
 
 
 def with_param(exc: HostError) -> HostError:

@@ -48,6 +48,7 @@ from ..speech_api import (
     openai_body,
     openai_error,
     openai_request,
+    openai_spoken,
     parse_json,
     provenance_headers,
     short,
@@ -136,14 +137,11 @@ class RayFront:
     async def openai_speech(self, request: Request) -> Response:
         try:
             asked = openai_request(await openai_body(self._body(request)), self._serving)
+            spoken = await openai_spoken(self.speech, asked)
+            if isinstance(spoken, SpeechResult):
+                return await _whole(spoken, asked.fmt)
             try:
-                stream = await self.speech.stream(asked.wanted)
-            except HostError as exc:
-                if exc.code == Code.NOTHING_TO_SPEAK:
-                    return await _whole(await self.speech.silence(asked.model), asked.fmt)
-                raise with_param(exc) from None
-            try:
-                return await _streamed(stream, asked.fmt)
+                return await _streamed(spoken, asked.fmt)
             except HostError as exc:
                 raise with_param(exc) from None
         except HostError as exc:

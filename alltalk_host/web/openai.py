@@ -11,12 +11,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import Code, HostError, NotFound
+from ..speech import SpeechResult
 from ..speech_api import (
     OPENAI_MODELS,
     OPENAI_VOICES,
     openai_body,
     openai_error,
     openai_request,
+    openai_spoken,
     resolve_model,
     with_param,
 )
@@ -41,14 +43,10 @@ def openai_errors(handler: Handler) -> Handler:
 async def speech(request: web.Request) -> web.StreamResponse:
     body = await openai_body(read_body(request))
     asked = openai_request(body, lambda: current_serving(request))
-    speech_service = request.app[HOST].speech
-    try:
-        stream = await speech_service.stream(asked.wanted)
-    except HostError as exc:
-        if exc.code == Code.NOTHING_TO_SPEAK:
-            return await send_audio(await speech_service.silence(asked.model), asked.fmt)
-        raise with_param(exc) from None
-    async with stream:
+    spoken = await openai_spoken(request.app[HOST].speech, asked)
+    if isinstance(spoken, SpeechResult):
+        return await send_audio(spoken, asked.fmt)
+    async with spoken as stream:
         try:
             return await send_stream(request, stream, asked.fmt)
         except HostError as exc:  # refused at the first chunk, before any byte was sent
