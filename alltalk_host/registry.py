@@ -98,7 +98,7 @@ class ModelRegistry:
         """
         admitted = False
         while True:
-            serving = self._current(arm) or self._require_serving()
+            serving = self._current(arm) or self.require_serving()
             model = name or serving.config.default_model
             held = self._held.get(model)
             if held is not None:
@@ -132,7 +132,7 @@ class ModelRegistry:
     def resolve(self, name: str | None) -> tuple[Serving, Generation]:
         """The snapshot and the generation serving ``name`` now, without queueing (for
         answers that need no backend)."""
-        serving = self._require_serving()
+        serving = self.require_serving()
         return serving, _generation(serving, name or serving.config.default_model)
 
     def _current(self, arm: str) -> Serving | None:
@@ -148,9 +148,10 @@ class ModelRegistry:
         shared = {id(g) for g in self.serving.generations.values()} if self.serving else set()
         return [g for g in self.canary.generations.values() if id(g) not in shared]
 
-    def _require_serving(self) -> Serving:
+    def require_serving(self) -> Serving:
+        """The snapshot that serves now, or 503 not ready before the first apply."""
         if self.serving is None:
-            raise Unavailable("no configuration is applied yet", code=Code.NOT_READY)
+            raise Unavailable("no model is loaded yet", code=Code.NOT_READY)
         return self.serving
 
     # --- swapping --------------------------------------------------------------------------
@@ -209,7 +210,7 @@ class ModelRegistry:
         if promote:
             self.switch(canary)
         else:
-            self._retire_unused(canary, self._require_serving())
+            self._retire_unused(canary, self.require_serving())
 
     def _retire_unused(self, old: Serving, new: Serving) -> None:
         """Move ``old``'s waiting requests whose model ``new`` serves elsewhere, and retire the

@@ -39,7 +39,7 @@ from ..audio import to_wav
 from ..backend import Audio
 from ..config.settings import HostConfig
 from ..encode import Format, StreamEncoder, encode
-from ..errors import BadRequest, Code, HostError, NotFound, PayloadTooLarge, Unavailable
+from ..errors import BadRequest, Code, HostError, NotFound, PayloadTooLarge
 from ..outputs import OutputStore, OutputStores
 from ..registry import Serving
 from ..speech import SpeechResult, SpeechStream
@@ -207,10 +207,7 @@ class RayFront:
                          request.headers.get("content-type", "application/octet-stream"))
 
     def _serving(self) -> Serving:
-        serving = self.replica.host.registry.serving
-        if serving is None:
-            raise Unavailable("no model is loaded yet", code=Code.NOT_READY)
-        return serving
+        return self.host.registry.require_serving()
 
     async def _body(self, request: Request) -> bytes:
         """The body, or 413 past the serving config's ``http.max_body_bytes``."""

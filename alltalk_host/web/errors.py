@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..alltalk_fields import FORM_TYPES, not_a_form
-from ..errors import BadRequest, Code, HostError, PayloadTooLarge, Unavailable
+from ..errors import BadRequest, Code, HostError, PayloadTooLarge
 from ..registry import Serving
 from ..speech_api import INTERNAL_MESSAGE, V1_HINT, parse_json, short
 from .keys import HOST
@@ -27,10 +27,7 @@ _HTTP_CODES = {
 
 def current_serving(request: web.Request) -> Serving:
     """The snapshot that serves now, for routes that read it before asking for speech."""
-    serving = request.app[HOST].registry.serving
-    if serving is None:
-        raise Unavailable("no model is loaded yet", code=Code.NOT_READY)
-    return serving
+    return request.app[HOST].registry.require_serving()
 
 
 def error_response(error: HostError) -> web.Response:
