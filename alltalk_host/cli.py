@@ -234,6 +234,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="the host-local settings file (default: <state dir>/local.toml)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=7851, help="port (default: %(default)s)")
+    serve.add_argument("--behind-proxy", action="store_true", default=None,
+                       help="a reverse proxy or tunnel forwards to this port: control routes "
+                            "then need the control token from every client (also "
+                            "ALLTALK_BEHIND_PROXY=1, or behind_proxy = true in the host-local "
+                            "file)")
     serve.add_argument("--wyoming-uri", metavar="URI",
                        help="also serve the Wyoming protocol (Home Assistant) on tcp://HOST:PORT "
                             "or unix://PATH (default: ALLTALK_WYOMING_URI; off when unset)")

@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure(args.log_level, args.log_format)
     options = HostOptions.from_env(
         config_repo=args.config_repo, state_dir=args.state_dir, branch=args.branch,
-        subdir=args.subdir, local_file=args.local_settings,
+        subdir=args.subdir, local_file=args.local_settings, behind_proxy=args.behind_proxy,
     )
     if args.init_config and not options.config_repo.exists():
         commit, fitted = init_from_template(options.config_repo, discover(options.plugins),
@@ -134,13 +134,17 @@ def _listen(host: str, port: int) -> list[socket.socket]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
-        for family, kind, proto, _, address in dict.fromkeys(
-                (i[0], i[1], i[2], "", i[4]) for i in infos):
+        wanted = list(dict.fromkeys((i[0], i[1], i[2], "", i[4]) for i in infos))
+        # IPv6 only where IPv4 gets its own socket (a name with both kinds of address, such
+        # as localhost); "::" alone is dual-stack, as users of --host :: expect, and its IPv4
+        # clients are seen as ::ffff:a.b.c.d (which the guard maps back).
+        both = {socket.AF_INET, socket.AF_INET6} <= {w[0] for w in wanted}
+        for family, kind, proto, _, address in wanted:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(both))
             sock.bind(address)
             sock.listen(128)
     except OSError:

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = Path("var/state")
 DEFAULT_CONFIG_REPO = Path("var/config")
 LOCAL_FILE_NAME = "local.toml"
+OFF = ("0", "false", "no", "off")
+ON = ("1", "true", "yes", "on")
 
 
 @dataclass
@@ -46,6 +48,9 @@ class HostOptions:
     local_file: Path | None = None
     plugins: list[str] | None = None  # allow-list; None loads every installed plugin
     control_token: str | None = None
+    # A proxy or tunnel forwards to this port: token-less control is refused to everyone
+    # (web/guard.py). Per-machine only, never from a commit: it can only be turned on.
+    behind_proxy: bool = False
     # Signs git-push webhooks (POST /hooks/git); setting it turns them on.
     webhook_secret: str | None = None
     metrics: bool = True  # ALLTALK_METRICS=0 turns Prometheus metrics off (to measure them)
@@ -80,7 +85,10 @@ class HostOptions:
         opts.control_token = env.get(f"{ENV_PREFIX}_CONTROL_TOKEN") or local.get("control_token")
         opts.webhook_secret = (env.get(f"{ENV_PREFIX}_WEBHOOK_SECRET")
                                or local.get("webhook_secret"))
-        if env.get(f"{ENV_PREFIX}_METRICS", "").strip().lower() in ("0", "false", "no", "off"):
+        # Any source turns it on (the flag, the variable, the file); none turns it off.
+        opts.behind_proxy = (opts.behind_proxy or _on(env.get(f"{ENV_PREFIX}_BEHIND_PROXY"))
+                             or _local_flag(local, "behind_proxy", opts.local_path))
+        if env.get(f"{ENV_PREFIX}_METRICS", "").strip().lower() in OFF:
             opts.metrics = False
         return opts
 
@@ -123,6 +131,24 @@ class Host:
         self.events.close()
         await self.control.stop()
         await self.registry.close()
+
+
+def _on(value: str | None) -> bool:
+    if value is None or not value.strip():
+        return False
+    if value.strip().lower() in ON:
+        return True
+    if value.strip().lower() in OFF:
+        return False
+    raise ConfigInvalid(f"{ENV_PREFIX}_BEHIND_PROXY is 1 or 0, not {value[:40]!r}")
+
+
+def _local_flag(local: Mapping[str, object], key: str, path: Path) -> bool:
+    value = local.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigInvalid(f"{key} in the host-local file {path} is true or false, not "
+                            f"{value!r}")
+    return value
 
 
 def _read_local(path: Path) -> dict[str, object]:

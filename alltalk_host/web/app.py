@@ -93,11 +93,18 @@ async def _end_event_streams(app: web.Application) -> None:
 
 
 async def _host_lifetime(app: web.Application) -> AsyncIterator[None]:
-    if app[HOST].options.control_token:
+    options = app[HOST].options
+    if options.control_token:
         log.info("control routes require 'Authorization: Bearer <token>'")
+    elif options.behind_proxy:
+        log.warning("behind_proxy is set and no control token is configured "
+                    "(ALLTALK_CONTROL_TOKEN or control_token in the host-local file): control "
+                    "routes refuse every client")
     else:
         log.warning("no control token configured (ALLTALK_CONTROL_TOKEN or control_token in "
-                    "the host-local file): control routes answer loopback clients only")
+                    "the host-local file): control routes are open without a token to "
+                    "clients on this machine (loopback, HTTP/1.1, no proxy headers); if any "
+                    "reverse proxy or tunnel forwards to this port, set a control token")
     await app[HOST].start()
     yield
     await app[HOST].stop()

@@ -3,30 +3,43 @@
 Such routes are declared in a ``ControlRoutes`` table, whatever their path (``/control/*``,
 AllTalk's ``/api/reload``, ...), and ``create_app`` wraps every route of those tables with
 ``guard``. No path prefix decides, so a route added anywhere is guarded by being declared so.
+The rules have no web framework (``alltalk_host.http_boundary``): the Ray front's
+``/ray/status`` is judged by the same ones.
 
 The rules, in order:
 1. A browser page may drive them only from a loopback origin (local apps such as SillyTavern)
    or one in ``http.trusted_origins``: any other ``Origin`` is 403 ``origin_not_allowed``.
 2. With a control token: ``Authorization: Bearer <token>``, compared in constant time.
-3. Without one: the client is on loopback, no reverse proxy forwarded it (behind a proxy every
-   client looks local), and the Host header names this machine (against DNS rebinding).
+3. Without one, control is for a person's CLI and browser apps on this same machine: the peer
+   is loopback (``::ffff:127.0.0.1`` included, as a dual-stack listener sees IPv4 clients), and
+   nothing suggests a proxy forwarded it, since behind one every client looks local. So a
+   token-less request is refused (401, "set a control token") when it carries any proxy header
+   (``http_boundary.PROXY_HEADERS``: ``X-Forwarded-*``, ``Forwarded``, ``Via``, ``X-Real-IP``,
+   ``CF-Connecting-IP``, ...); when it is HTTP/1.0, which is what nginx's default
+   ``proxy_pass`` sends (with no forwarding header and the upstream's address as Host, so the
+   version is all that tells it from a local curl); and always when the operator declared a
+   proxy (``behind_proxy``, for proxies and tunnels that add nothing: HAProxy without
+   ``option forwardfor``, socat, ``ssh -L``). ``behind_proxy`` is a per-machine option, never a
+   commit setting: a commit is untrusted and must not be able to lower a protection. Last, the
+   Host header names this machine (against DNS rebinding).
 4. A route that reads a JSON body gets one of a JSON type: a form or text/plain body, which a
    page may send cross-site without asking, is refused.
+
+A generated token (as Jupyter writes one for its local clients) was weighed against rule 3 and
+not taken: SillyTavern's model dropdown and the web UI call control routes without a token on
+the same machine today, and would stop working until each was given it.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-
 from aiohttp import web
 
-from ..errors import Code, Forbidden, Unauthorized, UnsupportedMediaType
+from ..errors import Unauthorized, UnsupportedMediaType
+from ..http_boundary import Access, Caller, HttpPolicy, check_caller
+from ..http_boundary import check_origin as check_caller_origin
 from .errors import Handler, error_response
 from .keys import HOST
-from .policy import HttpPolicy, policy
-
-PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+from .policy import policy
 
 
 class ControlRoutes(web.RouteTableDef):
@@ -57,13 +70,9 @@ def guard(handler: Handler, body: str | None) -> Handler:
 
 def check(request: web.Request, body: str | None) -> None:
     """Raise the HostError that refuses ``request``, or return if it may pass."""
-    rules = policy(request)
-    check_origin(request, rules)
-    token = request.app[HOST].options.control_token
-    if token:
-        _check_token(request, token)
-    else:
-        _check_local(request, rules)
+    options = request.app[HOST].options
+    check_caller(caller(request), Access(options.control_token, options.behind_proxy),
+                 policy(request))
     if body == "json" and request.body_exists and not is_json(request.content_type):
         raise UnsupportedMediaType(
             f"this route reads a JSON body: send Content-Type: application/json, not "
@@ -71,58 +80,14 @@ def check(request: web.Request, body: str | None) -> None:
 
 
 def check_origin(request: web.Request, rules: HttpPolicy) -> None:
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        # A page this server serves itself (the web UI to come) is same-origin. That alone
-        # lets no rebound name in: rule 3 still checks the Host header, rule 2 the token.
-        same_origin = origin == f"{request.scheme}://{request.host}"
-        if not (same_origin or rules.origin_trusted(origin)):
-            raise Forbidden(f"pages from {origin[:100]!r} may not change this server's state; "
-                            "add the origin to http.trusted_origins to allow it",
-                            code=Code.ORIGIN_NOT_ALLOWED)
-    # A browser sends no Origin on a plain cross-site GET (an <img>, a link), but it does say
-    # where the request comes from (GET /api/reload_config changes state).
-    elif request.headers.get("Sec-Fetch-Site") == "cross-site":
-        raise Forbidden("a cross-site page may not change this server's state",
-                        code=Code.ORIGIN_NOT_ALLOWED)
+    check_caller_origin(caller(request), rules)
 
 
-def _check_token(request: web.Request, token: str) -> None:
-    given = request.headers.get("Authorization", "")
-    # surrogateescape: a header with bytes that are no UTF-8 is just a wrong token, not a 500
-    given_bytes = given.encode("utf-8", "surrogateescape")
-    # compare_digest: the time taken must not tell how much of a guess was right
-    if not hmac.compare_digest(given_bytes, f"Bearer {token}".encode()):
-        raise Unauthorized("control routes need 'Authorization: Bearer <token>'"
-                           if not given else "the control token is wrong")
-
-
-def _check_local(request: web.Request, rules: HttpPolicy) -> None:
-    if not is_loopback_remote(request.remote):
-        raise Forbidden("no control token is configured, so control routes answer loopback "
-                        "clients only; set ALLTALK_CONTROL_TOKEN to allow remote control",
-                        code=Code.FORBIDDEN)
-    forwarded = [h for h in PROXY_HEADERS if h in request.headers]
-    if forwarded:
-        raise Unauthorized(
-            f"this request came through a proxy ({', '.join(forwarded)}), so it cannot be "
-            "told from a remote client: set a control token (ALLTALK_CONTROL_TOKEN) to use "
-            "control routes behind a reverse proxy")
-    if not rules.host_allowed(request.headers.get("Host")):
-        raise Forbidden(f"Host {request.headers.get('Host', '')[:100]!r} is not this machine's "
-                        "loopback name; add it to http.allowed_hosts, or set a control token",
-                        code=Code.HOST_NOT_ALLOWED)
-
-
-def is_loopback_remote(remote: str | None) -> bool:
-    if remote is None:  # a unix socket: local by construction
-        return True
-    try:
-        return ipaddress.ip_address(remote).is_loopback
-    except ValueError:
-        return False
+def caller(request: web.Request) -> Caller:
+    version = request.version
+    return Caller(remote=request.remote, http_version=f"{version.major}.{version.minor}",
+                  headers=request.headers, origin_self=f"{request.scheme}://{request.host}")
 
 
 def is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
-
