@@ -285,7 +285,8 @@ def _with_fleet(args: argparse.Namespace, spec: FleetSpec,
 
     async def run() -> Any:
         async with Fleet(spec, args.address, args.serve_url, _token(args),
-                         timeout_s=args.timeout, progress=progress) as fleet:
+                         timeout_s=args.timeout, progress=progress,
+                         control_token=os.environ.get("ALLTALK_CONTROL_TOKEN")) as fleet:
             return await command(fleet)
     try:
         return asyncio.run(run())

@@ -1,5 +1,6 @@
 """A reverse proxy never opens control: a real relay that does what nginx's default
-``proxy_pass`` does, each proxy header, ``behind_proxy``, a dual-stack listener."""
+``proxy_pass`` does, each proxy header, ``behind_proxy``, a dual-stack listener, and the Ray
+front's ``/ray/status`` judged as its aiohttp twin ``/control/status``."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from alltalk_host.cli_serve import _listen
 from alltalk_host.errors import ConfigInvalid
 from alltalk_host.host import Host, HostOptions
 from alltalk_host.http_boundary import PROXY_HEADERS, is_loopback_address
+from alltalk_host.ray.replica import Replica
 from alltalk_host.web.app import create_app
 
-from .conftest import error_of
+from .conftest import ConfigRepoHelper, error_of
 
 TOKEN = "s3cret-token"
 SWITCH = {"model": "reference-low", "author": "internet"}
@@ -265,3 +267,116 @@ async def test_serve_on_double_colon_gives_ipv4_loopback_clients_local_control(
     finally:
         await runner.cleanup()
     assert config_repo.head != config_repo.initial
+
+
+# --- the Ray front's /ray/status ---------------------------------------------------------------
+
+@pytest.fixture
+async def ray_status(host_options, config_repo: ConfigRepoHelper, tmp_path: Path
+                     ) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """``await ray_status(**options)``: a replica behind its Ray front, served by uvicorn as
+    Serve serves it (test_ray.py does the same); its base URL."""
+    import uvicorn
+    from starlette.requests import Request
+
+    from alltalk_host.ray.front import RayFront
+
+    running: list[tuple[Replica, Any, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> str:
+        shared = tmp_path / "ray"
+        replica = Replica(host_options(state_dir=shared / "replicas" / "r1", directed=True,
+                                       **overrides), "r1")
+        await replica.start()
+        await replica.reconfigure({"commit": config_repo.head})
+        front = RayFront(replica, shared_dir=shared)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            response = await front.handle(Request(scope, receive))
+            await response(scope, receive, send)
+
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off",
+                                               ws="none", http="h11"))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        running.append((replica, server, task))
+        while not server.started:
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield start
+    for replica, server, task in running:
+        server.should_exit = True
+        await task
+        await replica.stop()
+
+
+async def test_ray_status_needs_the_token_when_one_is_set(ray_status):
+    base = await ray_status(control_token=TOKEN)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/ray/status") as resp:
+            assert resp.status == 401
+            assert (await error_of(resp))["code"] == "unauthorized"
+            assert resp.headers["WWW-Authenticate"] == "Bearer"
+            assert resp.headers["X-AllTalk-Replica"] == "r1"
+        async with session.get(f"{base}/ray/status",
+                               headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["replica"] == "r1"
+
+
+# The same requests to both twins: each answers with the same status and error code.
+ASKED = [
+    {},
+    {"X-Forwarded-For": "203.0.113.9"},
+    {"Via": "1.1 edge"},
+    {"Host": "evil.example:7851"},
+    {"Origin": "http://evil.example"},
+    {"Origin": "http://localhost:8000"},
+    {"Sec-Fetch-Site": "cross-site"},
+]
+
+
+async def _answer(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
+                  ) -> tuple[int, str | None]:
+    async with session.get(url, headers=headers) as resp:
+        body = await resp.json()
+        return resp.status, body["error"]["code"] if resp.status != 200 else None
+
+
+@pytest.mark.parametrize("options", [{}, {"behind_proxy": True}], ids=["local", "behind_proxy"])
+async def test_ray_status_without_a_token_answers_as_control_status(
+        ray_status, start_server, options):
+    base = await ray_status(**options)
+    client = await start_server(**options)
+    twin = f"http://{client.host}:{client.port}/control/status"
+    async with aiohttp.ClientSession() as session:
+        for headers in ASKED:
+            expected = await _answer(session, twin, headers)
+            assert await _answer(session, f"{base}/ray/status", headers) == expected, headers
+    # HTTP/1.0, as nginx's default proxy_pass sends it.
+    port = int(base.rsplit(":", 1)[1])
+    status, _ = await raw("127.0.0.1", port, f"GET /ray/status HTTP/1.0\r\n"
+                          f"Host: 127.0.0.1:{port}\r\n\r\n")
+    assert status == 401
+    if not options:
+        async with aiohttp.ClientSession() as session:
+            assert (await _answer(session, f"{base}/ray/status", {})) == (200, None)
+
+
+async def test_a_rollout_reads_ray_status_with_the_control_token(ray_status, config_repo,
+                                                                 tmp_path):
+    from alltalk_host.ray.rollout import Fleet, FleetSpec
+
+    base = await ray_status(control_token=TOKEN)
+    spec = FleetSpec(config_repo=config_repo.path, state_dir=tmp_path / "fleet")
+    running = {"deployments": {"alltalk": {"replicas": [{"replica_id": "r1",
+                                                         "state": "RUNNING"}]}}}
+    async with Fleet(spec, "http://127.0.0.1:9", base, control_token=TOKEN) as fleet:
+        [status] = await fleet.replica_statuses(running, rounds=1)
+        assert status["replica"] == "r1" and status["state"] == "serving", status
+    async with Fleet(spec, "http://127.0.0.1:9", base) as fleet:
+        [status] = await fleet.replica_statuses(running, rounds=1)
+        assert status["state"] == "unreached"

@@ -39,7 +39,8 @@ from ..audio import to_wav
 from ..backend import Audio
 from ..config.settings import HostConfig
 from ..encode import Format, StreamEncoder, encode
-from ..errors import BadRequest, Code, HostError, NotFound, PayloadTooLarge
+from ..errors import BadRequest, Code, HostError, NotFound, PayloadTooLarge, Unauthorized
+from ..http_boundary import Access, Caller, HttpPolicy, check_caller
 from ..outputs import OutputStore, OutputStores
 from ..registry import Serving
 from ..speech import SpeechResult, SpeechStream
@@ -103,6 +104,9 @@ class RayFront:
         method, path = request.method, request.url.path
         try:
             response = await self._route(method, path)(request)
+        except Unauthorized as exc:
+            response = JSONResponse(exc.to_dict(), status_code=exc.status,
+                                    headers={"WWW-Authenticate": "Bearer"})
         except HostError as exc:
             response = JSONResponse(exc.to_dict(), status_code=exc.status)
         except Exception:
@@ -148,7 +152,22 @@ class RayFront:
             return JSONResponse(openai_error(exc), status_code=exc.status)
 
     async def status(self, request: Request) -> Response:
+        # It shows commits and failure reasons, as /control/status does: the same guard.
+        self._guard(request)
         return JSONResponse(self.replica.status())
+
+    def _guard(self, request: Request) -> None:
+        """Refuse a control request as the aiohttp app's guard does (``http_boundary``).
+        Behind Serve's proxy the client and headers are the caller's own: the proxy passes
+        the ASGI scope through."""
+        options = self.host.options
+        # No client in the scope: an unknown peer, so not a local one ("").
+        check_caller(Caller(remote=request.client.host if request.client else "",
+                            http_version=request.scope.get("http_version", "1.1"),
+                            headers=request.headers,
+                            origin_self=f"{request.url.scheme}://{request.url.netloc}"),
+                     Access(options.control_token, options.behind_proxy),
+                     HttpPolicy.of(self.host.registry.serving))
 
     # --- AllTalk's routes: adapters over alltalk_api, as web/alltalk.py is ---------------
 

@@ -97,12 +97,15 @@ class FleetSpec:
 
 class Fleet:
     def __init__(self, spec: FleetSpec, dashboard: str, serve: str, token: str | None = None,
-                 timeout_s: float = 120.0, progress: Progress | None = None) -> None:
+                 timeout_s: float = 120.0, progress: Progress | None = None,
+                 control_token: str | None = None) -> None:
         self.spec = spec
         self.progress = progress
         self.dashboard = dashboard.rstrip("/")
         self.serve = serve.rstrip("/")
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        # The replicas' own control token: /ray/status is a control route, as /control/status.
+        self._control = {"Authorization": f"Bearer {control_token}"} if control_token else {}
         self.timeout_s = timeout_s
         self.repo = ConfigRepo(spec.config_repo, subdir=spec.subdir, branch=spec.branch)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="alltalk-fleet")
@@ -247,7 +250,7 @@ class Fleet:
 
     async def _one_status(self) -> dict[str, Any] | None:
         try:
-            async with self._http.get(self.serve + STATUS_PATH) as resp:
+            async with self._http.get(self.serve + STATUS_PATH, headers=self._control) as resp:
                 if resp.status != 200 or REPLICA_HEADER not in resp.headers:
                     return None
                 return await resp.json()
