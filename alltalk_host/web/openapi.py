@@ -326,7 +326,8 @@ def _components() -> dict[str, Any]:
             "securitySchemes": {"controlToken": {
                 "type": "http", "scheme": "bearer",
                 "description": "ALLTALK_CONTROL_TOKEN; without one, control routes answer "
-                               "loopback clients only"}}}
+                               "loopback clients that no proxy forwarded (HTTP/1.1, no "
+                               "proxy header, not behind_proxy)"}}}
 
 
 def describe() -> dict[str, Any]:
