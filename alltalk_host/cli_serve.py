@@ -56,7 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; is "
               "another server using it? (choose another with --port)", file=sys.stderr)
         return 1
-    serving = f"http://{args.host}:{args.port}"
+    bracketed = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
+    serving = f"http://{bracketed}:{args.port}"
     wyoming_uri = args.wyoming_uri or os.environ.get(WYOMING_URI_ENV)
     if args.wyoming_zeroconf and not wyoming_uri:
         print("error: --wyoming-zeroconf announces the Wyoming server: give --wyoming-uri too",
