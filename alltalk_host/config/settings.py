@@ -16,6 +16,8 @@ which is gone once the load returns.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from ..errors import Code, ConfigInvalid
 from ..outputs import Retention
 from ..plugins import BackendCatalog
 from .models import SPEED_RANGE, ModelDef, parse_models
+from .untrusted import refuse_untrusted
 from .values import Layer, flatten, layer_of_each_key, lower_top, redact, to_plain
 
 __all__ = ["SPEED_RANGE", "HostConfig", "ModelDef", "build_config"]
@@ -188,8 +191,10 @@ class HostConfig:
 
 def build_config(tree: Path, commit: str, catalog: BackendCatalog,
                  local_file: Path | None, cache_dir: Path) -> HostConfig:
+    tree = _layers_alone(tree, _layer_files(tree))
     files = _layer_files(tree)
     raw_files = [(f, _check_toml(f, f.name)) for f in files]
+    refuse_untrusted([(f.name, data) for f, data in raw_files], global_env=ENV_PREFIX.lower())
     settings = Dynaconf(
         settings_files=[str(f) for f in files],  # absolute: no parent-folder lookups
         root_path=str(tree),
@@ -330,8 +335,18 @@ def _layer_files(tree: Path) -> list[Path]:
     if not first.is_file():
         raise ConfigInvalid(f"the config folder has no {SETTINGS_FILE}",
                             code=Code.CONFIG_UNREADABLE)
-    rest = sorted(p for p in tree.glob("*.toml") if p.name != SETTINGS_FILE)
+    rest = sorted(p for p in tree.glob("*.toml") if p.name != SETTINGS_FILE and p.is_file())
     return [first, *rest]
+
+
+def _layers_alone(tree: Path, files: list[Path]) -> Path:
+    """Copies of the layer files in a fresh folder of their own: Dynaconf imports and runs a
+    ``dynaconf_hooks.py`` it finds next to a file it loaded, and a commit may carry one.
+    ``mkdtemp`` makes a new folder, so no name in the commit can be it."""
+    clean = Path(tempfile.mkdtemp(prefix="layers-", dir=tree))
+    for path in files:
+        shutil.copyfile(path, clean / path.name)
+    return clean
 
 
 def _check_toml(path: Path, label: str) -> dict[str, Any]:

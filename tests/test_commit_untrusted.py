@@ -1,0 +1,121 @@
+"""A config commit is untrusted input: what it says reaches Dynaconf, git and the backends as
+data, never as code, a command, the host's environment or a path outside the host's folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import error_of
+
+
+async def apply(client, commit: str):
+    return await client.post("/control/config/apply", json={"commit": commit})
+
+
+async def refused(client, commit: str) -> dict:
+    resp = await apply(client, commit)
+    assert resp.status == 422, await resp.text()
+    return await error_of(resp)
+
+
+async def serving(client) -> str:
+    return (await (await client.get("/control/status")).json())["serving_commit"]
+
+
+async def test_a_dynaconf_include_of_a_python_file_never_runs(start_server, config_repo,
+                                                              tmp_path: Path):
+    client = await start_server()
+    before = await serving(client)
+    sentinel = tmp_path / "ran"
+    config_repo.write("evil.py", f"open({str(sentinel)!r}, 'w').write('x')\nX = 1\n")
+    config_repo.set("settings.toml", "default.dynaconf_include", ["evil.py"])
+    error = await refused(client, config_repo.commit("include a python file"))
+    assert error["code"] == "validation_failed"
+    assert "settings.toml: default.dynaconf_include" in error["message"]
+    assert not sentinel.exists()
+    assert await serving(client) == before
+
+
+@pytest.mark.parametrize("key", ["includes_for_dynaconf", "INCLUDES", "preload_for_dynaconf",
+                                 "settings_module", "root_path", "loaders_for_dynaconf"])
+async def test_keys_that_steer_dynaconf_are_refused(start_server, config_repo, tmp_path: Path,
+                                                    key: str):
+    client = await start_server()
+    sentinel = tmp_path / "ran"
+    config_repo.write("evil.py", f"open({str(sentinel)!r}, 'w').write('x')\n")
+    config_repo.set("models.toml", f"default.{key}", ["evil.py"])
+    error = await refused(client, config_repo.commit(f"{key}"))
+    assert f"models.toml: default.{key}" in error["message"], error
+    assert not sentinel.exists()
+
+
+async def test_a_dynaconf_hooks_file_in_the_commit_never_runs(start_server, config_repo,
+                                                              tmp_path: Path):
+    """Dynaconf imports ``dynaconf_hooks.py`` found next to a settings file it loaded."""
+    client = await start_server()
+    sentinel = tmp_path / "hooked"
+    config_repo.write("dynaconf_hooks.py",
+                      f"def post(settings):\n    open({str(sentinel)!r}, 'w').write('x')\n"
+                      f"    return {{}}\n")
+    commit = config_repo.change("a hook", "settings.toml", "default.max_text_length", 1999)
+    assert (await apply(client, commit)).status == 200
+    assert not sentinel.exists()
+    assert await serving(client) == commit
+
+
+@pytest.mark.parametrize("value", ["@format {env[ALLTALK_CONTROL_TOKEN]}", "@format {env[HOME]}",
+                                   "@jinja {{ env.HOME }}", "@read_file /etc/hostname",
+                                   "@get default_model", "@str @format {env[HOME]}"])
+async def test_token_strings_never_reach_the_config(start_server, config_repo, monkeypatch,
+                                                    value: str):
+    monkeypatch.setenv("ALLTALK_CONTROL_TOKEN", "s3cret-token")
+    client = await start_server()
+    headers = {"Authorization": "Bearer s3cret-token"}
+    before = (await (await client.get("/control/status", headers=headers)).json())["serving_commit"]
+    commit = config_repo.change("leak", "settings.toml", "default.alltalk.preview_text", value)
+    resp = await client.post("/control/config/apply", json={"commit": commit}, headers=headers)
+    assert resp.status == 422
+    error = await error_of(resp)
+    assert "default.alltalk.preview_text" in error["message"] and "'@'" in error["message"]
+    assert "s3cret" not in await resp.text()
+    status = await (await client.get("/control/status", headers=headers)).json()
+    assert status["serving_commit"] == before
+
+
+async def test_tokens_in_lists_and_nested_tables_are_found(start_server, config_repo):
+    client = await start_server()
+    config_repo.set("settings.toml", "default.http.cors_origins", ["*", "@del"])
+    config_repo.set("models.toml", "default.models.reference.settings.deep", {"a": ["@json {}"]})
+    error = await refused(client, config_repo.commit("tokens deep down"))
+    assert "default.http.cors_origins[1]" in error["message"]
+    errors = error["details"]["errors"]
+    assert any("default.models.reference.settings.deep.a[0]" in d for d in errors)
+
+
+async def test_dynaconf_merge_marks_and_nested_separators_are_refused(start_server, config_repo):
+    client = await start_server()
+    config_repo.set("settings.toml", "default.watch.dynaconf_merge", False)
+    config_repo.set("settings.toml", "default.outputs__dir", "/etc")
+    error = await refused(client, config_repo.commit("merge marks"))
+    joined = " ".join(error["details"]["errors"])
+    assert "default.watch.dynaconf_merge" in joined and "default.outputs__dir" in joined
+
+
+async def test_a_top_level_global_section_is_refused(start_server, config_repo):
+    """``[alltalk]`` at the top of a file is Dynaconf's global section (the env-var prefix)."""
+    client = await start_server()
+    config_repo.set("settings.toml", "alltalk.models_dir", "/")
+    error = await refused(client, config_repo.commit("global section"))
+    assert "[default.alltalk]" in error["message"]
+
+
+async def test_the_owner_keeps_dynaconf_tokens_in_the_environment(start_server, monkeypatch):
+    """ALLTALK_ variables belong to the machine's owner: tokens keep working there."""
+    monkeypatch.setenv("ALLTALK_ALLTALK__PREVIEW_TEXT", "@format {this.DEFAULT_LANGUAGE} preview")
+    client = await start_server()
+    status = await (await client.get("/control/status")).json()
+    assert status["serving_commit"]
+    config = await (await client.get("/control/config/effective")).json()
+    assert "en preview" in str(config)
