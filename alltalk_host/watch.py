@@ -129,8 +129,13 @@ class BranchWatcher:
             self.status.last_error = f"applying {head[:10]} failed: {exc.message}"
 
     async def _fetch(self, remote: str, timeout: float) -> None:
+        # The remote comes from a commit: a configured remote's name only (its URL is the
+        # owner's), and after --end-of-options, so git never reads it as an option.
+        await asyncio.get_running_loop().run_in_executor(self._io, self.repo.check_remote,
+                                                         remote)
         proc = await asyncio.create_subprocess_exec(
-            "git", "-C", str(self.repo.path), "fetch", "--quiet", remote, self.repo.branch,
+            "git", "-C", str(self.repo.path), "fetch", "--quiet", "--end-of-options", remote,
+            self.repo.branch,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
             process_group=0,  # its own group, so _kill reaches the helpers it starts

@@ -3,11 +3,15 @@ data, never as code, a command, the host's environment or a path outside the hos
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from .conftest import error_of
+from alltalk_host.config.repo import ConfigRepo
+from alltalk_host.errors import Code, HostError
+
+from .conftest import error_of, wait_until
 
 
 async def apply(client, commit: str):
@@ -119,3 +123,47 @@ async def test_the_owner_keeps_dynaconf_tokens_in_the_environment(start_server, 
     assert status["serving_commit"]
     config = await (await client.get("/control/config/effective")).json()
     assert "en preview" in str(config)
+
+
+@pytest.mark.parametrize("remote", ["--upload-pack=touch {sentinel}", "-oProxyCommand=x",
+                                    "ext::sh -c touch% {sentinel}", "file:///tmp/x",
+                                    "origin;touch {sentinel}", "origin\ntouch", "../x", "a b"])
+async def test_watch_remote_is_a_remote_name_not_an_option_or_url(start_server, config_repo,
+                                                                  tmp_path: Path, remote: str):
+    """The issue's reproduction: ``remote = "--upload-pack=touch FILE"`` created FILE."""
+    client = await start_server()
+    sentinel = tmp_path / "fetched"
+    config_repo.set("settings.toml", "default.watch.enabled", True)
+    config_repo.set("settings.toml", "default.watch.interval_s", 0.05)
+    config_repo.set("settings.toml", "default.watch.remote", remote.format(sentinel=sentinel))
+    error = await refused(client, config_repo.commit("a remote"))
+    assert error["code"] == "validation_failed"
+    assert "is not a remote name configured" in str(error["details"]), error
+    await asyncio.sleep(0.3)
+    assert not sentinel.exists()
+
+
+async def test_a_remote_name_the_repo_does_not_have_is_never_fetched(start_server, config_repo):
+    config_repo.set("settings.toml", "default.watch.enabled", True)
+    config_repo.set("settings.toml", "default.watch.interval_s", 0.05)
+    config_repo.set("settings.toml", "default.watch.remote", "upstream")
+    config_repo.commit("watch a remote that is not configured")
+    client = await start_server()
+    status = await wait_until(client, lambda s: (s["watch"].get("last_error") or "") != "")
+    assert "no remote named 'upstream'" in status["watch"]["last_error"]
+
+
+def test_git_never_reads_a_remote_as_an_option(config_repo, tmp_path: Path):
+    """Below the config's validation, the repo checks again: a value git would read as an
+    option never reaches a git argument."""
+    repo = ConfigRepo(config_repo.path)
+    try:
+        for remote in ("--upload-pack=touch x", "-x", "origin/../x"):
+            with pytest.raises(HostError) as caught:
+                repo.check_remote(remote)
+            assert caught.value.code == Code.FETCH_FAILED
+            with pytest.raises(HostError):
+                repo.fast_forward(remote)
+    finally:
+        repo.close()
+    assert not (tmp_path / "x").exists()

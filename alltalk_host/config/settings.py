@@ -32,6 +32,7 @@ from ..errors import Code, ConfigInvalid
 from ..outputs import Retention
 from ..plugins import BackendCatalog
 from .models import SPEED_RANGE, ModelDef, parse_models
+from .repo import REMOTE_NAME_RULE, is_remote_name
 from .untrusted import refuse_untrusted
 from .values import Layer, flatten, layer_of_each_key, lower_top, redact, to_plain
 
@@ -59,7 +60,9 @@ HOST_VALIDATORS = [
     Validator("models_dir", default="models", is_type_of=str),
     Validator("watch.enabled", default=False, is_type_of=bool),
     Validator("watch.interval_s", default=5.0, is_type_of=(int, float), gt=0),
-    Validator("watch.remote", default="", is_type_of=str),
+    Validator("watch.remote", default="", is_type_of=str,
+              condition=lambda v: not v or is_remote_name(v),
+              messages={"condition": f"watch.remote {{value!r}} is not {REMOTE_NAME_RULE}"}),
     Validator("watch.fetch_timeout_s", default=30.0, is_type_of=(int, float), gt=0),
     # Memory admission: what all loaded models together may hold (0: no budget), and what to do
     # when a model would not fit beside the one it replaces.
