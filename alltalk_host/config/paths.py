@@ -35,6 +35,8 @@ def commit_path_problem(value: object) -> str | None:
         return f"is longer than {MAX_PATH} characters"
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         return "has control characters"
+    if value.startswith("-"):  # never a path a tool could read as an option
+        return "starts with '-'"
     if value.startswith("~") or PurePosixPath(value).is_absolute() or "\\" in value:
         return ("is absolute; a commit names paths relative to the host's folders (an "
                 "absolute one belongs in the host-local file or an ALLTALK_ variable)")
