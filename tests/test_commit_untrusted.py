@@ -102,9 +102,12 @@ async def test_dynaconf_merge_marks_and_nested_separators_are_refused(start_serv
     client = await start_server()
     config_repo.set("settings.toml", "default.watch.dynaconf_merge", False)
     config_repo.set("settings.toml", "default.outputs__dir", "/etc")
+    config_repo.set("settings.toml", "default.http.cors_origins", ["*"])
+    config_repo.set("settings.toml", "default.http[cors_origins]", ["x"])
     error = await refused(client, config_repo.commit("merge marks"))
     joined = " ".join(error["details"]["errors"])
     assert "default.watch.dynaconf_merge" in joined and "default.outputs__dir" in joined
+    assert "default.http[cors_origins]" in joined
 
 
 async def test_a_top_level_global_section_is_refused(start_server, config_repo):

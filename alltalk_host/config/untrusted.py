@@ -34,8 +34,9 @@ CORE_NAMES = frozenset(
     | {name.lower() for name in RENAMED_VARS}
     | {"env", "includes", "preload", "settings_module", "settings_files", "environment"}
 )
-# Dynaconf splits a top-level key at these into nested tables ("outputs__dir"), which would
-# hide the key from the per-layer rules (a commit writes nested tables instead).
+# Dynaconf splits a top-level key at "__" into nested tables ("outputs__dir") and reads "[n]"
+# as a list index, which would hide the key from the per-layer rules (paths.py): a commit
+# writes nested tables instead.
 _NESTED_SEPARATOR = "__"
 
 
@@ -61,8 +62,8 @@ def _problems(data: dict[str, Any], global_env: str) -> Iterator[tuple[str, str]
                 low = str(key).lower()
                 if low in CORE_NAMES:
                     yield f"{section}.{key}", "is a setting of the settings loader itself"
-                elif _NESTED_SEPARATOR in low:
-                    yield f"{section}.{key}", "write nested tables, not '__' in a key"
+                elif _NESTED_SEPARATOR in low or "[" in low:
+                    yield f"{section}.{key}", "write nested tables, not '__' or '[' in a key"
     yield from _walk(data, "")
 
 
