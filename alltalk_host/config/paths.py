@@ -48,14 +48,15 @@ def commit_path_problem(value: object) -> str | None:
 def host_folder(key: str, value: str, layer: Layer, host_dirs: Iterable[Path]) -> Path:
     """``models_dir`` or ``outputs.dir``, resolved, or ConfigInvalid when a commit set it to
     something the rules above refuse."""
-    if layer.kind in OWNER_LAYERS:
-        try:
-            return Path(value).expanduser().resolve()
-        except (ValueError, RuntimeError) as exc:  # a NUL, a symlink loop
-            raise _refused(key, value, layer, f"cannot be resolved ({exc})") from None
-    problem = commit_path_problem(value)
+    owner = layer.kind in OWNER_LAYERS
+    problem = None if owner else commit_path_problem(value)
     if problem is None:
-        path = Path(value).resolve()
+        try:
+            path = Path(value).expanduser().resolve() if owner else Path(value).resolve()
+        except (OSError, ValueError, RuntimeError) as exc:  # a NUL, a symlink loop
+            raise _refused(key, value, layer, f"cannot be resolved ({exc})") from None
+        if owner:
+            return path
         for own in host_dirs:
             own = own.resolve()
             if own.is_relative_to(path):  # it is, or holds, one of the host's folders
