@@ -69,7 +69,7 @@ def load_layers(tree: Path, local_file: Path | None, validators: list[Validator]
 
 
 def layers_of(tree: Path, raw_files: list[tuple[Path, dict[str, Any]]], env: str,
-            local_data: dict[str, Any]) -> list[tuple[Layer, Mapping[str, Any]]]:
+              local_data: dict[str, Any]) -> list[tuple[Layer, Mapping[str, Any]]]:
     """Every layer's raw data, lowest first, in the order Dynaconf merges them."""
     layers: list[tuple[Layer, Mapping[str, Any]]] = []
     for path, data in raw_files:
@@ -100,8 +100,6 @@ def _env_keys() -> dict[str, Any]:
         else:
             table[parts[-1]] = True
     return out
-
-
 
 
 def _layer_files(tree: Path) -> list[Path]:
