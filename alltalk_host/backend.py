@@ -152,6 +152,10 @@ class Backend(ABC):
 
     name: ClassVar[str]
     capabilities: Capabilities = Capabilities()  # an instance may narrow it from its settings
+    # The settings that name a file or folder (resolved with ``ModelContext.resolve``). When a
+    # config commit sets one, the host refuses it unless it is relative and without '..', so
+    # it stays inside models_dir; the host-local file and ALLTALK_ variables may name any.
+    path_settings: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod

@@ -73,7 +73,8 @@ class Controller:
         self.rollout = Rollout(registry, self.ledger, arms or Arms(), events, self._spawn)
         self.watcher = BranchWatcher(
             repo, self.ledger, registry, self._io, apply=self._watch_apply,
-            busy=lambda: self._busy is not None or self.rollout.running is not None)
+            busy=lambda: self._busy is not None or self.rollout.running is not None,
+            settings_of=loader.watch_settings)
         self._busy: dict[str, Any] | None = None
         self.report = Report(repo, registry, catalog, self.ledger, self.transaction,
                              self.watcher, self._io, busy=lambda: self._busy,

@@ -109,7 +109,8 @@ class Host:
         self.control = Controller(
             repo=repo,
             loader=ConfigLoader(repo, self.catalog, options.local_path,
-                                work_dir=options.state_dir / "tmp", cache_dir=cache_dir),
+                                work_dir=options.state_dir / "tmp", cache_dir=cache_dir,
+                                state_dir=options.state_dir),
             store=StateStore(options.state_dir),
             registry=self.registry,
             catalog=self.catalog,

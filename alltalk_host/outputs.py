@@ -92,7 +92,8 @@ class OutputStore:
 
     def resolve(self, name: str) -> Path:
         """The stored file called ``name``; NotFound for anything else, including escapes."""
-        if not FILE_RE.match(name) or name.startswith("."):
+        # Audio only: the folder is a setting, and may hold other files of the owner's.
+        if not FILE_RE.match(name) or name.startswith(".") or not name.endswith(SUFFIXES):
             raise NotFound(f"no output file {name!r}", code=Code.FILE_NOT_FOUND)
         path = (self.folder / name).resolve()
         if path.parent != self.folder or not path.is_file():

@@ -5,6 +5,13 @@ branch head. A new head is applied with the same checks as a manual apply. A com
 is never retried automatically, and after a rollback it waits until the branch has a commit it
 did not have then. The fetch is a child process with a timeout, outside the I/O thread: a
 remote that hangs cannot stall applies or state saves, and stopping the host kills it.
+
+Its settings are the serving config's ``[watch]``. While nothing serves (the first commit
+failed, and no earlier one ever served) there is no such config, yet a pushed fix must still
+apply: the watcher then reads ``[watch]`` from the branch head itself, validated on its own
+(with the host-local file and ``ALLTALK_`` variables on top, as always), so the commit that
+failed for another reason still says where to fetch from and how often. When even those cannot
+be read it uses the defaults: the local branch only, polling off, a signed webhook still looks.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config.repo import ConfigRepo
+from .config.settings import WatchSettings
 from .errors import Code, HostError
 from .ledger import Ledger
 from .registry import ModelRegistry
@@ -38,11 +46,21 @@ class WatchStatus:
     paused_at: str | None = None
 
 
+# While nothing serves and the branch head's own [watch] cannot be read.
+DEFAULT_WATCH = WatchSettings(enabled=False, interval_s=5.0, remote="", fetch_timeout_s=30.0)
+_IDLE_S = 1.0  # the first look while nothing serves, before the head's settings are read
+
+
 class BranchWatcher:
     def __init__(self, repo: ConfigRepo, ledger: Ledger, registry: ModelRegistry,
                  io: Executor, apply: Callable[[str], Awaitable[Any]],
-                 busy: Callable[[], bool]) -> None:
+                 busy: Callable[[], bool],
+                 settings_of: Callable[[str], WatchSettings] | None = None) -> None:
+        """``settings_of(commit)``: the ``[watch]`` settings of a commit, read on their own
+        (used while nothing serves)."""
         self.repo = repo
+        self._settings_of = settings_of
+        self._head_settings: tuple[str, WatchSettings] | None = None  # (head, its [watch])
         self.ledger = ledger
         self.registry = registry
         self._io = io
@@ -86,22 +104,49 @@ class BranchWatcher:
     async def run(self) -> None:
         while True:
             serving = self.registry.serving
-            await asyncio.sleep(serving.config.watch.interval_s if serving else 1.0)
+            if serving is not None:
+                interval = serving.config.watch.interval_s
+            else:  # the head's own polling interval, once it is known
+                known = self._head_settings
+                interval = known[1].interval_s if known else _IDLE_S
+            await asyncio.sleep(interval)
             try:
                 await self.check()
             except Exception:
                 log.exception("watch check failed")
+
+    async def settings(self) -> WatchSettings:
+        """The serving config's ``[watch]``; while nothing serves, the branch head's own."""
+        serving = self.registry.serving
+        if serving is not None:
+            return serving.config.watch
+        if self._settings_of is None:
+            return DEFAULT_WATCH
+        loop = asyncio.get_running_loop()
+        head = await loop.run_in_executor(self._io, self.repo.head)
+        if self._head_settings is None or self._head_settings[0] != head:
+            try:
+                found = await loop.run_in_executor(self._io, self._settings_of, head)
+            except HostError as exc:
+                log.warning("watch: nothing serves and the [watch] settings of %s do not "
+                            "validate (%s): using the defaults", head[:10], exc.message)
+                found = DEFAULT_WATCH
+            self._head_settings = (head, found)  # read once per head, not once a second
+        return self._head_settings[1]
 
     async def check(self, pushed: bool = False) -> None:
         """One look at the branch (after fetching the remote, when set): apply a new head.
 
         ``pushed``: a signed webhook said the branch moved, so look even when polling is
         off."""
-        serving = self.registry.serving
-        if serving is None or not (serving.config.watch.enabled or pushed):
+        try:
+            settings = await self.settings()
+        except HostError as exc:
+            self.status.last_error = exc.message
+            return
+        if not (settings.enabled or pushed):
             self.status.enabled = False
             return
-        settings = serving.config.watch
         self.status.enabled = settings.enabled
         self.status.remote = settings.remote
         loop = asyncio.get_running_loop()
@@ -129,8 +174,13 @@ class BranchWatcher:
             self.status.last_error = f"applying {head[:10]} failed: {exc.message}"
 
     async def _fetch(self, remote: str, timeout: float) -> None:
+        # The remote comes from a commit: a configured remote's name only (its URL is the
+        # owner's), and after --end-of-options, so git never reads it as an option.
+        await asyncio.get_running_loop().run_in_executor(self._io, self.repo.check_remote,
+                                                         remote)
         proc = await asyncio.create_subprocess_exec(
-            "git", "-C", str(self.repo.path), "fetch", "--quiet", remote, self.repo.branch,
+            "git", "-C", str(self.repo.path), "fetch", "--quiet", "--end-of-options", remote,
+            self.repo.branch,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
             process_group=0,  # its own group, so _kill reaches the helpers it starts

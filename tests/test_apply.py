@@ -114,15 +114,23 @@ async def test_invalid_toml_in_a_commit_fails_cleanly(start_server, config_repo)
     assert (await speak(client)).headers["X-AllTalk-Commit"] == config_repo.initial
 
 
+@pytest.mark.usefixtures("models_in_tmp")
 async def test_a_warm_up_that_returns_nan_is_rejected(start_server, config_repo, tmp_path):
     weights = tmp_path / "weights.toml"
     weights.write_text("amplitude = nan\n")
     client = await start_server()
     commit = config_repo.change("nan weights", "models.toml",
-                                "default.models.reference.settings.model_file", str(weights))
+                                "default.models.reference.settings.model_file", weights.name)
     resp = await post(client, "/control/config/apply", commit=commit)
     error = await error_of(resp)
     assert error["code"] == "warmup_failed" and "NaN" in error["message"]
+
+
+@pytest.fixture
+def models_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A commit names model files relative to models_dir (the owner's, here an ALLTALK_
+    variable); an absolute path in a commit is refused."""
+    monkeypatch.setenv("ALLTALK_MODELS_DIR", str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -260,11 +268,12 @@ async def test_reload_applies_the_branch_head(start_server, config_repo):
     assert (await resp.json())["commit"] == commit
 
 
+@pytest.mark.usefixtures("models_in_tmp")
 async def test_model_reload_rereads_weights_at_the_same_commit(start_server, config_repo,
                                                                tmp_path):
     weights = tmp_path / "weights.toml"
     weights.write_text("pitch_hz = 100\n")
-    config_repo.model("reference", model_file=str(weights))
+    config_repo.model("reference", model_file=weights.name)
     commit = config_repo.commit("weights from a file")
     client = await start_server()
     low = await pitch_of(client)
@@ -301,13 +310,14 @@ async def test_after_a_restart_the_last_good_commit_serves_not_the_branch_head(
     assert [h["action"] for h in status["history"]] == ["startup", "apply", "apply", "startup"]
 
 
+@pytest.mark.usefixtures("models_in_tmp")
 async def test_a_restart_falls_back_when_the_applied_commit_no_longer_loads(
         start_server, config_repo, tmp_path):
     weights = tmp_path / "weights.toml"
     weights.write_text("pitch_hz = 120\n")
     client = await start_server()
     commit = config_repo.change("weights", "models.toml",
-                                "default.models.reference.settings.model_file", str(weights))
+                                "default.models.reference.settings.model_file", weights.name)
     assert (await post(client, "/control/config/apply", commit=commit)).status == 200
     await client.close()
     weights.unlink()

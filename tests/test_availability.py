@@ -51,6 +51,13 @@ async def status_of(client) -> dict:
     return await (await client.get("/control/status")).json()
 
 
+@pytest.fixture(autouse=True)
+def models_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A commit names model files relative to models_dir (the owner's, here an ALLTALK_
+    variable); an absolute path in a commit is refused."""
+    monkeypatch.setenv("ALLTALK_MODELS_DIR", str(tmp_path))
+
+
 def models_of(status: dict) -> dict[str, dict]:
     return {m["name"]: m for m in status["models"]}
 
@@ -63,7 +70,7 @@ async def test_an_unavailable_spare_model_is_reported_and_cannot_be_switched_to(
         start_server, config_repo, tmp_path):
     weights = tmp_path / "spare.toml"
     client = await start_server(extra_plugins=CHECKED)
-    config_repo.model("spare", backend="checked", model_file=str(weights))
+    config_repo.model("spare", backend="checked", model_file=weights.name)
     commit = config_repo.commit("a spare model whose weights are not here yet")
     reason = reason_for(weights)
 
@@ -121,10 +128,10 @@ async def test_a_model_the_commit_serves_must_be_available_or_nothing_changes(
     missing = tmp_path / "spare.toml"
     client = await start_server(extra_plugins=CHECKED)
     if needed_as == "default_model":
-        config_repo.model("spare", backend="checked", model_file=str(missing))
+        config_repo.model("spare", backend="checked", model_file=missing.name)
         config_repo.set("settings.toml", "default.default_model", "spare")
     else:
-        config_repo.model("spare", backend="checked", model_file=str(missing), keep_loaded=True)
+        config_repo.model("spare", backend="checked", model_file=missing.name, keep_loaded=True)
     commit = config_repo.commit(f"spare as {needed_as}, its weights missing")
 
     resp = await post(client, "/control/config/apply", commit=commit)
@@ -147,7 +154,7 @@ async def test_strict_models_makes_any_unavailable_model_fail_the_apply(
         start_server, config_repo, tmp_path):
     weights = tmp_path / "spare.toml"
     client = await start_server(extra_plugins=CHECKED)
-    config_repo.model("spare", backend="checked", model_file=str(weights))
+    config_repo.model("spare", backend="checked", model_file=weights.name)
     config_repo.set("settings.toml", "default.strict_models", True)
     commit = config_repo.commit("every model must be usable")
 

@@ -26,10 +26,11 @@ async def status_of(client) -> dict:
 # --- a low-memory swap whose restore fails -------------------------------------------------
 
 async def test_a_swap_whose_restore_fails_leaves_the_model_out_and_the_next_apply_loads_it(
-        start_server, config_repo, tmp_path):
+        start_server, config_repo, tmp_path, monkeypatch):
     weights = tmp_path / "weights.toml"
     weights.write_text("pitch_hz = 150\n")
-    config_repo.model("reference", low_memory_swap=True, model_file=str(weights))
+    monkeypatch.setenv("ALLTALK_MODELS_DIR", str(tmp_path))  # a commit names files inside it
+    config_repo.model("reference", low_memory_swap=True, model_file=weights.name)
     config_repo.commit("reference: unload first, weights from a file")
     client = await start_server()
 

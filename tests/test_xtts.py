@@ -43,10 +43,23 @@ def voices(tmp_path: Path) -> Path:
 
 def use_xtts(repo: ConfigRepoHelper, checkpoint: Path, voices: Path | None, name: str = "xtts",
              default: bool = True, **settings) -> str:
+    """Commit a model ``name`` on ``checkpoint``. A commit names its folders inside models_dir,
+    so they are linked into one (``<tmp>/models``), which the host-local file of the test
+    host (``<tmp>/state/local.toml``) names, as an owner would set it up."""
+    models = repo.path.parent / "models"
+    models.mkdir(exist_ok=True)
+    local = repo.path.parent / "state" / "local.toml"
+    local.parent.mkdir(exist_ok=True)
+    if not local.exists():
+        local.write_text(f"models_dir = {str(models)!r}\n")
+    for folder, link in ((checkpoint, f"{name}-checkpoint"), (voices, f"{name}-voices")):
+        if folder is not None:
+            (models / link).unlink(missing_ok=True)
+            (models / link).symlink_to(folder, target_is_directory=True)
     repo.set("models.toml", f"default.models.{name}.backend", "xtts")
-    repo.set("models.toml", f"default.models.{name}.settings.checkpoint", str(checkpoint))
+    repo.set("models.toml", f"default.models.{name}.settings.checkpoint", f"{name}-checkpoint")
     if voices is not None:
-        repo.set("models.toml", f"default.models.{name}.settings.voices_dir", str(voices))
+        repo.set("models.toml", f"default.models.{name}.settings.voices_dir", f"{name}-voices")
     for key, value in settings.items():
         repo.set("models.toml", f"default.models.{name}.settings.{key}", value)
     if default:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..plugins import BackendCatalog
 from .repo import ConfigRepo
-from .settings import HostConfig, build_config
+from .settings import HostConfig, WatchSettings, build_config, watch_settings_of
 
 
 class ConfigLoader:
@@ -21,7 +21,7 @@ class ConfigLoader:
 
     def __init__(self, repo: ConfigRepo, catalog: BackendCatalog,
                  local_file: Path | None = None, work_dir: Path | None = None,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, state_dir: Path | None = None) -> None:
         self.repo = repo
         self.catalog = catalog
         self.local_file = local_file
@@ -29,6 +29,9 @@ class ConfigLoader:
         # behind, so start-up empties it (clear_work_dir).
         self.work_dir = work_dir
         self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "alltalk-cache"
+        # Folders a commit's models_dir and outputs.dir may neither be nor hold (paths.py).
+        self.own_dirs = tuple(p for p in (state_dir, repo.path,
+                                          local_file.parent if local_file else None) if p)
 
     def clear_work_dir(self) -> int:
         """Remove copies left by a host that was killed while loading a commit."""
@@ -47,14 +50,22 @@ class ConfigLoader:
             tree = self.repo.materialise(commit, Path(tmp))
             for name, content in (replace or {}).items():
                 (tree / name).write_text(content, encoding="utf-8")
-            return build_config(tree, commit, self.catalog, self.local_file, self.cache_dir)
+            return build_config(tree, commit, self.catalog, self.local_file, self.cache_dir,
+                                self.own_dirs)
+
+    def watch_settings(self, commit: str) -> WatchSettings:
+        """The ``[watch]`` settings of ``commit``, validated on their own: what the branch
+        watcher uses while nothing serves (watch.py)."""
+        with self._tmp() as tmp:
+            tree = self.repo.materialise(commit, Path(tmp))
+            return watch_settings_of(tree, commit, self.local_file)
 
     def load_working_tree(self) -> HostConfig:
         """The config as it stands uncommitted on disk (validated before it is committed)."""
         with self._tmp() as tmp:
             tree = self.repo.copy_working_tree(Path(tmp))
             return build_config(tree, "working-tree", self.catalog, self.local_file,
-                                self.cache_dir)
+                                self.cache_dir, self.own_dirs)
 
     def _tmp(self) -> tempfile.TemporaryDirectory[str]:
         if self.work_dir is not None:

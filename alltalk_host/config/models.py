@@ -19,6 +19,7 @@ from typing import Any
 from ..backend import ModelContext
 from ..errors import Code, ConfigInvalid
 from ..plugins import BackendCatalog
+from .paths import model_path_problems
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ class ModelDef:
 
 
 def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir: Path,
-                 cache_dir: Path) -> dict[str, ModelDef]:
+                 cache_dir: Path, owner_keys: frozenset[str] = frozenset()
+                 ) -> dict[str, ModelDef]:
+    """``owner_keys``: the dotted keys the owner's layers set; every other path setting came
+    from a commit and stays inside ``models_dir`` (paths.py)."""
     models: dict[str, ModelDef] = {}
     errors: list[str] = []
     for name, raw in raw_models.items():
@@ -102,6 +106,11 @@ def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir
                 unavailable = (f"backend {backend}: validate_settings failed: "
                                f"{type(exc).__name__}: {exc}")
             else:
+                # Before anything looks at the files the paths name.
+                problems = model_path_problems(name, settings, cls.path_settings, owner_keys)
+                if problems:
+                    errors.extend(problems)
+                    continue
                 context = ModelContext(name=name, models_dir=models_dir,
                                        cache_dir=cache_dir / name)
                 unavailable = _check_available(cls, parsed, context)

@@ -22,6 +22,15 @@ from .repo_write import HOST_ACTOR, RepoWriting
 
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@{}~^-]*$")
 _HEX_RE = re.compile(r"^[0-9a-fA-F]{4,40}$")
+# ``watch.remote`` comes from a commit: a remote *name* configured in the repo (its URL is the
+# owner's, in .git/config), never a URL or anything git could read as an option.
+REMOTE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+REMOTE_NAME_RULE = ("a remote name configured in the config repo (like 'origin'): letters, "
+                    "digits, '_', '-' and single '.' inside, at most 64; not a URL")
+
+
+def is_remote_name(value: str) -> bool:
+    return len(value) <= 64 and REMOTE_NAME_RE.match(value) is not None
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,18 @@ class ConfigRepo(RepoWriting):
             if self._repo.git.cat_file("-t", sha) == "commit":
                 found.add(sha)
         return found
+
+    def check_remote(self, remote: str) -> None:
+        """Refuse a remote that is not a valid name or not configured in this repo."""
+        if not is_remote_name(remote):
+            raise HostError(f"watch.remote {remote[:64]!r} is not {REMOTE_NAME_RULE}",
+                            code=Code.FETCH_FAILED)
+        with self._lock:
+            names = {r.name for r in self._repo.remotes}
+        if remote not in names:
+            raise HostError(f"the config repo has no remote named {remote!r} (it has "
+                            f"{sorted(names) or 'none'}): add it with 'git remote add'",
+                            code=Code.FETCH_FAILED)
 
     def head(self) -> str:
         with self._lock:

@@ -184,17 +184,21 @@ class RepoWriting:
         forward (and, if it is checked out, the working tree has no changes in the way)."""
         upstream = f"{remote}/{self.branch}"
         with self._lock:
+            try:  # by its full ref, then by hash: nothing from the config reaches an argument
+                target = self._repo.commit(f"refs/remotes/{upstream}").hexsha
+            except (ValueError, git.BadName) as exc:
+                raise HostError(f"nothing fetched from {upstream}: {exc}",
+                                code=Code.FETCH_FAILED) from None
             if self._checked_out():
                 if not self._repo.is_dirty(untracked_files=False):
                     try:
-                        self._repo.git.merge("--ff-only", upstream)
+                        self._repo.git.merge("--ff-only", target)
                     except git.GitCommandError as exc:
                         raise HostError(
                             f"cannot fast-forward {self.branch} to {upstream}: "
                             f"{exc.stderr.strip()}", code=Code.FETCH_FAILED) from exc
             else:
                 head = self._repo.heads[self.branch].commit.hexsha
-                target = self._repo.commit(upstream).hexsha
                 if head != target and self._repo.is_ancestor(head, target):
                     self._repo.git.update_ref(f"refs/heads/{self.branch}", target, head)
             return self._repo.heads[self.branch].commit.hexsha

@@ -1,41 +1,35 @@
 """From one commit to a validated, immutable HostConfig.
 
-The layers, lowest first:
-  1. the commit's config folder: ``settings.toml``, then every other ``*.toml`` there in name
-     order (the template has ``models.toml``), each with ``[default]`` and per-environment
-     sections (``[development]``, ``[production]``, ...; ``ALLTALK_ENV`` picks one);
-  2. the host-local file, outside git: flat TOML for machine specifics and secrets;
-  3. ``ALLTALK_``-prefixed environment variables (``ALLTALK_MODELS__joe__settings__speed=1.1``).
-
-Each load builds a fresh Dynaconf instance from a private copy of the commit's tree and runs every
-validator, the backends' own included, before anything is swapped. A live settings object is never
-reloaded: it is replaced. The config keeps plain data only: nothing in it points at the copy,
-which is gone once the load returns.
+The layers (the commit's files, the host-local file, ``ALLTALK_`` variables) are read by
+``layers.py``. Each load builds a fresh Dynaconf instance from a private copy of the commit's
+tree and runs every validator, the backends' own included, before anything is swapped. A live
+settings object is never reloaded: it is replaced. The config keeps plain data only: nothing in
+it points at the copy, which is gone once the load returns.
 """
 
 from __future__ import annotations
 
-import os
-import tomllib
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dynaconf import Dynaconf, ValidationError, Validator
-from dynaconf.loaders.env_loader import load_from_env
 
 from ..canary import CHOICES, LIMITS, CanarySettings, CanarySpec
 from ..errors import Code, ConfigInvalid
 from ..outputs import Retention
 from ..plugins import BackendCatalog
+from .layers import ENV_PREFIX, SETTINGS_FILE, layers_of, load_layers
 from .models import SPEED_RANGE, ModelDef, parse_models
+from .paths import OWNER_LAYERS, host_folder
+from .repo import REMOTE_NAME_RULE, is_remote_name
 from .values import Layer, flatten, layer_of_each_key, lower_top, redact, to_plain
 
-__all__ = ["SPEED_RANGE", "HostConfig", "ModelDef", "build_config"]
+__all__ = ["ENV_PREFIX", "SPEED_RANGE", "HostConfig", "ModelDef", "WatchSettings", "build_config",
+           "watch_settings_of"]
 
-ENV_PREFIX = "ALLTALK"
-SETTINGS_FILE = "settings.toml"
 # Keys Dynaconf adds about itself, not ours to show or diff.
 _INTERNAL_KEYS = {"load_dotenv", "env", "settings_module"}
 
@@ -56,7 +50,9 @@ HOST_VALIDATORS = [
     Validator("models_dir", default="models", is_type_of=str),
     Validator("watch.enabled", default=False, is_type_of=bool),
     Validator("watch.interval_s", default=5.0, is_type_of=(int, float), gt=0),
-    Validator("watch.remote", default="", is_type_of=str),
+    Validator("watch.remote", default="", is_type_of=str,
+              condition=lambda v: not v or is_remote_name(v),
+              messages={"condition": f"watch.remote {{value!r}} is not {REMOTE_NAME_RULE}"}),
     Validator("watch.fetch_timeout_s", default=30.0, is_type_of=(int, float), gt=0),
     # Memory admission: what all loaded models together may hold (0: no budget), and what to do
     # when a model would not fit beside the one it replaces.
@@ -186,44 +182,25 @@ class HostConfig:
         return Layer("repo", SETTINGS_FILE, "default")
 
 
-def build_config(tree: Path, commit: str, catalog: BackendCatalog,
-                 local_file: Path | None, cache_dir: Path) -> HostConfig:
-    files = _layer_files(tree)
-    raw_files = [(f, _check_toml(f, f.name)) for f in files]
-    settings = Dynaconf(
-        settings_files=[str(f) for f in files],  # absolute: no parent-folder lookups
-        root_path=str(tree),
-        environments=True,
-        envvar_prefix=ENV_PREFIX,
-        env_switcher=f"{ENV_PREFIX}_ENV",
-        merge_enabled=True,
-        load_dotenv=False,
-        loaders=[],  # the extra layers are added below, explicitly
-        validators=HOST_VALIDATORS,
-    )
-    local_data: dict[str, Any] = {}
-    try:
-        if local_file is not None and local_file.is_file():
-            local_data = _check_toml(local_file, f"host-local file {local_file}")
-            settings.update(local_data, loader_identifier=f"host-local:{local_file}", merge=True)
-        load_from_env(settings, ENV_PREFIX, identifier="env", silent=False)
-        settings.validators.validate_all()
-    except ValidationError as exc:
-        raise ConfigInvalid(
-            f"commit {commit[:10]}: settings do not validate",
-            code=Code.VALIDATION_FAILED,
-            details=[str(d[1]) for d in exc.details] or [str(exc)],
-        ) from None
-    except ConfigInvalid:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Dynaconf raises many kinds on bad input
-        raise ConfigInvalid(f"commit {commit[:10]}: {exc}",
-                            code=Code.CONFIG_UNREADABLE) from None
-
+def build_config(tree: Path, commit: str, catalog: BackendCatalog, local_file: Path | None,
+                 cache_dir: Path, host_dirs: tuple[Path, ...] = ()) -> HostConfig:
+    """``host_dirs``: the host's own folders (state, config repo), which the folders a commit
+    names may neither be nor hold (paths.py)."""
+    with _refusals(commit):
+        loaded = load_layers(tree, local_file, HOST_VALIDATORS)
+        loaded.settings.validators.validate_all()
+    settings, raw_files, local_data, tree = (loaded.settings, loaded.raw_files,
+                                             loaded.local_data, loaded.tree)
     values = _plain(settings)
     env = str(settings.current_env).lower()
-    models_dir = Path(values["models_dir"]).expanduser().resolve()
-    models = parse_models(values["models"], catalog, models_dir, cache_dir)
+    layers = layers_of(tree, raw_files, env, local_data)
+    sources = layer_of_each_key(flatten(values), layers)
+    owner_keys = frozenset(k for k, layer in sources.items() if layer.kind in OWNER_LAYERS)
+    models_dir = host_folder("models_dir", values["models_dir"], sources["models_dir"],
+                             host_dirs)
+    outputs_dir = host_folder("outputs.dir", values["outputs"]["dir"], sources["outputs.dir"],
+                              host_dirs)
+    models = parse_models(values["models"], catalog, models_dir, cache_dir, owner_keys)
     if values["default_model"] not in models:
         raise ConfigInvalid(
             f"default_model {values['default_model']!r} is not one of the configured models",
@@ -231,7 +208,6 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
             details=[f"default_model: {values['default_model']!r} is not one of "
                      f"{sorted(models)}"],
         )
-    layers = _layers(tree, raw_files, env, local_data)
     watch, alltalk, openai, http = (values["watch"], values["alltalk"], values["openai"],
                                     values["http"])
     return HostConfig(
@@ -246,11 +222,8 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
         queue_limit=values["queue_limit"],
         warmup_text=values["warmup_text"],
         models_dir=models_dir,
-        watch=WatchSettings(
-            enabled=watch["enabled"], interval_s=float(watch["interval_s"]),
-            remote=watch["remote"], fetch_timeout_s=float(watch["fetch_timeout_s"]),
-        ),
-        outputs_dir=Path(values["outputs"]["dir"]).expanduser().resolve(),
+        watch=_watch(watch),
+        outputs_dir=outputs_dir,
         outputs_dir_as_written=Path(values["outputs"]["dir"]).expanduser(),
         output_retention=Retention(max_files=values["outputs"]["max_files"],
                                    max_age_s=float(values["outputs"]["max_age_s"])),
@@ -265,43 +238,9 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog,
                           max_body_bytes=http["max_body_bytes"]),
         strict_models=values["strict_models"],
         canary=_canary(values["canary"]),
-        sources=layer_of_each_key(flatten(values), layers),
+        sources=sources,
         layer_keys=tuple((layer, frozenset(flatten(lower_top(data)))) for layer, data in layers),
     )
-
-
-def _layers(tree: Path, raw_files: list[tuple[Path, dict[str, Any]]], env: str,
-            local_data: dict[str, Any]) -> list[tuple[Layer, Mapping[str, Any]]]:
-    """Every layer's raw data, lowest first, in the order Dynaconf merges them."""
-    layers: list[tuple[Layer, Mapping[str, Any]]] = []
-    for path, data in raw_files:
-        name = path.relative_to(tree).as_posix()
-        for section in ("default", env, "global"):
-            table = data.get(section)
-            if isinstance(table, dict) and (section != env or env != "default"):
-                layers.append((Layer("repo", name, section), table))
-    if local_data:
-        layers.append((Layer("host-local"), local_data))
-    layers.append((Layer("env"), _env_keys()))
-    return layers
-
-
-def _env_keys() -> dict[str, Any]:
-    """The keys ``ALLTALK_`` variables set, as nested tables (values are not needed)."""
-    out: dict[str, Any] = {}
-    prefix = f"{ENV_PREFIX}_"
-    for name in os.environ:
-        if not name.startswith(prefix) or len(name) == len(prefix):
-            continue
-        parts = name[len(prefix):].split("__")
-        table = out
-        for part in parts[:-1]:
-            table = table.setdefault(part, {})
-            if not isinstance(table, dict):
-                break
-        else:
-            table[parts[-1]] = True
-    return out
 
 
 def _canary(values: dict[str, Any]) -> CanarySettings:
@@ -325,21 +264,36 @@ def _voice_maps(value: Any) -> dict[str, dict[str, str]]:
     return {model: _str_map(voices, f"openai.voices.{model}") for model, voices in value.items()}
 
 
-def _layer_files(tree: Path) -> list[Path]:
-    first = tree / SETTINGS_FILE
-    if not first.is_file():
-        raise ConfigInvalid(f"the config folder has no {SETTINGS_FILE}",
-                            code=Code.CONFIG_UNREADABLE)
-    rest = sorted(p for p in tree.glob("*.toml") if p.name != SETTINGS_FILE)
-    return [first, *rest]
+def watch_settings_of(tree: Path, commit: str, local_file: Path | None) -> WatchSettings:
+    """The ``[watch]`` settings of a commit whose config as a whole may not load, validated on
+    their own: the watcher's settings while nothing serves (watch.py)."""
+    with _refusals(commit):
+        loaded = load_layers(tree, local_file, HOST_VALIDATORS)
+        loaded.settings.validators.validate(only=["watch"])
+    return _watch(_plain(loaded.settings)["watch"])
 
 
-def _check_toml(path: Path, label: str) -> dict[str, Any]:
-    """Parse once ourselves so a syntax error names the file and line."""
+def _watch(watch: dict[str, Any]) -> WatchSettings:
+    return WatchSettings(enabled=watch["enabled"], interval_s=float(watch["interval_s"]),
+                         remote=watch["remote"], fetch_timeout_s=float(watch["fetch_timeout_s"]))
+
+
+@contextlib.contextmanager
+def _refusals(commit: str) -> Iterator[None]:
+    """Dynaconf's errors as the host's: what does not validate, what cannot be read."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigInvalid(f"{label} is not valid TOML: {exc}", code=Code.INVALID_TOML) from None
+        yield
+    except ValidationError as exc:
+        raise ConfigInvalid(
+            f"commit {commit[:10]}: settings do not validate",
+            code=Code.VALIDATION_FAILED,
+            details=[str(d[1]) for d in exc.details] or [str(exc)],
+        ) from None
+    except ConfigInvalid:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Dynaconf raises many kinds on bad input
+        raise ConfigInvalid(f"commit {commit[:10]}: {exc}",
+                            code=Code.CONFIG_UNREADABLE) from None
 
 
 def _plain(settings: Dynaconf) -> dict[str, Any]:

@@ -43,8 +43,10 @@ def layer_of_each_key(keys: Iterable[str],
     setters: dict[str, Layer] = {}
     for layer, data in layers:
         for key in flatten(lower_top(data)):
-            setters[key] = layer
-    return {key: _setter(key, setters) for key in keys}
+            # Dynaconf's tables match keys whatever their case (ALLTALK_OUTPUTS__DIR sets
+            # outputs.dir), so a layer claims a key whatever case it wrote it in.
+            setters[key.lower()] = layer
+    return {key: _setter(key.lower(), setters) for key in keys}
 
 
 def _setter(key: str, setters: Mapping[str, Layer]) -> Layer:

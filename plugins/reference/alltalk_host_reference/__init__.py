@@ -67,6 +67,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 class ReferenceBackend(Backend):
     name = "reference"
+    path_settings = ("model_file",)  # inside models_dir when a commit sets them
     # "pitch" is a reserved option: a factor on the voice's pitch, on the contract's scale.
     capabilities = Capabilities(
         streaming=True, languages=("en", "de", "es", "fr", "it"), max_concurrency=2,

@@ -92,6 +92,7 @@ def _check_parameter(name: str, value: Any) -> float:
 
 class XttsBackend(Backend):
     name = "xtts"
+    path_settings = ("checkpoint", "voices_dir")  # inside models_dir when a commit sets them
     # One XTTS instance mixes audio under concurrent use: one request at a time per instance;
     # the model's `instances` setting loads more copies.
     capabilities = Capabilities(streaming=True, languages=XTTS_LANGUAGES, voice_cloning=True,

@@ -1,0 +1,115 @@
+"""Generated: hostile values in every string setting of the template, each committed and applied
+through a real host. Each commit is refused or harmless: no file or process appears outside the
+host's folders, and the host keeps serving.
+
+The settings are found by walking the template's TOML, so a setting added to the template is
+covered without touching this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import TEMPLATE, ConfigRepoHelper
+
+HOSTILE = {
+    "option": "--upload-pack=touch {sentinel}",
+    "subshell": "$(touch {sentinel})",
+    "semicolon": "x;touch {sentinel}",
+    "newline": "x\ntouch {sentinel}",
+    "nul": "x\u0000touch {sentinel}",
+    "dotdot": "../../../../../../..{sentinel}",
+    "absolute": "{sentinel}",
+    "token": "@format {{env[HOME]}}",
+    "long": "x" * 100_000,
+}
+# Relative names without '..': as a path, each stays inside its folder.
+PLAIN_NAMES = {"subshell", "semicolon"}
+
+
+def string_settings() -> list[tuple[str, str, Any]]:
+    """(file, dotted key, value as written) for every string, or list of strings, in the
+    template's TOML files."""
+    found = []
+
+    def walk(file: str, value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(file, item, f"{path}.{key}" if path else key)
+        elif isinstance(value, str) or (isinstance(value, list) and value
+                                        and all(isinstance(v, str) for v in value)):
+            found.append((file, path, value))
+
+    for toml in sorted(TEMPLATE.glob("*.toml")):
+        walk(toml.name, tomllib.loads(toml.read_text()), "")
+    return found
+
+
+SETTINGS = string_settings()
+
+
+def test_the_walk_finds_the_template_settings():
+    keys = {key for _, key, _ in SETTINGS}
+    assert {"default.watch.remote", "default.models_dir", "default.outputs.dir",
+            "default.models.joe.settings.voice_package", "default.models.xtts.settings.checkpoint",
+            "default.alltalk.preview_text", "default.http.cors_origins"} <= keys
+
+
+@pytest.fixture
+def template_repo(tmp_path: Path):
+    helper = ConfigRepoHelper(tmp_path / "template-config", reference=False)
+    yield helper
+    helper.repo.close()
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+async def test_hostile_values_in_every_string_setting_are_refused_or_harmless(
+        start_server, template_repo, tmp_path, monkeypatch, kind):
+    cwd = tmp_path / "cwd"  # relative folders a commit names land in the test's own folder
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("ALLTALK_OUTPUTS__DIR")  # the commit's outputs.dir is the one used
+    monkeypatch.setenv("ALLTALK_CONTROL_TOKEN", "s3cret-token")
+    headers = {"Authorization": "Bearer s3cret-token"}
+    sentinel = tmp_path / "sentinel"
+    value = HOSTILE[kind].format(sentinel=sentinel)
+    client = await start_server(config_repo=template_repo.path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    outcomes: dict[int, list[str]] = {}
+    for file, key, original in SETTINGS:
+        hostile: Any = [value] if isinstance(original, list) else value
+        commit = template_repo.change(f"{kind} in {key}", file, key, hostile)
+        resp = await client.post("/control/config/apply", json={"commit": commit},
+                                 headers=headers)
+        text = await resp.text()
+        assert resp.status in (200, 422), (key, resp.status, text[:300])
+        assert "s3cret-token" not in text
+        outcomes.setdefault(resp.status, []).append(key)
+        template_repo.change(f"restore {key}", file, key, original)
+    await wait_until(client, lambda s: s["apply_in_progress"] is None, headers=headers)
+    assert not sentinel.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "a file outside the host's folders"
+    # Whatever was accepted, the host still speaks.
+    resp = await client.post("/tts", json={"text": "Still here."}, headers=headers)
+    assert resp.status == 200, await resp.text()
+    # A git argument or an import: no hostile value is accepted. A model path: only one that
+    # is a plain relative name inside models_dir ("$(touch ..)" is a file name there).
+    refused = {"default.watch.remote", "default.models.joe.settings.voice_package"}
+    if kind not in PLAIN_NAMES:
+        refused |= {"default.models.test-voice.settings.model",
+                    "default.models.xtts.settings.checkpoint",
+                    "default.models.xtts.settings.voices_dir"}
+    assert not refused & set(outcomes.get(200, [])), outcomes
+
+
+async def wait_until(client, predicate, headers, timeout_s: float = 20.0) -> None:
+    """``conftest.wait_until`` with the control token."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate(await (await client.get("/control/status", headers=headers)).json()):
+        assert asyncio.get_running_loop().time() < deadline, "the host did not settle"
+        await asyncio.sleep(0.05)
