@@ -308,7 +308,11 @@ class Controller:
         started = time.monotonic()
         op = Operation(self.events, action, commit, who)
         op.phase("started")
-        await self.ledger.attempt(commit)
+        try:
+            await self.ledger.attempt(commit)
+        except BaseException as exc:  # not even the attempt saved: nothing was changed
+            op.failed_by(exc, still_serving=self._serving_commit())
+            raise
         try:
             op.phase("planning")
             if config is None:
@@ -316,10 +320,13 @@ class Controller:
             plan = self._plan(config, force_reload)
             prepared = await self.transaction.prepare(config, plan, op, beside_only)
         except Exception as exc:
-            error = await self._failed(exc, commit, who, action, started)
+            try:
+                error = await self._failed(exc, commit, who, action, started)
+            except BaseException as unsaved:  # the failure could not be recorded either
+                op.failed_by(unsaved, still_serving=self._serving_commit())
+                raise
             op.phase("failed", reason=error.message, code=error.code,
-                     still_serving=self.registry.serving.commit if self.registry.serving
-                     else None)
+                     still_serving=self._serving_commit())
             if error is exc:
                 raise
             raise error from exc
@@ -336,8 +343,9 @@ class Controller:
         try:
             await self.ledger.applied_ok(commit, who=who, action=action, duration_s=duration,
                                          pause_watch_at=pause_watch_at, branch_move=move)
-        except BaseException:
+        except BaseException as exc:  # not saved: the previous snapshot serves on
             await prepared.abort()
+            op.failed_by(exc, still_serving=self._serving_commit())
             raise
         result: dict[str, Any] = {
             "commit": commit, "result": "applied", "action": action,

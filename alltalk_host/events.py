@@ -21,10 +21,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import Code, HostError
+
 log = logging.getLogger(__name__)
 
 BUFFER = 500  # events kept for readers that reconnect
 OPERATION, MODEL, RESET = "operation", "model", "reset"
+TERMINAL = ("done", "failed")  # an operation's last phase: one of these, exactly once
 
 
 @dataclass(frozen=True)
@@ -132,10 +135,26 @@ class Operation:
         self.commit = commit
         self.who = who
         self.started = time.monotonic()
+        self.ended = False
 
     def phase(self, phase: str, **data: Any) -> None:
+        self.ended = self.ended or phase in TERMINAL
         if self.bus is not None:
             self.bus.publish(OPERATION, **self._fields(phase, data))
+
+    def failed_by(self, exc: BaseException, **data: Any) -> None:
+        """End with a ``failed`` phase that names ``exc``, unless it has ended already: for
+        what no step of the change expected (its state could not be saved), so whoever
+        follows it (the CLI, the web UI) is not left waiting for an end that never comes."""
+        if self.ended:
+            return
+        if isinstance(exc, HostError):
+            reason, code = exc.message, exc.code
+        elif isinstance(exc, asyncio.CancelledError):
+            reason, code = "interrupted: the host is stopping", Code.SHUTTING_DOWN
+        else:
+            reason, code = f"{type(exc).__name__}: {exc}", Code.INTERNAL_ERROR
+        self.phase("failed", reason=reason, code=code, **data)
 
     def phase_threadsafe(self, phase: str, **data: Any) -> None:
         if self.bus is not None:
