@@ -265,15 +265,16 @@ class Controller:
 
     async def reload_model(self, name: str, who: str) -> dict[str, Any]:
         """Load ``name`` again from disk at the serving commit, swapping it like any change."""
-        serving = self.registry.serving
-        if serving is None or name not in serving.generations:
-            known = serving is not None and name in serving.config.models
-            raise (Conflict if known else NotFound)(
-                f"model {name!r} is not loaded",
-                code=Code.MODEL_NOT_LOADED if known else Code.UNKNOWN_MODEL)
-
         async def run() -> dict[str, Any]:
-            with self._exclusive("reload-model", serving.commit, who):
+            with self._exclusive("reload-model", None, who) as busy:
+                # Read once the change is ours: a switch that ended meanwhile is not undone.
+                serving = self.registry.serving
+                if serving is None or name not in serving.generations:
+                    known = serving is not None and name in serving.config.models
+                    raise (Conflict if known else NotFound)(
+                        f"model {name!r} is not loaded",
+                        code=Code.MODEL_NOT_LOADED if known else Code.UNKNOWN_MODEL)
+                busy["commit"] = serving.commit
                 return await self._apply(serving.commit, who, "reload-model",
                                          force_reload={name})
         return await self._detached(run())
