@@ -92,12 +92,29 @@ class EventBus:
             return None
         return [e for e in self._events if e.id > after]
 
-    async def follow(self, after: int | None = None,
-                     heartbeat_s: float = 15.0) -> AsyncIterator[Event | None]:
+    def restarted(self, after: int | None) -> bool:
+        """Whether ``after`` is an id this bus never gave: the reader followed the host
+        before a restart (each process numbers its events from 1)."""
+        return after is not None and after > self._last
+
+    def follow(self, after: int | None = None,
+               heartbeat_s: float = 15.0) -> AsyncIterator[Event | None]:
         """Events after ``after`` (default: from now on), then each new one as it comes;
         ``None`` every ``heartbeat_s`` of silence. Ends when the bus closes. A reader too far
-        behind gets a ``reset`` event and continues from the newest."""
-        cursor = self._last if after is None else after
+        behind gets a ``reset`` event and continues from the newest; one from before a
+        restart (``restarted``) gets a ``reset`` event, then every event kept, as a reader
+        that starts afresh (``after=0``) does. Where it starts is decided now, not at the
+        first read, so a caller can tell the reader so first."""
+        if self.restarted(after):
+            return self._follow(0, heartbeat_s, Event(self._last, RESET, {
+                "reason": "the host restarted and numbers its events afresh; reload the "
+                          "state and follow on"}))
+        return self._follow(self._last if after is None else after, heartbeat_s)
+
+    async def _follow(self, cursor: int, heartbeat_s: float,
+                      first: Event | None = None) -> AsyncIterator[Event | None]:
+        if first is not None:
+            yield first
         while not self._closed:
             waiter = self._changed
             events = self.since(cursor)
