@@ -148,3 +148,30 @@ async def test_a_canary_whose_promotion_cannot_be_saved_ends_and_the_stable_serv
     saved = StateStore(tmp_path / "state").load()
     assert saved.applied == stable and new not in saved.known_good and saved.canary is None
     stream.close()
+
+
+async def test_a_canary_whose_start_cannot_be_saved_does_not_start(start_server, config_repo,
+                                                                   tmp_path):
+    client = await start_server()
+    stable = config_repo.initial
+    new = config_repo.change("slow to load", "models.toml",
+                             "default.models.reference.settings.load_seconds", 1.0)
+    stream = await client.get("/control/events")
+    await read_events(stream, lambda e: e["event"] == "hello")
+    apply = asyncio.create_task(client.post(
+        "/control/config/apply", json={"commit": new, "canary": {"duration_s": 300}}))
+    await read_events(stream, lambda e: e.get("phase") == "loading")
+    blocked = block(tmp_path / "state")
+    resp = await apply
+    assert resp.status // 100 == 5
+    events = await ended(stream)
+    assert events[-1]["phase"] == "failed" and events[-1]["still_serving"] == stable
+    status = await (await client.get("/control/status")).json()
+    assert not status["canary"]["running"] and status["serving_commit"] == stable
+    resp = await client.post("/tts", json={"text": "Hi."}, headers={"X-AllTalk-Canary":
+                                                                      "canary"})
+    assert resp.headers["X-AllTalk-Commit"] == stable
+    shutil.rmtree(blocked)
+    await (await client.post("/control/config/apply", json={"commit": stable})).read()
+    assert StateStore(tmp_path / "state").load().canary is None
+    stream.close()
