@@ -11,6 +11,7 @@ Everything here runs on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -290,6 +291,13 @@ def server_side(exc: BaseException) -> bool:
     return not isinstance(exc, HostError) or exc.status >= 500
 
 
+def stopped(exc: BaseException) -> bool:
+    """A request stopped on purpose: Stop pressed (``/api/stop-generation``: 409 cancelled) or
+    the client gone (its task cancelled). No arm failed, and it must not be run again."""
+    return isinstance(exc, asyncio.CancelledError) or (
+        isinstance(exc, HostError) and exc.code == Code.CANCELLED)
+
+
 class Arms:
     """Where requests go: the stable arm, or a running canary's to its share. One per host,
     shared by the speech service (routing, measuring) and the rollout (starting, ending)."""
@@ -315,7 +323,13 @@ class Arms:
         """``attempt(arm)`` on the arm this request goes to. A canary attempt that fails (it
         raises only before its first byte) is tried once more on the stable arm and counts
         as a canary error, unless the stable arm refuses the request too (a 4xx: the
-        request, not the canary, was wrong). Successes are counted by ``attempt``."""
+        request, not the canary, was wrong). A stopped request (``stopped``) ends there: it
+        is neither run again nor counted. Successes are counted by ``attempt``.
+
+        A client error on the canary is still asked of the stable arm, which checks it before
+        it queues (so a bad request costs nothing more): a canary that refuses what the
+        stable arm serves (a voice or a language it dropped) is the canary's failure, and
+        its clients are served meanwhile."""
         if self.choose() == STABLE:
             try:
                 return await attempt(STABLE)
@@ -325,8 +339,10 @@ class Arms:
                 raise
         try:
             return await attempt(CANARY)
-        # Any failure; a CancelledError is none (a client that left is no canary error).
-        except Exception as exc:  # noqa: BLE001
+        # Any failure; a CancelledError (a client that left) is none and passes through.
+        except Exception as exc:
+            if stopped(exc):  # run again on stable, a Stop would be ignored
+                raise
             first = exc
         try:
             result = await attempt(STABLE)

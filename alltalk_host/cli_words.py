@@ -162,8 +162,9 @@ def rollout_words(result: dict[str, Any]) -> str:
     refused = [r for r in replicas if r.get("state") == "failed"]
     took = [r for r in replicas if r.get("state") != "failed"]
     back = result.get("rolled_back_to")
+    # No replica refused it: it did not finish (a timeout, Ray gave up or went away).
     lines = [f"rollout of {commit} failed: {len(refused)} of {len(replicas)} replicas "
-             f"refused it"]
+             f"refused it" if refused else f"rollout of {commit} failed: {result.get('reason')}"]
     for r in refused:
         error = r.get("last_error") or {}
         lines.append(f"  {r.get('replica')}: refused it ({error.get('reason', '?')}), "
@@ -171,7 +172,11 @@ def rollout_words(result: dict[str, Any]) -> str:
     for r in took:
         lines.append(f"  {r.get('replica')}: took it"
                      + (f", then went back to {short(back)}" if back else ""))
-    if back:
+    if back and result.get("rollback_pending"):
+        lines.append(f"rolled back to {short(back)}: Ray declares it again, but the replicas "
+                     f"had not all taken it yet ({result['rollback_pending']}); see "
+                     "`alltalk-host ray status`")
+    elif back:
         lines.append(f"rolled back to {short(back)}; the fleet now:")
         lines.append(table(result.get("after_rollback") or []))
     else:

@@ -266,15 +266,16 @@ class Controller:
 
     async def reload_model(self, name: str, who: str) -> dict[str, Any]:
         """Load ``name`` again from disk at the serving commit, swapping it like any change."""
-        serving = self.registry.serving
-        if serving is None or name not in serving.generations:
-            known = serving is not None and name in serving.config.models
-            raise (Conflict if known else NotFound)(
-                f"model {name!r} is not loaded",
-                code=Code.MODEL_NOT_LOADED if known else Code.UNKNOWN_MODEL)
-
         async def run() -> dict[str, Any]:
-            with self._exclusive("reload-model", serving.commit, who):
+            with self._exclusive("reload-model", None, who) as busy:
+                # Read once the change is ours: a switch that ended meanwhile is not undone.
+                serving = self.registry.serving
+                if serving is None or name not in serving.generations:
+                    known = serving is not None and name in serving.config.models
+                    raise (Conflict if known else NotFound)(
+                        f"model {name!r} is not loaded",
+                        code=Code.MODEL_NOT_LOADED if known else Code.UNKNOWN_MODEL)
+                busy["commit"] = serving.commit
                 return await self._apply(serving.commit, who, "reload-model",
                                          force_reload={name})
         return await self._detached(run())
@@ -309,7 +310,11 @@ class Controller:
         started = time.monotonic()
         op = Operation(self.events, action, commit, who)
         op.phase("started")
-        await self.ledger.attempt(commit)
+        try:
+            await self.ledger.attempt(commit)
+        except BaseException as exc:  # not even the attempt saved: nothing was changed
+            op.failed_by(exc, still_serving=self._serving_commit())
+            raise
         try:
             op.phase("planning")
             if config is None:
@@ -317,10 +322,13 @@ class Controller:
             plan = self._plan(config, force_reload)
             prepared = await self.transaction.prepare(config, plan, op, beside_only)
         except Exception as exc:
-            error = await self._failed(exc, commit, who, action, started)
+            try:
+                error = await self._failed(exc, commit, who, action, started)
+            except BaseException as unsaved:  # the failure could not be recorded either
+                op.failed_by(unsaved, still_serving=self._serving_commit())
+                raise
             op.phase("failed", reason=error.message, code=error.code,
-                     still_serving=self.registry.serving.commit if self.registry.serving
-                     else None)
+                     still_serving=self._serving_commit())
             if error is exc:
                 raise
             raise error from exc
@@ -337,8 +345,9 @@ class Controller:
         try:
             await self.ledger.applied_ok(commit, who=who, action=action, duration_s=duration,
                                          pause_watch_at=pause_watch_at, branch_move=move)
-        except BaseException:
+        except BaseException as exc:  # not saved: the previous snapshot serves on
             await prepared.abort()
+            op.failed_by(exc, still_serving=self._serving_commit())
             raise
         result: dict[str, Any] = {
             "commit": commit, "result": "applied", "action": action,

@@ -21,10 +21,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import Code, HostError
+
 log = logging.getLogger(__name__)
 
 BUFFER = 500  # events kept for readers that reconnect
 OPERATION, MODEL, RESET = "operation", "model", "reset"
+TERMINAL = ("done", "failed")  # an operation's last phase: one of these, exactly once
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,29 @@ class EventBus:
             return None
         return [e for e in self._events if e.id > after]
 
-    async def follow(self, after: int | None = None,
-                     heartbeat_s: float = 15.0) -> AsyncIterator[Event | None]:
+    def restarted(self, after: int | None) -> bool:
+        """Whether ``after`` is an id this bus never gave: the reader followed the host
+        before a restart (each process numbers its events from 1)."""
+        return after is not None and after > self._last
+
+    def follow(self, after: int | None = None,
+               heartbeat_s: float = 15.0) -> AsyncIterator[Event | None]:
         """Events after ``after`` (default: from now on), then each new one as it comes;
         ``None`` every ``heartbeat_s`` of silence. Ends when the bus closes. A reader too far
-        behind gets a ``reset`` event and continues from the newest."""
-        cursor = self._last if after is None else after
+        behind gets a ``reset`` event and continues from the newest; one from before a
+        restart (``restarted``) gets a ``reset`` event, then every event kept, as a reader
+        that starts afresh (``after=0``) does. Where it starts is decided now, not at the
+        first read, so a caller can tell the reader so first."""
+        if self.restarted(after):
+            return self._follow(0, heartbeat_s, Event(self._last, RESET, {
+                "reason": "the host restarted and numbers its events afresh; reload the "
+                          "state and follow on"}))
+        return self._follow(self._last if after is None else after, heartbeat_s)
+
+    async def _follow(self, cursor: int, heartbeat_s: float,
+                      first: Event | None = None) -> AsyncIterator[Event | None]:
+        if first is not None:
+            yield first
         while not self._closed:
             waiter = self._changed
             events = self.since(cursor)
@@ -132,10 +152,26 @@ class Operation:
         self.commit = commit
         self.who = who
         self.started = time.monotonic()
+        self.ended = False
 
     def phase(self, phase: str, **data: Any) -> None:
+        self.ended = self.ended or phase in TERMINAL
         if self.bus is not None:
             self.bus.publish(OPERATION, **self._fields(phase, data))
+
+    def failed_by(self, exc: BaseException, **data: Any) -> None:
+        """End with a ``failed`` phase that names ``exc``, unless it has ended already: for
+        what no step of the change expected (its state could not be saved), so whoever
+        follows it (the CLI, the web UI) is not left waiting for an end that never comes."""
+        if self.ended:
+            return
+        if isinstance(exc, HostError):
+            reason, code = exc.message, exc.code
+        elif isinstance(exc, asyncio.CancelledError):
+            reason, code = "interrupted: the host is stopping", Code.SHUTTING_DOWN
+        else:
+            reason, code = f"{type(exc).__name__}: {exc}", Code.INTERNAL_ERROR
+        self.phase("failed", reason=reason, code=code, **data)
 
     def phase_threadsafe(self, phase: str, **data: Any) -> None:
         if self.bus is not None:

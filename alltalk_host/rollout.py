@@ -104,8 +104,9 @@ class Rollout:
         run = CanaryRun(commit, stable.commit, spec, settings, who)
         try:
             await self.ledger.canary_started(run.to_state(), who=who, duration_s=prepared_s)
-        except BaseException:
+        except BaseException as exc:  # not saved: no canary, the stable snapshot serves on
             await prepared.abort()
+            op.failed_by(exc, still_serving=stable.commit)
             raise
         # Nothing awaited from here on: the registry and the arms start it together.
         self.registry.start_canary(prepared.serving)
@@ -130,8 +131,9 @@ class Rollout:
                 await self.ledger.applied_ok(run.commit, who=who, action="canary",
                                              duration_s=run.ran_s,
                                              extra={"canary": summary, "reason": reason})
-            except BaseException:
+            except BaseException as exc:
                 self._end(promote=False)  # not saved as applied: the stable commit serves on
+                op.failed_by(exc, still_serving=run.stable_commit)
                 raise
             op.phase("switching")
             self._end(promote=True)
@@ -149,10 +151,10 @@ class Rollout:
             try:
                 await self.ledger.failed(run.commit, who=who, action="canary", reason=reason,
                                          duration_s=run.ran_s, extra={"canary": summary})
-            finally:
+            finally:  # aborted even if not recorded: a restart aborts what the state holds
                 self._end(promote=False)
-            op.phase("failed", reason=reason, code=Code.CANARY_ABORTED,
-                     still_serving=run.stable_commit)
+                op.phase("failed", reason=reason, code=Code.CANARY_ABORTED,
+                         still_serving=run.stable_commit)
             log.warning("canary of %s aborted by %s: %s; %s serves on", run.commit[:10], who,
                         reason, run.stable_commit[:10])
             return {"commit": run.commit, "result": "aborted", "action": "canary",

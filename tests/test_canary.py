@@ -468,3 +468,46 @@ async def test_the_cli_applies_a_commit_as_a_canary(start_server, config_repo):
     assert (await client.post("/control/canary/abort", json={})).status == 200
     assert words.change({"result": "canary", "commit": "3f2a9c1dead", "loaded": {},
                          "canary": {}}).startswith("canary 3f2a9c1 serves ? % of requests")
+
+
+async def test_stop_during_a_canary_stops_the_request_and_counts_no_error(start_server,
+                                                                          config_repo):
+    """Stop (``/api/stop-generation``) on a request the canary serves: it ends cancelled at
+    once, is not served again by the stable arm, and is no canary error."""
+    config_repo.set("settings.toml", "default.warmup_text", "Hi.")
+    config_repo.commit("short warm-up")
+    client = await start_server()
+    slow = config_repo.change("slow", "models.toml", "default.models.reference.settings.rtf",
+                              3.0)  # the canary's only: its own generation, three times slow
+    await canary_of(client, slow, duration_s=300)
+    task = asyncio.create_task(client.post("/tts", headers={CANARY: "canary"}, json={
+        "text": "A long sentence that would take a long while to speak out loud."}))
+    await wait_until(client, lambda s: any(m.get("in_flight") for m in s["models"]))
+    await client.put("/api/stop-generation")
+    resp = await asyncio.wait_for(task, timeout=10)  # far less than the ~15 s it would take
+    assert resp.status == 409 and (await error_of(resp))["code"] == "cancelled"
+    arms = (await canary_state(client))["arms"]
+    assert (arms["canary"]["requests"], arms["canary"]["errors"]) == (0, 0)
+    assert arms["stable"]["requests"] == 0  # not served again by the stable arm
+    assert (await client.post("/control/canary/abort", json={})).status == 200
+
+
+async def test_client_errors_on_the_canary_count_only_when_the_stable_arm_serves_them(
+        start_server, config_repo):
+    """A voice no arm has is the request's fault: refused, no arm's error. A voice the
+    canary dropped is the canary's: the stable arm serves it, and the canary is charged."""
+    client = await start_server()
+    fewer = config_repo.change("one voice", "models.toml",
+                               "default.models.reference.settings.voices", ["female_01"])
+    await canary_of(client, fewer, duration_s=300)
+    forced = {CANARY: "canary"}
+    resp = await client.post("/tts", json={"text": "Hi.", "voice": "nobody"}, headers=forced)
+    assert resp.status == 404 and (await error_of(resp))["code"] == "unknown_voice"
+    arms = (await canary_state(client))["arms"]
+    assert [arms[a][k] for a in ("canary", "stable") for k in ("requests", "errors")] == [
+        0, 0, 0, 0]
+    resp = await client.post("/tts", json={"text": "Hi.", "voice": "male_01"}, headers=forced)
+    assert resp.status == 200 and resp.headers["X-AllTalk-Arm"] == "stable"
+    arms = (await canary_state(client))["arms"]
+    assert (arms["canary"]["requests"], arms["canary"]["errors"]) == (1, 1)
+    assert (await client.post("/control/canary/abort", json={})).status == 200

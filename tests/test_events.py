@@ -128,3 +128,37 @@ async def test_stopping_the_server_ends_open_event_streams(start_server):
     # at once instead.
     await asyncio.wait_for(client.server.close(), 15)
     assert await asyncio.wait_for(stream.content.read(), 5) == b""
+
+
+async def test_a_reader_from_before_a_restart_is_told_to_start_over(start_server, config_repo):
+    """Ids begin at 1 in each process: a page that followed the host before it restarted
+    reconnects with an id above the last. It is told to reload (a ``reset``, and the hello
+    says so), gets what the new process has done, then follows on."""
+    client = await start_server()
+    for value in (901, 902):  # the first run does more than the second will before it
+        commit = config_repo.change("limit", "settings.toml", "default.max_text_length", value)
+        assert (await client.post("/control/config/apply",
+                                  json={"commit": commit})).status == 200
+    stream = await client.get("/control/events")
+    seen = (await read_events(stream, lambda e: e["event"] == "hello"))[-1]["last_id"]
+    stream.close()
+    await client.close()
+
+    client = await start_server()
+    again = await client.get("/control/events", headers={"Last-Event-ID": str(seen)})
+    hello = (await read_events(again, lambda e: e["event"] == "hello"))[-1]
+    assert hello["reset"] is True and hello["last_id"] < seen
+    events = await asyncio.wait_for(read_events(again, lambda e: e.get("phase") == "done"), 10)
+    assert events[0]["event"] == "reset" and "restarted" in events[0]["reason"]
+    assert events[-1]["action"] == "startup" and events[-1]["commit"] == commit
+    assert [e["id"] for e in events[1:]] == list(range(1, len(events)))
+    commit = config_repo.change("limit", "settings.toml", "default.max_text_length", 903)
+    assert (await client.post("/control/config/apply", json={"commit": commit})).status == 200
+    follow = await asyncio.wait_for(read_events(again, lambda e: e.get("phase") == "done"), 10)
+    assert follow[-1]["commit"] == commit and follow[-1]["id"] > hello["last_id"]
+    again.close()
+    # A reader that is merely up to date is not told to reset.
+    current = await client.get("/control/events",
+                               headers={"Last-Event-ID": str(follow[-1]["id"])})
+    assert (await read_events(current, lambda e: e["event"] == "hello"))[-1]["reset"] is False
+    current.close()

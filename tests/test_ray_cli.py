@@ -196,6 +196,42 @@ def test_deploy_apply_refuse_rollback(cluster: Cluster, repo: ConfigRepoHelper,
 
 @needs_ray
 @pytest.mark.timeout(300)
+def test_a_rollout_that_times_out_declares_the_previous_commit_again(
+        cluster: Cluster, repo: ConfigRepoHelper, tmp_path: Path) -> None:
+    """A replica slower than --timeout: the commit is recorded failed, Ray declares the
+    previous one again, and the replica, once its load ends, goes back to it instead of
+    staying on the failed commit."""
+    good = repo.change("audible, quick", "models.toml",
+                       "default.models.reference.settings.amplitude", 0.3)
+    slow = repo.change("slow to load", "models.toml",
+                       "default.models.reference.settings.load_seconds", 12)
+    state = ["--state-dir", str(tmp_path / "state")]
+    run = ray_cli("deploy", "--config-repo", str(repo.path), "--replicas", "1",
+                  "--plugins", "reference", "--commit", good, *state, *cluster.flags(),
+                  cwd=tmp_path)
+    assert run.code == 0, run
+
+    run = ray_cli("apply", slow, "--timeout", "3", *state, *cluster.flags(), cwd=tmp_path)
+    assert run.code == 1, run
+    assert f"rollout of {slow[:7]} failed: the fleet did not settle" in run.out, run
+    assert f"rolled back to {good[:7]}" in run.out, run
+    declared = json.dumps(cluster.applications()[APP_NAME]["deployed_app_config"])
+    assert good in declared and slow not in declared, declared
+    ledger = json.loads((tmp_path / "state" / "fleet" / "state.json").read_text())
+    assert ledger["applied"] == good and slow in ledger["failed"], ledger
+
+    deadline = time.monotonic() + 120
+    while True:
+        run = ray_cli("status", "--json", *state, *cluster.flags(), cwd=tmp_path)
+        replicas = json.loads(run.out)["replicas"] if run.code == 0 else []
+        if [(r["commit"], r["target"]) for r in replicas] == [(good, good)]:
+            break
+        assert time.monotonic() < deadline, (run, replicas)
+        time.sleep(2)
+
+
+@needs_ray
+@pytest.mark.timeout(300)
 def test_a_first_deploy_that_fails_is_reported_and_recorded(
         cluster: Cluster, repo: ConfigRepoHelper, tmp_path: Path) -> None:
     """No replica has a commit to keep, so each one raises and Ray gives up on the

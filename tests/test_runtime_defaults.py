@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from alltalk_host import Audio, SpeechRequest, hookimpl
+from alltalk_host_reference import ReferenceBackend
+
 from .conftest import dominant_pitch, error_of, read_wav
 
 TEXT = "Hello there, how are you today?"
@@ -95,3 +98,39 @@ async def test_a_switch_to_a_model_lacking_its_default_voice_fails_with_nothing_
     assert "reference-low" in error["message"] and "female_01" in error["message"]
     assert config_repo.head == base
     assert await speak(client) == before
+
+
+class HeardBackend(ReferenceBackend):
+    """The reference backend, noting the language each request was spoken in."""
+
+    name = "heard"
+    languages: list[str] = []
+
+    def synthesize(self, request: SpeechRequest) -> Audio:
+        HeardBackend.languages.append(request.language)
+        return super().synthesize(request)
+
+
+class HeardPlugin:
+    @staticmethod
+    @hookimpl
+    def alltalk_host_register_backends(register):  # type: ignore[no-untyped-def]
+        register(HeardBackend)
+
+
+async def test_a_new_default_language_is_spoken_and_said_on_alltalk_routes(start_server,
+                                                                           config_repo):
+    """AllTalk's routes speak a language the model lacks in its default, and say which in
+    X-AllTalk-Language: after a runtime-only change, the new default, in both."""
+    config_repo.set("models.toml", "default.models.reference.backend", "heard")
+    config_repo.commit("a backend that tells what it heard")
+    client = await start_server(extra_plugins=[("heard", HeardPlugin)])
+    commit = config_repo.change("German by default", "models.toml",
+                                "default.models.reference.default_language", "de")
+    assert (await apply(client, commit)).status == 200
+    resp = await client.post("/api/tts-generate", data={"text_input": "Ahoj.",
+                                                         "language": "cs"})
+    assert (await resp.json())["status"] == "generate-success"
+    assert resp.headers["X-AllTalk-Commit"] == commit
+    assert resp.headers["X-AllTalk-Language"] == "de; model reference does not speak cs"
+    assert HeardBackend.languages[-1] == "de"

@@ -10,6 +10,9 @@ place, a few at a time, each calling ``reconfigure`` while the others serve.
 
 A rollout: deploy the commit; wait until every replica has taken it or failed it; if any
 failed, deploy the previous known-good commit again, so the fleet converges on one commit.
+So too when the fleet does not settle in time, Ray gives up, or Ray cannot be reached in
+mid-rollout: what Ray declares (``user_config``) may name the failed commit, and replicas
+would keep converging on it.
 The fleet's own ledger (``<state dir>/fleet/state.json``, the single host's format) records
 the attempt, the result and the known-good commits.
 """
@@ -129,8 +132,9 @@ class Fleet:
     # --- commands ----------------------------------------------------------------------------
 
     async def apply(self, ref: str, who: str = "ray", action: str = "apply") -> dict[str, Any]:
-        """Roll ``ref`` out; on any replica's failure, roll the fleet back to the previous
-        known-good commit. The result says what each replica did."""
+        """Roll ``ref`` out; on any replica's failure, or a rollout that cannot finish, roll
+        the fleet back to the previous known-good commit. The result says what each replica
+        did."""
         commit = await self._run_io(self.repo.resolve, ref)
         await self._app_details()  # Ray answers, before anything is recorded
         previous = self.ledger.applied
@@ -139,12 +143,18 @@ class Fleet:
         try:
             await self._deploy(commit)
             replicas = await self.wait_settled(commit)
-        except RolloutError as exc:
-            # Ray refused the deploy, gave up on it, or the fleet did not settle in time: the
-            # commit is recorded failed, as a single host records an apply that raised.
-            await self.ledger.failed(commit, who=who, action=action, reason=str(exc),
+        except (RolloutError, aiohttp.ClientError, TimeoutError) as exc:
+            # Ray refused the deploy, gave up on it, could not be reached, or the fleet did
+            # not settle in time: the commit is recorded failed, as a single host records an
+            # apply that raised.
+            reason = _reason(exc)
+            await self.ledger.failed(commit, who=who, action=action, reason=reason,
                                      duration_s=time.monotonic() - started)
-            raise
+            if previous is None or previous == commit:
+                raise RolloutError(reason) from exc
+            result = {"commit": commit, "result": "failed", "reason": reason, "replicas": [],
+                      "duration_s": round(time.monotonic() - started, 3)}
+            return await self._roll_back(result, previous, who)
         failed = {r["replica"]: r["last_error"] for r in replicas if r["state"] == "failed"}
         duration = time.monotonic() - started
         if not failed:
@@ -154,17 +164,35 @@ class Fleet:
         reason = "; ".join(f"{rid}: {e['reason']}" for rid, e in failed.items() if e)
         await self.ledger.failed(commit, who=who, action=action, reason=reason,
                                  duration_s=duration)
-        result: dict[str, Any] = {"commit": commit, "result": "failed", "reason": reason,
-                                  "replicas": replicas, "duration_s": round(duration, 3)}
-        if previous is not None:
-            # Every replica on the old commit again: those that took the new one go back,
-            # those that failed it confirm the commit they kept serving.
+        result = {"commit": commit, "result": "failed", "reason": reason,
+                  "replicas": replicas, "duration_s": round(duration, 3)}
+        if previous is None:
+            return result
+        return await self._roll_back(result, previous, who)
+
+    async def _roll_back(self, result: dict[str, Any], previous: str,
+                         who: str) -> dict[str, Any]:
+        """Every replica on the old commit again: those that took the new one go back, those
+        that failed it confirm the commit they kept serving; Ray declares the old one."""
+        commit = result["commit"]
+        try:
             await self._deploy(previous)
-            result["rolled_back_to"] = previous
+        except (RolloutError, aiohttp.ClientError, TimeoutError) as exc:
+            raise RolloutError(f"{commit[:10]} failed ({result['reason']}), and so did "
+                               f"deploying {previous[:10]} again: {_reason(exc)}; Ray may "
+                               f"still declare {commit[:10]}") from exc
+        result = {**result, "rolled_back_to": previous}
+        try:
             result["after_rollback"] = await self.wait_settled(previous)
-            self.ledger.record_only(commit=previous, who=who, action="rollback",
-                                    result="applied", reason=f"{commit[:10]} failed")
-            await self.ledger.save()
+        except (RolloutError, aiohttp.ClientError, TimeoutError) as exc:
+            # Declared: the replicas converge on it as they can (one still loading the failed
+            # commit takes it after), but not within this command's wait.
+            result["rollback_pending"] = _reason(exc)
+        settled = "rollback_pending" not in result
+        self.ledger.record_only(commit=previous, who=who, action="rollback",
+                                result="applied" if settled else "declared",
+                                reason=f"{commit[:10]} failed")
+        await self.ledger.save()
         return result
 
     async def rollback(self, who: str = "ray") -> dict[str, Any]:
@@ -183,6 +211,8 @@ class Fleet:
     # --- Ray's REST API and the replicas -----------------------------------------------------
 
     async def _deploy(self, commit: str) -> None:
+        """Declare ``commit`` as the application's ``user_config``; RolloutError if Ray
+        refuses, aiohttp.ClientError or TimeoutError if it cannot be told."""
         async with self._http.put(self.dashboard + APPS_PATH, json=self.spec.deploy_config(commit),
                                   headers=self._auth) as resp:
             if resp.status != 200:
@@ -265,3 +295,11 @@ class Fleet:
 
     async def _run_io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+
+def _reason(exc: BaseException) -> str:
+    """A failed rollout's reason, in words: a RolloutError says its own; a failure to reach
+    Ray names its kind, as aiohttp's often say nothing (ServerDisconnectedError)."""
+    if isinstance(exc, RolloutError):
+        return str(exc)
+    return f"Ray could not be reached: {type(exc).__name__}: {exc}".rstrip(": ")

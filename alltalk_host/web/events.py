@@ -4,7 +4,9 @@ A control route (it shows what the host is doing, commits included), so it has t
 its token; pages read it with ``fetch`` (the browser's ``EventSource`` cannot send a token).
 A reader that reconnects sends the last id it saw (``Last-Event-ID``, or ``?after=N``) and gets
 what it missed from the buffer; a ``reset`` event tells one that fell too far behind to reload
-the status. A ``heartbeat`` every 15 s of quiet keeps proxies from closing the stream.
+the status, and so does one that sends an id above the last (it followed the host before a
+restart: ids begin at 1 in each process), whose ``hello`` also says ``"reset": true``. A
+``heartbeat`` every 15 s of quiet keeps proxies from closing the stream.
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})  # nginx: do not hold events back
+    # Both decided before anything is awaited, so the hello and the events agree.
+    hello = {"last_id": bus.last_id, "time": time.time(), "reset": bus.restarted(after)}
+    following = bus.follow(after, heartbeat_s=HEARTBEAT_S)
     await response.prepare(request)
-    hello = {"last_id": bus.last_id, "time": time.time()}
     await response.write(f"event: hello\ndata: {json.dumps(hello)}\n\n".encode())
     try:
-        async for event in bus.follow(after, heartbeat_s=HEARTBEAT_S):
+        async for event in following:
             await response.write(frame(event))
     except ConnectionError:
         return response  # the reader went away

@@ -111,10 +111,14 @@ export class EventStream {
     }
     if (frame.id !== undefined && frame.id !== "") this.lastId = Number(frame.id);
     if (kind === "hello") {
-      if (this.replayedUntil === 0) this.replayedUntil = data.last_id || 0;
+      // A restarted host numbers its events afresh (reset): what it sends first is history,
+      // as on a first connection; its "reset" event has the page reload its view.
+      if (this.replayedUntil === 0 || data.reset) this.replayedUntil = data.last_id || 0;
       this.onState("live");
     }
     const id = frame.id ? Number(frame.id) : null;
-    this.onEvent({kind, id, data, replayed: id !== null && id <= this.replayedUntil});
+    // A reset always asks for a reload, whatever its id.
+    const replayed = kind !== "reset" && id !== null && id <= this.replayedUntil;
+    this.onEvent({kind, id, data, replayed});
   }
 }

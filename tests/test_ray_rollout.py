@@ -1,0 +1,124 @@
+"""The fleet's rollout (ray/rollout.Fleet) against a stand-in for Ray's REST API and Serve proxy
+on loopback: what it does when a rollout cannot finish, without a Ray cluster. The stand-in
+speaks the few calls the rollout makes (GET and PUT /api/serve/applications/, each replica's
+/ray/status); tests/test_ray_cli.py runs the same rollouts on a real local cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from alltalk_host.ray.front import REPLICA_HEADER, STATUS_PATH
+from alltalk_host.ray.rollout import APP_NAME, APPS_PATH, DEPLOYMENT, Fleet, FleetSpec
+from alltalk_host.state import StateStore
+
+from .conftest import ConfigRepoHelper
+
+
+class StandInRay:
+    """One application with one replica. A replica takes each commit Ray declares at once,
+    except those in ``stuck`` (it never settles on them); a deploy of a commit in
+    ``unreachable`` breaks the connection, as a dashboard that goes away does."""
+
+    def __init__(self) -> None:
+        self.declared: list[str] = []  # every user_config commit Ray was told, in order
+        self.serving: str | None = None
+        self.stuck: set[str] = set()
+        self.unreachable: set[str] = set()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(APPS_PATH, self.applications)
+        app.router.add_put(APPS_PATH, self.deploy)
+        app.router.add_get(STATUS_PATH, self.status)
+        return app
+
+    async def applications(self, request: web.Request) -> web.Response:
+        if not self.declared:
+            return web.json_response({"applications": {}})
+        replicas = [{"replica_id": "r1", "state": "RUNNING"}]
+        return web.json_response({"applications": {APP_NAME: {
+            "status": "RUNNING", "deployments": {DEPLOYMENT: {"replicas": replicas}}}}})
+
+    async def deploy(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        (deployment,) = body["applications"][0]["deployments"]
+        commit = deployment["user_config"]["commit"]
+        if commit in self.unreachable:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        self.declared.append(commit)
+        if commit not in self.stuck:
+            self.serving = commit
+        return web.json_response({})
+
+    async def status(self, request: web.Request) -> web.Response:
+        target = self.declared[-1]
+        state = "starting" if target in self.stuck else "serving"
+        body: dict[str, Any] = {"replica": "r1", "state": state, "commit": self.serving,
+                                "target": target, "last_error": None}
+        return web.json_response(body, headers={REPLICA_HEADER: "r1"})
+
+
+@pytest.fixture
+async def fleet(aiohttp_server, config_repo: ConfigRepoHelper, tmp_path):
+    ray = StandInRay()
+    server = await aiohttp_server(ray.app())
+    url = str(server.make_url("/")).rstrip("/")
+    spec = FleetSpec(config_repo=config_repo.path, state_dir=tmp_path / "state", replicas=1)
+    async with Fleet(spec, url, url, timeout_s=1.5) as fleet:
+        first = await fleet.apply(config_repo.initial)
+        assert first["result"] == "applied"
+        yield fleet, ray
+
+
+def saved(fleet: Fleet):
+    return StateStore(fleet.spec.state_dir / "fleet").load()
+
+
+async def test_a_rollout_that_times_out_declares_the_previous_commit_again(
+        fleet, config_repo: ConfigRepoHelper):
+    fleet, ray = fleet
+    stuck = config_repo.change("never settles", "settings.toml", "default.max_text_length", 901)
+    ray.stuck.add(stuck)
+    result = await fleet.apply(stuck)
+    assert result["result"] == "failed" and "did not settle" in result["reason"]
+    assert result["rolled_back_to"] == config_repo.initial
+    # Ray declares the previous commit again: no replica goes on converging on the failed one.
+    assert ray.declared == [config_repo.initial, stuck, config_repo.initial]
+    assert [r["target"] for r in result["after_rollback"]] == [config_repo.initial]
+    state = saved(fleet)
+    assert state.applied == config_repo.initial and stuck in state.failed
+    assert "did not settle" in state.failed[stuck]["reason"]
+
+
+async def test_a_deploy_that_cannot_reach_ray_is_recorded_failed_with_its_reason(
+        fleet, config_repo: ConfigRepoHelper):
+    fleet, ray = fleet
+    lost = config_repo.change("Ray goes away", "settings.toml", "default.max_text_length", 902)
+    ray.unreachable.add(lost)
+    result = await fleet.apply(lost)
+    assert result["result"] == "failed"
+    assert result["reason"].startswith("Ray could not be reached: ServerDisconnectedError")
+    assert result["rolled_back_to"] == config_repo.initial
+    assert ray.declared[-1] == config_repo.initial
+    state = saved(fleet)
+    assert state.applied == config_repo.initial and state.failed[lost]["reason"] == \
+        result["reason"]
+
+
+async def test_a_rollback_that_does_not_settle_in_time_is_still_declared(
+        fleet, config_repo: ConfigRepoHelper):
+    """A replica still loading the failed commit takes the previous one after it: the
+    rollback is declared, and the result says the fleet had not settled yet."""
+    fleet, ray = fleet
+    stuck = config_repo.change("never settles", "settings.toml", "default.max_text_length", 903)
+    ray.stuck.update({stuck, config_repo.initial})  # nothing settles any more
+    result = await fleet.apply(stuck)
+    assert result["result"] == "failed" and result["rolled_back_to"] == config_repo.initial
+    assert "did not settle" in result["rollback_pending"] and "after_rollback" not in result
+    assert ray.declared[-1] == config_repo.initial
+    assert saved(fleet).history[-1]["result"] == "declared"
