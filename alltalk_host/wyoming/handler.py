@@ -11,10 +11,18 @@ the event that ends the request (``audio-stop``, or ``synthesize-stopped`` at th
 stream): a client that does not read ``error`` events (Home Assistant's) ends the request
 instead of waiting, and the connection stays usable for the next one. Every request is
 logged with the commit and model generation that served it; the protocol has no headers.
+
+A peer's mistakes are its own: an event that breaks the protocol or passes the size limit
+(``events.py``) is answered with an ``error`` event and the connection closes; a stream that
+holds a model's slot and then goes quiet for ``wyoming_idle_timeout_s`` ends with an ``error``
+and ``synthesize-stopped``, its slot given back, and the connection closes. Each is one INFO
+line in the log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from contextlib import aclosing
@@ -41,6 +49,7 @@ from ..errors import BadRequest, Code, HostError
 from ..host import Host
 from ..speech import Provenance, SpeechInput, Utterance
 from ..text import has_speakable
+from .events import BadEvent, read_event, text_of, voice_of
 from .sentences import SentenceBuffer
 from .voices import choose, describe
 
@@ -69,8 +78,8 @@ class _Stream:
     """A streaming request between ``synthesize-start`` and ``synthesize-stop``."""
 
     voice: SynthesizeVoice | None
+    sentences: SentenceBuffer
     request: _Request = field(default_factory=lambda: _Request("stream"))
-    sentences: SentenceBuffer = field(default_factory=SentenceBuffer)
     text: list[str] = field(default_factory=list)
     utterance: Utterance | None = None
     failed: bool = False
@@ -82,7 +91,37 @@ class SpeechHandler(AsyncEventHandler):
         self.host = host
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a local client"
+        self.limits = host.options.limits
         self._stream: _Stream | None = None
+
+    async def run(self) -> None:
+        """Events until the peer closes, or breaks the protocol, or goes quiet mid-stream.
+        (wyoming's own loop reads events with no limit: see events.py.)"""
+        try:
+            while (event := await self._next_event()) is not None:
+                await self.handle_event(event)
+        except BadEvent as exc:
+            await self._refuse_event(exc)
+        finally:
+            await self.disconnect()
+            self.writer.close()
+
+    async def _next_event(self) -> Event | None:
+        """The next event; while a stream holds a model's slot, within the idle limit."""
+        idle = self.limits.wyoming_idle_timeout_s
+        stream = self._stream
+        holding = stream is not None and stream.utterance is not None and not stream.failed
+        try:
+            async with asyncio.timeout(idle if holding else None):
+                return await read_event(self.reader, self.limits.wyoming_max_event_bytes, idle)
+        except TimeoutError:
+            assert stream is not None
+            self._stream = None
+            await self._stream_failed(stream, BadRequest(
+                f"the stream sent nothing for {idle:g} s while holding the model "
+                "(wyoming_idle_timeout_s)", code=Code.IDLE_TIMEOUT))
+            await self.write_event(SynthesizeStopped().event())
+            return None
 
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
@@ -109,7 +148,7 @@ class SpeechHandler(AsyncEventHandler):
     async def _synthesize(self, event: Event) -> None:
         request = _Request("synthesize")
         try:
-            text, voice = _text(event.data), _voice(event.data)
+            text, voice = text_of(event.data), voice_of(event.data)
             stream = await self.host.speech.stream(self._input(text, voice))
         except HostError as exc:
             await self._fail(request, exc)
@@ -147,25 +186,34 @@ class SpeechHandler(AsyncEventHandler):
             # A client that starts again without stopping: the unfinished stream ends here.
             await self._stop_stream()
         try:
-            voice = _voice(event.data)
+            voice = voice_of(event.data)
+            # The text limit is the config's at the start; the splitter never reads more.
+            limit = self.host.registry.require_serving().config.max_text_length
         except HostError as exc:  # the stream is refused at once; its text is dropped
-            self._stream = _Stream(voice=None)
+            self._stream = _Stream(voice=None, sentences=SentenceBuffer())
             await self._stream_failed(self._stream, exc)
             return
-        self._stream = _Stream(voice=voice)
+        self._stream = _Stream(voice=voice, sentences=SentenceBuffer(limit))
 
     async def _stream_chunk(self, event: Event) -> None:
         stream = self._stream
         if stream is None:
             await self._refuse("synthesize-chunk without synthesize-start")
             return
+        if stream.failed:
+            return  # after an error the rest is dropped
         try:
-            text = _text(event.data)
+            text = text_of(event.data)
+            sentences = stream.sentences.add(text)
         except HostError as exc:
-            await self._stream_failed(stream, exc)
+            if exc.code == Code.TEXT_TOO_LONG:  # what came within the limit is said first
+                for sentence in stream.sentences.finish():
+                    await self._speak(stream, sentence)
+            if not stream.failed:
+                await self._stream_failed(stream, exc)
             return
         stream.text.append(text)
-        for sentence in stream.sentences.add(text):
+        for sentence in sentences:
             await self._speak(stream, sentence)
 
     async def _stop_stream(self) -> None:
@@ -254,6 +302,13 @@ class SpeechHandler(AsyncEventHandler):
                                               channels=CHANNELS,
                                               audio=pcm[offset:offset + step]).event())
 
+    async def _refuse_event(self, exc: BadEvent) -> None:
+        """A broken event: one line, an ``error`` if the peer still listens, and the end."""
+        log.info("wyoming event from %s refused, closing the connection: %s (%s)", self.peer,
+                 exc.message, exc.code)
+        with contextlib.suppress(ConnectionError):
+            await self.write_event(Error(exc.message, exc.code).event())
+
     async def _refuse(self, message: str) -> None:
         await self._fail(_Request("event"), BadRequest(message, code=Code.BAD_REQUEST))
 
@@ -282,22 +337,3 @@ class SpeechHandler(AsyncEventHandler):
 def _served_by(request: _Request) -> str:
     p = request.provenance
     return f" ({p.model_label}, commit {p.commit[:10]})" if p else ""
-
-
-def _text(data: dict[str, Any]) -> str:
-    text = data.get("text")
-    if not isinstance(text, str):
-        raise BadRequest("the event needs a text (a string)", code=Code.MISSING_FIELD)
-    return text
-
-
-def _voice(data: dict[str, Any]) -> SynthesizeVoice | None:
-    raw = data.get("voice")
-    if raw is None:
-        return None
-    fields = ("name", "language", "speaker")
-    if not isinstance(raw, dict) or not all(
-            isinstance(raw.get(k), str | None) for k in fields):
-        raise BadRequest("voice must be an object of strings (name, language, speaker)",
-                         code=Code.BAD_FIELD)
-    return SynthesizeVoice.from_dict(raw)
