@@ -215,7 +215,7 @@ def test_unknown_events_are_ignored_as_wyoming_piper_does(live, caplog):
 
 
 def test_a_stop_after_white_space_is_spoken_not_a_crash(live, caplog):
-    events, _ = exchange(live.port, event_bytes("synthesize", {"text": "\t. Hello there."}),
+    events, _ = exchange(live.port, event_bytes("synthesize", {"text": "Hi.\n\n\t. Hello there."}),
                          until="audio-stop")
     assert not errors(events) and any(e.type == "audio-chunk" for e in events)
     assert_quiet_log(caplog)
