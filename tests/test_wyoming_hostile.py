@@ -14,8 +14,9 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -48,35 +49,53 @@ class Live:
 
 
 @pytest.fixture
-def live(host_options, config_repo, caplog) -> Iterator[Live]:
-    """A host with one slot and no queue, and its Wyoming server, on a loop in a thread."""
-    config_repo.model("reference", max_concurrency=1)
-    config_repo.set("settings.toml", "default.queue_limit", 0)
-    config_repo.commit("tests: one slot, no queue")
-    caplog.set_level(logging.INFO)
-    limits = EdgeLimits(wyoming_max_event_bytes=MAX_EVENT, wyoming_idle_timeout_s=IDLE_S)
-    host = Host(host_options(limits=limits))
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(host))
-    loop.run_until_complete(runner.setup())  # starts the host
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    port = sock.getsockname()[1]
-    server = WyomingServer(host, Address.parse(f"tcp://127.0.0.1:{port}"), [sock])
-    loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    for _ in range(400):
-        if host.registry.serving is not None:
-            break
-        time.sleep(0.05)
-    yield Live(host, port, loop)
-    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=60)
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=60)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=60)
-    loop.close()
+def make_live(host_options, config_repo, caplog) -> Iterator[Callable[..., Live]]:
+    """Start a host with one slot and no queue (and ``settings``, dotted keys of
+    settings.toml), and its Wyoming server, on a loop in a thread."""
+    stops: list[Callable[[], None]] = []
+
+    def start(**settings: Any) -> Live:
+        config_repo.model("reference", max_concurrency=1)
+        config_repo.set("settings.toml", "default.queue_limit", 0)
+        for key, value in settings.items():
+            config_repo.set("settings.toml", f"default.{key}", value)
+        config_repo.commit("tests: one slot, no queue")
+        caplog.set_level(logging.INFO)
+        limits = EdgeLimits(wyoming_max_event_bytes=MAX_EVENT, wyoming_idle_timeout_s=IDLE_S)
+        host = Host(host_options(limits=limits))
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(create_app(host))
+        loop.run_until_complete(runner.setup())  # starts the host
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        port = sock.getsockname()[1]
+        server = WyomingServer(host, Address.parse(f"tcp://127.0.0.1:{port}"), [sock])
+        loop.run_until_complete(server.start())
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=60)
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=60)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=60)
+            loop.close()
+        stops.append(stop)
+        for _ in range(400):
+            if host.registry.serving is not None:
+                break
+            time.sleep(0.05)
+        return Live(host, port, loop)
+
+    yield start
+    for stop in stops:
+        stop()
+
+
+@pytest.fixture
+def live(make_live) -> Live:
+    return make_live()
 
 
 def event_bytes(kind: str, data: dict | None = None, payload: bytes = b"") -> bytes:
@@ -233,6 +252,20 @@ def test_a_chunk_of_60000_dots_is_refused_by_the_text_limit_at_once(live, caplog
     assert errors(events) == ["text_too_long"]
     assert_quiet_log(caplog)
     assert served(live.port)
+
+
+def test_a_chunk_of_60000_dots_within_a_large_limit_is_split_without_stopping_the_host(
+        make_live, caplog):
+    # The issue's reproduction: this chunk held HTTP and Wyoming for 47 s.
+    live = make_live(max_text_length=1_000_000)
+    dots = "Hi. " + "." * 60_000 + " Bye."
+    started = time.monotonic()
+    events, _ = exchange(live.port, event_bytes("synthesize-start")
+                         + event_bytes("synthesize-chunk", {"text": dots})
+                         + event_bytes("synthesize-stop"), until="synthesize-stopped")
+    assert time.monotonic() - started < 10
+    assert not errors(events) and any(e.type == "audio-chunk" for e in events)
+    assert_quiet_log(caplog)
 
 
 def test_a_quiet_stream_that_holds_the_model_ends_and_gives_its_slot_back(live, caplog):
