@@ -24,9 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wyoming.event import Event, read_event
 
+from alltalk_host.errors import BadRequest
 from alltalk_host.host import Host
 from alltalk_host.limits import EdgeLimits
 from alltalk_host.web.app import create_app
+from alltalk_host.wyoming.sentences import SentenceBuffer
 from alltalk_host.wyoming.server import Address, WyomingServer
 
 IDLE_S = 2.0
@@ -339,3 +341,13 @@ def test_generated_events_never_log_a_traceback_and_the_host_goes_on(live, caplo
     assert_quiet_log(caplog)
     assert live.running() == 0
     assert served(live.port)
+
+
+def test_the_sentence_buffer_refuses_text_past_its_limit_before_splitting_it():
+    buffer = SentenceBuffer(limit=20)
+    assert buffer.add("Hello there. ") == []
+    with pytest.raises(BadRequest) as refused:
+        buffer.add("." * 60_000)
+    assert refused.value.code == "text_too_long"
+    assert buffer.add(" " * 7) == []  # within the limit: taken, and completes nothing
+    assert buffer.finish() == ["Hello there."]

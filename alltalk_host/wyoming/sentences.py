@@ -32,6 +32,10 @@ class SentenceBuffer:
                              details={"length": self._length + len(text), "limit": self._limit})
         self._length += len(text)
         self._tail += text
+        if text.isspace():
+            # Completes nothing, and the tail (otherwise one sentence, cut at 400 characters)
+            # could grow with it to the limit, to be split again at every piece.
+            return []
         sentences = split_sentences(self._tail)
         if len(sentences) < 2:
             return []
