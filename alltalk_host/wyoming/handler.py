@@ -12,17 +12,13 @@ stream): a client that does not read ``error`` events (Home Assistant's) ends th
 instead of waiting, and the connection stays usable for the next one. Every request is
 logged with the commit and model generation that served it; the protocol has no headers.
 
-A peer's mistakes are its own: an event that breaks the protocol or passes the size limit
-(``events.py``) is answered with an ``error`` event and the connection closes; a stream that
-holds a model's slot and then goes quiet for ``wyoming_idle_timeout_s`` ends with an ``error``
-and ``synthesize-stopped``, its slot given back, and the connection closes. Each is one INFO
-line in the log.
+Events are read within the limits by ``connection.py``. A stream that holds a model's slot and
+then goes quiet for ``wyoming_idle_timeout_s`` ends with an ``error`` (``idle_timeout``) and
+``synthesize-stopped``, its slot given back, and the connection closes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from contextlib import aclosing
@@ -33,7 +29,6 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe
-from wyoming.server import AsyncEventHandler
 from wyoming.tts import (
     Synthesize,
     SynthesizeChunk,
@@ -49,7 +44,8 @@ from ..errors import BadRequest, Code, HostError
 from ..host import Host
 from ..speech import Provenance, SpeechInput, Utterance
 from ..text import has_speakable
-from .events import BadEvent, read_event, text_of, voice_of
+from .connection import LimitedConnection
+from .events import text_of, voice_of
 from .sentences import SentenceBuffer
 from .voices import choose, describe
 
@@ -85,43 +81,23 @@ class _Stream:
     failed: bool = False
 
 
-class SpeechHandler(AsyncEventHandler):
+class SpeechHandler(LimitedConnection):
     def __init__(self, reader: Any, writer: Any, host: Host) -> None:
-        super().__init__(reader, writer)
+        super().__init__(reader, writer, host.options.limits)
         self.host = host
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a local client"
-        self.limits = host.options.limits
         self._stream: _Stream | None = None
 
-    async def run(self) -> None:
-        """Events until the peer closes, or breaks the protocol, or goes quiet mid-stream.
-        (wyoming's own loop reads events with no limit: see events.py.)"""
-        try:
-            while (event := await self._next_event()) is not None:
-                await self.handle_event(event)
-        except BadEvent as exc:
-            await self._refuse_event(exc)
-        finally:
-            await self.disconnect()
-            self.writer.close()
-
-    async def _next_event(self) -> Event | None:
-        """The next event; while a stream holds a model's slot, within the idle limit."""
-        idle = self.limits.wyoming_idle_timeout_s
+    def holding(self) -> bool:
         stream = self._stream
-        holding = stream is not None and stream.utterance is not None and not stream.failed
-        try:
-            async with asyncio.timeout(idle if holding else None):
-                return await read_event(self.reader, self.limits.wyoming_max_event_bytes, idle)
-        except TimeoutError:
-            assert stream is not None
-            self._stream = None
-            await self._stream_failed(stream, BadRequest(
-                f"the stream sent nothing for {idle:g} s while holding the model "
-                "(wyoming_idle_timeout_s)", code=Code.IDLE_TIMEOUT))
-            await self.write_event(SynthesizeStopped().event())
-            return None
+        return stream is not None and stream.utterance is not None and not stream.failed
+
+    async def went_quiet(self, idle_s: float) -> None:
+        stream, self._stream = self._stream, None
+        assert stream is not None  # holding() said so
+        await self._stream_failed(stream, BadRequest(
+            f"the stream sent nothing for {idle_s:g} s while holding the model "
+            "(wyoming_idle_timeout_s)", code=Code.IDLE_TIMEOUT))
+        await self.write_event(SynthesizeStopped().event())
 
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
@@ -301,13 +277,6 @@ class SpeechHandler(AsyncEventHandler):
             await self.write_event(AudioChunk(rate=chunk.sample_rate, width=WIDTH,
                                               channels=CHANNELS,
                                               audio=pcm[offset:offset + step]).event())
-
-    async def _refuse_event(self, exc: BadEvent) -> None:
-        """A broken event: one line, an ``error`` if the peer still listens, and the end."""
-        log.info("wyoming event from %s refused, closing the connection: %s (%s)", self.peer,
-                 exc.message, exc.code)
-        with contextlib.suppress(ConnectionError):
-            await self.write_event(Error(exc.message, exc.code).event())
 
     async def _refuse(self, message: str) -> None:
         await self._fail(_Request("event"), BadRequest(message, code=Code.BAD_REQUEST))
