@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .plugins import discover
     from .web.access import AccessLogger
     from .web.app import create_app
+    from .web.deadlines import server_args
 
     if args.log_format not in ("text", "json"):
         print(f"error: the log format is text or json, not {args.log_format!r} "
@@ -77,7 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app.cleanup_ctx.append(_lifetime_of(wyoming))
         serving += f" and {wyoming.address.uri} (Wyoming)"
     # handler_cancellation: a client that disconnects cancels its own generation.
-    web.run_app(app, sock=sockets, handler_cancellation=True, access_log_class=AccessLogger,
+    web.run_app(app, sock=sockets, handler_cancellation=True, **server_args(options.limits),
+                access_log_class=AccessLogger,
                 access_log=logging.getLogger("alltalk_host.access"),
                 print=lambda _: print(f"alltalk-host {__version__} serving on {serving}",
                                       flush=True))

@@ -94,6 +94,12 @@ class Code(StrEnum):
     HTTP_ERROR = "http_error"
     HOST_NOT_ALLOWED = "host_not_allowed"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    BODY_TIMEOUT = "body_timeout"
+    # the Wyoming boundary: an event that breaks the protocol, one beyond the size limit, a
+    # stream that went quiet while holding a model
+    MALFORMED_EVENT = "malformed_event"
+    EVENT_TOO_LARGE = "event_too_large"
+    IDLE_TIMEOUT = "idle_timeout"
     # generic, per HTTP status
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
@@ -158,6 +164,13 @@ class Conflict(HostError):
 class PayloadTooLarge(HostError):
     status = 413
     code: str = Code.BODY_TOO_LARGE
+
+
+class RequestTimeout(HostError):
+    """A client that stopped sending in the middle of its request."""
+
+    status = 408
+    code: str = Code.BODY_TIMEOUT
 
 
 class UnsupportedMediaType(HostError):

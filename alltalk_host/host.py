@@ -21,6 +21,7 @@ from .config.settings import ENV_PREFIX
 from .control import Controller
 from .errors import Code, ConfigInvalid
 from .events import EventBus
+from .limits import EdgeLimits
 from .metrics import Metrics
 from .plugins import BackendCatalog, discover
 from .registry import ModelRegistry
@@ -57,6 +58,8 @@ class HostOptions:
     # Told which commit to serve by a fleet (a Ray Serve replica's user_config): no start-up
     # choice of commit and no branch watch; it serves nothing until its first apply.
     directed: bool = False
+    # What one HTTP or Wyoming peer may send, and how slowly (limits.py).
+    limits: EdgeLimits = field(default_factory=EdgeLimits)
     extra_plugins: list[tuple[str, object]] = field(default_factory=list)
 
     @property
@@ -90,6 +93,7 @@ class HostOptions:
                              or _local_flag(local, "behind_proxy", opts.local_path))
         if env.get(f"{ENV_PREFIX}_METRICS", "").strip().lower() in OFF:
             opts.metrics = False
+        opts.limits = EdgeLimits.from_settings(env, local, ENV_PREFIX)
         return opts
 
 

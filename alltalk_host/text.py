@@ -7,7 +7,9 @@ text; narrator mode and the streaming routes split the same way, so they use thi
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterator
 
 # Words that end with a full stop without ending a sentence.
 ABBREVIATIONS = frozenset({
@@ -18,9 +20,18 @@ ABBREVIATIONS = frozenset({
     "e.g", "i.e", "a.m", "p.m", "cf", "al",
 })
 # A sentence end: terminal punctuation (and closing quotes/brackets), then white space.
-_END = re.compile(r"""[.!?\u2026]+["'\u201d\u2019)\]]*(?=\s)""")
+# Linear on any input: the look-behind starts a match only at the first mark of a run, and the
+# possessive runs never give back what they took. (Without them a run of 60,000 dots took
+# 47 s: every start inside the run rescanned the rest of it.) Giving back could not have found
+# a match anyway: after a shorter run the next character is another mark, not white space.
+_END = re.compile(r"""(?<![.!?\u2026])[.!?\u2026]++["'\u201d\u2019)\]]*+(?=\s)""")
+_NEXT = re.compile(r"\s*(\S)")
+_SPACES_FROM = re.compile(r"\s*")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 _CLAUSE = re.compile(r"[,;:\u2013\u2014]\s")
+# How far back from a full stop an abbreviation is looked for: longer than any of them with
+# its opening quotes, and a bound, so a long word before a stop is not read again per stop.
+_WORD_WINDOW = 32
 
 DEFAULT_MAX_CHARS = 400
 
@@ -32,40 +43,59 @@ def split_sentences(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
     lower-case word ("Wait... what?"), after common abbreviations ("Dr.", "e.g.") and after
     single initials ("J. Smith"); and at blank lines. An
     over-long sentence is cut at its last clause mark (``,;:`` or a dash), else at a space,
-    before ``max_chars``.
+    before ``max_chars``. Time linear in the length of ``text``, whatever it holds.
     """
     sentences: list[str] = []
     for paragraph in _BLANK_LINE.split(text):
         start = 0
         for match in _END.finditer(paragraph):
-            candidate = paragraph[start:match.end()]
-            following = paragraph[match.end():].lstrip()[:1]
-            if following.islower() or _ends_with_abbreviation(candidate):
+            following = _NEXT.match(paragraph, match.end())
+            if (following and following.group(1).islower()) or _ends_with_abbreviation(
+                    paragraph, start, match):
                 continue
-            sentences.extend(_limit(candidate.strip(), max_chars))
+            sentence = paragraph[start:match.end()].strip()
+            if len(sentence) <= max_chars:  # the usual case, without building a list
+                sentences.append(sentence)
+            else:
+                sentences.extend(_limit(sentence, max_chars))
             start = match.end()
         sentences.extend(_limit(paragraph[start:].strip(), max_chars))
     return [s for s in sentences if s]
 
 
-def _ends_with_abbreviation(candidate: str) -> bool:
-    if not candidate.endswith("."):
+def _ends_with_abbreviation(paragraph: str, start: int, match: re.Match[str]) -> bool:
+    """Whether the sentence ``paragraph[start:match.end()]`` ends with an abbreviation or an
+    initial's full stop: the word before the stops, looked for within ``_WORD_WINDOW``."""
+    marks = match.group()
+    if not marks.endswith("."):
         return False
-    word = candidate.rstrip(".").rsplit(None, 1)[-1].lower() if candidate.strip(". ") else ""
-    word = word.lstrip("(\"'\u201c\u2018")
+    stops = len(marks) - len(marks.rstrip("."))
+    end = match.end() - stops
+    low = max(start, end - _WORD_WINDOW)
+    window = paragraph[low:end]
+    words = window.rsplit(None, 1)
+    if not words:
+        return False
+    if len(words) == 1 and low > start and not window[0].isspace() \
+            and not paragraph[low - 1].isspace():
+        return False  # a word longer than the window: no abbreviation
+    word = words[-1].lower().lstrip("(\"'\u201c\u2018")
     return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
 
 
 def _limit(sentence: str, max_chars: int) -> list[str]:
+    """``sentence`` (stripped) in pieces of at most ``max_chars``; each piece is copied once,
+    so a long sentence costs its length, not its length times its pieces."""
     pieces = []
-    while len(sentence) > max_chars:
-        window = sentence[:max_chars]
+    position = 0
+    while len(sentence) - position > max_chars:
+        window = sentence[position:position + max_chars]
         cut = max((m.end() for m in _CLAUSE.finditer(window)), default=0)
         if cut < max_chars // 3:  # no useful clause mark: fall back to the last space
             cut = window.rfind(" ") + 1 or max_chars
-        pieces.append(sentence[:cut].strip())
-        sentence = sentence[cut:].strip()
-    pieces.append(sentence)
+        pieces.append(window[:cut].strip())
+        position = _SPACES_FROM.match(sentence, position + cut).end()
+    pieces.append(sentence[position:])
     return [p for p in pieces if p]
 
 
@@ -127,7 +157,8 @@ def has_speakable(text: str) -> bool:
 
 # --- filtering (AllTalk's text_filtering) ---------------------------------------------------
 
-_TAG = re.compile(r"<[^>]{0,500}>")
+# A tag holds no "<": each "<" is looked at once, so "<<<<..." costs its length.
+_TAG = re.compile(r"<[^<>]{0,500}+>")
 _MARKUP = re.compile(r"[*_~`#|\\^]+")
 _URL = re.compile(r"https?://\S+")
 _SPACES = re.compile(r"[ \t\u00a0]+")
@@ -160,7 +191,34 @@ def strip_html(text: str) -> str:
 
 # --- narrator mode ------------------------------------------------------------------------
 
-_SEGMENT = re.compile(r'"[^"]*"|\u201c[^\u201d]*\u201d|\*[^*]*\*')
+# What each quoted or marked piece opens and closes with.
+_CLOSER = {'"': '"', "\u201c": "\u201d", "*": "*"}
+
+
+@functools.lru_cache(maxsize=8)
+def _openers(kinds: str) -> re.Pattern[str]:
+    return re.compile(f"[{re.escape(kinds)}]")
+
+
+def _pieces(text: str) -> Iterator[tuple[int, int]]:
+    """Start and end of each piece in double quotes or between asterisks, left to right.
+
+    Once a kind of opener has no closer after it, no later one of its kind has one either:
+    it is not looked for again. (A pattern such as ``\u201c[^\u201d]*\u201d`` searched for
+    every opener anew, so a text of 100,000 unclosed quotes took minutes.)
+    """
+    kinds, position = "".join(_CLOSER), 0
+    while kinds:
+        opener = _openers(kinds).search(text, position)
+        if opener is None:
+            return
+        close = text.find(_CLOSER[opener.group()], opener.end())
+        if close < 0:
+            kinds = kinds.replace(opener.group(), "")
+            position = opener.start() + 1
+            continue
+        yield opener.start(), close + 1
+        position = close + 1
 
 
 def narrator_segments(text: str, not_inside: str = "narrator") -> list[tuple[str, str]]:
@@ -175,23 +233,23 @@ def narrator_segments(text: str, not_inside: str = "narrator") -> list[tuple[str
                          f"{not_inside!r}")
     pieces: list[tuple[str, str]] = []
     position = 0
-    for match in _SEGMENT.finditer(text):
-        pieces.append((not_inside, text[position:match.start()]))
-        quoted = match.group(0)
-        role = "narrator" if quoted.startswith("*") else "character"
-        pieces.append((role, quoted[1:-1]))
-        position = match.end()
+    for start, end in _pieces(text):
+        pieces.append((not_inside, text[position:start]))
+        role = "narrator" if text[start] == "*" else "character"
+        pieces.append((role, text[start + 1:end - 1]))
+        position = end
     pieces.append((not_inside, text[position:]))
-    merged: list[tuple[str, str]] = []
+    # Joined once at the end: adding to a string per piece costs the square of the pieces.
+    merged: list[tuple[str, list[str]]] = []
     for role, piece in pieces:
         piece = piece.strip(" \t\n*\"\u201c\u201d")
         if role == "silent" or not has_speakable(piece):
             continue
         if merged and merged[-1][0] == role:
-            merged[-1] = (role, f"{merged[-1][1]} {piece}")
+            merged[-1][1].append(piece)
         else:
-            merged.append((role, piece))
-    return merged
+            merged.append((role, [piece]))
+    return [(role, " ".join(parts)) for role, parts in merged]
 
 
 def filtered_segments(text: str, filtering: str,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from alltalk_host.text import first_clause, split_sentences
+from alltalk_host.text import filter_text, filtered_segments, first_clause, split_sentences
 
 
 @pytest.mark.parametrize(
@@ -89,3 +91,53 @@ def test_a_sentence_that_should_stay_whole_is_not_cut(sentence):
 
 def test_max_words_zero_turns_the_cut_off():
     assert first_clause("When the first sentence runs long, the listener waits.", 4, 0) is None
+
+
+# --- hostile text: linear time, whatever it holds ----------------------------------------------
+# One Wyoming chunk of 60,000 dots once held the event loop for 47 s (every start inside a run
+# of marks rescanned the rest of it). Measured here on 2 shared cores: about 20 ms for 1 MB
+# of marks without white space, under 0.1 s for 100 kB of marks with white space (a Python
+# step per sentence end); the old splitter took 4.7 s for 20,000 dots. The bound is generous
+# so a busy machine does not fail the test; a quadratic splitter misses it by hours.
+MB = 1_000_000
+NO_SPACE = {
+    "dots": "." * MB,
+    "marks": ("!?.\u2026" * MB)[:MB],
+    "quotes after each dot": ("." + '"' * 999) * (MB // 1000),
+    "brackets after a run of dots": "." * (MB // 2) + ")]\u201d" * (MB // 6),
+    "one word": "x" * MB,
+}
+SPACED = {
+    "dot space": ". " * 50_000,
+    "lower case after each stop": "a. " * 33_000,
+    "abbreviations": "Dr. " * 25_000,
+    "initials": "J. " * 33_000,
+    "tab dot": "\t. " * 33_000,
+    "a long word before each stop": ("x" * 5000 + ". ") * 20,
+    "clause marks": ", " * 50_000,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text", [*NO_SPACE.values(), *SPACED.values()],
+                         ids=[*NO_SPACE, *SPACED])
+def test_hostile_text_splits_in_linear_time(text):
+    started = time.perf_counter()
+    pieces = split_sentences(text)
+    assert time.perf_counter() - started < 1.0
+    assert all(len(p) <= 400 for p in pieces)
+
+
+def test_a_stop_after_nothing_but_white_space_is_no_crash():
+    # "\t." once raised IndexError, a traceback in the log for one Wyoming chunk.
+    assert split_sentences("\t. Hello.") == [".", "Hello."]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text", ["\u201c" * MB, "*" * MB, '"a"' * (MB // 3), "<" * MB],
+                         ids=["unclosed quotes", "asterisks", "quoted pieces", "tag opens"])
+def test_narrator_mode_and_filtering_take_linear_time(text):
+    started = time.perf_counter()
+    filtered_segments(text, "html", "narrator")
+    filter_text(text, "html")
+    assert time.perf_counter() - started < 3.0

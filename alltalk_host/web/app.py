@@ -26,6 +26,7 @@ from . import (
 from .access import echo_request_id, request_id_middleware
 from .arms import arm_middleware
 from .cors import CONTROL, PUBLIC, add_cors_headers, preflight
+from .deadlines import body_deadline_middleware
 from .errors import Handler, error_middleware
 from .guard import ControlRoutes, guard
 from .keys import DELIVERIES, HOST, OUTPUTS, ROUTE_KINDS, SEEN_DELIVERIES
@@ -48,8 +49,8 @@ CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
 
 def create_app(host: Host) -> web.Application:
     app = web.Application(middlewares=[request_id_middleware, metrics.metrics_middleware,
-                                       error_middleware, body_limit_middleware,
-                                       arm_middleware])
+                                       error_middleware, body_deadline_middleware,
+                                       body_limit_middleware, arm_middleware])
     app[HOST] = host
     app[OUTPUTS] = OutputStores()
     app[DELIVERIES] = deque(maxlen=SEEN_DELIVERIES)

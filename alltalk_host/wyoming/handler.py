@@ -11,6 +11,10 @@ the event that ends the request (``audio-stop``, or ``synthesize-stopped`` at th
 stream): a client that does not read ``error`` events (Home Assistant's) ends the request
 instead of waiting, and the connection stays usable for the next one. Every request is
 logged with the commit and model generation that served it; the protocol has no headers.
+
+Events are read within the limits by ``connection.py``. A stream that holds a model's slot and
+then goes quiet for ``wyoming_idle_timeout_s`` ends with an ``error`` (``idle_timeout``) and
+``synthesize-stopped``, its slot given back, and the connection closes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe
-from wyoming.server import AsyncEventHandler
 from wyoming.tts import (
     Synthesize,
     SynthesizeChunk,
@@ -41,6 +44,8 @@ from ..errors import BadRequest, Code, HostError
 from ..host import Host
 from ..speech import Provenance, SpeechInput, Utterance
 from ..text import has_speakable
+from .connection import LimitedConnection
+from .events import text_of, voice_of
 from .sentences import SentenceBuffer
 from .voices import choose, describe
 
@@ -69,20 +74,30 @@ class _Stream:
     """A streaming request between ``synthesize-start`` and ``synthesize-stop``."""
 
     voice: SynthesizeVoice | None
+    sentences: SentenceBuffer
     request: _Request = field(default_factory=lambda: _Request("stream"))
-    sentences: SentenceBuffer = field(default_factory=SentenceBuffer)
     text: list[str] = field(default_factory=list)
     utterance: Utterance | None = None
     failed: bool = False
 
 
-class SpeechHandler(AsyncEventHandler):
+class SpeechHandler(LimitedConnection):
     def __init__(self, reader: Any, writer: Any, host: Host) -> None:
-        super().__init__(reader, writer)
+        super().__init__(reader, writer, host.options.limits)
         self.host = host
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a local client"
         self._stream: _Stream | None = None
+
+    def holding(self) -> bool:
+        stream = self._stream
+        return stream is not None and stream.utterance is not None and not stream.failed
+
+    async def went_quiet(self, idle_s: float) -> None:
+        stream, self._stream = self._stream, None
+        assert stream is not None  # holding() said so
+        await self._stream_failed(stream, BadRequest(
+            f"the stream sent nothing for {idle_s:g} s while holding the model "
+            "(wyoming_idle_timeout_s)", code=Code.IDLE_TIMEOUT))
+        await self.write_event(SynthesizeStopped().event())
 
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
@@ -109,7 +124,7 @@ class SpeechHandler(AsyncEventHandler):
     async def _synthesize(self, event: Event) -> None:
         request = _Request("synthesize")
         try:
-            text, voice = _text(event.data), _voice(event.data)
+            text, voice = text_of(event.data), voice_of(event.data)
             stream = await self.host.speech.stream(self._input(text, voice))
         except HostError as exc:
             await self._fail(request, exc)
@@ -147,25 +162,34 @@ class SpeechHandler(AsyncEventHandler):
             # A client that starts again without stopping: the unfinished stream ends here.
             await self._stop_stream()
         try:
-            voice = _voice(event.data)
+            voice = voice_of(event.data)
+            # The text limit is the config's at the start; the splitter never reads more.
+            limit = self.host.registry.require_serving().config.max_text_length
         except HostError as exc:  # the stream is refused at once; its text is dropped
-            self._stream = _Stream(voice=None)
+            self._stream = _Stream(voice=None, sentences=SentenceBuffer())
             await self._stream_failed(self._stream, exc)
             return
-        self._stream = _Stream(voice=voice)
+        self._stream = _Stream(voice=voice, sentences=SentenceBuffer(limit))
 
     async def _stream_chunk(self, event: Event) -> None:
         stream = self._stream
         if stream is None:
             await self._refuse("synthesize-chunk without synthesize-start")
             return
+        if stream.failed:
+            return  # after an error the rest is dropped
         try:
-            text = _text(event.data)
+            text = text_of(event.data)
+            sentences = stream.sentences.add(text)
         except HostError as exc:
-            await self._stream_failed(stream, exc)
+            if exc.code == Code.TEXT_TOO_LONG:  # what came within the limit is said first
+                for sentence in stream.sentences.finish():
+                    await self._speak(stream, sentence)
+            if not stream.failed:
+                await self._stream_failed(stream, exc)
             return
         stream.text.append(text)
-        for sentence in stream.sentences.add(text):
+        for sentence in sentences:
             await self._speak(stream, sentence)
 
     async def _stop_stream(self) -> None:
@@ -282,22 +306,3 @@ class SpeechHandler(AsyncEventHandler):
 def _served_by(request: _Request) -> str:
     p = request.provenance
     return f" ({p.model_label}, commit {p.commit[:10]})" if p else ""
-
-
-def _text(data: dict[str, Any]) -> str:
-    text = data.get("text")
-    if not isinstance(text, str):
-        raise BadRequest("the event needs a text (a string)", code=Code.MISSING_FIELD)
-    return text
-
-
-def _voice(data: dict[str, Any]) -> SynthesizeVoice | None:
-    raw = data.get("voice")
-    if raw is None:
-        return None
-    fields = ("name", "language", "speaker")
-    if not isinstance(raw, dict) or not all(
-            isinstance(raw.get(k), str | None) for k in fields):
-        raise BadRequest("voice must be an object of strings (name, language, speaker)",
-                         code=Code.BAD_FIELD)
-    return SynthesizeVoice.from_dict(raw)

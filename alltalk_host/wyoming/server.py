@@ -79,11 +79,13 @@ class WyomingServer:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        # The readers' own limit bounds an event's header line (events.py bounds the rest).
+        limit = self.host.options.limits.wyoming_max_event_bytes
         for sock in self._sockets:
             if sock.family == socket.AF_UNIX:
-                server = await asyncio.start_unix_server(self._serve, sock=sock)
+                server = await asyncio.start_unix_server(self._serve, sock=sock, limit=limit)
             else:
-                server = await asyncio.start_server(self._serve, sock=sock)
+                server = await asyncio.start_server(self._serve, sock=sock, limit=limit)
             self._servers.append(server)
         log.info("Wyoming text-to-speech on %s", self.address.uri)
         if self.announcement is not None:
