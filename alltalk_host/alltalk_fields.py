@@ -9,6 +9,7 @@ Mapping with ``.get`` (aiohttp's MultiDict, Starlette's FormData, a dict).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -96,9 +97,12 @@ def number(form: Any, name: str) -> float | None:
     if raw in (None, ""):
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except (TypeError, ValueError):
         raise FieldError(name, f"{str(raw)[:40]!r} is not a number") from None
+    if not math.isfinite(value):  # "nan", "inf" and a string of 400 digits
+        raise FieldError(name, f"{str(raw)[:40]!r} is not a finite number")
+    return value
 
 
 def contract_option(name: str, value: float) -> float:
