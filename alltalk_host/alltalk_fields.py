@@ -26,7 +26,7 @@ _FIELD_OF = {
     Code.EMPTY_TEXT: "text_input", Code.TEXT_TOO_LONG: "text_input",
     Code.NOTHING_TO_SAY: "text_input", Code.UNSUPPORTED_LANGUAGE: "language",
     Code.BAD_SPEED: "speed", Code.BAD_FILE_NAME: "output_file_name",
-    Code.MALFORMED_FORM: "body", Code.BODY_TOO_LARGE: "body",
+    Code.MALFORMED_FORM: "body", Code.BODY_TOO_LARGE: "body", Code.BAD_CONTENT_ENCODING: "body",
 }
 # What AllTalk's clients send: SillyTavern and text-generation-webui urlencoded, Home Assistant's
 # integrations multipart.

@@ -89,6 +89,8 @@ class Code(StrEnum):
     # the HTTP boundary and the outputs folder
     BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    # A body that is not what its Content-Encoding says (400), or a coding not decoded (415)
+    BAD_CONTENT_ENCODING = "bad_content_encoding"
     OUTPUTS_UNWRITABLE = "outputs_unwritable"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"

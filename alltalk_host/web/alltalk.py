@@ -20,7 +20,8 @@ from ..alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
 from ..alltalk_fields import Reply, alltalk_error
 from ..errors import HostError
 from ..speech import SpeechResult
-from .errors import current_serving, ensure_form
+from .errors import current_serving
+from .forms import ensure_form
 from .keys import HOST, OUTPUTS
 from .streams import send_audio, send_stream
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..errors import BadRequest, Code, NotFound, Unauthorized
+from .errors import read_body
 from .keys import DELIVERIES, HOST
 
 routes = web.RouteTableDef()
@@ -69,7 +70,7 @@ async def git_push(request: web.Request) -> web.Response:
     if not secret:
         raise NotFound("webhooks are off: set ALLTALK_WEBHOOK_SECRET (or webhook_secret in "
                        "the host-local file) to turn them on", code=Code.NOT_FOUND)
-    body = await request.read()
+    body = await read_body(request)
     push = verify(request, body, str(secret))
     seen = request.app[DELIVERIES]
     if push.delivery and push.delivery in seen:
