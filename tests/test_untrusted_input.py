@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
+import hmac
 import json
 import logging
 
@@ -172,3 +174,19 @@ async def test_a_request_the_parser_refuses_is_one_access_line_and_no_traceback(
         assert [r.status for r in access] == [400], head
         assert [r.levelname for r in caplog.records if r.name == "aiohttp.server"] == [
             "WARNING"], head
+
+
+# --- a signed webhook payload nested 100k deep ------------------------------------------------
+
+async def test_a_signed_webhook_payload_nested_deep_is_a_400(start_server, caplog):
+    secret = "s3cret"
+    client = await start_server(webhook_secret=secret)
+    for body in (b'{"ref": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                 b'{"ref": 1' + b"0" * 5000 + b"}", b"[1]"):
+        signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        resp = await client.post("/hooks/git", data=body, headers={
+            "Content-Type": "application/json", "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": signature})
+        assert resp.status == 400, await resp.text()
+        assert (await error_of(resp))["code"] == "malformed_json"
+    assert tracebacks(caplog) == []
