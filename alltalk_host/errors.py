@@ -92,6 +92,7 @@ class Code(StrEnum):
     # A body that is not what its Content-Encoding says (400), or a coding not decoded (415)
     BAD_CONTENT_ENCODING = "bad_content_encoding"
     OUTPUTS_UNWRITABLE = "outputs_unwritable"
+    STATE_UNWRITABLE = "state_unwritable"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"
     HOST_NOT_ALLOWED = "host_not_allowed"
@@ -193,6 +194,14 @@ class OutputsUnwritable(HostError):
 
     status = 507
     code: str = Code.OUTPUTS_UNWRITABLE
+
+
+class StateUnwritable(HostError):
+    """The state folder cannot take the state file (read-only, full, or not a folder): the
+    change that needed it to be saved did not happen."""
+
+    status = 507
+    code: str = Code.STATE_UNWRITABLE
 
 
 class PluginConflict(Exception):

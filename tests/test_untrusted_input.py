@@ -190,3 +190,22 @@ async def test_a_signed_webhook_payload_nested_deep_is_a_400(start_server, caplo
         assert resp.status == 400, await resp.text()
         assert (await error_of(resp))["code"] == "malformed_json"
     assert tracebacks(caplog) == []
+
+
+# --- a state folder that cannot take the state file -------------------------------------------
+
+async def test_a_state_folder_that_cannot_be_written_is_a_507_saying_so(start_server, tmp_path,
+                                                                       caplog):
+    client = await start_server()
+    # Tests run as root, whom no permission stops: a folder where the state file goes makes
+    # every save fail as a full or read-only disk would (os.replace onto a non-empty folder).
+    state_file = tmp_path / "state" / "state.json"
+    state_file.unlink()
+    state_file.mkdir()
+    (state_file / "keep").write_text("")
+    resp = await client.post("/control/models/switch", json={"model": "reference-low"})
+    assert resp.status == 507, await resp.text()
+    error = await error_of(resp)
+    assert error["code"] == "state_unwritable"
+    assert "state folder" in error["message"] and str(tmp_path) not in error["message"]
+    assert tracebacks(caplog) == []
