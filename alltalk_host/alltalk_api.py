@@ -51,6 +51,9 @@ class AllTalkContext:
     speech: SpeechService
     outputs_for: Callable[[HostConfig], OutputStore]  # where this front keeps a config's files
     base_url: str = ""  # scheme://host of the request: legacy_api's absolute URLs
+    # Who asked (see absolute_urls): the request's Origin and User-Agent headers.
+    origin: str | None = None
+    user_agent: str = ""
 
 
 # --- status and lists ---------------------------------------------------------------------
@@ -220,12 +223,24 @@ async def _saved(ctx: AllTalkContext, result: SpeechResult, config: HostConfig, 
     store = ctx.outputs_for(config)
     path = await asyncio.to_thread(store.write, stem, wav, ".wav", timestamp,
                                    config.output_retention)
-    base = ctx.base_url if config.alltalk.legacy_api else ""
+    base = ctx.base_url if absolute_urls(config, ctx) else ""
     reply = {"status": "generate-success", "output_file_path": str(path),
              "output_file_url": f"{base}/audio/{path.name}"}
     if cache_url:
         reply["output_cache_url"] = f"{base}/audiocache/{path.name}"
     return Reply(reply, headers={**provenance_headers(result.provenance), **(headers or {})})
+
+
+def absolute_urls(config: HostConfig, ctx: AllTalkContext) -> bool:
+    """Whether a reply carries AllTalk v1's absolute URLs: with ``alltalk.legacy_api``, for
+    every client but the two known to put their server URL in front of ``output_file_url``
+    (an absolute URL became ``http://h:7851http://h:7851/audio/...`` for them), so one
+    server serves all three. SillyTavern calls from the browser, which sends ``Origin`` with
+    every POST; text-generation-webui's extension posts with python-requests. The Home
+    Assistant integrations written for AllTalk v1 (Home Assistant's own aiohttp session)
+    fetch the URL as it is."""
+    prefixes = ctx.origin is not None or ctx.user_agent.lower().startswith("python-requests/")
+    return config.alltalk.legacy_api and not prefixes
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ def _context(request: web.Request) -> AllTalkContext:
     return AllTalkContext(serving_now=lambda: current_serving(request),
                           speech=request.app[HOST].speech,
                           outputs_for=lambda config: outputs.get(config.outputs_dir),
-                          base_url=f"{request.scheme}://{request.host}")
+                          base_url=f"{request.scheme}://{request.host}",
+                          origin=request.headers.get("Origin"),
+                          user_agent=request.headers.get("User-Agent", ""))
 
 
 def _send(reply: Reply) -> web.Response:
