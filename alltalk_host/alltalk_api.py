@@ -136,7 +136,8 @@ async def generate(ctx: AllTalkContext, form: Mapping[str, Any]) -> Reply:
     config = serving.config
     options = _options(form, serving)
     language, headers = language_of(form, "language", serving)
-    character = voice_of(form, "character_voice_gen", serving)
+    character, voice_headers = voice_of(form, "character_voice_gen", serving)
+    headers = {**headers, **voice_headers}
 
     def part(piece: str, voice: str | None) -> SpeechInput:
         return SpeechInput(piece, voice=voice, language=language, speed=speed, options=options)
@@ -145,8 +146,9 @@ async def generate(ctx: AllTalkContext, form: Mapping[str, Any]) -> Reply:
         parts = [part(filter_text(text, filtering), character)]
     else:
         # Checked only in narrator mode: SillyTavern sends a placeholder otherwise.
-        narrator_voice = voice_of(form, "narrator_voice_gen", serving) or (
-            config.alltalk.narrator_voice or None)
+        narrator_voice, narrator_headers = voice_of(form, "narrator_voice_gen", serving)
+        narrator_voice = narrator_voice or config.alltalk.narrator_voice or None
+        headers = {**narrator_headers, **headers}
         segments = filtered_segments(text, filtering, not_inside)
         if narrator == "silent":
             segments = [s for s in segments if s[0] == "character"]
@@ -161,10 +163,11 @@ async def preview(ctx: AllTalkContext, form: Mapping[str, Any]) -> Reply:
     if not str(form.get("voice") or "").strip():
         raise FieldError("voice", "Field required")
     serving = ctx.serving_now()
-    voice = voice_of(form, "voice", serving)
+    voice, headers = voice_of(form, "voice", serving)
     config = serving.config
     result = await ctx.speech.synthesize(SpeechInput(config.alltalk.preview_text, voice=voice))
-    return await _saved(ctx, result, config, "preview_voice", True, cache_url=False)
+    return await _saved(ctx, result, config, "preview_voice", True, cache_url=False,
+                        headers=headers)
 
 
 async def streaming(ctx: AllTalkContext, params: Mapping[str, Any]
@@ -177,8 +180,9 @@ async def streaming(ctx: AllTalkContext, params: Mapping[str, Any]
         raise FieldError("text", "Field required")
     serving = ctx.serving_now()
     language, headers = language_of(params, "language", serving)
-    wanted = SpeechInput(filter_text(raw, "standard"), voice=voice_of(params, "voice", serving),
-                         language=language)
+    voice, voice_headers = voice_of(params, "voice", serving)
+    headers = {**headers, **voice_headers}
+    wanted = SpeechInput(filter_text(raw, "standard"), voice=voice, language=language)
     try:
         if not wanted.text:  # filtering left nothing at all
             raise HostError("nothing to speak", code=Code.NOTHING_TO_SPEAK, status=400)

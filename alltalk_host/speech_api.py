@@ -27,6 +27,9 @@ MODEL_HEADER = "X-AllTalk-Model"
 ARM_HEADER = "X-AllTalk-Arm"
 # Set when an AllTalk route spoke another language than the one asked for.
 LANGUAGE_HEADER = "X-AllTalk-Language"
+# Set when an AllTalk route spoke with the model's default voice instead of a voice file the
+# model does not have (a client's shipped default, such as en_US-ljspeech-high.onnx).
+VOICE_HEADER = "X-AllTalk-Voice"
 
 
 def provenance_headers(p: Provenance) -> dict[str, str]:

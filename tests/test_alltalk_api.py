@@ -350,3 +350,30 @@ def test_current_settings_report_the_backends_parsed_defaults():
     tuned = ModelDef(name="x", backend="xtts", settings={"temperature": 0.5},
                      parsed=XttsSettings(checkpoint="c", temperature=0.5))
     assert _setting(tuned, "temperature", 0) == 0.5
+
+
+async def test_a_voice_file_the_model_lacks_speaks_the_default_voice_and_says_so(start_server):
+    """text-generation-webui ships en_US-ljspeech-high.onnx (a Piper voice) as its default
+    voice; AllTalk's XTTS voices are files (female_01.wav). As with a language the model does
+    not speak, the model's own voice answers and X-AllTalk-Voice tells; a bare unknown name
+    is still a 400 naming its field."""
+    client = await start_server()
+    piper = "en_US-ljspeech-high.onnx"
+    resp = await client.post("/api/tts-generate", data={
+        "text_input": "Hello.", "character_voice_gen": piper, "narrator_voice_gen": piper})
+    assert resp.status == 200 and (await resp.json())["status"] == "generate-success"
+    assert resp.headers["X-AllTalk-Voice"] == (
+        "female_01; model reference has no voice en_US-ljspeech-high?onnx")
+    resp = await client.post("/api/previewvoice/", data={"voice": piper})
+    assert resp.status == 200 and "X-AllTalk-Voice" in resp.headers
+    resp = await client.get("/api/tts-generate-streaming", params={"text": "Hi.", "voice": piper})
+    assert resp.status == 200 and "X-AllTalk-Voice" in resp.headers
+    await resp.read()
+    # AllTalk's file name of a voice the model has is that voice.
+    resp = await client.post("/api/tts-generate", data={
+        "text_input": "Hello.", "character_voice_gen": "male_01.wav"})
+    assert resp.status == 200 and "X-AllTalk-Voice" not in resp.headers
+    resp = await client.post("/api/tts-generate", data={
+        "text_input": "Hello.", "character_voice_gen": "nobody"})
+    assert resp.status == 400
+    assert (await resp.json())["error"].startswith("character_voice_gen: ")
