@@ -3,8 +3,9 @@
 Plugin authors need only what is re-exported here: ``hookimpl``, the backend contract (with the
 reserved option names and their scales), the error a backend raises for a request it cannot
 take (``BadRequest``), the host's sentence splitter for streaming (``split_sentences``, with
-``first_clause`` to speak a long first sentence's first clause first) and its check of warm-up
-audio (``audio_problem``); their tests use ``alltalk_host.testing``.
+``first_clause`` to speak a long first sentence's first clause first), its check of warm-up
+audio (``audio_problem``) and of a number in a range (``number_in``); their tests use
+``alltalk_host.testing``.
 docs/plugins.md is their guide.
 """
 
@@ -24,6 +25,7 @@ from .backend import (
 )
 from .errors import BadRequest
 from .hookspecs import hookimpl
+from .numbers import number_in
 from .text import first_clause, split_sentences
 
 try:
@@ -45,6 +47,7 @@ __all__ = [
     "audio_problem",
     "first_clause",
     "hookimpl",
+    "number_in",
     "parse_settings",
     "split_sentences",
 ]

@@ -51,6 +51,9 @@ class AllTalkContext:
     speech: SpeechService
     outputs_for: Callable[[HostConfig], OutputStore]  # where this front keeps a config's files
     base_url: str = ""  # scheme://host of the request: legacy_api's absolute URLs
+    # Who asked (see absolute_urls): the request's Origin and User-Agent headers.
+    origin: str | None = None
+    user_agent: str = ""
 
 
 # --- status and lists ---------------------------------------------------------------------
@@ -133,7 +136,8 @@ async def generate(ctx: AllTalkContext, form: Mapping[str, Any]) -> Reply:
     config = serving.config
     options = _options(form, serving)
     language, headers = language_of(form, "language", serving)
-    character = voice_of(form, "character_voice_gen", serving)
+    character, voice_headers = voice_of(form, "character_voice_gen", serving)
+    headers = {**headers, **voice_headers}
 
     def part(piece: str, voice: str | None) -> SpeechInput:
         return SpeechInput(piece, voice=voice, language=language, speed=speed, options=options)
@@ -142,8 +146,9 @@ async def generate(ctx: AllTalkContext, form: Mapping[str, Any]) -> Reply:
         parts = [part(filter_text(text, filtering), character)]
     else:
         # Checked only in narrator mode: SillyTavern sends a placeholder otherwise.
-        narrator_voice = voice_of(form, "narrator_voice_gen", serving) or (
-            config.alltalk.narrator_voice or None)
+        narrator_voice, narrator_headers = voice_of(form, "narrator_voice_gen", serving)
+        narrator_voice = narrator_voice or config.alltalk.narrator_voice or None
+        headers = {**narrator_headers, **headers}
         segments = filtered_segments(text, filtering, not_inside)
         if narrator == "silent":
             segments = [s for s in segments if s[0] == "character"]
@@ -158,10 +163,11 @@ async def preview(ctx: AllTalkContext, form: Mapping[str, Any]) -> Reply:
     if not str(form.get("voice") or "").strip():
         raise FieldError("voice", "Field required")
     serving = ctx.serving_now()
-    voice = voice_of(form, "voice", serving)
+    voice, headers = voice_of(form, "voice", serving)
     config = serving.config
     result = await ctx.speech.synthesize(SpeechInput(config.alltalk.preview_text, voice=voice))
-    return await _saved(ctx, result, config, "preview_voice", True, cache_url=False)
+    return await _saved(ctx, result, config, "preview_voice", True, cache_url=False,
+                        headers=headers)
 
 
 async def streaming(ctx: AllTalkContext, params: Mapping[str, Any]
@@ -174,8 +180,9 @@ async def streaming(ctx: AllTalkContext, params: Mapping[str, Any]
         raise FieldError("text", "Field required")
     serving = ctx.serving_now()
     language, headers = language_of(params, "language", serving)
-    wanted = SpeechInput(filter_text(raw, "standard"), voice=voice_of(params, "voice", serving),
-                         language=language)
+    voice, voice_headers = voice_of(params, "voice", serving)
+    headers = {**headers, **voice_headers}
+    wanted = SpeechInput(filter_text(raw, "standard"), voice=voice, language=language)
     try:
         if not wanted.text:  # filtering left nothing at all
             raise HostError("nothing to speak", code=Code.NOTHING_TO_SPEAK, status=400)
@@ -220,12 +227,24 @@ async def _saved(ctx: AllTalkContext, result: SpeechResult, config: HostConfig, 
     store = ctx.outputs_for(config)
     path = await asyncio.to_thread(store.write, stem, wav, ".wav", timestamp,
                                    config.output_retention)
-    base = ctx.base_url if config.alltalk.legacy_api else ""
+    base = ctx.base_url if absolute_urls(config, ctx) else ""
     reply = {"status": "generate-success", "output_file_path": str(path),
              "output_file_url": f"{base}/audio/{path.name}"}
     if cache_url:
         reply["output_cache_url"] = f"{base}/audiocache/{path.name}"
     return Reply(reply, headers={**provenance_headers(result.provenance), **(headers or {})})
+
+
+def absolute_urls(config: HostConfig, ctx: AllTalkContext) -> bool:
+    """Whether a reply carries AllTalk v1's absolute URLs: with ``alltalk.legacy_api``, for
+    every client but the two known to put their server URL in front of ``output_file_url``
+    (an absolute URL became ``http://h:7851http://h:7851/audio/...`` for them), so one
+    server serves all three. SillyTavern calls from the browser, which sends ``Origin`` with
+    every POST; text-generation-webui's extension posts with python-requests. The Home
+    Assistant integrations written for AllTalk v1 (Home Assistant's own aiohttp session)
+    fetch the URL as it is."""
+    prefixes = ctx.origin is not None or ctx.user_agent.lower().startswith("python-requests/")
+    return config.alltalk.legacy_api and not prefixes
 
 
 # --- files ----------------------------------------------------------------------------------

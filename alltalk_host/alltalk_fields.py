@@ -9,6 +9,7 @@ Mapping with ``.get`` (aiohttp's MultiDict, Starlette's FormData, a dict).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 from .errors import BadRequest, Code, HostError
 from .registry import Serving
-from .speech_api import LANGUAGE_HEADER
+from .speech_api import LANGUAGE_HEADER, VOICE_HEADER
 
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 # Core error codes that are about one field whatever the route. Voices are checked per field
@@ -25,7 +26,7 @@ _FIELD_OF = {
     Code.EMPTY_TEXT: "text_input", Code.TEXT_TOO_LONG: "text_input",
     Code.NOTHING_TO_SAY: "text_input", Code.UNSUPPORTED_LANGUAGE: "language",
     Code.BAD_SPEED: "speed", Code.BAD_FILE_NAME: "output_file_name",
-    Code.MALFORMED_FORM: "body", Code.BODY_TOO_LARGE: "body",
+    Code.MALFORMED_FORM: "body", Code.BODY_TOO_LARGE: "body", Code.BAD_CONTENT_ENCODING: "body",
 }
 # What AllTalk's clients send: SillyTavern and text-generation-webui urlencoded, Home Assistant's
 # integrations multipart.
@@ -33,6 +34,9 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 OPTION_FIELDS = ("temperature", "repetition_penalty", "pitch")
 PITCH_STEPS = (-10.0, 10.0)  # AllTalk's pitch field; 0 is "unchanged"
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
+# A voice named as a file of some engine: AllTalk's XTTS voices (female_01.wav), Piper's
+# (en_US-ljspeech-high.onnx), XTTS latents (.pth), RVC models.
+_VOICE_FILE = re.compile(r"^(.+)\.(wav|onnx|pth|json|mp3|flac)$", re.IGNORECASE)
 
 
 class FieldError(BadRequest):
@@ -96,9 +100,12 @@ def number(form: Any, name: str) -> float | None:
     if raw in (None, ""):
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except (TypeError, ValueError):
         raise FieldError(name, f"{str(raw)[:40]!r} is not a number") from None
+    if not math.isfinite(value):  # "nan", "inf" and a string of 400 digits
+        raise FieldError(name, f"{str(raw)[:40]!r} is not a finite number")
+    return value
 
 
 def contract_option(name: str, value: float) -> float:
@@ -118,17 +125,33 @@ def contract_option(name: str, value: float) -> float:
     return value
 
 
-def voice_of(form: Any, name: str, serving: Serving) -> str | None:
-    """The voice a field names (None: the model's default), checked against the model."""
+def voice_of(form: Any, name: str, serving: Serving) -> tuple[str | None, dict[str, str]]:
+    """The voice a field names (None: the model's default), and the response headers that say
+    what was spoken instead.
+
+    A voice *file* the model does not have is a client's shipped default for another engine
+    (text-generation-webui sends Piper's ``en_US-ljspeech-high.onnx``, AllTalk's XTTS voices
+    are ``female_01.wav``): as with a language (``language_of``), the model's own voice
+    speaks, the same voice without its suffix when the model has it, and ``X-AllTalk-Voice``
+    tells. Any other unknown name is a typo or a voice gone: 400 naming the field.
+    """
     value = str(form.get(name) or "").strip()
     if value in ("", "Disabled", "default"):
-        return None
+        return None, {}
     gen = serving.default
     voices = gen.voices if gen else []
-    if voices and value not in voices:
+    if not voices or value in voices:
+        return value, {}
+    as_file = _VOICE_FILE.match(value)
+    if as_file is None:
         raise FieldError(name, f"model {serving.config.default_model} has no voice "
                                f"{value[:100]!r}; it has {voices[:20]}")
-    return value
+    if as_file.group(1) in voices:
+        return as_file.group(1), {}
+    assert gen is not None
+    used = gen.model.default_voice or voices[0]
+    asked = _SAFE.sub("?", value[:60])
+    return None, {VOICE_HEADER: f"{used}; model {gen.model.name} has no voice {asked}"}
 
 
 def language_of(form: Any, name: str, serving: Serving) -> tuple[str | None, dict[str, str]]:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from .errors import BadRequest, Code, HostError
+from .numbers import number_in
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -61,9 +62,10 @@ class Limit:
 
     def problem(self, name: str, value: Any) -> str | None:
         kinds = int if self.whole else int | float
-        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, kinds) or (
+                isinstance(value, float) and not math.isfinite(value)):
             return f"{name} must be a {'whole number' if self.whole else 'number'}"
-        if value < self.low or value > self.high or (self.open_low and value == self.low):
+        if number_in(value, self.low, self.high, open_low=self.open_low) is None:
             low = f"above {self.low:g}" if self.open_low else f"from {self.low:g}"
             return f"{name} must be {low} to {self.high:g}"
         return None

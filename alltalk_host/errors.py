@@ -89,7 +89,10 @@ class Code(StrEnum):
     # the HTTP boundary and the outputs folder
     BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    # A body that is not what its Content-Encoding says (400), or a coding not decoded (415)
+    BAD_CONTENT_ENCODING = "bad_content_encoding"
     OUTPUTS_UNWRITABLE = "outputs_unwritable"
+    STATE_UNWRITABLE = "state_unwritable"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"
     HOST_NOT_ALLOWED = "host_not_allowed"
@@ -204,6 +207,14 @@ class OutputsUnwritable(HostError):
 
     status = 507
     code: str = Code.OUTPUTS_UNWRITABLE
+
+
+class StateUnwritable(HostError):
+    """The state folder cannot take the state file (read-only, full, or not a folder): the
+    change that needed it to be saved did not happen."""
+
+    status = 507
+    code: str = Code.STATE_UNWRITABLE
 
 
 class PluginConflict(Exception):

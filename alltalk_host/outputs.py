@@ -48,14 +48,15 @@ class OutputStore:
 
     def write(self, stem: str, data: bytes, suffix: str = ".wav", timestamp: bool = True,
               retention: Retention | None = None) -> Path:
-        """Store ``data`` as ``stem[_YYYYmmdd_HHMMSS_n].suffix``; return its path."""
+        """Store ``data`` as ``stem_YYYYmmdd_HHMMSS_n.suffix`` (``stem.suffix`` without
+        ``timestamp``: see ``_fixed``); return its path."""
         check_stem(stem)
         if suffix not in SUFFIXES:
             raise BadRequest(f"unsupported output type {suffix!r}", code=Code.BAD_FILE_NAME)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            target = (self._claim(stem, suffix) if timestamp
-                      else self.folder / f"{stem}{suffix}")
+            target, claimed = ((self._claim(stem, suffix), True) if timestamp
+                               else self._fixed(stem, suffix))
             fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=self.folder)
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -63,7 +64,7 @@ class OutputStore:
                 os.replace(tmp, target)  # over the empty file that claimed the name
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
-                if timestamp:
+                if claimed:
                     target.unlink(missing_ok=True)
                 raise
             with self._lock, (self.folder / RECORD).open("a", encoding="utf-8") as record:
@@ -89,6 +90,25 @@ class OutputStore:
                 continue
             return target
         raise FileExistsError(f"every name {stamped}_N{suffix} is taken")
+
+    def _fixed(self, stem: str, suffix: str) -> tuple[Path, bool]:
+        """``stem.suffix`` (AllTalk's ``output_file_timestamp=false``), and whether it was
+        claimed new: a file of that name this host wrote is replaced, as the client asked; one
+        it did not write (the user's own, anyone's) is never touched, and the next free
+        ``stem_N.suffix`` is claimed instead. AllTalk's clients read the reply's URL, not the
+        name they sent."""
+        with self._lock:
+            ours = set(self._recorded())
+        for n in range(10000):
+            target = self.folder / (f"{stem}{suffix}" if n == 0 else f"{stem}_{n}{suffix}")
+            if target.name in ours:
+                return target, False
+            try:
+                os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                continue
+            return target, True
+        raise FileExistsError(f"every name {stem}_N{suffix} is taken")
 
     def resolve(self, name: str) -> Path:
         """The stored file called ``name``; NotFound for anything else, including escapes."""
@@ -146,9 +166,10 @@ class OutputStore:
         os.replace(tmp, self.folder / RECORD)
 
     def _unwritable(self, exc: OSError) -> OutputsUnwritable:
+        # Anonymous clients read this: the folder's path is for the log and /control/status.
         reason = exc.strerror or type(exc).__name__
-        return OutputsUnwritable(f"the outputs folder {self.folder} cannot take files: {reason} "
-                                 "(outputs.dir in the config)", details={"dir": str(self.folder)})
+        return OutputsUnwritable(f"the outputs folder cannot take files: {reason} "
+                                 "(outputs.dir in the config)")
 
 
 class OutputStores:

@@ -9,7 +9,6 @@ that fails before its first audio is served by the stable arm instead.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -23,6 +22,7 @@ from .canary import STABLE, Arms, server_side
 from .config.settings import SPEED_RANGE
 from .errors import BadRequest, Code, HostError, NotFound
 from .lease import Lease
+from .numbers import number_in
 from .registry import Generation, ModelRegistry, Serving
 from .text import has_speakable
 
@@ -369,15 +369,14 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
             code=Code.UNSUPPORTED_LANGUAGE,
             details={"languages": list(gen.capabilities.languages)},
         )
-    speed = model.default_speed if wanted.speed is None else wanted.speed
     lo, hi = SPEED_RANGE
-    if (isinstance(speed, bool) or not isinstance(speed, int | float)
-            or not math.isfinite(speed) or not lo <= speed <= hi):
+    speed = number_in(model.default_speed if wanted.speed is None else wanted.speed, lo, hi)
+    if speed is None:
         raise BadRequest(f"speed must be a number from {lo} to {hi}", code=Code.BAD_SPEED)
     # Checked last, so that "nothing to speak" means everything else about the request is
     # valid: a route may then answer it with silence instead of an error.
     if not has_speakable(text):
         raise BadRequest("the text has nothing to speak (no letter or digit)",
                          code=Code.NOTHING_TO_SPEAK)
-    return SpeechRequest(text=text, voice=voice, language=language, speed=float(speed),
+    return SpeechRequest(text=text, voice=voice, language=language, speed=speed,
                          options=dict(wanted.options))

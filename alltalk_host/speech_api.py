@@ -17,6 +17,7 @@ from typing import Any
 from .config.settings import SPEED_RANGE
 from .encode import Format, get_format
 from .errors import BadRequest, Code, HostError
+from .numbers import number_in
 from .registry import Serving
 from .speech import Provenance, SpeechInput, SpeechResult, SpeechService, SpeechStream
 
@@ -26,6 +27,9 @@ MODEL_HEADER = "X-AllTalk-Model"
 ARM_HEADER = "X-AllTalk-Arm"
 # Set when an AllTalk route spoke another language than the one asked for.
 LANGUAGE_HEADER = "X-AllTalk-Language"
+# Set when an AllTalk route spoke with the model's default voice instead of a voice file the
+# model does not have (a client's shipped default, such as en_US-ljspeech-high.onnx).
+VOICE_HEADER = "X-AllTalk-Voice"
 
 
 def provenance_headers(p: Provenance) -> dict[str, str]:
@@ -149,14 +153,14 @@ def openai_request(body: dict[str, Any], serving_now: Callable[[], Serving]) -> 
     if body.get("stream_format", "audio") != "audio":
         raise invalid("only stream_format 'audio' is supported", "stream_format")
     lo, hi = SPEED_RANGE
-    if speed is not None and (isinstance(speed, bool) or not isinstance(speed, int | float)
-                              or not lo <= speed <= hi):
-        raise invalid(f"speed must be a number from {lo} to {hi}", "speed")
+    if speed is not None:
+        speed = number_in(speed, lo, hi)
+        if speed is None:
+            raise invalid(f"speed must be a number from {lo} to {hi}", "speed")
     serving = serving_now()
     model = resolve_model(serving, model_name)
     voice = resolve_voice(serving, model, voice_name)
-    wanted = SpeechInput(text, model=model, voice=voice,
-                         speed=None if speed is None else float(speed))
+    wanted = SpeechInput(text, model=model, voice=voice, speed=speed)
     return OpenAISpeech(wanted, fmt)
 
 

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import StateUnwritable
+
 log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 500
@@ -127,7 +129,19 @@ class StateStore:
         return json.dumps(asdict(state), indent=1, sort_keys=True).encode()
 
     def write(self, data: bytes) -> None:
-        """Replace the state file with ``data``; blocking (fsync), so callers run it off-loop."""
+        """Replace the state file with ``data``; blocking (fsync), so callers run it off-loop.
+        StateUnwritable (507) when the folder cannot take it, saying why but not where: the
+        message reaches clients, and the folder's path is the operator's business."""
+        try:
+            self._write(data)
+        except OSError as exc:
+            log.error("cannot write the state file %s: %s", self.path, exc)
+            raise StateUnwritable(
+                f"the state folder cannot take the state file: "
+                f"{exc.strerror or type(exc).__name__} (--state-dir; the server log names "
+                "the folder)") from None
+
+    def _write(self, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as f:

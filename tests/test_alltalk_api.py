@@ -117,6 +117,36 @@ async def test_home_assistant_multipart_with_legacy_absolute_urls(start_server, 
     assert (await resp.read())[:4] == b"RIFF"
 
 
+async def test_legacy_api_keeps_sillytavern_and_text_generation_webui_working(start_server,
+                                                                               config_repo):
+    """Both put their server URL in front of output_file_url, the preview's included: on a
+    server with legacy_api on (for Home Assistant) they still get AllTalk v2's relative URLs.
+    SillyTavern calls from the browser (an Origin on every POST), text-generation-webui's
+    extension with python-requests; Home Assistant's aiohttp session gets absolute ones."""
+    config_repo.change("legacy URLs", "settings.toml", "default.alltalk.legacy_api", True)
+    client = await start_server()
+    endpoint = f"http://{client.host}:{client.port}"
+    browser = {"Origin": "http://127.0.0.1:8000", "User-Agent": "Mozilla/5.0 (X11; Linux)"}
+    tgw = {"User-Agent": "python-requests/2.32.3"}
+    st_form = {"text_input": "Hello.", "output_file_name": "st_output",
+               "output_file_timestamp": "true", "autoplay_volume": "0.8"}
+    replies = [
+        await (await client.post("/api/tts-generate", data=st_form, headers=browser)).json(),
+        await (await client.post("/api/previewvoice/", data="voice=male_01",
+                                 headers={**FORM, **browser})).json(),
+        await (await client.post("/api/tts-generate", data={"text_input": "Hi.", **st_form},
+                                 headers=tgw)).json()]
+    ha = await (await client.post("/api/tts-generate", data={"text_input": "Door open."},
+                                  headers={"User-Agent": "HomeAssistant/2025.1.0 aiohttp/3.11"
+                                                         " Python/3.13"})).json()
+    assert ha["output_file_url"].startswith(endpoint + "/audio/"), ha
+    async with aiohttp.ClientSession() as session:
+        for reply in replies:
+            assert reply["output_file_url"].startswith("/audio/"), reply
+            async with session.get(endpoint + reply["output_file_url"]) as resp:
+                assert resp.status == 200
+
+
 async def test_narrator_mode_speaks_each_part_in_its_voice(start_server):
     client = await start_server()
     text = '*The old man sighs.* "I am tired." *He sits down slowly.*'
@@ -320,3 +350,30 @@ def test_current_settings_report_the_backends_parsed_defaults():
     tuned = ModelDef(name="x", backend="xtts", settings={"temperature": 0.5},
                      parsed=XttsSettings(checkpoint="c", temperature=0.5))
     assert _setting(tuned, "temperature", 0) == 0.5
+
+
+async def test_a_voice_file_the_model_lacks_speaks_the_default_voice_and_says_so(start_server):
+    """text-generation-webui ships en_US-ljspeech-high.onnx (a Piper voice) as its default
+    voice; AllTalk's XTTS voices are files (female_01.wav). As with a language the model does
+    not speak, the model's own voice answers and X-AllTalk-Voice tells; a bare unknown name
+    is still a 400 naming its field."""
+    client = await start_server()
+    piper = "en_US-ljspeech-high.onnx"
+    resp = await client.post("/api/tts-generate", data={
+        "text_input": "Hello.", "character_voice_gen": piper, "narrator_voice_gen": piper})
+    assert resp.status == 200 and (await resp.json())["status"] == "generate-success"
+    assert resp.headers["X-AllTalk-Voice"] == (
+        "female_01; model reference has no voice en_US-ljspeech-high?onnx")
+    resp = await client.post("/api/previewvoice/", data={"voice": piper})
+    assert resp.status == 200 and "X-AllTalk-Voice" in resp.headers
+    resp = await client.get("/api/tts-generate-streaming", params={"text": "Hi.", "voice": piper})
+    assert resp.status == 200 and "X-AllTalk-Voice" in resp.headers
+    await resp.read()
+    # AllTalk's file name of a voice the model has is that voice.
+    resp = await client.post("/api/tts-generate", data={
+        "text_input": "Hello.", "character_voice_gen": "male_01.wav"})
+    assert resp.status == 200 and "X-AllTalk-Voice" not in resp.headers
+    resp = await client.post("/api/tts-generate", data={
+        "text_input": "Hello.", "character_voice_gen": "nobody"})
+    assert resp.status == 400
+    assert (await resp.json())["error"].startswith("character_voice_gen: ")

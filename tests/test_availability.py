@@ -96,7 +96,11 @@ async def test_an_unavailable_spare_model_is_reported_and_cannot_be_switched_to(
     resp = await client.get("/health/models/spare")
     assert resp.status == 503
     health = await resp.json()
-    assert (health["state"], health["reason"]) == ("unavailable", reason)
+    # Public routes show a path outside the host's folders as its file name only.
+    assert (health["state"], health["reason"]) == ("unavailable", reason_for("spare.toml"))
+    tts_models = {m["name"]: m for m in (await (await client.get("/tts/models")).json())[
+        "models"]}
+    assert tts_models["spare"]["reason"] == reason_for("spare.toml")
     assert (await client.get("/health/models/reference")).status == 200
 
     # A switch to it fails at once, saying why, and changes nothing: no commit, same branch.
@@ -201,3 +205,17 @@ async def test_models_whose_backend_is_missing_are_unavailable_while_the_rest_se
     # Such a model is unavailable, not invalid: a commit naming it applies.
     again = config_repo.change("still there", "settings.toml", "default.max_text_length", 900)
     assert (await post(client, "/control/config/apply", commit=again)).status == 200
+
+
+def test_public_reasons_show_paths_relative_to_the_hosts_folders():
+    from pathlib import Path
+
+    from alltalk_host.shown_paths import relative_paths
+
+    folders = {"models_dir": Path("/srv/tts/models"), "state_dir": Path("/var/lib/alltalk")}
+    assert relative_paths("weights file /srv/tts/models/joe/joe.onnx not found", folders) == (
+        "weights file models_dir/joe/joe.onnx not found")
+    assert relative_paths("cannot read /home/ada/x/voice.json: bad", folders) == (
+        "cannot read voice.json: bad")
+    assert relative_paths("/var/lib/alltalk/cache is full; see http://h/a/b", folders) == (
+        "state_dir/cache is full; see http://h/a/b")

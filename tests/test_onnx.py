@@ -73,7 +73,9 @@ def test_speed_and_noise_parameters_change_the_audio(joe: OnnxBackend):
     assert fast.duration < base.duration * 0.7
 
 
-@pytest.mark.parametrize("options", [{"noise_scale": 5}, {"noise_w": -1}, {"temperature": 1}])
+# 10**400: past a float, once an OverflowError 500 (issue 21).
+@pytest.mark.parametrize("options", [{"noise_scale": 5}, {"noise_w": -1}, {"temperature": 1},
+                                     {"noise_scale": 10 ** 400}, {"noise_w": -(10 ** 400)}])
 async def test_bad_options_are_a_400(start_server, template_repo, options):
     client = await start_server(config_repo=template_repo.path)
     resp = await client.post("/tts", json={"text": "Hi.", "options": options})

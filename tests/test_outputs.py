@@ -71,3 +71,42 @@ def test_two_writers_sharing_a_folder_never_overwrite_each_other(tmp_path):
         assert path.read_bytes() == f"RIFF audio {i}".encode()
     assert sorted(p.name for p in (tmp_path / "shared").glob("*.wav")) == sorted(
         p.name for p in paths)  # no empty placeholder left behind
+
+
+async def test_a_fixed_file_name_never_replaces_a_file_the_host_did_not_write(start_server,
+                                                                            tmp_path):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    theirs = outputs / "notes.wav"
+    theirs.write_bytes(b"RIFF the user's own")
+    client = await start_server()
+
+    async def generate(name: str) -> str:
+        resp = await client.post("/api/tts-generate", data={
+            "text_input": "Hello.", "output_file_name": name, "output_file_timestamp": "false"})
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert (await client.get(body["output_file_url"])).status == 200
+        return body["output_file_url"]
+
+    # Someone else's file keeps its bytes; the reply names the file that was written.
+    assert await generate("notes") == "/audio/notes_1.wav"
+    assert theirs.read_bytes() == b"RIFF the user's own"
+    # The host's own file of that name is replaced, as output_file_timestamp=false asks.
+    assert await generate("notes") == "/audio/notes_1.wav"
+    assert await generate("fresh") == "/audio/fresh.wav"
+    assert await generate("fresh") == "/audio/fresh.wav"
+    assert sorted(p.name for p in outputs.iterdir() if not p.name.startswith(".")) == [
+        "fresh.wav", "notes.wav", "notes_1.wav"]
+    assert "notes.wav" not in (outputs / ".alltalk-host-written").read_text().split()
+
+
+async def test_the_outputs_507_does_not_show_the_servers_paths(start_server, tmp_path,
+                                                             monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    monkeypatch.setenv("ALLTALK_OUTPUTS__DIR", str(blocker / "outputs"))
+    client = await start_server()
+    resp = await client.post("/api/tts-generate", data={"text_input": "Hello."})
+    assert resp.status == 507
+    assert str(tmp_path) not in await resp.text()

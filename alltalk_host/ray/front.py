@@ -215,7 +215,9 @@ class RayFront:
     def _context(self, request: Request) -> AllTalkContext:
         return AllTalkContext(serving_now=self._serving, speech=self.speech,
                               outputs_for=self._outputs_for,
-                              base_url=f"{request.url.scheme}://{request.url.netloc}")
+                              base_url=f"{request.url.scheme}://{request.url.netloc}",
+                              origin=request.headers.get("origin"),
+                              user_agent=request.headers.get("user-agent", ""))
 
     def _outputs_for(self, config: HostConfig) -> OutputStore:
         return self.outputs.get(outputs_folder(config, self.shared_dir))

@@ -10,9 +10,11 @@ speak are private (AllTalk's streaming GET carries the text in its query).
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..logs import REQUEST_ID, request_id
 from .errors import Handler
@@ -43,7 +45,12 @@ async def echo_request_id(request: web.Request, response: web.StreamResponse) ->
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        match = getattr(request, "match_info", None)
+        try:
+            match = request.match_info  # type: ignore[attr-defined]
+        # A request aiohttp's parser refused never reached the router: its match_info is an
+        # assertion error (AttributeError: a BaseRequest, which has none).
+        except (AttributeError, AssertionError):
+            match = None
         resource = match.route.resource if match is not None else None
         model, _, generation = response.headers.get(MODEL_HEADER, "").partition(
             "; generation=")
@@ -58,3 +65,28 @@ class AccessLogger(AbstractAccessLogger):
         served = f" model={model} gen={generation} commit={commit[:10]}" if model else ""
         self.logger.info("%s %s %d %.3fs%s", request.method, request.path, response.status,
                          time, served, extra=fields)
+
+
+class ClientFaultFilter(logging.Filter):
+    """On ``aiohttp.server``: a request its parser refuses (a bad request line, header or
+    content coding), and a body that breaks off mid-read, are logged by aiohttp at ERROR with a
+    full traceback, from any client on the network. They are the client's fault: one WARNING
+    line saying why, and the access log has the answer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | web.RequestPayloadError) and (
+                getattr(exc, "code", 400) < 500):
+            reason = " ".join(str(getattr(exc, "message", "") or exc).split())[:200]
+            record.msg, record.args = f"{record.getMessage()}: {reason}", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+async def quiet_client_faults(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the filter on aiohttp's server logger while this app runs."""
+    server_log, only = logging.getLogger("aiohttp.server"), ClientFaultFilter()
+    server_log.addFilter(only)
+    yield
+    server_log.removeFilter(only)

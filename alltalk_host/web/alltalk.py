@@ -20,7 +20,8 @@ from ..alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
 from ..alltalk_fields import Reply, alltalk_error
 from ..errors import HostError
 from ..speech import SpeechResult
-from .errors import current_serving, ensure_form
+from .errors import current_serving
+from .forms import ensure_form
 from .keys import HOST, OUTPUTS
 from .streams import send_audio, send_stream
 
@@ -34,7 +35,9 @@ def _context(request: web.Request) -> AllTalkContext:
     return AllTalkContext(serving_now=lambda: current_serving(request),
                           speech=request.app[HOST].speech,
                           outputs_for=lambda config: outputs.get(config.outputs_dir),
-                          base_url=f"{request.scheme}://{request.host}")
+                          base_url=f"{request.scheme}://{request.host}",
+                          origin=request.headers.get("Origin"),
+                          user_agent=request.headers.get("User-Agent", ""))
 
 
 def _send(reply: Reply) -> web.Response:

@@ -23,7 +23,7 @@ from . import (
     openapi,
     tts,
 )
-from .access import echo_request_id, request_id_middleware
+from .access import echo_request_id, quiet_client_faults, request_id_middleware
 from .arms import arm_middleware
 from .cors import CONTROL, PUBLIC, add_cors_headers, preflight
 from .deadlines import body_deadline_middleware
@@ -75,6 +75,7 @@ def create_app(host: Host) -> web.Application:
     app.on_response_prepare.append(add_cors_headers)
     app.on_response_prepare.append(echo_request_id)
     app.on_shutdown.append(_end_event_streams)
+    app.cleanup_ctx.append(quiet_client_faults)
     app.cleanup_ctx.append(_host_lifetime)
     app.cleanup_ctx.append(watch_outputs)
     return app

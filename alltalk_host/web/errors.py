@@ -7,9 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
-from ..alltalk_fields import FORM_TYPES, not_a_form
 from ..errors import BadRequest, Code, HostError, PayloadTooLarge
 from ..registry import Serving
 from ..speech_api import INTERNAL_MESSAGE, V1_HINT, parse_json, short
@@ -68,12 +66,48 @@ async def _is_under_v1(request: web.Request) -> bool:
     return match.http_exception is None or match.http_exception.status == 405
 
 
+# The Content-Encoding values read, compared whole as aiohttp does: it decodes gzip, and br and
+# zstd with their optional packages (without them its parser refuses the request, 400, before
+# any handler runs); anything else, a list of codings included, reaches the handler undecoded.
+# deflate is refused although aiohttp decodes it: in aiohttp 3.14 a deflate body that proves
+# broken only at its end (when it arrives after the headers) is never finished nor failed, so
+# the read of it never returns and the client never gets an answer.
+DECODED = frozenset({"", "identity", "gzip", "br", "zstd"})
+
+
+def check_encoding(request: web.Request) -> None:
+    """415 for a body whose content coding aiohttp did not decode: read as it is, it would be
+    taken for something the client did not mean (RFC 9110, 8.4)."""
+    raw = request.headers.get("Content-Encoding", "")
+    if raw.strip().lower() not in DECODED:
+        raise HostError(f"Content-Encoding {raw[:40]!r} is not decoded here; send the body "
+                        "as it is, or gzip-compressed", status=415,
+                        code=Code.BAD_CONTENT_ENCODING)
+
+
+def undecodable(request: web.Request, exc: web.RequestPayloadError) -> BadRequest:
+    """A body that is not what its Content-Encoding says (aiohttp found out as it decoded).
+
+    aiohttp's parser has given up on this connection and would, after the answer, try to read
+    the rest of the body and log that failure as an unhandled exception: the body is marked
+    finished and the connection to be closed after the answer instead."""
+    request.content.feed_eof()
+    request.protocol.close()
+    coding = request.headers.get("Content-Encoding", "")[:40]
+    return BadRequest(f"the body cannot be decoded as its Content-Encoding ({coding}) says: "
+                      f"{short(exc)}", code=Code.BAD_CONTENT_ENCODING)
+
+
 async def read_body(request: web.Request) -> bytes:
-    """The body, or 413 beyond the size limit (``http.max_body_bytes``)."""
+    """The body, decoded; 413 beyond the size limit (``http.max_body_bytes``, which aiohttp
+    counts on the decoded bytes, so a small compressed bomb is refused as it grows)."""
+    check_encoding(request)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(_too_large(exc)) from None
+        raise PayloadTooLarge(too_large(exc)) from None
+    except web.RequestPayloadError as exc:
+        raise undecodable(request, exc) from None
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -81,28 +115,5 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return parse_json(await read_body(request))
 
 
-def _too_large(exc: web.HTTPRequestEntityTooLarge) -> str:
+def too_large(exc: web.HTTPRequestEntityTooLarge) -> str:
     return f"{exc.text or 'the body is too large'} (http.max_body_bytes)"
-
-
-async def ensure_form(request: web.Request) -> Any:
-    """The request's form fields (urlencoded or multipart), or BadRequest if unreadable."""
-    if request.body_exists and request.content_type not in FORM_TYPES:
-        raise not_a_form(request.content_type)
-    try:
-        form = await request.post()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(_too_large(exc)) from None
-    # LookupError: a charset Python does not know (charset=bogus); ValueError includes
-    # undecodable bytes; AssertionError, HTTPException and HttpProcessingError (a part header
-    # with control characters): aiohttp's multipart reader.
-    except (ValueError, LookupError, AssertionError, web.HTTPException,
-            HttpProcessingError) as exc:
-        raise BadRequest(f"the form body cannot be read: {short(exc)}",
-                         code=Code.MALFORMED_FORM) from None
-    # aiohttp spools a file part into a temporary file and never closes it; no route reads
-    # files, so each is closed now rather than left to the garbage collector.
-    for value in form.values():
-        if isinstance(value, web.FileField):
-            value.file.close()
-    return form

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..shown_paths import host_folders, relative_paths
 from .keys import HOST
 
 routes = web.RouteTableDef()
@@ -28,5 +29,10 @@ async def ready(request: web.Request) -> web.Response:
 
 @routes.get("/health/models/{name}")
 async def model_health(request: web.Request) -> web.Response:
-    ok, body = request.app[HOST].control.model_health(request.match_info["name"])
+    host = request.app[HOST]
+    ok, body = host.control.model_health(request.match_info["name"])
+    serving = host.registry.serving
+    if "reason" in body and serving is not None:  # public: no server paths
+        body["reason"] = relative_paths(body["reason"], host_folders(serving.config,
+                                                                     host.options))
     return web.json_response(body, status=200 if ok else 503)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..errors import BadRequest, Code, NotFound, Unauthorized
+from ..errors import BadRequest, Code, HostError, NotFound, Unauthorized
+from ..speech_api import parse_json
+from .errors import read_body
 from .keys import DELIVERIES, HOST
 
 routes = web.RouteTableDef()
@@ -69,7 +70,7 @@ async def git_push(request: web.Request) -> web.Response:
     if not secret:
         raise NotFound("webhooks are off: set ALLTALK_WEBHOOK_SECRET (or webhook_secret in "
                        "the host-local file) to turn them on", code=Code.NOT_FOUND)
-    body = await request.read()
+    body = await read_body(request)
     push = verify(request, body, str(secret))
     seen = request.app[DELIVERIES]
     if push.delivery and push.delivery in seen:
@@ -80,9 +81,11 @@ async def git_push(request: web.Request) -> web.Response:
     if push.event.lower() not in ("push", "push hook"):
         return _accepted({"result": "ignored", "reason": f"not a push ({push.event!r})"})
     try:
-        payload = json.loads(body)
+        # A signed payload is still a forge's input: parse_json refuses one nested 100k deep
+        # (RecursionError) or of a 5000-digit number as any JSON body.
+        payload = parse_json(body)
         ref, after = payload["ref"], payload.get("after") or payload.get("checkout_sha")
-    except (ValueError, KeyError, TypeError):
+    except (HostError, KeyError, TypeError):
         raise BadRequest("a push payload names its ref (and the commit after it)",
                          code=Code.MALFORMED_JSON) from None
     branch = host.control.repo.branch

@@ -46,8 +46,8 @@ async def _watch(app: web.Application) -> None:
             checked = serving.config.outputs_dir
             status = await outputs_status(app)
             if status and not status["writable"]:
-                log.warning("%s: /api/tts-generate and /api/previewvoice/ will fail until it "
-                            "is fixed", status["problem"])
+                log.warning("%s (%s): /api/tts-generate and /api/previewvoice/ will fail "
+                            "until it is fixed", status["problem"], status["dir"])
             else:
                 log.info("outputs folder: %s", checked)
         await asyncio.sleep(POLL_S)

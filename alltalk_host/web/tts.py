@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..audio import to_wav
 from ..config.settings import SPEED_RANGE
+from ..shown_paths import host_folders, relative_paths
 from ..speech_api import provenance_headers, tts_input
 from .errors import current_serving, read_json
 from .keys import HOST
@@ -32,11 +33,14 @@ async def models(request: web.Request) -> web.Response:
     and public like the other speech routes (no settings, paths or secrets)."""
     serving = current_serving(request)
     config = serving.config
+    folders = host_folders(config, request.app[HOST].options)
     entries = []
     for name, model in sorted(config.models.items()):
         gen = serving.generations.get(name)
         entry: dict = {"name": name, "backend": model.backend,
                        "default": name == config.default_model, **model.availability}
+        if "reason" in entry:
+            entry["reason"] = relative_paths(entry["reason"], folders)
         if gen is None:
             entry["state"] = "unavailable" if model.unavailable else "not_loaded"
         else:

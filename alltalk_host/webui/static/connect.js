@@ -42,7 +42,7 @@ function render() {
       `${location.hostname} : 10200`,
       "(when the server runs with --wyoming-uri tcp://0.0.0.0:10200 or ALLTALK_WYOMING_URI; voices are MODEL and MODEL/VOICE)"),
       item("AllTalk integrations: server URL", base,
-      "(those that fetch output_file_url as it is need alltalk.legacy_api = true in the config)"),
+      "(those that fetch output_file_url as it is need alltalk.legacy_api = true in the config; SillyTavern and text-generation-webui keep their relative URLs with it on)"),
       item("openai_tts: URL", `${base}/v1/audio/speech`, "(any API key; its key check speaks \".\")")),
     h("h2", {}, "curl"),
     h("pre", {}, `curl -X POST ${base}/tts -H 'Content-Type: application/json' -d '{"text": "Hello there."}' -o out.wav -D -`));

@@ -6,7 +6,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
-import math
 import os
 import re
 import threading
@@ -27,6 +26,7 @@ from alltalk_host import (
     ModelContext,
     SpeechRequest,
     first_clause,
+    number_in,
     parse_settings,
     split_sentences,
 )
@@ -142,10 +142,10 @@ def _gpu_likely() -> bool:
 
 def _check_range(name: str, value: Any) -> float:
     lo, hi = RANGES[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or not lo <= value <= hi:
-        raise ValueError(f"{name}: {value!r} is outside {lo}..{hi}")
-    return float(value)
+    checked = number_in(value, lo, hi)
+    if checked is None:
+        raise ValueError(f"{name}: {value!r:.40} is outside {lo}..{hi}")
+    return checked
 
 
 class OnnxBackend(Backend):

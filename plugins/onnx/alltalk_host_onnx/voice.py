@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from alltalk_host import number_in
 
 from .phonemize import BOS, EOS, PAD
 
@@ -115,7 +116,8 @@ def read_voice_config(path: Path) -> VoiceConfig:
 
 def _scale(inference: dict[str, Any], key: str, default: float, path: Path) -> float:
     value = inference.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value < 0:
-        raise VoiceError(f"voice config {path}: inference.{key} {value!r} is not a number >= 0")
-    return float(value)
+    checked = number_in(value, 0.0, float("inf"))
+    if checked is None:
+        raise VoiceError(f"voice config {path}: inference.{key} {value!r:.40} is not a "
+                         "number >= 0")
+    return checked

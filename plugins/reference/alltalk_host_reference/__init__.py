@@ -28,6 +28,7 @@ from alltalk_host import (
     ModelContext,
     SpeechRequest,
     hookimpl,
+    number_in,
     parse_settings,
     split_sentences,
 )
@@ -207,11 +208,11 @@ def _pitch_factor(options: Mapping[str, Any]) -> float:
                          "['pitch']", code="bad_option")
     value = options.get("pitch", 1.0)
     scale = RESERVED_OPTIONS["pitch"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            scale.low <= value <= scale.high):
-        raise BadRequest(f"pitch: {value!r} is not a factor from {scale.low} to {scale.high} "
-                         "(1.0 is the voice's own pitch)", code="bad_option")
-    return float(value)
+    factor = number_in(value, scale.low, scale.high)
+    if factor is None:
+        raise BadRequest(f"pitch: {value!r:.40} is not a factor from {scale.low} to "
+                         f"{scale.high} (1.0 is the voice's own pitch)", code="bad_option")
+    return factor
 
 
 @hookimpl

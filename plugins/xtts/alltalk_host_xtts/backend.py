@@ -11,7 +11,6 @@ import contextlib
 import gc
 import importlib.util
 import logging
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from alltalk_host import (
     MemoryNeed,
     ModelContext,
     SpeechRequest,
+    number_in,
     parse_settings,
 )
 
@@ -84,9 +84,9 @@ def _gpu_likely() -> bool:
 
 def _check_parameter(name: str, value: Any) -> float:
     _, lo, hi = PARAMETERS[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or not lo <= value <= hi or (name == "top_k" and not float(value).is_integer()):
-        raise ValueError(f"{name}: {value!r} is outside {lo}..{hi}")
+    checked = number_in(value, lo, hi)
+    if checked is None or (name == "top_k" and not checked.is_integer()):
+        raise ValueError(f"{name}: {value!r:.40} is outside {lo}..{hi}")
     return value
 
 
