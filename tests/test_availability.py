@@ -96,11 +96,12 @@ async def test_an_unavailable_spare_model_is_reported_and_cannot_be_switched_to(
     resp = await client.get("/health/models/spare")
     assert resp.status == 503
     health = await resp.json()
-    # Public routes show a path outside the host's folders as its file name only.
-    assert (health["state"], health["reason"]) == ("unavailable", reason_for("spare.toml"))
+    # Public routes show a path inside the host's folders relative to it.
+    assert (health["state"], health["reason"]) == ("unavailable",
+                                                   reason_for("models_dir/spare.toml"))
     tts_models = {m["name"]: m for m in (await (await client.get("/tts/models")).json())[
         "models"]}
-    assert tts_models["spare"]["reason"] == reason_for("spare.toml")
+    assert tts_models["spare"]["reason"] == reason_for("models_dir/spare.toml")
     assert (await client.get("/health/models/reference")).status == 200
 
     # A switch to it fails at once, saying why, and changes nothing: no commit, same branch.
