@@ -166,12 +166,13 @@ class Operation:
         if self.ended:
             return
         if isinstance(exc, HostError):
-            reason, code = exc.message, exc.code
+            self.phase("failed", reason=exc.message, code=exc.code, **data)
         elif isinstance(exc, asyncio.CancelledError):
-            reason, code = "interrupted: the host is stopping", Code.SHUTTING_DOWN
+            self.phase("failed", reason="interrupted: the host is stopping",
+                       code=Code.SHUTTING_DOWN, **data)
         else:
-            reason, code = f"{type(exc).__name__}: {exc}", Code.INTERNAL_ERROR
-        self.phase("failed", reason=reason, code=code, **data)
+            self.phase("failed", reason=f"{type(exc).__name__}: {exc}",
+                       code=Code.INTERNAL_ERROR, **data)
 
     def phase_threadsafe(self, phase: str, **data: Any) -> None:
         if self.bus is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from alltalk_host.errors import StateUnwritable
 from alltalk_host.ledger import Ledger
 from alltalk_host.state import STATE_FILE, StateStore
 
@@ -53,7 +54,7 @@ async def test_a_transition_that_cannot_be_saved_is_not_made(tmp_path):
                                           duration_s=0.1),
             lambda: ledger.canary_extended({"commit": B, "stable": A}, "few"),
             lambda: ledger.attempt(C)):
-        with pytest.raises(OSError):
+        with pytest.raises(StateUnwritable):  # the 507 the state store raises for an OSError
             await transition()
         assert StateStore.encode(ledger.state) == before  # in memory: as it was
 
