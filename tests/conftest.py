@@ -6,10 +6,11 @@ import asyncio
 import io
 import logging
 import os
+import socket
 import subprocess
 import sys
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,48 @@ async def error_of(resp: Any) -> dict[str, Any]:
     assert set(body) == {"error"}, body
     assert {"code", "message"} <= set(body["error"]), body
     return body["error"]
+
+
+@pytest.fixture
+async def ray_front(host_options: Callable[..., HostOptions], config_repo: ConfigRepoHelper,
+                    tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """``await ray_front("r1", **host_options)``: a replica serving the config's head behind
+    its own Ray front (served by uvicorn, as Serve's proxy does), its state where the
+    deployment keeps it; the front's base URL. Fronts share ``tmp_path / "ray"``, the
+    deployment's state_dir."""
+    import uvicorn
+    from starlette.requests import Request
+
+    from alltalk_host.ray.front import RayFront
+    from alltalk_host.ray.replica import Replica
+
+    running: list[tuple[Replica, Any, asyncio.Task[None]]] = []
+
+    async def start(replica_id: str = "r1", **overrides: Any) -> str:
+        shared = tmp_path / "ray"
+        replica = Replica(host_options(state_dir=shared / "replicas" / replica_id,
+                                       directed=True, **overrides), replica_id)
+        await replica.start()
+        await replica.reconfigure({"commit": config_repo.head})
+        front = RayFront(replica, shared_dir=shared)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            response = await front.handle(Request(scope, receive))
+            await response(scope, receive, send)
+
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off",
+                                               ws="none", http="h11"))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        running.append((replica, server, task))
+        while not server.started:
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield start
+    for replica, server, task in running:
+        server.should_exit = True
+        await task
+        await replica.stop()

@@ -20,10 +20,9 @@ from alltalk_host.cli_serve import _listen
 from alltalk_host.errors import ConfigInvalid
 from alltalk_host.host import Host, HostOptions
 from alltalk_host.http_boundary import PROXY_HEADERS, is_loopback_address
-from alltalk_host.ray.replica import Replica
 from alltalk_host.web.app import create_app
 
-from .conftest import ConfigRepoHelper, error_of
+from .conftest import error_of
 
 TOKEN = "s3cret-token"
 SWITCH = {"model": "reference-low", "author": "internet"}
@@ -271,50 +270,8 @@ async def test_serve_on_double_colon_gives_ipv4_loopback_clients_local_control(
 
 # --- the Ray front's /ray/status ---------------------------------------------------------------
 
-@pytest.fixture
-async def ray_status(host_options, config_repo: ConfigRepoHelper, tmp_path: Path
-                     ) -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """``await ray_status(**options)``: a replica behind its Ray front, served by uvicorn as
-    Serve serves it (test_ray.py does the same); its base URL."""
-    import uvicorn
-    from starlette.requests import Request
-
-    from alltalk_host.ray.front import RayFront
-
-    running: list[tuple[Replica, Any, asyncio.Task[None]]] = []
-
-    async def start(**overrides: Any) -> str:
-        shared = tmp_path / "ray"
-        replica = Replica(host_options(state_dir=shared / "replicas" / "r1", directed=True,
-                                       **overrides), "r1")
-        await replica.start()
-        await replica.reconfigure({"commit": config_repo.head})
-        front = RayFront(replica, shared_dir=shared)
-
-        async def app(scope: Any, receive: Any, send: Any) -> None:
-            response = await front.handle(Request(scope, receive))
-            await response(scope, receive, send)
-
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off",
-                                               ws="none", http="h11"))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        running.append((replica, server, task))
-        while not server.started:
-            assert not task.done(), task
-            await asyncio.sleep(0.02)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    yield start
-    for replica, server, task in running:
-        server.should_exit = True
-        await task
-        await replica.stop()
-
-
-async def test_ray_status_needs_the_token_when_one_is_set(ray_status):
-    base = await ray_status(control_token=TOKEN)
+async def test_ray_status_needs_the_token_when_one_is_set(ray_front):
+    base = await ray_front("r1", control_token=TOKEN)
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/ray/status") as resp:
             assert resp.status == 401
@@ -348,8 +305,8 @@ async def _answer(session: aiohttp.ClientSession, url: str, headers: dict[str, s
 
 @pytest.mark.parametrize("options", [{}, {"behind_proxy": True}], ids=["local", "behind_proxy"])
 async def test_ray_status_without_a_token_answers_as_control_status(
-        ray_status, start_server, options):
-    base = await ray_status(**options)
+        ray_front, start_server, options):
+    base = await ray_front("r1", **options)
     client = await start_server(**options)
     twin = f"http://{client.host}:{client.port}/control/status"
     async with aiohttp.ClientSession() as session:
@@ -366,11 +323,11 @@ async def test_ray_status_without_a_token_answers_as_control_status(
             assert (await _answer(session, f"{base}/ray/status", {})) == (200, None)
 
 
-async def test_a_rollout_reads_ray_status_with_the_control_token(ray_status, config_repo,
+async def test_a_rollout_reads_ray_status_with_the_control_token(ray_front, config_repo,
                                                                  tmp_path):
     from alltalk_host.ray.rollout import Fleet, FleetSpec
 
-    base = await ray_status(control_token=TOKEN)
+    base = await ray_front("r1", control_token=TOKEN)
     spec = FleetSpec(config_repo=config_repo.path, state_dir=tmp_path / "fleet")
     running = {"deployments": {"alltalk": {"replicas": [{"replica_id": "r1",
                                                          "state": "RUNNING"}]}}}

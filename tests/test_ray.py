@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
-import socket
 import wave
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,49 +94,6 @@ def test_a_replica_needs_a_directed_host(config_repo: ConfigRepoHelper, tmp_path
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 StartFront = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def ray_front(host_options: Callable[..., HostOptions], config_repo: ConfigRepoHelper,
-                    tmp_path: Path) -> AsyncIterator[StartFront]:
-    """``await ray_front("r1")``: a replica serving the config's head behind its own front,
-    its state where the deployment keeps it; the front's base URL. Fronts share
-    ``tmp_path / "ray"``, the deployment's state_dir."""
-    import uvicorn
-    from starlette.requests import Request
-
-    from alltalk_host.ray.front import RayFront
-
-    running: list[tuple[Replica, Any, asyncio.Task[None]]] = []
-
-    async def start(replica_id: str = "r1") -> str:
-        shared = tmp_path / "ray"
-        replica = Replica(host_options(state_dir=shared / "replicas" / replica_id,
-                                       directed=True), replica_id)
-        await replica.start()
-        await replica.reconfigure({"commit": config_repo.head})
-        front = RayFront(replica, shared_dir=shared)
-
-        async def app(scope: Any, receive: Any, send: Any) -> None:
-            response = await front.handle(Request(scope, receive))
-            await response(scope, receive, send)
-
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off",
-                                               ws="none", http="h11"))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        running.append((replica, server, task))
-        while not server.started:
-            assert not task.done(), task
-            await asyncio.sleep(0.02)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    yield start
-    for replica, server, task in running:
-        server.should_exit = True
-        await task
-        await replica.stop()
 
 
 async def test_a_file_generated_on_one_replica_is_fetched_from_the_other(
