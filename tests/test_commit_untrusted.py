@@ -240,3 +240,19 @@ async def test_the_outputs_routes_serve_audio_files_only(start_server, tmp_path)
     (outputs / "hello.wav").write_bytes(b"RIFF")
     assert (await client.get("/audio/notes.toml")).status == 404
     assert (await client.get("/audio/hello.wav")).status == 200
+
+
+@pytest.mark.parametrize("text", [
+    "[default]\nx = " + "[" * 20_000 + "]" * 20_000 + "\n",
+    "[default]\nx = " + "{a = " * 20_000 + "1" + "}" * 20_000 + "\n",
+    "[default]\n" + "# padding\n" * 500_000,  # over the size limit of a settings file
+])
+async def test_a_settings_file_too_deep_or_too_large_is_refused_cleanly(
+        start_server, config_repo, text: str, caplog: pytest.LogCaptureFixture):
+    client = await start_server()
+    before = await serving(client)
+    config_repo.write("extra.toml", text)
+    error = await refused(client, config_repo.commit("a hostile settings file"))
+    assert error["code"] == "invalid_toml" and "extra.toml" in error["message"], error
+    assert await serving(client) == before
+    assert not [r for r in caplog.records if r.exc_info], "a commit's file is no traceback"

@@ -29,6 +29,9 @@ from ..errors import Code, ConfigInvalid
 from .untrusted import refuse_untrusted
 from .values import Layer
 
+# The largest settings file read (the template's are a few kilobytes).
+MAX_TOML_BYTES = 1_048_576
+
 ENV_PREFIX = "ALLTALK"
 SETTINGS_FILE = "settings.toml"
 
@@ -122,8 +125,19 @@ def _layers_alone(tree: Path, files: list[Path]) -> Path:
 
 
 def _check_toml(path: Path, label: str) -> dict[str, Any]:
-    """Parse once ourselves so a syntax error names the file and line."""
+    """Parse once ourselves so a syntax error names the file and line.
+
+    A settings file is a few kilobytes; one from a commit is untrusted, so it is refused past
+    MAX_TOML_BYTES (never read into memory whole) and when nested deeper than the parser
+    recurses (tomllib raises RecursionError there, not a syntax error)."""
+    size = path.stat().st_size
+    if size > MAX_TOML_BYTES:
+        raise ConfigInvalid(f"{label} is {size} bytes; a settings file may have at most "
+                            f"{MAX_TOML_BYTES}", code=Code.INVALID_TOML)
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigInvalid(f"{label} is not valid TOML: {exc}", code=Code.INVALID_TOML) from None
+    except RecursionError:
+        raise ConfigInvalid(f"{label} nests arrays or tables too deeply to read",
+                            code=Code.INVALID_TOML) from None
