@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from ..errors import Code, ConfigInvalid
-from .values import Layer
+from .values import Layer, clip
 
 OWNER_LAYERS = frozenset({"host-local", "env"})
 MAX_PATH = 1024
@@ -78,16 +78,12 @@ def model_path_problems(name: str, settings: Mapping[str, object], path_settings
             continue
         problem = commit_path_problem(value)
         if problem:
-            problems.append(f"{dotted}: {_clip(value)} {problem}")
+            problems.append(f"{dotted}: {clip(value)} {problem}")
     return problems
 
 
 def _refused(key: str, value: str, layer: Layer, problem: str) -> ConfigInvalid:
-    message = f"{key}: {_clip(value)} {problem}"
+    message = f"{key}: {clip(value)} {problem}"
     return ConfigInvalid(f"{message} (set by {layer})", code=Code.VALIDATION_FAILED,
                          details=[message])
 
-
-def _clip(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -24,6 +24,7 @@ import dynaconf.default_settings as _dynaconf_defaults
 from dynaconf.utils import RENAMED_VARS
 
 from ..errors import Code, ConfigInvalid
+from .values import clip
 
 # Dynaconf's own settings, by the short names a file could use too ("includes", "preload",
 # "settings_module", "root_path", ...). Names with "dynaconf" in them are refused anyway.
@@ -80,9 +81,6 @@ def _walk(value: Any, where: str) -> Iterator[tuple[str, str]]:
     elif isinstance(value, str) and value.startswith("@"):
         # Dynaconf reads "@word rest" as a converter (@format, @jinja, @read_file, @get,
         # @json, @del, ...); refusing every leading "@" also covers converters added later.
-        yield where, (f"{_clip(value)} starts with '@', which the settings loader evaluates "
+        yield where, (f"{clip(value)} starts with '@', which the settings loader evaluates "
                       f"as a token; a commit's strings may not start with '@'")
 
-
-def _clip(value: str, limit: int = 40) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "...")

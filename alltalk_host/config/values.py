@@ -106,3 +106,9 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[dict[str
 
 
 _MISSING = object()
+
+
+def clip(value: object, limit: int = 60) -> str:
+    """A value from a commit, quoted and short enough for a message and a log line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
