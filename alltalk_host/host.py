@@ -14,19 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .canary import Arms
+from .change.control import Controller
+from .change.state import StateStore
 from .config.loader import ConfigLoader
 from .config.repo import ConfigRepo
 from .config.settings import ENV_PREFIX
-from .control import Controller
 from .errors import Code, ConfigInvalid
 from .events import EventBus
 from .limits import EdgeLimits
 from .metrics import Metrics
 from .plugins import BackendCatalog, discover
-from .registry import ModelRegistry
-from .speech import SpeechService
-from .state import StateStore
+from .serving.arms import Arms
+from .serving.registry import ModelRegistry
+from .serving.speech import SpeechService
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .canary import STABLE
+from .change.control import Controller
+from .config.canary import STABLE
 from .events import MODEL, OPERATION, Event
-
-if TYPE_CHECKING:
-    from .host import Host
+from .serving.registry import ModelRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Time to first audio and whole requests: from a fast sentence to a long paragraph on a CPU.
@@ -36,8 +35,16 @@ PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TERMINAL = ("done", "failed")
 
 
+class Observed(Protocol):
+    """What the metrics read at scrape time (a ``Host``): the models that serve and the
+    coordinator's state."""
+
+    registry: ModelRegistry
+    control: Controller
+
+
 class Metrics:
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Observed) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("alltalk_requests", "HTTP requests answered, by route, model "
@@ -117,7 +124,7 @@ class Metrics:
 class _HostCollector(Collector):
     """What is true now, read at scrape time."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Observed) -> None:
         self.host = host
 
     def describe(self) -> list[Metric]:

@@ -7,7 +7,7 @@ of settings, availability or load stops the checks that need a loaded model. Wha
 - settings: good ones parse, an unknown key and the author's bad examples are a ValueError that
   names the key;
 - availability: ``check_available`` passes for the settings given;
-- load and warm-up, as the host does them (``alltalk_host.loading.warm_up``);
+- load and warm-up, as the host does them (``alltalk_host.change.loading.warm_up``);
 - synthesis: finite, non-silent audio at ``sample_rate`` in each declared language and voice
   (a deterministic sample of at most ``max_languages`` and ``max_voices``);
 - streaming: the concatenated chunks are as long as a whole synthesis (within
@@ -36,10 +36,10 @@ import numpy as np
 
 from .audio import audio_problem
 from .backend import RESERVED_OPTIONS, Audio, Backend, ModelContext, SpeechRequest
+from .change.loading import warm_up
 from .config.settings import ModelDef
 from .errors import BadRequest
-from .loading import warm_up
-from .registry import release_memory
+from .serving.registry import release_memory
 
 WARMUP_TEXT = "The quick brown fox jumps over the lazy dog."
 STREAM_TEXT = ("The first sentence is short. A second one follows it. Then comes a third. "

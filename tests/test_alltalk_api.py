@@ -338,7 +338,7 @@ async def test_a_language_the_model_lacks_falls_back_on_alltalk_routes(start_ser
 
 def test_current_settings_report_the_backends_parsed_defaults():
     """XTTS's temperature and repetition penalty default to 0.75 and 5.0, not 0."""
-    from alltalk_host.alltalk_api import _setting
+    from alltalk_host.apis.alltalk_api import _setting
     from alltalk_host.config.settings import ModelDef
     from alltalk_host_xtts.backend import XttsSettings
 

@@ -211,7 +211,7 @@ async def test_models_whose_backend_is_missing_are_unavailable_while_the_rest_se
 def test_public_reasons_show_paths_relative_to_the_hosts_folders():
     from pathlib import Path
 
-    from alltalk_host.shown_paths import relative_paths
+    from alltalk_host.web.shown_paths import relative_paths
 
     folders = {"models_dir": Path("/srv/tts/models"), "state_dir": Path("/var/lib/alltalk")}
     assert relative_paths("weights file /srv/tts/models/joe/joe.onnx not found", folders) == (

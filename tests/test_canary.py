@@ -11,8 +11,8 @@ from typing import Any
 import openai
 import pytest
 
-from alltalk_host import cli
-from alltalk_host import cli_words as words
+from alltalk_host.commands import cli
+from alltalk_host.commands import cli_words as words
 from alltalk_host.events import OPERATION
 from alltalk_host.web.keys import HOST
 

@@ -10,21 +10,18 @@ from dataclasses import replace
 import pytest
 
 from alltalk_host.backend import ModelContext, SpeechRequest
-from alltalk_host.canary import (
+from alltalk_host.change.canary import CanaryRun, Verdict, evaluate
+from alltalk_host.config.canary import (
     ABORT,
     CANARY,
     EXTEND,
     PROMOTE,
     STABLE,
-    ArmRequest,
-    ArmStats,
-    CanaryRun,
     CanarySettings,
     CanarySpec,
-    Verdict,
-    evaluate,
 )
 from alltalk_host.errors import HostError
+from alltalk_host.serving.arms import ArmRequest, ArmStats
 from alltalk_host_reference import ReferenceBackend
 
 SPEC = CanarySpec(percent=10, duration_s=300, min_requests=20, max_error_rate=0.01,

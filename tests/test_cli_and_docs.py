@@ -14,8 +14,8 @@ from pathlib import Path
 import git
 import pytest
 
-from alltalk_host import cli
-from alltalk_host import cli_words as words
+from alltalk_host.commands import cli
+from alltalk_host.commands import cli_words as words
 from alltalk_host.web.app import CONTROL_TABLES, ROUTE_TABLES
 
 from .conftest import ROOT
@@ -146,7 +146,7 @@ def run_real_cli(*args: str) -> subprocess.CompletedProcess[str]:
     # ROOT first, and the rest of PYTHONPATH kept: a worktree's plugins live there.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    return subprocess.run([sys.executable, "-m", "alltalk_host.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "alltalk_host", *args], env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import io
 
-from alltalk_host import cli
-from alltalk_host import cli_words as words
+from alltalk_host.commands import cli
+from alltalk_host.commands import cli_words as words
 
 
 async def run(*args: str) -> tuple[int | str, str, str]:

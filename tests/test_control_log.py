@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import error_of
 
-LOGGER = "alltalk_host.control"
+LOGGER = "alltalk_host.change.control"
 ME = "api@127.0.0.1"
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from alltalk_host.change.state import STATE_FILE, HostState, StateStore
 from alltalk_host.config.repo import ConfigRepo
 from alltalk_host.config.repo_write import HOST_ACTOR
-from alltalk_host.state import STATE_FILE, HostState, StateStore
 
 from .conftest import wait_until
 from .test_swaps import _free_port, _get, _serve, _swallow, _wait_ready

@@ -7,7 +7,7 @@ from __future__ import annotations
 import git
 import pytest
 
-from alltalk_host import cli
+from alltalk_host.commands import cli
 
 SECRET = "secrets.local.toml"
 

@@ -20,7 +20,7 @@ def serve(config_repo, state, port, *flags, env=None):
     import os
 
     return subprocess.Popen(
-        [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo", str(config_repo),
+        [sys.executable, "-m", "alltalk_host", "serve", "--config-repo", str(config_repo),
          "--state-dir", str(state), "--port", str(port), *flags],
         env={**{k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")},
              **(env or {})},
@@ -72,7 +72,7 @@ def test_json_logs_carry_the_request_id_and_the_access_log_says_what_served(
                   and r["logger"] == "alltalk_host.access")
     assert stream["path"] == "/api/tts-generate-streaming"  # no query: the text stays out
     failed = [r for r in records if r.get("request_id") == "req-44"]
-    assert any(r["logger"] == "alltalk_host.control" and r["level"] == "WARNING"
+    assert any(r["logger"] == "alltalk_host.change.control" and r["level"] == "WARNING"
                for r in failed), failed
     # The text spoken never reaches the log, in a body or in a query string.
     assert "old mill" not in out and "old+mill" not in out and "old%20mill" not in out

@@ -63,7 +63,7 @@ async def test_a_model_that_allows_it_is_replaced_in_place_instead(start_server,
     bigger = config_repo.change("16 MiB", "models.toml",
                                 "default.models.reference.settings.memory_mb", 16)
     assert (await plan(client, bigger))["memory"][0]["how"] == "in place"
-    caplog.set_level(logging.WARNING, logger="alltalk_host.apply")
+    caplog.set_level(logging.WARNING, logger="alltalk_host.change.apply")
     apply = asyncio.create_task(client.post("/control/config/apply", json={"commit": bigger}))
     # Replaced in place: the old copy is gone before the new one loads, and requests wait.
     await wait_until(client, lambda s: any(m["state"] == "loading" for m in s["models"]))

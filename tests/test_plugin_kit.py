@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from alltalk_host import Audio, SpeechRequest, cli
+from alltalk_host import Audio, SpeechRequest
+from alltalk_host.commands import cli
 from alltalk_host.testing import assert_conforms, check_backend
 from alltalk_host_reference import ReferenceBackend
 
@@ -98,7 +99,7 @@ def run_cli(*args: str, cwd: Path | None = None, pythonpath: Path | None = None
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath),
                                                         env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-m", "alltalk_host.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "alltalk_host", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

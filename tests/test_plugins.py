@@ -133,7 +133,7 @@ def _run_cli(args: list[str], site: Path | None = None,
         environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(site), environ.get("PYTHONPATH")) if p)
     environ.update(env)
-    return subprocess.run([sys.executable, "-m", "alltalk_host.cli", *args], env=environ,
+    return subprocess.run([sys.executable, "-m", "alltalk_host", *args], env=environ,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -206,7 +206,7 @@ def test_the_authors_guide_and_the_contract_name_the_same_things():
 
 def test_the_guide_names_only_real_commands_and_the_contracts_scales():
     from alltalk_host import RESERVED_OPTIONS
-    from alltalk_host.cli import _parser
+    from alltalk_host.commands.cli import _parser
 
     guide = GUIDE.read_text()
     parser = _parser()

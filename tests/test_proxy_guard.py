@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from alltalk_host import cli
-from alltalk_host.cli_serve import _listen
+from alltalk_host.apis.http_boundary import PROXY_HEADERS, is_loopback_address
+from alltalk_host.commands import cli
+from alltalk_host.commands.cli_serve import _listen
 from alltalk_host.errors import ConfigInvalid
 from alltalk_host.host import Host, HostOptions
-from alltalk_host.http_boundary import PROXY_HEADERS, is_loopback_address
 from alltalk_host.web.app import create_app
 
 from .conftest import error_of

@@ -24,7 +24,7 @@ import pytest
 from alltalk_host.errors import HostError
 from alltalk_host.host import Host, HostOptions
 from alltalk_host.ray.replica import Replica, ReplicaState
-from alltalk_host.speech import SpeechInput
+from alltalk_host.serving.speech import SpeechInput
 
 from .conftest import ConfigRepoHelper, read_wav
 

@@ -79,7 +79,7 @@ def ray_cli(*args: str, cwd: Path) -> Run:
     env["HOME"] = str(cwd)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "alltalk_host.cli", "ray", *args], cwd=cwd,
+    done = subprocess.run([sys.executable, "-m", "alltalk_host", "ray", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=240)
     return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from alltalk_host.change.state import StateStore
 from alltalk_host.ray.front import REPLICA_HEADER, STATUS_PATH
 from alltalk_host.ray.rollout import APP_NAME, APPS_PATH, DEPLOYMENT, Fleet, FleetSpec
-from alltalk_host.state import StateStore
 
 from .conftest import ConfigRepoHelper
 

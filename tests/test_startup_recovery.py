@@ -87,7 +87,7 @@ async def test_an_unusable_state_file_is_moved_aside_and_the_host_serves_the_bra
     assert json.loads(bad.read_text())["applied"] == head  # a good state from now on
 
     errors = [r for r in caplog.records
-              if r.name == "alltalk_host.state" and r.levelno == logging.ERROR]
+              if r.name == "alltalk_host.change.state" and r.levelno == logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in caplog.records]
     message = errors[0].getMessage()
     assert reason in message and aside[0].name in message
@@ -105,7 +105,7 @@ def test_a_served_host_with_a_truncated_state_file_starts_and_says_why(config_re
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo",
+            [sys.executable, "-m", "alltalk_host", "serve", "--config-repo",
              str(config_repo.path), "--state-dir", str(state_dir), "--port", str(port)],
             env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         try:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from alltalk_host.change.ledger import Ledger
+from alltalk_host.change.state import STATE_FILE, StateStore
 from alltalk_host.errors import StateUnwritable
-from alltalk_host.ledger import Ledger
-from alltalk_host.state import STATE_FILE, StateStore
 
 from .test_events import read_events
 

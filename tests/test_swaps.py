@@ -218,7 +218,7 @@ def _get(url: str) -> dict:
 def _serve(config: Path, state: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo", str(config),
+        [sys.executable, "-m", "alltalk_host", "serve", "--config-repo", str(config),
          "--state-dir", str(state), "--port", str(port)],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import git
 
-from alltalk_host import cli
+from alltalk_host.commands import cli
 from alltalk_host.config.template import COMMENTED, init_from_template, template_dir
 from alltalk_host.plugins import BackendCatalog, PluginInfo, discover
 

@@ -482,7 +482,7 @@ async def test_a_unix_socket_serves_too_and_is_removed_at_the_end(config_repo, t
 def serve_error(config_repo: ConfigRepoHelper, tmp_path: Path, *args: str) -> str:
     """`alltalk-host serve ARGS` that must fail: its one line on stderr."""
     result = subprocess.run(
-        [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo",
+        [sys.executable, "-m", "alltalk_host", "serve", "--config-repo",
          str(config_repo.path), "--state-dir", str(tmp_path / "state"), "--port",
          str(free_port()), *args],
         # Only the plugin the config uses: a broken one installed beside it would add a

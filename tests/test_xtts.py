@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from alltalk_host import ModelContext
-from alltalk_host.speech import SpeechInput
+from alltalk_host.serving.speech import SpeechInput
 from alltalk_host.web.keys import HOST
 from alltalk_host_xtts import backend as xtts_backend
 from alltalk_host_xtts.backend import XttsBackend
@@ -253,7 +253,7 @@ import gc, json, sys
 from pathlib import Path
 import psutil
 from alltalk_host import ModelContext, SpeechRequest
-from alltalk_host.registry import release_memory
+from alltalk_host.serving.registry import release_memory
 from alltalk_host_xtts.backend import XttsBackend
 
 settings = XttsBackend.validate_settings({"checkpoint": sys.argv[1]})

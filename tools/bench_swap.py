@@ -41,8 +41,8 @@ import aiohttp
 import psutil
 
 from alltalk_host.backend import ModelContext, SpeechRequest
+from alltalk_host.change.plan import make_plan
 from alltalk_host.host import Host, HostOptions
-from alltalk_host.plan import make_plan
 from alltalk_host_reference import ReferenceBackend
 from tools.benchlib import ONE, RESULTS_DIR, ClientLoad, median_ci95, write_results
 from tools.server import Server, commit, new_config_repo, set_key

@@ -290,8 +290,8 @@ def step_low_vram(step: Step, work: Path) -> None:
 def step_oom(step: Step, work: Path) -> None:
     import torch
 
+    from alltalk_host.change.loading import load_model
     from alltalk_host.errors import ApplyFailed
-    from alltalk_host.loading import load_model
     from alltalk_host_xtts.backend import XttsBackend
 
     torch.cuda.init()

@@ -74,7 +74,7 @@ class Server:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
         environ.update(env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "alltalk_host.cli", "serve", "--config-repo",
+            [sys.executable, "-m", "alltalk_host", "serve", "--config-repo",
              str(config_repo), "--state-dir", str(state_dir), "--port", str(self.port),
              "--log-level", log_level, *args], env=environ, cwd=ROOT,
             stdout=output, stderr=subprocess.STDOUT if output is not None else None)

@@ -17,10 +17,10 @@ from typing import Any
 
 from dynaconf import Dynaconf, ValidationError, Validator
 
-from ..canary import CHOICES, LIMITS, CanarySettings, CanarySpec
 from ..errors import Code, ConfigInvalid
 from ..outputs import Retention
 from ..plugins import BackendCatalog
+from .canary import CHOICES, LIMITS, CanarySettings, CanarySpec
 from .layers import ENV_PREFIX, SETTINGS_FILE, layers_of, load_layers
 from .models import SPEED_RANGE, ModelDef, parse_models
 from .paths import OWNER_LAYERS, host_folder

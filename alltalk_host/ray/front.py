@@ -32,19 +32,12 @@ from starlette.responses import (
     StreamingResponse,
 )
 
-from .. import alltalk_api
-from ..alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
-from ..alltalk_fields import FORM_TYPES, Reply, alltalk_error, not_a_form
-from ..audio import to_wav
-from ..backend import Audio
-from ..config.settings import HostConfig
-from ..encode import Format, StreamEncoder, encode
-from ..errors import BadRequest, Code, HostError, NotFound, PayloadTooLarge, Unauthorized
-from ..http_boundary import Access, Caller, HttpPolicy, check_caller
-from ..outputs import OutputStore, OutputStores
-from ..registry import Serving
-from ..speech import SpeechResult, SpeechStream
-from ..speech_api import (
+from ..apis import alltalk_api
+from ..apis.alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
+from ..apis.alltalk_fields import FORM_TYPES, Reply, alltalk_error, not_a_form
+from ..apis.encode import Format, StreamEncoder, encode
+from ..apis.http_boundary import Access, Caller, HttpPolicy, check_caller
+from ..apis.speech_api import (
     INTERNAL_MESSAGE,
     openai_body,
     openai_error,
@@ -56,6 +49,13 @@ from ..speech_api import (
     tts_input,
     with_param,
 )
+from ..audio import to_wav
+from ..backend import Audio
+from ..config.settings import HostConfig
+from ..errors import BadRequest, Code, HostError, NotFound, PayloadTooLarge, Unauthorized
+from ..outputs import OutputStore, OutputStores
+from ..serving.registry import Serving
+from ..serving.speech import SpeechResult, SpeechStream
 from .replica import Replica
 
 log = logging.getLogger(__name__)

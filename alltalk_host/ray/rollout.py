@@ -30,9 +30,9 @@ from typing import Any
 
 import aiohttp
 
+from ..change.ledger import Ledger
+from ..change.state import StateStore
 from ..config.repo import ConfigRepo
-from ..ledger import Ledger
-from ..state import StateStore
 from .front import REPLICA_HEADER, STATUS_PATH
 
 APP_NAME = "alltalk"

@@ -15,11 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import alltalk_api
-from ..alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
-from ..alltalk_fields import Reply, alltalk_error
+from ..apis import alltalk_api
+from ..apis.alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
+from ..apis.alltalk_fields import Reply, alltalk_error
 from ..errors import HostError
-from ..speech import SpeechResult
+from ..serving.speech import SpeechResult
 from .errors import current_serving
 from .forms import ensure_form
 from .keys import HOST, OUTPUTS

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..alltalk_fields import boolean
+from ..apis.alltalk_fields import boolean
 from ..errors import Code, Conflict, HostError, NotFound
 from .errors import current_serving
 from .guard import ControlRoutes

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..canary import ARM_REQUEST, ARMS, ArmRequest
+from ..config.canary import ARMS
+from ..serving.arms import ARM_REQUEST, ArmRequest
 from .errors import Handler
 
 CHOICE_HEADER = "X-AllTalk-Canary"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..apis.speech_api import field
 from ..errors import BadRequest, Code
-from ..speech_api import field
 from .errors import read_json
 from .guard import ControlRoutes
 from .keys import HOST

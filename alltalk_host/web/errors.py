@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ..apis.speech_api import INTERNAL_MESSAGE, V1_HINT, parse_json, short
 from ..errors import BadRequest, Code, HostError, PayloadTooLarge
-from ..registry import Serving
-from ..speech_api import INTERNAL_MESSAGE, V1_HINT, parse_json, short
+from ..serving.registry import Serving
 from .keys import HOST
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict, MultiDictProxy
 
-from ..alltalk_fields import FORM_TYPES, not_a_form
+from ..apis.alltalk_fields import FORM_TYPES, not_a_form
+from ..apis.speech_api import short
 from ..errors import BadRequest, Code, HostError, PayloadTooLarge
-from ..speech_api import short
 from .errors import check_encoding, too_large, undecodable
 
 # Content-Transfer-Encoding values that leave a part's bytes as they are.

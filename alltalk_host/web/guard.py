@@ -3,7 +3,7 @@
 Such routes are declared in a ``ControlRoutes`` table, whatever their path (``/control/*``,
 AllTalk's ``/api/reload``, ...), and ``create_app`` wraps every route of those tables with
 ``guard``. No path prefix decides, so a route added anywhere is guarded by being declared so.
-The rules have no web framework (``alltalk_host.http_boundary``): the Ray front's
+The rules have no web framework (``alltalk_host.apis.http_boundary``): the Ray front's
 ``/ray/status`` is judged by the same ones.
 
 The rules, in order:
@@ -34,9 +34,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..apis.http_boundary import Access, Caller, HttpPolicy, check_caller
+from ..apis.http_boundary import check_origin as check_caller_origin
 from ..errors import Unauthorized, UnsupportedMediaType
-from ..http_boundary import Access, Caller, HttpPolicy, check_caller
-from ..http_boundary import check_origin as check_caller_origin
 from .errors import Handler, error_response
 from .keys import HOST
 from .policy import policy

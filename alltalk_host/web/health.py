@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..shown_paths import host_folders, relative_paths
 from .keys import HOST
+from .shown_paths import host_folders, relative_paths
 
 routes = web.RouteTableDef()
 

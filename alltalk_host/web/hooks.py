@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..apis.speech_api import parse_json
 from ..errors import BadRequest, Code, HostError, NotFound, Unauthorized
-from ..speech_api import parse_json
 from .errors import read_body
 from .keys import DELIVERIES, HOST
 

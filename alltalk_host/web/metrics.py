@@ -11,7 +11,7 @@ import asyncio
 
 from aiohttp import web
 
-from ..canary import CANARY, STABLE
+from ..config.canary import CANARY, STABLE
 from ..metrics import CONTENT_TYPE
 from .errors import Handler
 from .guard import ControlRoutes

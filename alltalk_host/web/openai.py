@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import Code, HostError, NotFound
-from ..speech import SpeechResult
-from ..speech_api import (
+from ..apis.speech_api import (
     OPENAI_MODELS,
     OPENAI_VOICES,
     openai_body,
@@ -22,6 +20,8 @@ from ..speech_api import (
     resolve_model,
     with_param,
 )
+from ..errors import Code, HostError, NotFound
+from ..serving.speech import SpeechResult
 from .errors import Handler, current_serving, read_body
 from .keys import HOST
 from .streams import send_audio, send_stream

@@ -16,17 +16,17 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from ..backend import Audio
-from ..encode import Format, StreamEncoder, encode
-from ..errors import HostError
-from ..speech import SpeechResult, SpeechStream
-from ..speech_api import (
+from ..apis.encode import Format, StreamEncoder, encode
+from ..apis.speech_api import (
     ARM_HEADER,
     COMMIT_HEADER,
     LANGUAGE_HEADER,
     MODEL_HEADER,
     provenance_headers,
 )
+from ..backend import Audio
+from ..errors import HostError
+from ..serving.speech import SpeechResult, SpeechStream
 
 log = logging.getLogger(__name__)
 

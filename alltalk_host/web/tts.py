@@ -7,12 +7,12 @@ import asyncio
 
 from aiohttp import web
 
+from ..apis.speech_api import provenance_headers, tts_input
 from ..audio import to_wav
 from ..config.settings import SPEED_RANGE
-from ..shown_paths import host_folders, relative_paths
-from ..speech_api import provenance_headers, tts_input
 from .errors import current_serving, read_json
 from .keys import HOST
+from .shown_paths import host_folders, relative_paths
 
 routes = web.RouteTableDef()
 

@@ -42,7 +42,7 @@ from ..audio import to_pcm16
 from ..backend import Audio
 from ..errors import BadRequest, Code, HostError
 from ..host import Host
-from ..speech import Provenance, SpeechInput, Utterance
+from ..serving.speech import Provenance, SpeechInput, Utterance
 from ..text import has_speakable
 from .connection import LimitedConnection
 from .events import text_of, voice_of

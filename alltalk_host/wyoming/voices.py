@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import Code, NotFound
 from ..host import Host
 from ..plugins import BackendCatalog
-from ..registry import Generation, Serving
+from ..serving.registry import Generation, Serving
 
 PROGRAM = "alltalk-host"
 

@@ -10,12 +10,9 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .cuda import Captured, DeviceUse, captured_output, fallback_reason, preload_cuda_libraries
-
-if TYPE_CHECKING:
-    from .backend import OnnxSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +26,22 @@ class SessionError(Exception):
     """onnxruntime could not load the model file at all."""
 
 
-def choose_providers(settings: OnnxSettings, available: list[str]) -> list[Any]:
+class SessionSettings(Protocol):
+    """What a session reads of the backend's settings (``backend.OnnxSettings``)."""
+
+    @property
+    def providers(self) -> str | tuple[str, ...]: ...
+    @property
+    def device_id(self) -> int: ...
+    @property
+    def intra_op_threads(self) -> int: ...
+    @property
+    def arena_shrink_above(self) -> int: ...
+    @property
+    def wants_cuda(self) -> bool: ...
+
+
+def choose_providers(settings: SessionSettings, available: list[str]) -> list[Any]:
     """The providers list for onnxruntime, with their options, from the ``providers``
     setting and what this onnxruntime offers."""
     setting = settings.providers
@@ -54,7 +66,7 @@ def choose_providers(settings: OnnxSettings, available: list[str]) -> list[Any]:
 class Session:
     """An onnxruntime InferenceSession and what is known about where it runs."""
 
-    def __init__(self, model_path: Path, settings: OnnxSettings, name: str,
+    def __init__(self, model_path: Path, settings: SessionSettings, name: str,
                  lanes: int = 1) -> None:
         try:
             import onnxruntime as ort

@@ -1,0 +1,127 @@
+"""Bringing one model up beside the serving ones: construct, load, warm up, check the output.
+
+Runs in a worker thread. On any failure every instance it created is unloaded again, the one
+whose load() or warm-up raised included, once the failure's traceback has let go of what that
+call held (a CUDA out-of-memory error mid-load must not keep the half-loaded model alive through
+its frames); the caller gets an ApplyFailed that says which model failed and why; nothing
+serving is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from ..audio import audio_problem
+from ..backend import Backend, ModelContext, SpeechRequest
+from ..config.settings import HostConfig, ModelDef
+from ..errors import ApplyFailed, Code
+from ..plugins import BackendCatalog
+from ..serving.registry import unload_instances
+
+log = logging.getLogger(__name__)
+
+
+def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
+               cache_dir: Path, on_step: Callable[[str, int], None] | None = None,
+               on_progress: Callable[[int, str, float | None], None] | None = None
+               ) -> list[Backend]:
+    """Loaded and warmed-up instances of ``model`` (``model.instances`` of them).
+
+    ``on_step(step, instance_number)`` is told when each instance starts loading and warming
+    up, ``on_progress(instance_number, message, fraction)`` what the backend says of its own
+    load (``context.progress``); both run on this worker thread."""
+    report = on_step or (lambda step, number: None)
+    cls = catalog.get(model.backend)
+    if cls is None:  # validated already; the catalog cannot shrink at run time
+        raise ApplyFailed(f"model {model.name}: backend {model.backend!r} is not installed")
+    context = ModelContext(
+        name=model.name, models_dir=config.models_dir, cache_dir=cache_dir / model.name
+    )
+    instances: list[Backend] = []
+    step = "create"
+    failure: ApplyFailed | None = None
+    try:
+        for i in range(model.instances):
+            started = time.monotonic()
+            step = "create"
+            number = i + 1
+            instance = cls(model.parsed, context if on_progress is None else replace(
+                context, progress=lambda message, fraction=None, n=number:
+                on_progress(n, message, fraction)))
+            # Listed before load(): an instance whose load or warm-up raises holds whatever it
+            # got onto the device so far, and must be unloaded like the others.
+            instances.append(instance)
+            step = "load"
+            report("loading", i + 1)
+            instance.load()
+            step = "warm up"
+            report("warming up", i + 1)
+            warm_up(instance, model, config)
+            log.info("model %s: instance %d/%d loaded and warmed up in %.2f s",
+                     model.name, i + 1, model.instances, time.monotonic() - started)
+            del instance
+    except ApplyFailed as exc:
+        failure = _detached(exc)
+    except Exception as exc:
+        log.warning("model %s: %s failed", model.name, step, exc_info=exc)
+        failure = ApplyFailed(
+            f"model {model.name} ({model.backend}): {step} failed: {type(exc).__name__}: {exc}",
+            code=Code.MODEL_LOAD_FAILED,
+            details={"model": model.name, "step": step},
+        )
+        failure.__cause__ = _detached(exc)
+    if failure is not None:
+        # Outside the except blocks, and after _detached cleared the traceback's frames: a
+        # frame of the failed load() (its locals: the model, a CUDA tensor) would otherwise
+        # keep alive what unload() and the cache release are meant to free.
+        instance = None  # noqa: F841 - this frame lets go of it too
+        unload_instances(instances)
+        raise failure
+    return instances
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """``exc`` and every exception chained to it, their tracebacks' frames cleared and dropped:
+    the messages stay, the locals of the failed calls go (the traceback was logged first)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current.__traceback__ = None
+        pending += [current.__cause__, current.__context__]
+    return exc
+
+
+def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
+    """Synthesise a fixed phrase and insist on real audio at the declared rate."""
+    voices = instance.voices()
+    if model.default_voice and voices and model.default_voice not in voices:
+        raise ApplyFailed(
+            f"model {model.name}: default_voice {model.default_voice!r} is not one of its "
+            f"voices {voices[:20]}",
+            code=Code.UNKNOWN_VOICE,
+            details={"model": model.name, "step": "warm up"},
+        )
+    voice = model.default_voice or (voices[0] if voices else None)
+    language = model.default_language or config.default_language
+    if language not in instance.capabilities.languages:
+        language = instance.capabilities.languages[0]
+    audio = instance.synthesize(
+        SpeechRequest(text=config.warmup_text, voice=voice, language=language)
+    )
+    problem = audio_problem(audio, instance.sample_rate)
+    if problem:
+        raise ApplyFailed(
+            f"model {model.name} ({model.backend}): warm-up output rejected: {problem}",
+            code=Code.WARMUP_FAILED,
+            details={"model": model.name, "step": "warm up"},
+        )

@@ -1,0 +1,1 @@
+"""The ``alltalk-host`` command and its subcommands. See docs/architecture.md."""

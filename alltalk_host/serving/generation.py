@@ -1,0 +1,279 @@
+"""One load of one model at one commit, and the requests using it.
+
+A *generation* is a model's loaded backend instances at one commit. A request *waits* until an
+instance has room, then *starts* (see ``lease.py``). Waiting requests are kept in arrival order
+and can be sent back to the registry when a switch gives their model to another generation;
+at the drain deadline every request still here ends with a clean 503.
+
+Everything here runs on one event loop; only backend calls go to worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from ..backend import Backend
+from ..config.settings import HostConfig, ModelDef
+from ..errors import Code, HostError, Unavailable
+
+T = TypeVar("T")
+
+
+class _Moved:
+    """Handed to a waiting request whose model is now served by another generation."""
+
+
+MOVED = _Moved()
+
+
+class Started(Protocol):
+    """What a generation keeps of a request that started (a ``lease.Lease``): a way to end it
+    when the drain deadline passes."""
+
+    def abort(self, error: HostError) -> None: ...
+
+
+@dataclass(eq=False)
+class _Waiter:
+    name: str | None  # what the request asked for (None: the default model)
+    future: asyncio.Future[int | _Moved | HostError]
+
+
+class Generation:
+    """One model's loaded instances at one commit, and the requests using them."""
+
+    def __init__(self, model: ModelDef, number: int, commit: str,
+                 instances: list[Backend]) -> None:
+        self.model = model
+        self.number = number
+        self.commit = commit
+        self.instances = instances
+        self.state = "serving"  # -> draining -> unloading -> unloaded
+        self.loaded_at = time.time()
+        self.retired_at: float | None = None  # monotonic time it stopped serving
+        first = instances[0]
+        self.capabilities = first.capabilities
+        self.sample_rate = first.sample_rate
+        self._per_instance = max(1, first.capabilities.max_concurrency)
+        self._free = [self._per_instance] * len(instances)  # room left on each instance
+        self._waiters: deque[_Waiter] = deque()
+        self._running: set[Started] = set()
+        # Slots handed out whose request has not resumed to start yet: still in flight, so a
+        # drain must not see this generation idle in between.
+        self._starting = 0
+        self._expired: HostError | None = None  # set at the drain deadline
+        self._threads = 0  # backend calls still running in worker threads
+        self._idle = asyncio.Event()  # no request running or waiting
+        self._idle.set()
+        self._threads_idle = asyncio.Event()
+        self._threads_idle.set()
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name}; generation={self.number}"
+
+    @property
+    def voices(self) -> list[str]:
+        """Asked of the backend each time: a voice file added to a folder needs no reload."""
+        return _safe(self.instances[0].voices, []) if self.instances else []
+
+    @property
+    def capacity(self) -> int:
+        return self._per_instance * len(self._free)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def memory_estimate(self) -> int:
+        return sum(_safe(i.memory_estimate, 0) for i in self.instances)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.model.name,
+            "backend": self.model.backend,
+            "state": self.state,
+            "generation": self.number,
+            "commit": self.commit,
+            "in_flight": self.running + self.waiting,
+            "running": self.running,
+            "waiting": self.waiting,
+            "instances": len(self.instances),
+            "max_concurrency": self.capacity,
+            "sample_rate": self.sample_rate,
+            "voices": len(self.voices),
+            "memory_estimate": self.memory_estimate(),
+            "backend_status": _safe(self.instances[0].status, {}) if self.instances else {},
+            "loaded_at": self.loaded_at,
+        }
+
+    # --- slots ---------------------------------------------------------------------------
+
+    async def _wait_for_slot(self, name: str | None, queue_limit: int,
+                             admitted: bool) -> int | _Moved:
+        """An instance index with room for one more request, or MOVED.
+
+        ``admitted``: the request already waited in a generation that was replaced, so the
+        queue limit, checked when it arrived, is not applied a second time.
+        """
+        if not self._waiters:
+            idx = self._take()
+            if idx is not None:
+                self._starting += 1
+                return idx
+        if not admitted and len(self._waiters) >= queue_limit:
+            raise Unavailable(
+                f"model {self.model.name} is busy: {len(self._waiters)} requests already queued",
+                code=Code.BUSY,
+            )
+        waiter = _Waiter(name, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._update_idle()
+        try:
+            outcome = await waiter.future
+        except asyncio.CancelledError:
+            # Handed a slot in the same turn as the cancel: give it to the next in line.
+            if waiter.future.done() and not waiter.future.cancelled():
+                result = waiter.future.result()
+                if isinstance(result, int):
+                    self._abandon(result)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            self._update_idle()
+        if isinstance(outcome, HostError):
+            raise outcome
+        return outcome
+
+    def _take(self) -> int | None:
+        idx = max(range(len(self._free)), key=self._free.__getitem__, default=None)
+        if idx is None or self._free[idx] == 0:
+            return None
+        self._free[idx] -= 1
+        return idx
+
+    def _release(self, idx: int) -> None:
+        self._free[idx] += 1
+        while self._waiters:
+            waiter = self._waiters[0]
+            if waiter.future.done():
+                self._waiters.popleft()
+                continue
+            taken = self._take()
+            if taken is None:
+                return
+            self._waiters.popleft()
+            self._starting += 1
+            waiter.future.set_result(taken)
+
+    def _start(self, slot: int, request: Started) -> None:
+        """A request that was handed ``slot`` has started (unless the deadline passed first)."""
+        if self._expired is not None:
+            self._abandon(slot)
+            raise self._expired
+        self._starting -= 1
+        self._running.add(request)
+        self._update_idle()
+
+    def _abandon(self, idx: int) -> None:
+        """A request handed a slot gave it up before it started."""
+        self._starting -= 1
+        self._release(idx)
+        self._update_idle()
+
+    def move_waiters(self, moves: Callable[[str | None], bool]) -> int:
+        """Send waiting requests for which ``moves(name)`` holds back to the registry."""
+        moved = 0
+        for waiter in list(self._waiters):
+            if not waiter.future.done() and moves(waiter.name):
+                self._waiters.remove(waiter)
+                waiter.future.set_result(MOVED)
+                moved += 1
+        self._update_idle()
+        return moved
+
+    def expire(self, commit: str | None, deadline: float) -> int:
+        """The drain deadline passed: end every request still on this generation with a 503."""
+        ended = 0
+        replaced = f" by commit {commit[:10]}" if commit else ""
+        self._expired = Unavailable(
+            f"model {self.model.name} was unloaded{replaced} before this request could start; "
+            "send it again", code=Code.MODEL_UNLOADED)
+        for waiter in list(self._waiters):
+            if not waiter.future.done():
+                waiter.future.set_result(self._expired)
+                ended += 1
+        self._waiters.clear()
+        for request in list(self._running):
+            request.abort(Unavailable(
+                f"{self.label} was replaced{replaced} and its drain deadline ({deadline:g} s) "
+                "passed before this request finished; send it again",
+                code=Code.DRAIN_DEADLINE))
+            ended += 1
+        self._update_idle()
+        return ended
+
+    def _update_idle(self) -> None:
+        if self._running or self._waiters or self._starting:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    def _thread_started(self) -> None:
+        self._threads += 1
+        self._threads_idle.clear()
+
+    def _thread_ended(self) -> None:
+        self._threads -= 1
+        if self._threads == 0:
+            self._threads_idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no request runs or waits here; False if ``timeout`` passed first."""
+        return await _wait_event(self._idle, timeout)
+
+    async def wait_threads(self, timeout: float) -> bool:
+        return await _wait_event(self._threads_idle, timeout)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False
+
+
+def _safe(fn: Callable[[], T], default: T) -> T:
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001 - status reporting must not fail a request
+        return default
+
+
+@dataclass(frozen=True)
+class Serving:
+    """An immutable snapshot: the applied config and the generation serving each loaded model."""
+
+    config: HostConfig
+    generations: Mapping[str, Generation]
+
+    @property
+    def commit(self) -> str:
+        return self.config.commit
+
+    @property
+    def default(self) -> Generation | None:
+        """The generation of the default model, if that model is loaded."""
+        return self.generations.get(self.config.default_model)

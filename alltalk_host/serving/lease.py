@@ -1,0 +1,152 @@
+"""A started request: one slot on one instance of one generation, until it ends.
+
+Backend calls run in worker threads. At the drain deadline a lease is *aborted*: its caller gets
+the abort error at once (a 503), the backend is told to stop, and the slot comes back when the
+thread has really finished, never earlier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+from ..backend import Backend
+from ..config.canary import STABLE
+from ..errors import Code, HostError, Unavailable
+from .generation import Generation, Serving
+
+T = TypeVar("T")
+P = TypeVar("P")
+
+
+class Lease(Generic[P]):
+    """A started request: one slot on one instance of one generation, until the lease ends.
+
+    ``value`` is what the caller's ``prepare`` made of the request against this snapshot, and
+    ``arm`` the arm that snapshot served ("stable", or "canary" while one runs). The
+    slot is given back when the lease has ended *and* no backend call of it is still running:
+    a cancelled request must not let a second caller into a backend that is still busy.
+    """
+
+    def __init__(self, serving: Serving, gen: Generation, index: int, value: P,
+                 arm: str = STABLE) -> None:
+        self.serving = serving
+        self.arm = arm
+        self.gen = gen
+        self.value = value
+        self._index = index
+        self._open = True
+        self._threads = 0
+        self._aborted: HostError | None = None
+        self._on_abort: list[Callable[[HostError], None]] = []
+
+    @property
+    def instance(self) -> Backend:
+        return self.gen.instances[self._index]
+
+    async def run(self, fn: Callable[[Backend], T], executor: ThreadPoolExecutor,
+                  cancelled: threading.Event) -> T:
+        """``fn(instance)`` in a worker thread; raises the abort error at the drain deadline."""
+        self._check()
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[T] = loop.create_future()
+
+        def settle(future: Any) -> None:
+            self._thread_done()
+            if result.done():
+                return
+            if future.cancelled():  # the executor shut down before it ran
+                result.set_exception(Unavailable("the server is shutting down",
+                                                 code=Code.SHUTTING_DOWN))
+            elif future.exception() is not None:
+                result.set_exception(future.exception())
+            else:
+                result.set_result(future.result())
+
+        def on_abort(error: HostError) -> None:
+            cancelled.set()
+            if not result.done():
+                result.set_exception(error)
+
+        self._thread_start()
+        work = executor.submit(fn, self.instance)
+        work.add_done_callback(lambda f: loop.call_soon_threadsafe(settle, f))
+        self._on_abort.append(on_abort)
+        try:
+            return await result
+        finally:
+            self._on_abort.remove(on_abort)
+
+    async def stream(self, fn: Callable[[Backend], Iterator[T]], executor: ThreadPoolExecutor,
+                     cancelled: threading.Event) -> AsyncIterator[T]:
+        """Iterate ``fn(instance)`` in a worker thread, yielding items as they come."""
+        self._check()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def put(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def work(instance: Backend) -> None:
+            try:
+                for item in fn(instance):
+                    put("item", item)
+                    if cancelled.is_set():
+                        break
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                put("error", exc)
+            else:
+                put("end", None)
+
+        def on_abort(error: HostError) -> None:
+            cancelled.set()
+            queue.put_nowait(("error", error))
+
+        self._thread_start()
+        future = executor.submit(work, self.instance)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._thread_done))
+        self._on_abort.append(on_abort)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "item":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            cancelled.set()  # the consumer is gone or done: stop producing
+            self._on_abort.remove(on_abort)
+
+    def abort(self, error: HostError) -> None:
+        self._aborted = error
+        for callback in list(self._on_abort):
+            callback(error)
+
+    def _check(self) -> None:
+        if self._aborted is not None:
+            raise self._aborted
+
+    def _thread_start(self) -> None:
+        self._threads += 1
+        self.gen._thread_started()
+
+    def _thread_done(self) -> None:
+        self._threads -= 1
+        self.gen._thread_ended()
+        self._maybe_release()
+
+    def _close(self) -> None:
+        self._open = False
+        self.gen._running.discard(self)
+        self.gen._update_idle()
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if not self._open and self._threads == 0 and self._index >= 0:
+            index, self._index = self._index, -1
+            self.gen._release(index)

@@ -1,0 +1,295 @@
+"""What is serving right now: generations of loaded models, and the requests using them.
+
+A *generation* is one load of one model at one commit (its backend instances). The *serving
+snapshot* maps model names to generations together with the config they belong to; switching
+config means replacing that one reference, so every request sees either the old snapshot or the
+new one, never a mixture.
+
+A request *waits* until an instance has room, then *starts*. Only a started request is bound to
+its generation: one still waiting when a switch happens moves to whatever now serves its model
+(or the new default model, if it named none), so it never runs on a copy that is on its way out.
+A replaced generation is unloaded after its last request, or at its drain deadline, when the
+requests still on it end with a clean 503 (``Unavailable``) instead of a crash or a hang.
+
+While a canary runs (``canary.py``) a second snapshot serves beside the stable one: a request
+leases on the arm it was sent to. The canary's snapshot shares the generations its commit does
+not change; when it ends it becomes the serving one (promoted), or its own generations retire
+(aborted), and requests waiting on them move as on any switch.
+
+Everything here runs on one event loop; backend calls go to worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..backend import Backend
+from ..config.canary import CANARY, STABLE
+from ..errors import Code, Conflict, NotFound, Unavailable
+from ..events import MODEL, EventBus
+from .generation import Generation, Serving
+from .lease import Lease
+
+log = logging.getLogger(__name__)
+P = TypeVar("P")
+
+# After the drain deadline, requests are told to stop; a backend thread that does not notice
+# within this many seconds is left to finish on its own while its model is unloaded anyway.
+THREAD_GRACE_S = 5.0
+
+
+@dataclass
+class ModelRegistry:
+    inference: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="alltalk-infer"))
+    loading: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="alltalk-load"))
+    serving: Serving | None = None
+    # A canary's snapshot, served beside ``serving`` to the requests sent to the canary arm.
+    canary: Serving | None = None
+    draining: list[Generation] = field(default_factory=list)
+    _counters: dict[str, int] = field(default_factory=dict)
+    # Where model state changes are told (live events), if anywhere.
+    events: EventBus | None = None
+    # Models being replaced unload-first: their requests wait on the event instead of failing.
+    _held: dict[str, asyncio.Event] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def next_number(self, name: str) -> int:
+        self._counters[name] = self._counters.get(name, 0) + 1
+        return self._counters[name]
+
+    @asynccontextmanager
+    async def lease(self, name: str | None, prepare: Callable[[Serving, Generation], P],
+                    arm: str = STABLE) -> AsyncIterator[Lease[P]]:
+        """Wait for room on the generation serving ``name`` (the default model if None) in
+        the snapshot of ``arm`` (the stable one when no canary runs).
+
+        ``prepare(serving, gen)`` checks the request against that snapshot and model before
+        it queues (so a bad request fails at once), and again if a switch moves it elsewhere.
+        """
+        admitted = False
+        while True:
+            serving = self._current(arm) or self.require_serving()
+            model = name or serving.config.default_model
+            held = self._held.get(model)
+            if held is not None:
+                await held.wait()
+                continue
+            gen = _generation(serving, model)
+            value = prepare(serving, gen)
+            slot = await gen._wait_for_slot(name, serving.config.queue_limit, admitted)
+            if isinstance(slot, int):
+                current = self._current(arm)
+                if (current is not None and current is not serving and
+                        current.generations.get(name or current.config.default_model) is gen):
+                    # A runtime-only change applied while it waited: the same generation
+                    # serves on under the newer config, so the request starts under that one.
+                    try:
+                        value = prepare(current, gen)
+                    except BaseException:
+                        gen._abandon(slot)
+                        raise
+                    serving = current
+                break
+            admitted = True  # moved: it waited its turn once already
+        lease = Lease(serving, gen, slot, value,
+                      CANARY if serving is self.canary else STABLE)
+        gen._start(slot, lease)
+        try:
+            yield lease
+        finally:
+            lease._close()
+
+    def resolve(self, name: str | None) -> tuple[Serving, Generation]:
+        """The snapshot and the generation serving ``name`` now, without queueing (for
+        answers that need no backend)."""
+        serving = self.require_serving()
+        return serving, _generation(serving, name or serving.config.default_model)
+
+    def _current(self, arm: str) -> Serving | None:
+        """The snapshot ``arm`` serves from now: a canary's while one runs, else the stable."""
+        if arm == CANARY and self.canary is not None:
+            return self.canary
+        return self.serving
+
+    def canary_only(self) -> list[Generation]:
+        """The generations a running canary loaded for itself (not shared with stable)."""
+        if self.canary is None:
+            return []
+        shared = {id(g) for g in self.serving.generations.values()} if self.serving else set()
+        return [g for g in self.canary.generations.values() if id(g) not in shared]
+
+    def require_serving(self) -> Serving:
+        """The snapshot that serves now, or 503 not ready before the first apply."""
+        if self.serving is None:
+            raise Unavailable("no model is loaded yet", code=Code.NOT_READY)
+        return self.serving
+
+    # --- swapping --------------------------------------------------------------------------
+
+    def hold(self, name: str) -> None:
+        """Make new requests for ``name`` wait (an unload-first swap is about to replace it);
+        those already waiting for it join them, so none is left on the copy being unloaded."""
+        self._held.setdefault(name, asyncio.Event())
+        if self.serving is not None:
+            default = self.serving.config.default_model
+            for gen in self.serving.generations.values():
+                gen.move_waiters(lambda wanted: (wanted or default) == name)
+
+    def release_holds(self) -> None:
+        for event in self._held.values():
+            event.set()
+        self._held.clear()
+
+    def model_event(self, state: str, name: str, **data: Any) -> None:
+        if self.events is not None:
+            self.events.publish(MODEL, name=name, state=state, **data)
+
+    def _generation_event(self, gen: Generation, **data: Any) -> None:
+        self.model_event(gen.state, gen.model.name, generation=gen.number, commit=gen.commit,
+                         running=gen.running, waiting=gen.waiting,
+                         memory_estimate=gen.memory_estimate(), **data)
+
+    def switch(self, new: Serving) -> None:
+        """Make ``new`` the serving snapshot; retire generations it no longer uses.
+
+        Requests still waiting follow their model into the new snapshot; those whose model it
+        no longer loads stay, to be served by the old generation if they start in time.
+        """
+        old = self.serving
+        self.serving = new
+        before = {id(g) for g in old.generations.values()} if old else set()
+        for gen in new.generations.values():
+            if id(gen) not in before:
+                self._generation_event(gen)
+        if old is not None:
+            self._retire_unused(old, new)
+
+    def start_canary(self, canary: Serving) -> None:
+        """Serve ``canary`` beside the stable snapshot, to the requests sent to its arm."""
+        self.canary = canary
+        for gen in self.canary_only():
+            self._generation_event(gen, arm=CANARY)
+
+    def end_canary(self, promote: bool) -> None:
+        """Promoted: the canary's snapshot serves everyone (a switch). Aborted: the stable one
+        serves on, and the canary's own generations drain and unload; requests waiting on
+        them move to the stable snapshot."""
+        canary, self.canary = self.canary, None
+        if canary is None:
+            return
+        if promote:
+            self.switch(canary)
+        else:
+            self._retire_unused(canary, self.require_serving())
+
+    def _retire_unused(self, old: Serving, new: Serving) -> None:
+        """Move ``old``'s waiting requests whose model ``new`` serves elsewhere, and retire the
+        generations of ``old`` that neither ``new`` nor a running canary uses."""
+        default = new.config.default_model
+        for gen in old.generations.values():
+            gen.move_waiters(
+                lambda wanted, gen=gen: new.generations.get(wanted or default) not in (None, gen))
+        keep = {id(g) for g in new.generations.values()}
+        if self.canary is not None:
+            keep |= {id(g) for g in self.canary.generations.values()}
+        for gen in old.generations.values():
+            if id(gen) not in keep:
+                self.retire(gen, new.config.drain_deadline_s, new.commit)
+
+    def retire(self, gen: Generation, deadline: float, commit: str | None = None) -> None:
+        if gen.state in ("unloading", "unloaded"):  # replaced unload-first: already gone
+            return
+        gen.state = "draining"
+        gen.retired_at = time.monotonic()
+        self.draining.append(gen)
+        self._generation_event(gen, deadline_s=deadline)
+        task = asyncio.get_running_loop().create_task(self.drain(gen, deadline, commit))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, gen: Generation, deadline: float, commit: str | None = None) -> None:
+        """Let ``gen`` finish its requests, end those left at ``deadline``, then unload it."""
+        if not await gen.wait_idle(deadline):
+            ended = gen.expire(commit, deadline)
+            log.warning("%s: drain deadline (%g s) passed; %d requests still on it were ended "
+                        "with a 503", gen.label, deadline, ended)
+            if not await gen.wait_threads(THREAD_GRACE_S):
+                log.warning("%s: backend calls still running %g s after they were cancelled; "
+                            "unloading anyway", gen.label, THREAD_GRACE_S)
+        await self.unload(gen)
+
+    async def unload(self, gen: Generation) -> None:
+        if gen.state in ("unloading", "unloaded"):
+            return
+        gen.state = "unloading"
+        await asyncio.get_running_loop().run_in_executor(self.loading, unload_instances,
+                                                         gen.instances)
+        gen.state = "unloaded"
+        if gen in self.draining:
+            self.draining.remove(gen)
+        drained = (time.monotonic() - gen.retired_at) if gen.retired_at is not None else None
+        self._generation_event(gen, drained_s=None if drained is None else round(drained, 3))
+        log.info("%s unloaded", gen.label)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        gens = list(self.serving.generations.values()) if self.serving else []
+        for gen in [*gens, *self.canary_only(), *self.draining]:
+            gen.expire(None, 0)
+            await self.unload(gen)
+        self.serving = self.canary = None
+        self.inference.shutdown(wait=False, cancel_futures=True)
+        self.loading.shutdown(wait=True)
+
+
+def _generation(serving: Serving, model: str) -> Generation:
+    gen = serving.generations.get(model)
+    if gen is not None:
+        return gen
+    if model in serving.config.loaded_models:
+        # Meant to serve but missing: an unload-first swap failed and so did bringing the old
+        # copy back. A server-side outage (503, like /health/ready), not the caller's doing.
+        raise Unavailable(
+            f"model {model!r} is not loaded: its last swap failed and the old copy could not "
+            "be restored; the next apply loads it",
+            code=Code.NOT_READY if model == serving.config.default_model
+            else Code.MODEL_NOT_LOADED,
+        )
+    if model in serving.config.models:
+        raise Conflict(
+            f"model {model!r} is configured but not loaded; switch to it or set "
+            "keep_loaded = true in its definition",
+            code=Code.MODEL_NOT_LOADED,
+        )
+    raise NotFound(f"unknown model {model!r}", code=Code.UNKNOWN_MODEL,
+                   details={"models": sorted(serving.config.models)})
+
+
+def unload_instances(instances: list[Backend]) -> None:
+    for instance in instances:
+        try:
+            instance.unload()
+        except Exception:
+            log.exception("unload of %s failed", type(instance).__name__)
+    instances.clear()
+    release_memory()
+
+
+def release_memory() -> None:
+    """Drop cycles and hand freed heap pages back to the OS, so a swap does not ratchet RSS."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
