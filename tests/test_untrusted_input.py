@@ -118,7 +118,7 @@ async def test_a_body_that_is_not_what_its_content_encoding_says_is_a_4xx(
         status, reply = await raw_request(client.server.port, post_head(
             path, content_type, len(body), encoding), body)
         # Undecodable as gzip: 400; a coding not decoded here (deflate included: see
-        # web/errors.py): 415 (AllTalk's routes answer any bad body with their 400).
+        # web/bodies.py): 415 (AllTalk's routes answer any bad body with their 400).
         decodable = encoding.lower() == "gzip"
         expected = 400 if decodable or path.startswith("/api/") else 415
         assert status == expected, (path, status, reply[:300])

@@ -9,7 +9,6 @@ request may say lives here once, so the two fronts cannot drift apart.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from ..errors import BadRequest, Code, HostError
 from ..numbers import number_in
 from ..serving.registry import Serving
 from ..serving.speech import Provenance, SpeechInput, SpeechResult, SpeechService, SpeechStream
+from .bodies import parse_json
 from .encode import Format, get_format
 
 COMMIT_HEADER = "X-AllTalk-Commit"
@@ -42,28 +42,6 @@ INTERNAL_MESSAGE = "internal error; the server log has the details"
 # A client given the server's root as its OpenAI base URL calls /audio/speech, /models, ...
 V1_HINT = ("the OpenAI-compatible routes are under /v1: use http://HOST:PORT/v1 as the "
            "client's base URL")
-
-
-# --- JSON bodies ------------------------------------------------------------------------------
-
-def parse_json(raw: bytes) -> dict[str, Any]:
-    """A request body as a JSON object; an empty body counts as ``{}``."""
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    # ValueError covers a JSONDecodeError, bytes that are no UTF-8 and a number of thousands
-    # of digits (Python's int limit); RecursionError, arrays nested thousands deep.
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {short(exc)}",
-                         code=Code.MALFORMED_JSON) from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object", code=Code.MALFORMED_JSON)
-    return data
-
-
-def short(exc: BaseException) -> str:
-    return str(exc)[:200] or type(exc).__name__
 
 
 def field(data: dict[str, Any], name: str, types: type | tuple[type, ...],
@@ -178,9 +156,11 @@ async def openai_spoken(speech: SpeechService, asked: OpenAISpeech
 
 
 def with_param(exc: HostError) -> HostError:
-    """A speech service error, told which request field it is about."""
-    exc.details = {"param": _PARAM_OF.get(exc.code)}
-    return exc
+    """A speech service error, told which request field it is about: a new error, with the
+    details it had (a limit, the voices there are) kept beside ``param``."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    return HostError(exc.message, code=exc.code, status=exc.status,
+                     details={**details, "param": _PARAM_OF.get(exc.code)})
 
 
 def openai_error(exc: HostError) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from starlette.responses import (
 from ..apis import alltalk_api
 from ..apis.alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
 from ..apis.alltalk_fields import FORM_TYPES, Reply, alltalk_error, not_a_form
+from ..apis.bodies import parse_json, short
 from ..apis.encode import Format, StreamEncoder, encode
 from ..apis.http_boundary import Access, Caller, HttpPolicy, check_caller
 from ..apis.speech_api import (
@@ -43,9 +44,7 @@ from ..apis.speech_api import (
     openai_error,
     openai_request,
     openai_spoken,
-    parse_json,
     provenance_headers,
-    short,
     tts_input,
     with_param,
 )

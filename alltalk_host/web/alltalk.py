@@ -20,8 +20,8 @@ from ..apis.alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
 from ..apis.alltalk_fields import Reply, alltalk_error
 from ..errors import HostError
 from ..serving.speech import SpeechResult
+from .bodies import ensure_form
 from .errors import current_serving
-from .forms import ensure_form
 from .keys import HOST, OUTPUTS
 from .streams import send_audio, send_stream
 

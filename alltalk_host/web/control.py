@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..apis.speech_api import field
 from ..errors import BadRequest, Code
-from .errors import read_json
+from .bodies import read_json
 from .guard import ControlRoutes
 from .keys import HOST
 from .outputs_check import outputs_status

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..apis.speech_api import parse_json
+from ..apis.bodies import parse_json
 from ..errors import BadRequest, Code, HostError, NotFound, Unauthorized
-from .errors import read_body
+from .bodies import read_body
 from .keys import DELIVERIES, HOST
 
 routes = web.RouteTableDef()

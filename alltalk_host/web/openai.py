@@ -22,7 +22,8 @@ from ..apis.speech_api import (
 )
 from ..errors import Code, HostError, NotFound
 from ..serving.speech import SpeechResult
-from .errors import Handler, current_serving, read_body
+from .bodies import read_body
+from .errors import Handler, current_serving
 from .keys import HOST
 from .streams import send_audio, send_stream
 

@@ -10,7 +10,8 @@ from aiohttp import web
 from ..apis.speech_api import provenance_headers, tts_input
 from ..audio import to_wav
 from ..config.settings import SPEED_RANGE
-from .errors import current_serving, read_json
+from .bodies import read_json
+from .errors import current_serving
 from .keys import HOST
 from .shown_paths import host_folders, relative_paths
 

@@ -1,5 +1,8 @@
-"""Reading AllTalk's form bodies: urlencoded (SillyTavern, text-generation-webui) and multipart
-(Home Assistant's integrations), into a MultiDict of text fields.
+"""Reading a request's body on the aiohttp front: one place for its size limit
+(``http.max_body_bytes``), its content coding, JSON (parsed by ``apis/bodies.py``) and forms.
+
+Forms are AllTalk's bodies: urlencoded (SillyTavern, text-generation-webui) and multipart
+(Home Assistant's integrations), read into a MultiDict of text fields.
 
 Multipart is read here rather than by aiohttp's ``request.post()``, which decodes a part's own
 ``Content-Encoding: gzip`` with no bound (its ``client_max_size`` counts the bytes received,
@@ -17,9 +20,61 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict, MultiDictProxy
 
 from ..apis.alltalk_fields import FORM_TYPES, not_a_form
-from ..apis.speech_api import short
+from ..apis.bodies import parse_json, short
 from ..errors import BadRequest, Code, HostError, PayloadTooLarge
-from .errors import check_encoding, too_large, undecodable
+
+# The Content-Encoding values read, compared whole as aiohttp does: it decodes gzip, and br and
+# zstd with their optional packages (without them its parser refuses the request, 400, before
+# any handler runs); anything else, a list of codings included, reaches the handler undecoded.
+# deflate is refused although aiohttp decodes it: in aiohttp 3.14 a deflate body that proves
+# broken only at its end (when it arrives after the headers) is never finished nor failed, so
+# the read of it never returns and the client never gets an answer.
+DECODED = frozenset({"", "identity", "gzip", "br", "zstd"})
+
+
+def check_encoding(request: web.Request) -> None:
+    """415 for a body whose content coding aiohttp did not decode: read as it is, it would be
+    taken for something the client did not mean (RFC 9110, 8.4)."""
+    raw = request.headers.get("Content-Encoding", "")
+    if raw.strip().lower() not in DECODED:
+        raise HostError(f"Content-Encoding {raw[:40]!r} is not decoded here; send the body "
+                        "as it is, or gzip-compressed", status=415,
+                        code=Code.BAD_CONTENT_ENCODING)
+
+
+def undecodable(request: web.Request, exc: web.RequestPayloadError) -> BadRequest:
+    """A body that is not what its Content-Encoding says (aiohttp found out as it decoded).
+
+    aiohttp's parser has given up on this connection and would, after the answer, try to read
+    the rest of the body and log that failure as an unhandled exception: the body is marked
+    finished and the connection to be closed after the answer instead."""
+    request.content.feed_eof()
+    request.protocol.close()
+    coding = request.headers.get("Content-Encoding", "")[:40]
+    return BadRequest(f"the body cannot be decoded as its Content-Encoding ({coding}) says: "
+                      f"{short(exc)}", code=Code.BAD_CONTENT_ENCODING)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body, decoded; 413 beyond the size limit (``http.max_body_bytes``, which aiohttp
+    counts on the decoded bytes, so a small compressed bomb is refused as it grows)."""
+    check_encoding(request)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(too_large(exc)) from None
+    except web.RequestPayloadError as exc:
+        raise undecodable(request, exc) from None
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; an empty body counts as ``{}``."""
+    return parse_json(await read_body(request))
+
+
+def too_large(exc: web.HTTPRequestEntityTooLarge) -> str:
+    return f"{exc.text or 'the body is too large'} (http.max_body_bytes)"
+
 
 # Content-Transfer-Encoding values that leave a part's bytes as they are.
 _AS_IS = ("", "identity", "binary", "7bit", "8bit")
