@@ -167,7 +167,7 @@ def language_of(form: Any, name: str, serving: Serving) -> tuple[str | None, dic
         return None, {}
     if wanted in gen.capabilities.languages:
         return wanted, {}
-    # The applied config's default, as the request will be spoken with (speech.py), not the
+    # The applied config's default, as the request will be spoken with (serving/speech.py), not the
     # generation's load-time definition: a runtime-only commit may have changed it since.
     used = (serving.config.models[gen.model.name].default_language
             or serving.config.default_language)

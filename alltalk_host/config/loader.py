@@ -55,7 +55,7 @@ class ConfigLoader:
 
     def watch_settings(self, commit: str) -> WatchSettings:
         """The ``[watch]`` settings of ``commit``, validated on their own: what the branch
-        watcher uses while nothing serves (watch.py)."""
+        watcher uses while nothing serves (change/watch.py)."""
         with self._tmp() as tmp:
             tree = self.repo.materialise(commit, Path(tmp))
             return watch_settings_of(tree, commit, self.local_file)

@@ -78,7 +78,7 @@ HOST_VALIDATORS = [
     Validator("http.cors_origins", default=["*"], is_type_of=list, condition=_strings),
     Validator("http.max_body_bytes", default=1_048_576, is_type_of=int, gte=1024,
               lte=64 * 1_048_576),
-    # Canaries (canary.py): the defaults of an apply's canary, how requests are split, and
+    # Canaries (config/canary.py): the defaults of an apply's canary, how requests are split, and
     # whether the branch watcher applies new commits as canaries.
     *(Validator(f"canary.{name}", default=getattr(CanarySpec, name),
                 is_type_of=int if limit.whole else (int, float), **limit.bounds())
@@ -266,7 +266,7 @@ def _voice_maps(value: Any) -> dict[str, dict[str, str]]:
 
 def watch_settings_of(tree: Path, commit: str, local_file: Path | None) -> WatchSettings:
     """The ``[watch]`` settings of a commit whose config as a whole may not load, validated on
-    their own: the watcher's settings while nothing serves (watch.py)."""
+    their own: the watcher's settings while nothing serves (change/watch.py)."""
     with _refusals(commit):
         loaded = load_layers(tree, local_file, HOST_VALIDATORS)
         loaded.settings.validators.validate(only=["watch"])
