@@ -11,10 +11,10 @@ its generation: one still waiting when a switch happens moves to whatever now se
 A replaced generation is unloaded after its last request, or at its drain deadline, when the
 requests still on it end with a clean 503 (``Unavailable``) instead of a crash or a hang.
 
-While a canary runs (``change/canary.py``, ``serving/arms.py``) a second snapshot serves beside the stable one: a request
-leases on the arm it was sent to. The canary's snapshot shares the generations its commit does
-not change; when it ends it becomes the serving one (promoted), or its own generations retire
-(aborted), and requests waiting on them move as on any switch.
+While a canary runs (``change/canary.py``, ``serving/arms.py``) a second snapshot serves
+beside the stable one: a request leases on the arm it was sent to. The canary's snapshot shares
+the generations its commit does not change; when it ends it becomes the serving one (promoted),
+or its own generations retire (aborted), and requests waiting on them move as on any switch.
 
 Everything here runs on one event loop; backend calls go to worker threads.
 """
