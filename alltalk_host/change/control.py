@@ -85,7 +85,7 @@ class Controller:
 
         Without ``choose_commit`` (a fleet member, told its commit by whoever rolls the fleet
         out) nothing is applied and the branch is not watched: two replicas that each chose
-        would serve different """
+        would serve different commits."""
         if not choose_commit:
             await self._run_io(self.loader.clear_work_dir)
             return
