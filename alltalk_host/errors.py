@@ -7,7 +7,7 @@ details go to the log, never to the client.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 
 class Code(StrEnum):
@@ -131,6 +131,19 @@ class HostError(Exception):
         if status is not None:
             self.status = status
         self.details = details
+
+    def with_details(self, **more: Any) -> Self:
+        """A new error like this one, with ``more`` added to its details (details that are not
+        a dict are kept under ``errors``). An error already raised is not changed on its way up:
+        whoever else holds it still sees what was raised."""
+        if isinstance(self.details, dict):
+            details = {**self.details, **more}
+        else:
+            details = more if self.details is None else {**more, "errors": self.details}
+        # Not through __init__: a subclass may take other arguments (FieldError's field).
+        error = type(self).__new__(type(self), *self.args)
+        error.__dict__.update(self.__dict__, details=details)
+        return error
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
