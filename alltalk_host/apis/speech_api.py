@@ -158,9 +158,7 @@ async def openai_spoken(speech: SpeechService, asked: OpenAISpeech
 def with_param(exc: HostError) -> HostError:
     """A speech service error, told which request field it is about: a new error, with the
     details it had (a limit, the voices there are) kept beside ``param``."""
-    details = exc.details if isinstance(exc.details, dict) else {}
-    return HostError(exc.message, code=exc.code, status=exc.status,
-                     details={**details, "param": _PARAM_OF.get(exc.code)})
+    return exc.with_details(param=_PARAM_OF.get(exc.code))
 
 
 def openai_error(exc: HostError) -> dict[str, Any]:
