@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from .conftest import dominant_pitch, read_wav, wait_until
+from .helpers import dominant_pitch, read_wav, wait_until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 

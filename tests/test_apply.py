@@ -9,7 +9,7 @@ import pytest
 
 from alltalk_host.host import Host
 
-from .conftest import dominant_pitch, error_of, read_wav, wait_until
+from .helpers import dominant_pitch, error_of, read_wav, wait_until
 
 
 async def speak(client, **body):

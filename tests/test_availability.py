@@ -12,7 +12,7 @@ import pytest
 from alltalk_host import Backend, ModelContext, hookimpl
 from alltalk_host_reference import ReferenceBackend, ReferenceSettings
 
-from .conftest import error_of
+from .helpers import error_of
 
 
 class CheckedBackend(ReferenceBackend):

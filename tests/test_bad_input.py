@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from alltalk_host.host import Host
 from alltalk_host.web.app import CONTROL_TABLES, ROUTE_TABLES, create_app
 
-from .conftest import error_of
+from .helpers import error_of
 
 JSON_ROUTES = ["/tts", "/v1/audio/speech", "/control/config/plan", "/control/config/apply",
                "/control/models/switch", "/control/config/rollback"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .conftest import error_of, wait_until
+from .helpers import error_of, wait_until
 
 LONG_TEXT = "This sentence is longer than thirty characters."
 

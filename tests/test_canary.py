@@ -16,7 +16,7 @@ from alltalk_host.commands import cli_words as words
 from alltalk_host.events import OPERATION
 from alltalk_host.web.keys import HOST
 
-from .conftest import error_of, wait_until
+from .helpers import error_of, wait_until
 from .test_cli_and_docs import run_cli
 from .test_metrics import scrape, value
 

@@ -18,7 +18,7 @@ from alltalk_host.commands import cli
 from alltalk_host.commands import cli_words as words
 from alltalk_host.web.app import CONTROL_TABLES, ROUTE_TABLES
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
 

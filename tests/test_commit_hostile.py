@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import TEMPLATE, ConfigRepoHelper
+from .helpers import TEMPLATE, ConfigRepoHelper
 
 HOSTILE = {
     "option": "--upload-pack=touch {sentinel}",
@@ -108,7 +108,7 @@ async def test_hostile_values_in_every_string_setting_are_refused_or_harmless(
 
 
 async def wait_until(client, predicate, headers, timeout_s: float = 20.0) -> None:
-    """``conftest.wait_until`` with the control token."""
+    """``helpers.wait_until`` with the control token."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not predicate(await (await client.get("/control/status", headers=headers)).json()):
         assert asyncio.get_running_loop().time() < deadline, "the host did not settle"

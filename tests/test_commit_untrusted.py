@@ -11,7 +11,7 @@ import pytest
 from alltalk_host.config.repo import ConfigRepo
 from alltalk_host.errors import Code, HostError
 
-from .conftest import error_of, wait_until
+from .helpers import error_of, wait_until
 
 
 async def apply(client, commit: str):

@@ -14,7 +14,7 @@ from alltalk_host.config.repo import ConfigRepo, init_repo
 from alltalk_host.errors import BadRequest, ConfigInvalid, Conflict, NotFound
 from alltalk_host.plugins import discover
 
-from .conftest import TEMPLATE, ConfigRepoHelper
+from .helpers import TEMPLATE, ConfigRepoHelper
 
 
 @pytest.fixture

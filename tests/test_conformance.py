@@ -17,7 +17,7 @@ from alltalk_host_onnx import OnnxBackend
 from alltalk_host_xtts.backend import XttsBackend
 from tools.reference_audio import write_reference_wav
 
-from .conftest import ConfigRepoHelper, dominant_pitch, read_wav
+from .helpers import ConfigRepoHelper, dominant_pitch, read_wav
 
 
 def test_the_onnx_plugin_conforms_with_joe():

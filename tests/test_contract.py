@@ -11,7 +11,7 @@ from alltalk_host import RESERVED_OPTIONS, Capabilities, ModelContext, hookimpl
 from alltalk_host.plugins import discover
 from alltalk_host_reference import ReferenceBackend
 
-from .conftest import dominant_pitch, read_wav
+from .helpers import dominant_pitch, read_wav
 
 
 async def speak_alltalk(client, **fields) -> tuple[float, int]:

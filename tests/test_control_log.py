@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from .conftest import error_of
+from .helpers import error_of
 
 LOGGER = "alltalk_host.change.control"
 ME = "api@127.0.0.1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import read_wav
+from .helpers import read_wav
 
 ST = "http://127.0.0.1:8000"  # SillyTavern's own server, where its page comes from
 

@@ -17,7 +17,7 @@ from alltalk_host.change.state import STATE_FILE, HostState, StateStore
 from alltalk_host.config.repo import ConfigRepo
 from alltalk_host.config.repo_write import HOST_ACTOR
 
-from .conftest import wait_until
+from .helpers import wait_until
 from .test_swaps import _free_port, _get, _serve, _swallow, _wait_ready
 
 SLOW_LOAD_S = 1.5  # reference-low's load: the window for a kill while loading

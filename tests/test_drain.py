@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .conftest import error_of, wait_until
+from .helpers import error_of, wait_until
 from .strict_reference import STRICT
 
 LONG = "A long sentence to speak."  # about 1.8 s of audio: 5.4 s of work at rtf 3

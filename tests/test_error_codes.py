@@ -13,7 +13,7 @@ import pytest
 
 from alltalk_host.errors import Code
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 PACKAGE = ROOT / "alltalk_host"
 # HostError itself takes any string: plugins raise it with codes of their own, which they

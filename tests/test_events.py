@@ -9,7 +9,7 @@ import json
 from alltalk_host.events import BUFFER
 from alltalk_host.web.keys import HOST
 
-from .conftest import error_of
+from .helpers import error_of
 
 
 async def read_events(resp, until, limit: int = 200) -> list[dict]:

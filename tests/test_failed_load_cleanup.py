@@ -20,7 +20,7 @@ import pytest
 
 from alltalk_host import Audio, Backend, ModelContext, SpeechRequest, hookimpl, parse_settings
 
-from .conftest import error_of
+from .helpers import error_of
 
 
 class Weights:

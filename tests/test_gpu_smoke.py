@@ -12,7 +12,7 @@ import pytest
 
 from tools.gpu_smoke import STEPS, gpu_absent
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 
 # On a GPU every step loads real models (the smoke script allows itself 900 s); on the CPU it

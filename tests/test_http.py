@@ -7,7 +7,7 @@ import socket
 import pytest
 from aiohttp import ClientSession
 
-from .conftest import dominant_pitch, error_of, read_wav, wait_until
+from .helpers import dominant_pitch, error_of, read_wav, wait_until
 
 
 async def test_tts_returns_wav_with_commit_and_model_headers(start_server, config_repo):

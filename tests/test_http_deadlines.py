@@ -21,7 +21,7 @@ from alltalk_host.errors import ConfigInvalid
 from alltalk_host.limits import EdgeLimits
 from tools.server import Server
 
-from .conftest import ConfigRepoHelper
+from .helpers import ConfigRepoHelper
 
 DEADLINE_S = 2.0
 SLACK_S = 4.0  # a generous margin for a busy machine; without the deadlines: never

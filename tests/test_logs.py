@@ -10,7 +10,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from .conftest import ROOT
+from .helpers import ROOT
 from .test_swaps import _free_port, _wait_ready
 
 SECRET_TEXT = "Meet me at the old mill at midnight"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .conftest import error_of, wait_until
+from .helpers import error_of, wait_until
 
 MiB = 1024 * 1024
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import wait_until
+from .helpers import wait_until
 
 
 async def scrape(client, **headers) -> dict[tuple[str, tuple], float]:

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from .conftest import error_of, wait_until
+from .helpers import error_of, wait_until
 
 
 async def post(client, path, **body):

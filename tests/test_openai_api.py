@@ -10,7 +10,7 @@ import numpy as np
 import openai
 import pytest
 
-from .conftest import error_of, read_wav, wait_until
+from .helpers import error_of, read_wav, wait_until
 
 TEXT = "Hello from the speech route. This is a second sentence."
 

@@ -12,7 +12,7 @@ from schemathesis import checks
 from alltalk_host.web.app import CONTROL_TABLES, ROUTE_TABLES
 from alltalk_host.web.openapi import DESCRIPTION
 
-from .conftest import ConfigRepoHelper
+from .helpers import ConfigRepoHelper
 from .test_swaps import _free_port, _serve, _wait_ready
 
 # Answers the generator cannot read to their end: an endless event stream.

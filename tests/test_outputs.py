@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from .conftest import wait_until
+from .helpers import wait_until
 
 TWO_DAYS = 2 * 86400
 

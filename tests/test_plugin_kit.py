@@ -18,7 +18,7 @@ from alltalk_host.commands import cli
 from alltalk_host.testing import assert_conforms, check_backend
 from alltalk_host_reference import ReferenceBackend
 
-from .conftest import dominant_pitch, read_wav
+from .helpers import dominant_pitch, read_wav
 
 # --- the conformance check -----------------------------------------------------------------
 

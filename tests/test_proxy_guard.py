@@ -22,7 +22,7 @@ from alltalk_host.errors import ConfigInvalid
 from alltalk_host.host import Host, HostOptions
 from alltalk_host.web.app import create_app
 
-from .conftest import error_of
+from .helpers import error_of
 
 TOKEN = "s3cret-token"
 SWITCH = {"model": "reference-low", "author": "internet"}

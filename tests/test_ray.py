@@ -26,7 +26,7 @@ from alltalk_host.host import Host, HostOptions
 from alltalk_host.ray.replica import Replica, ReplicaState
 from alltalk_host.serving.speech import SpeechInput
 
-from .conftest import ConfigRepoHelper, read_wav
+from .helpers import ConfigRepoHelper, read_wav
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(

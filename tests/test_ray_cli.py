@@ -25,7 +25,7 @@ import pytest
 from alltalk_host.ray.local import ClusterInfo, free_port
 from alltalk_host.ray.rollout import APP_NAME, APPS_PATH
 
-from .conftest import ROOT, ConfigRepoHelper
+from .helpers import ROOT, ConfigRepoHelper
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(

@@ -14,7 +14,7 @@ from alltalk_host.change.state import StateStore
 from alltalk_host.ray.front import REPLICA_HEADER, STATUS_PATH
 from alltalk_host.ray.rollout import APP_NAME, APPS_PATH, DEPLOYMENT, Fleet, FleetSpec
 
-from .conftest import ConfigRepoHelper
+from .helpers import ConfigRepoHelper
 
 
 class StandInRay:

@@ -9,7 +9,7 @@ import pytest
 from alltalk_host import Audio, SpeechRequest, hookimpl
 from alltalk_host_reference import ReferenceBackend
 
-from .conftest import dominant_pitch, error_of, read_wav
+from .helpers import dominant_pitch, error_of, read_wav
 
 TEXT = "Hello there, how are you today?"
 

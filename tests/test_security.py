@@ -9,7 +9,7 @@ import pytest
 
 from alltalk_host.web.app import CONTROL_TABLES
 
-from .conftest import error_of
+from .helpers import error_of
 
 TOKEN = "s3cret-token"
 # Every guarded route, with a concrete path.

@@ -11,7 +11,7 @@ from pathlib import Path
 import git
 import pytest
 
-from .conftest import error_of
+from .helpers import error_of
 
 SETTINGS = "settings.toml"
 

@@ -19,7 +19,7 @@ from alltalk_host.errors import BadRequest
 from alltalk_host.text import split_sentences
 from alltalk_host_reference import ReferenceBackend
 
-from .conftest import error_of, read_wav, wait_until
+from .helpers import error_of, read_wav, wait_until
 from .strict_reference import STRICT
 
 

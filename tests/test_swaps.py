@@ -19,7 +19,7 @@ import pytest
 
 from alltalk_host import ModelContext, SpeechRequest
 
-from .conftest import ROOT, dominant_pitch, error_of, read_wav, wait_until
+from .helpers import ROOT, dominant_pitch, error_of, read_wav, wait_until
 from .strict_reference import STRICT, OverAdmitted, StrictReferenceBackend
 
 TEXT = "Hello there, how are you today?"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import git
 
-from .conftest import error_of
+from .helpers import error_of
 
 
 async def test_tts_models_says_what_each_model_takes(start_server, config_repo):

@@ -19,7 +19,7 @@ from alltalk_host.host import Host
 from alltalk_host.web.access import AccessLogger
 from alltalk_host.web.app import create_app
 
-from .conftest import error_of
+from .helpers import error_of
 
 HUGE = 10 ** 400  # beyond a float; within Python's 4300-digit limit for int <-> str
 

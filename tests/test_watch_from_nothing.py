@@ -6,7 +6,7 @@ from __future__ import annotations
 import git
 import pytest
 
-from .conftest import wait_until
+from .helpers import wait_until
 from .test_webhooks import SECRET, github_push
 
 

@@ -12,7 +12,7 @@ import uuid
 import git
 import pytest
 
-from .conftest import error_of, wait_until
+from .helpers import error_of, wait_until
 
 SECRET = "s3cret-webhook"
 

@@ -9,7 +9,7 @@ from fnmatch import fnmatch
 
 from alltalk_host.webui.routes import STATIC
 
-from .conftest import ROOT, error_of
+from .helpers import ROOT, error_of
 
 
 async def test_the_root_sends_browsers_to_the_page(start_server):

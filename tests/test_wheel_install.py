@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, read_wav
+from .helpers import ROOT, read_wav
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -35,7 +35,7 @@ from alltalk_host.wyoming.announce import service_info
 from alltalk_host.wyoming.sentences import SentenceBuffer
 from tools.server import Server, free_port
 
-from .conftest import ROOT, ConfigRepoHelper, read_wav
+from .helpers import ROOT, ConfigRepoHelper, read_wav
 
 # Every read has a deadline: a request that hangs fails the test instead of the suite.
 READ_TIMEOUT_S = 30.0

@@ -20,7 +20,7 @@ from alltalk_host_xtts import backend as xtts_backend
 from alltalk_host_xtts.backend import XttsBackend
 from tools.reference_audio import write_reference_wav
 
-from .conftest import (
+from .helpers import (
     ROOT,
     ConfigRepoHelper,
     error_of,

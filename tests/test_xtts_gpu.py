@@ -20,8 +20,8 @@ from alltalk_host_xtts.cuda import DeviceMemory, cuda_problem
 from alltalk_host_xtts.lowvram import DeviceGate, WeightShuttle
 from tools.reference_audio import write_reference_wav
 
-from .conftest import error_of
 from .gpu_fakes import P40, RTX_3090, fake_nvml
+from .helpers import error_of
 from .test_xtts import TINY_SECONDS, use_xtts
 
 DRIVER_TOO_OLD = ("The NVIDIA driver on your system is too old (found version 12020). Please "

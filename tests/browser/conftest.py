@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import ROOT
+from ..helpers import ROOT
 
 BROWSER = Path(os.environ.get("ALLTALK_TEST_BROWSER", "/usr/bin/chromium-headless-shell"))
 ARTIFACTS = Path(os.environ.get("ALLTALK_TEST_ARTIFACTS",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..conftest import wait_until
+from ..helpers import wait_until
 from .conftest import expect
 
 

@@ -9,7 +9,7 @@ import re
 
 import git
 
-from ..conftest import wait_until
+from ..helpers import wait_until
 from .conftest import expect
 
 PHASES = ["started", "planning", "loading", "warming up", "checking", "switching", "done"]

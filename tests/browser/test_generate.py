@@ -4,7 +4,7 @@ the keyboard."""
 
 from __future__ import annotations
 
-from ..conftest import ConfigRepoHelper
+from ..helpers import ConfigRepoHelper
 from .conftest import expect, until
 
 TEXT = "Hello there. This is the web page speaking."
