@@ -1,5 +1,6 @@
 """What the tests share besides fixtures: the checkout's root, a config repo helper, readers of
-replies (WAV, error bodies, pitch) and waits on a server's status.
+replies (WAV, error bodies, pitch), waits on a server's status, and plain requests to a host
+served in a child process.
 
 Test modules import these from here, never from ``conftest.py`` (pytest imports conftest files
 itself; a test module that imports one as well can get a second copy of it). A host served in a
@@ -9,9 +10,12 @@ child process, and a free port, come from ``tools/server.py``, which the benchma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
+import urllib.request
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +91,13 @@ class ConfigRepoHelper:
 
 
 async def wait_until(client: TestClient, predicate: Callable[[dict[str, Any]], bool],
-                     timeout: float = 20.0) -> dict[str, Any]:
-    """Poll /control/status until ``predicate(status)`` holds."""
+                     timeout: float = 20.0, headers: Mapping[str, str] | None = None
+                     ) -> dict[str, Any]:
+    """Poll /control/status (sending ``headers``: say, the control token) until
+    ``predicate(status)`` holds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        resp = await client.get("/control/status")
+        resp = await client.get("/control/status", headers=headers)
         status = await resp.json()
         if predicate(status):
             return status
@@ -146,3 +152,16 @@ async def error_of(resp: Any) -> dict[str, Any]:
     assert set(body) == {"error"}, body
     assert {"code", "message"} <= set(body["error"]), body
     return body["error"]
+
+
+def get_json(url: str) -> Any:
+    """GET ``url`` (on a server in a child process) and read its JSON body."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.load(resp)
+
+
+def send_and_forget(request: urllib.request.Request) -> None:
+    """Send ``request`` to a server the test is about to kill: the reply, or the error of a
+    connection cut off, is dropped."""
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(request, timeout=60).read()

@@ -8,14 +8,13 @@ covered without touching this file.
 
 from __future__ import annotations
 
-import asyncio
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .helpers import TEMPLATE, ConfigRepoHelper
+from .helpers import TEMPLATE, ConfigRepoHelper, wait_until
 
 HOSTILE = {
     "option": "--upload-pack=touch {sentinel}",
@@ -105,11 +104,3 @@ async def test_hostile_values_in_every_string_setting_are_refused_or_harmless(
                     "default.models.xtts.settings.checkpoint",
                     "default.models.xtts.settings.voices_dir"}
     assert not refused & set(outcomes.get(200, [])), outcomes
-
-
-async def wait_until(client, predicate, headers, timeout_s: float = 20.0) -> None:
-    """``helpers.wait_until`` with the control token."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate(await (await client.get("/control/status", headers=headers)).json()):
-        assert asyncio.get_running_loop().time() < deadline, "the host did not settle"
-        await asyncio.sleep(0.05)
