@@ -16,9 +16,9 @@ import pytest
 from alltalk_host.change.state import STATE_FILE, HostState, StateStore
 from alltalk_host.config.repo import ConfigRepo
 from alltalk_host.config.repo_write import HOST_ACTOR
+from tools.server import Server
 
-from .helpers import wait_until
-from .test_swaps import _free_port, _get, _serve, _swallow, _wait_ready
+from .helpers import get_json, send_and_forget, wait_until
 
 SLOW_LOAD_S = 1.5  # reference-low's load: the window for a kill while loading
 
@@ -45,19 +45,19 @@ def switch(port: int, model: str) -> dict:
 
 def wait_for(port: int, predicate, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate(_get(f"http://127.0.0.1:{port}/control/status")):
+    while not predicate(get_json(f"http://127.0.0.1:{port}/control/status")):
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
 
 
 def kill_just_after_sending(port: int) -> None:
-    threading.Thread(target=_swallow, args=(switch_request(port, "reference-low"),),
+    threading.Thread(target=send_and_forget, args=(switch_request(port, "reference-low"),),
                      daemon=True).start()
     time.sleep(0.03)
 
 
 def kill_while_loading(port: int) -> None:
-    threading.Thread(target=_swallow, args=(switch_request(port, "reference-low"),),
+    threading.Thread(target=send_and_forget, args=(switch_request(port, "reference-low"),),
                      daemon=True).start()
     wait_for(port, lambda s: any(m["name"] == "reference-low" and m["state"] == "loading"
                                  for m in s["models"]))
@@ -77,13 +77,12 @@ def test_a_kill_during_a_switch_leaves_the_repo_clean_and_the_branch_honest(
     state = tmp_path / "state"
     state.mkdir()
     (state / "local.toml").write_text(f'[outputs]\ndir = "{tmp_path / "outputs"}"\n')
-    port = _free_port()
-    server = _serve(config_repo.path, state, port)
+    server = Server(config_repo.path, state)
     try:
-        assert _wait_ready(port)["serving_commit"] == base
-        kill(port)
-        server.send_signal(signal.SIGKILL)
-        server.wait(10)
+        assert get_json(f"{server.base}/control/status")["serving_commit"] == base
+        kill(server.port)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(10)
 
         assert porcelain(config_repo) == ""
         assert not (Path(config_repo.repo.git_dir) / "index.lock").exists()
@@ -96,8 +95,8 @@ def test_a_kill_during_a_switch_leaves_the_repo_clean_and_the_branch_honest(
         if kill is kill_just_after_the_reply:
             assert head.hexsha != base
 
-        server = _serve(config_repo.path, state, port)
-        status = _wait_ready(port)
+        server = Server(config_repo.path, state)
+        status = get_json(f"{server.base}/control/status")
         assert status["serving_commit"] == saved["applied"]
         assert saved["applied"] in saved["known_good"]
         assert config_repo.repo.head.commit.hexsha == saved["applied"]  # the branch says so
@@ -105,11 +104,10 @@ def test_a_kill_during_a_switch_leaves_the_repo_clean_and_the_branch_honest(
 
         # Nothing is wedged: the next switch goes through.
         other = "reference" if status["default_model"] == "reference-low" else "reference-low"
-        assert switch(port, other)["result"] == "applied"
+        assert switch(server.port, other)["result"] == "applied"
         assert porcelain(config_repo) == ""
     finally:
-        server.kill()
-        server.wait(10)
+        server.stop()
 
 
 @pytest.mark.parametrize("ref_moved", [False, True], ids=["before-the-move", "checkout-behind"])

@@ -4,27 +4,18 @@ that served each answer, and never the text that was spoken."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 
+from tools.server import Server, free_port
+
 from .helpers import ROOT
-from .test_swaps import _free_port, _wait_ready
 
 SECRET_TEXT = "Meet me at the old mill at midnight"
-
-
-def serve(config_repo, state, port, *flags, env=None):
-    import os
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "alltalk_host", "serve", "--config-repo", str(config_repo),
-         "--state-dir", str(state), "--port", str(port), *flags],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")},
-             **(env or {})},
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def request(url, data=None, headers=None):
@@ -37,12 +28,11 @@ def request(url, data=None, headers=None):
 
 def test_json_logs_carry_the_request_id_and_the_access_log_says_what_served(
         config_repo, tmp_path):
-    port = _free_port()
-    server = serve(config_repo.path, tmp_path / "state", port, "--log-format", "json",
-                   env={"ALLTALK_OUTPUTS__DIR": str(tmp_path / "outputs")})
-    try:
-        _wait_ready(port)
-        base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with log.open("wb") as output, Server(
+            config_repo.path, tmp_path / "state", log_level="info", args=["--log-format", "json"],
+            env={"ALLTALK_OUTPUTS__DIR": str(tmp_path / "outputs")}, output=output) as server:
+        base = server.base
         resp = request(f"{base}/tts", json.dumps({"text": SECRET_TEXT}).encode(),
                        {"Content-Type": "application/json", "X-Request-Id": "req-42"})
         assert resp.headers["X-Request-Id"] == "req-42"
@@ -57,9 +47,7 @@ def test_json_logs_carry_the_request_id_and_the_access_log_says_what_served(
         except urllib.error.HTTPError as exc:
             assert exc.code == 404
         time.sleep(0.3)  # let the access log lines of the last answers be written
-    finally:
-        server.terminate()
-        out, _ = server.communicate(timeout=30)
+    out = log.read_text()
     lines = [line for line in out.splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
@@ -79,19 +67,20 @@ def test_json_logs_carry_the_request_id_and_the_access_log_says_what_served(
 
 
 def test_text_logs_stay_readable_and_a_bad_format_is_one_line(config_repo, tmp_path):
-    port = _free_port()
-    server = serve(config_repo.path, tmp_path / "state", port,
-                   env={"ALLTALK_LOG_FORMAT": "xml"})
-    out, _ = server.communicate(timeout=60)
-    assert server.returncode == 2
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
+    refused = subprocess.run(
+        [sys.executable, "-m", "alltalk_host", "serve", "--config-repo", str(config_repo.path),
+         "--state-dir", str(tmp_path / "state"), "--port", str(free_port())],
+        env={**environ, "ALLTALK_LOG_FORMAT": "xml"}, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert refused.returncode == 2
+    out = refused.stdout
     assert out.strip() == "error: the log format is text or json, not 'xml' (ALLTALK_LOG_FORMAT)"
-    server = serve(config_repo.path, tmp_path / "state", port)
-    try:
-        _wait_ready(port)
-        request(f"http://127.0.0.1:{port}/health/live", headers={"X-Request-Id": "abc"})
+    log = tmp_path / "server.log"
+    with log.open("wb") as output, Server(config_repo.path, tmp_path / "state",
+                                          log_level="info", output=output) as server:
+        request(f"{server.base}/health/live", headers={"X-Request-Id": "abc"})
         time.sleep(0.3)
-    finally:
-        server.terminate()
-        out, _ = server.communicate(timeout=30)
+    out = log.read_text()
     line = next(li for li in out.splitlines() if "GET /health/live 200" in li)
     assert line.endswith("[request abc]") and not line.startswith("{")

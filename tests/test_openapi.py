@@ -11,9 +11,9 @@ from schemathesis import checks
 
 from alltalk_host.web.app import CONTROL_TABLES, ROUTE_TABLES
 from alltalk_host.web.openapi import DESCRIPTION
+from tools.server import Server
 
 from .helpers import ConfigRepoHelper
-from .test_swaps import _free_port, _serve, _wait_ready
 
 # Answers the generator cannot read to their end: an endless event stream.
 NOT_FUZZED = {("GET", "/control/events")}
@@ -60,14 +60,10 @@ def live_schema(tmp_path_factory):
     repo = ConfigRepoHelper(root / "config")
     (root / "state").mkdir()
     (root / "state" / "local.toml").write_text(f'[outputs]\ndir = "{root / "outputs"}"\n')
-    port = _free_port()
-    server = _serve(repo.path, root / "state", port)
     try:
-        _wait_ready(port)
-        yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
+        with Server(repo.path, root / "state") as server:
+            yield schemathesis.openapi.from_url(f"{server.base}/openapi.json")
     finally:
-        server.kill()
-        server.wait(10)
         repo.repo.close()
 
 

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT
+from tools.server import Server
 
 
 async def status_of(client) -> dict:
@@ -99,40 +94,13 @@ def test_a_served_host_with_a_truncated_state_file_starts_and_says_why(config_re
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     (state_dir / "state.json").write_bytes(b'{"applied": "' + config_repo.initial[:20].encode())
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
-    env["ALLTALK_OUTPUTS__DIR"] = str(tmp_path / "outputs")
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "alltalk_host", "serve", "--config-repo",
-             str(config_repo.path), "--state-dir", str(state_dir), "--port", str(port)],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert server.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready",
-                                                timeout=5) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                time.sleep(0.1)
-        finally:
-            server.terminate()
-            server.wait(30)
+    with log.open("wb") as out:  # Server(...) returns once /health/ready answers 200
+        Server(config_repo.path, state_dir, log_level="info", ready_timeout_s=60, output=out,
+               env={"ALLTALK_OUTPUTS__DIR": str(tmp_path / "outputs")}).stop()
     text = log.read_text()
     assert "ERROR" in text and "is unusable (not JSON" in text and "state.json.bad-" in text
     assert "Traceback" not in text
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- a served commit that a force-push removed ----------------------------------------------

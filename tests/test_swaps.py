@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,8 +13,16 @@ from pathlib import Path
 import pytest
 
 from alltalk_host import ModelContext, SpeechRequest
+from tools.server import Server
 
-from .helpers import ROOT, dominant_pitch, error_of, read_wav, wait_until
+from .helpers import (
+    dominant_pitch,
+    error_of,
+    get_json,
+    read_wav,
+    send_and_forget,
+    wait_until,
+)
 from .strict_reference import STRICT, OverAdmitted, StrictReferenceBackend
 
 TEXT = "Hello there, how are you today?"
@@ -204,70 +207,29 @@ async def test_a_second_apply_while_one_runs_gets_409_naming_it(start_server, co
     assert (await first).status == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.load(resp)
-
-
-def _serve(config: Path, state: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "alltalk_host", "serve", "--config-repo", str(config),
-         "--state-dir", str(state), "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-
-def _wait_ready(port: int, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status = _get(f"http://127.0.0.1:{port}/control/status")
-            if status["ready"]:
-                return status
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready")
-
-
 def test_a_crash_mid_apply_leaves_the_previous_good_state(config_repo, tmp_path):
-    port = _free_port()
     state = tmp_path / "state"
-    server = _serve(config_repo.path, state, port)
+    server = Server(config_repo.path, state)
     try:
-        _wait_ready(port)
         slow = config_repo.change("slow load", "models.toml",
                                   "default.models.reference.settings.load_seconds", 30.0)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/control/config/apply",
+            f"{server.base}/control/config/apply",
             data=json.dumps({"commit": slow}).encode(), method="POST",
             headers={"Content-Type": "application/json"})
         # The apply call is abandoned when the server dies.
-        threading.Thread(target=lambda: _swallow(request), daemon=True).start()
+        threading.Thread(target=lambda: send_and_forget(request), daemon=True).start()
         deadline = time.monotonic() + 10
-        while _get(f"http://127.0.0.1:{port}/control/status")["apply_in_progress"] is None:
+        while get_json(f"{server.base}/control/status")["apply_in_progress"] is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        server.send_signal(signal.SIGKILL)
-        server.wait(10)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(10)
 
-        server = _serve(config_repo.path, state, port)
-        status = _wait_ready(port)
+        server = Server(config_repo.path, state)
+        status = get_json(f"{server.base}/control/status")
         assert status["serving_commit"] == config_repo.initial
         assert status["attempted_commit"] == config_repo.initial  # the restart's own apply
         assert status["applied_commit"] == config_repo.initial
     finally:
-        server.kill()
-        server.wait(10)
-
-
-def _swallow(request: urllib.request.Request) -> None:
-    with contextlib.suppress(OSError):
-        urllib.request.urlopen(request, timeout=60).read()
+        server.stop()

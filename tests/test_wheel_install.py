@@ -21,16 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from tools.server import free_port
+
 from .helpers import ROOT, read_wav
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(*args: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -94,7 +89,7 @@ def test_the_wheel_has_the_template_and_config_init_fits_it_to_what_is_installed
 
 
 def test_the_installed_host_serves_the_initialised_repo(installed: Path, tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(installed / "alltalk-host"), "serve", "--init-config", "--config-repo",
          str(tmp_path / "cfg"), "--state-dir", str(tmp_path / "state"), "--port", str(port),

@@ -70,6 +70,9 @@ class Server:
                  ready_timeout_s: float = 120.0, args: Sequence[str] = (),
                  env: Mapping[str, str] | None = None, output: IO[bytes] | None = None) -> None:
         self.port = free_port()
+        # Where a failure to start points the reader: the log file, or this process's output.
+        name = getattr(output, "name", None)
+        self._log = f"its log: {name}" if isinstance(name, str) else "its log is above"
         self.base = f"http://127.0.0.1:{self.port}"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("ALLTALK_")}
         environ.update(env or {})
@@ -93,7 +96,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.process.returncode} before "
-                                   "it was ready (its log is above)")
+                                   f"it was ready ({self._log})")
             try:
                 with urllib.request.urlopen(f"{self.base}/health/ready", timeout=2) as resp:
                     if resp.status == 200:
@@ -101,7 +104,8 @@ class Server:
             except OSError:  # not listening yet, or 503 while the first apply runs
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"the server did not become ready within {timeout_s:.0f} s")
+        raise RuntimeError(f"the server did not become ready within {timeout_s:.0f} s "
+                           f"({self._log})")
 
     def stop(self) -> None:
         if self.process.poll() is None:
