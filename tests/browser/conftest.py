@@ -12,7 +12,6 @@ server's own origin (or be a blob: URL of it: audio the page made itself).
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,20 +20,13 @@ from typing import Any
 import pytest
 
 from ..helpers import ROOT
+from .helpers import TIMEOUT_MS, Page, async_playwright
 
 BROWSER = Path(os.environ.get("ALLTALK_TEST_BROWSER", "/usr/bin/chromium-headless-shell"))
 ARTIFACTS = Path(os.environ.get("ALLTALK_TEST_ARTIFACTS",
                                 ROOT / "var" / "test-artifacts" / "browser"))
 INSTALL = ("apt-get install chromium-headless-shell (Debian, as root), and the playwright "
            "package from the [test] extra")
-TIMEOUT_MS = 20_000  # generous: other work shares this machine's two cores
-
-try:
-    from playwright.async_api import Page, async_playwright, expect
-except ImportError:  # pragma: no cover - the skip below says what to install
-    Page = Any  # type: ignore[misc,assignment]
-    async_playwright = expect = None  # type: ignore[assignment]
-
 MISSING = ("the playwright package is not installed" if async_playwright is None
            else f"no browser at {BROWSER}" if not BROWSER.exists() else None)
 
@@ -47,10 +39,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(skip)
-
-
-if expect is not None:
-    expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture
@@ -108,16 +96,6 @@ async def pages(browser: Any) -> AsyncIterator[Pages]:
     assert opened.requests, "no page was opened"
     assert not opened.foreign(), f"requests left the page's origin: {opened.foreign()}"
     assert not opened.errors, f"uncaught errors in the page: {opened.errors}"
-
-
-async def until(page: Page, expression: str, timeout_s: float = TIMEOUT_MS / 1000) -> None:
-    """Wait for a JavaScript expression to hold. (Page.wait_for_function evaluates its
-    predicate with eval, which the page's Content-Security-Policy rightly refuses.)"""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await page.evaluate(expression):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"still false after {timeout_s} s: {expression}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from ..helpers import wait_until
-from .conftest import expect
+from .helpers import expect
 
 
 def button(scope, name):

@@ -10,7 +10,7 @@ import re
 import git
 
 from ..helpers import wait_until
-from .conftest import expect
+from .helpers import expect
 
 PHASES = ["started", "planning", "loading", "warming up", "checking", "switching", "done"]
 # Records the newest phase of every stepper each time one changes: what a person saw, in order.

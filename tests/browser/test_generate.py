@@ -5,7 +5,7 @@ the keyboard."""
 from __future__ import annotations
 
 from ..helpers import ConfigRepoHelper
-from .conftest import expect, until
+from .helpers import expect, until
 
 TEXT = "Hello there. This is the web page speaking."
 

@@ -4,7 +4,7 @@ client. No request leaves the page's origin (the ``pages`` fixture checks every 
 
 from __future__ import annotations
 
-from .conftest import expect
+from .helpers import expect
 
 
 async def test_every_page_by_keyboard_with_its_state_in_the_url(start_server, config_repo,
