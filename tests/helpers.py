@@ -146,6 +146,16 @@ def dominant_pitch(samples: np.ndarray, rate: int, lo: float = 50, hi: float = 5
     return rate / lag
 
 
+async def post(client: TestClient, path: str, **body: Any) -> Any:
+    """POST ``body`` as JSON."""
+    return await client.post(path, json=body)
+
+
+async def status_of(client: TestClient) -> dict[str, Any]:
+    """The body of /control/status."""
+    return await (await client.get("/control/status")).json()
+
+
 async def error_of(resp: Any) -> dict[str, Any]:
     """The error object of a JSON error reply."""
     body = await resp.json()

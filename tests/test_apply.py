@@ -9,7 +9,7 @@ import pytest
 
 from alltalk_host.host import Host
 
-from .helpers import dominant_pitch, error_of, read_wav, wait_until
+from .helpers import dominant_pitch, error_of, post, read_wav, wait_until
 
 
 async def speak(client, **body):
@@ -21,10 +21,6 @@ async def speak(client, **body):
 async def pitch_of(client, **body) -> float:
     resp = await speak(client, voice=body.pop("voice", "female_01"), **body)
     return dominant_pitch(*read_wav(await resp.read()))
-
-
-async def post(client, path, **body):
-    return await client.post(path, json=body)
 
 
 async def test_applying_a_model_change_loads_a_new_generation(start_server, config_repo):

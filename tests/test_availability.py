@@ -12,7 +12,7 @@ import pytest
 from alltalk_host import Backend, ModelContext, hookimpl
 from alltalk_host_reference import ReferenceBackend, ReferenceSettings
 
-from .helpers import error_of
+from .helpers import error_of, post, status_of
 
 
 class CheckedBackend(ReferenceBackend):
@@ -41,14 +41,6 @@ class Plugin:
 
 
 CHECKED = [("checked", Plugin(CheckedBackend))]
-
-
-async def post(client, path, **body):
-    return await client.post(path, json=body)
-
-
-async def status_of(client) -> dict:
-    return await (await client.get("/control/status")).json()
 
 
 @pytest.fixture(autouse=True)

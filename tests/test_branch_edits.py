@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-from .helpers import error_of, wait_until
+from .helpers import error_of, post, wait_until
 
 LONG_TEXT = "This sentence is longer than thirty characters."
-
-
-async def post(client, path, **body):
-    return await client.post(path, json=body)
 
 
 async def serving(client) -> str:

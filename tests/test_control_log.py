@@ -8,14 +8,10 @@ import re
 
 import pytest
 
-from .helpers import error_of
+from .helpers import error_of, post
 
 LOGGER = "alltalk_host.change.control"
 ME = "api@127.0.0.1"
-
-
-async def post(client, path, **body):
-    return await client.post(path, json=body)
 
 
 def lines(caplog, level: int) -> list[str]:

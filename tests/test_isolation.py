@@ -7,7 +7,8 @@ import logging
 
 from alltalk_host_reference import ReferenceBackend
 
-from .test_availability import Plugin, models_of, post, status_of
+from .helpers import post, status_of
+from .test_availability import Plugin, models_of
 
 
 class CrashingBackend(ReferenceBackend):

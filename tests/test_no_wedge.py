@@ -12,16 +12,7 @@ import socket
 import threading
 import time
 
-from .helpers import error_of, wait_until
-
-
-async def post(client, path, **body):
-    return await client.post(path, json=body)
-
-
-async def status_of(client) -> dict:
-    return await (await client.get("/control/status")).json()
-
+from .helpers import error_of, post, status_of, wait_until
 
 # --- a low-memory swap whose restore fails -------------------------------------------------
 

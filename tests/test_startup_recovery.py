@@ -12,9 +12,7 @@ import pytest
 
 from tools.server import Server
 
-
-async def status_of(client) -> dict:
-    return await (await client.get("/control/status")).json()
+from .helpers import status_of
 
 
 def git(repo, *args: str) -> str:

@@ -15,21 +15,10 @@ import pytest
 from alltalk_host import ModelContext, SpeechRequest
 from tools.server import Server
 
-from .helpers import (
-    dominant_pitch,
-    error_of,
-    get_json,
-    read_wav,
-    send_and_forget,
-    wait_until,
-)
+from .helpers import dominant_pitch, error_of, get_json, post, read_wav, send_and_forget, wait_until
 from .strict_reference import STRICT, OverAdmitted, StrictReferenceBackend
 
 TEXT = "Hello there, how are you today?"
-
-
-async def post(client, path, **body):
-    return await client.post(path, json=body)
 
 
 def models_by_name(status) -> dict[str, list[dict]]:
