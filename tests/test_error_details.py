@@ -9,7 +9,7 @@ import ast
 from alltalk_host.apis.alltalk_fields import FieldError
 from alltalk_host.errors import ApplyFailed, Code, Conflict
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 FIELDS = {"details", "message", "code", "status"}
 
