@@ -64,6 +64,11 @@ class Link:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def usable(self) -> bool:
+        """Neither ended by the host nor gone: a call sent now can reach the backend."""
+        return self.ended_by is None and not self.exited.is_set()
+
     def send(self, kind: str, call_id: int, payload: Any) -> None:
         """Best effort: a send to a process that died fails quietly, and the reader fails
         the calls when it reads the end."""

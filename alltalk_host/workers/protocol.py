@@ -106,58 +106,74 @@ class RemoteTraceback(Exception):
         return f"\n(in the worker)\n{self.args[0]}"
 
 
+# One RemoteError subclass per original class, so ``except`` and ``type(exc)`` are stable.
 _REMOTE_CLASSES: dict[str, type[RemoteError]] = {}
 
 
-def encode_error(exc: BaseException) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ErrorParts:
+    """An exception as data that always pickles (what ``encode_error`` sends)."""
+
+    module: str
+    qualname: str
+    message: str
+    traceback: str
+    host: bool = False  # a HostError: rebuilt from code, status and details
+    code: str = ""
+    status: int = 500
+    details: Any = None
+    pickled: bytes | None = None  # any other exception that pickles both ways
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.qualname}"
+
+
+def encode_error(exc: BaseException) -> ErrorParts:
     """An exception raised in the worker, as parts that always pickle."""
     cls = type(exc)
-    parts: dict[str, Any] = {
-        "module": cls.__module__, "qualname": cls.__qualname__, "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
+    where = {"module": cls.__module__, "qualname": cls.__qualname__, "message": str(exc),
+             "traceback": "".join(traceback.format_exception(exc))}
     if isinstance(exc, HostError):
-        parts.update(host=True, code=str(exc.code), status=exc.status,
-                     details=_picklable(exc.details))
-        return parts
+        return ErrorParts(**where, host=True, code=exc.code, status=exc.status,
+                          details=_picklable(exc.details))
     try:
-        parts["pickled"] = pickle.dumps(exc.with_traceback(None))
-        pickle.loads(parts["pickled"])  # some pickle one way and not back (required args)
+        pickled = pickle.dumps(exc.with_traceback(None))
+        pickle.loads(pickled)  # some pickle one way and not back (a required argument)
     except Exception:  # noqa: BLE001 - any failure: it crosses as text
-        parts.pop("pickled", None)
-    return parts
+        pickled = None
+    return ErrorParts(**where, pickled=pickled)
 
 
-def decode_error(parts: dict[str, Any]) -> BaseException:
+def decode_error(parts: ErrorParts) -> BaseException:
     """The error ``encode_error`` took apart, rebuilt on the host side."""
     error = _rebuild(parts)
-    error.__cause__ = RemoteTraceback(parts["traceback"])
+    error.__cause__ = RemoteTraceback(parts.traceback)
     return error
 
 
-def _rebuild(parts: dict[str, Any]) -> BaseException:
-    name = f"{parts['module']}.{parts['qualname']}"
-    if parts.get("host"):
-        cls = _imported_class(parts["module"], parts["qualname"])
+def _rebuild(parts: ErrorParts) -> BaseException:
+    if parts.host:
+        cls = _imported_class(parts.module, parts.qualname)
         if not (isinstance(cls, type) and issubclass(cls, HostError)):
             cls = HostError
         # HostError's own __init__, whatever the subclass's: a plugin's subclass may take
         # other arguments, and the parts are exactly what HostError holds.
         error = cls.__new__(cls)
-        HostError.__init__(error, parts["message"], code=parts["code"], status=parts["status"],
-                           details=parts["details"])
+        HostError.__init__(error, parts.message, code=parts.code, status=parts.status,
+                           details=parts.details)
         return error
     # Unpickling imports the class's module: only where the host has it already.
-    if "pickled" in parts and parts["module"] in sys.modules:
-        error = _unpickled(parts["pickled"])
-        if error is not None:
-            return error
-    cls = _REMOTE_CLASSES.get(name)
-    if cls is None:
-        cls = type(parts["qualname"].rpartition(".")[2], (RemoteError,),
-                   {"original": name, "__module__": __name__})
-        _REMOTE_CLASSES[name] = cls
-    return cls(parts["message"])
+    if parts.pickled is not None and parts.module in sys.modules:
+        unpickled = _unpickled(parts.pickled)
+        if unpickled is not None:
+            return unpickled
+    remote = _REMOTE_CLASSES.get(parts.name)
+    if remote is None:
+        remote = type(parts.qualname.rpartition(".")[2], (RemoteError,),
+                      {"original": parts.name, "__module__": __name__})
+        _REMOTE_CLASSES[parts.name] = remote
+    return remote(parts.message)
 
 
 def _unpickled(data: bytes) -> BaseException | None:

@@ -123,7 +123,7 @@ class WorkerBackend(Backend):
     def accepting(self) -> bool:
         """Whether a call made now would reach a loaded worker (no wait for a restart)."""
         link = self._link
-        return self._state == WorkerState.READY and link is not None and not link.exited.is_set()
+        return self._state == WorkerState.READY and link is not None and link.usable
 
     @property
     def loading(self) -> bool:
@@ -254,14 +254,17 @@ class WorkerBackend(Backend):
         with self._cond:
             while True:
                 link = self._link
-                if self._state == WorkerState.READY and link is not None:
+                if self._state == WorkerState.READY and link is not None and link.usable:
                     return link
+                # READY with a link that ended: its reader is about to say so (_on_exit), and
+                # the restart follows; wait for it as for a restart.
                 left = deadline - time.monotonic()
-                if self._state == WorkerState.RESTARTING and left > 0:
+                if self._state in (WorkerState.RESTARTING, WorkerState.READY) and left > 0:
                     self._cond.wait(left)
-                elif self._state in (WorkerState.RESTARTING, WorkerState.FAILED):
+                elif self._state in (WorkerState.READY, WorkerState.RESTARTING,
+                                     WorkerState.FAILED):
                     raise WorkerDied(
-                        f"{self._label}: its worker is {self._state} after it ended "
+                        f"{self._label}: its worker is not back after it ended "
                         f"({self._last_exit})", details={"state": str(self._state)})
                 else:
                     raise Unavailable(f"{self._label} is not loaded ({self._state})",
