@@ -361,3 +361,15 @@ def test_leaked_memory_goes_with_the_worker(make, group):
     worker.unload()
     assert group.started[0].popen.returncode == 0
     assert host.memory_info().rss - before < 32 * MIB
+
+
+def test_a_worker_imports_the_hosts_modules_whatever_its_working_folder(make, tmp_path,
+                                                                       monkeypatch):
+    shadow = tmp_path / "elsewhere" / "alltalk_host"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('another checkout shadowed me')\n")
+    monkeypatch.chdir(shadow.parent)  # `python -c` would put this folder first on sys.path
+    worker = make()
+    worker.load()
+    assert worker.synthesize(SpeechRequest("Hello")).duration > 0
+    worker.unload()

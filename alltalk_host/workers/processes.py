@@ -79,8 +79,11 @@ def start_process(preload: Sequence[str] = ()) -> WorkerProcess:
     code = (f"from alltalk_host.workers.child import main; "
             f"main({child_end.fileno()}, {os.getpid()}, {list(preload)!r})")
     try:
-        popen = subprocess.Popen([sys.executable, "-c", code], pass_fds=(child_end.fileno(),),
-                                 env=env, stdin=subprocess.DEVNULL)
+        # -P: no working directory at the head of sys.path, where a checkout of another
+        # version would shadow the host's own modules.
+        popen = subprocess.Popen([sys.executable, "-P", "-c", code],
+                                 pass_fds=(child_end.fileno(),), env=env,
+                                 stdin=subprocess.DEVNULL)
     finally:
         child_end.close()
     return WorkerProcess(popen, Connection(host_end.detach()))
