@@ -1,9 +1,11 @@
-"""One worker process as its proxy sees it: sending to it, and a reader thread that routes what
-it sends to the call waiting for it, until the process ends.
+"""One worker process as its supervisor sees it: sending to it, a reader thread that routes
+what it sends to the call waiting for it, and the two exchanges of the instance itself (load
+with its deadline, unload-and-exit with its deadline).
 
-Each call has a queue of ``(kind, payload)``; the instance's own messages (loaded, unloaded,
-its errors) go to ``control``. When the socket ends, every waiting call gets ``DIED`` with a
-``WorkerDied`` naming the exit code or signal, and ``on_exit`` tells the proxy.
+Each call has a queue of ``(kind, payload)``; the instance's own answers (loaded, unloaded,
+its errors) go to ``control``, everything else (facts, progress, logs) to ``on_message``. When
+the socket ends, every waiting call gets ``DIED`` with a ``WorkerDied`` naming the exit code or
+signal, and ``on_exit`` tells the supervisor.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import Code, Unavailable
+from ..errors import ApplyFailed, Code, Unavailable
 from . import protocol as p
 from .processes import WorkerProcess
 
@@ -39,11 +41,12 @@ class Link:
     """A process, its calls in flight and its reader. ``ended_by`` is set when the host ends
     the process on purpose (why); a process that ends with it unset crashed."""
 
-    def __init__(self, process: WorkerProcess, label: str,
+    def __init__(self, process: WorkerProcess, model: str, label: str,
                  on_message: Callable[[str, Any], None],
                  on_exit: Callable[[Link, str], None]) -> None:
         self.process = process
-        self.label = label  # "model X", for messages
+        self.model = model
+        self.label = label  # "model X (backend)", for messages
         self.control: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.calls: dict[int, queue.SimpleQueue[Message]] = {}
         self.ended_by: str | None = None
@@ -104,8 +107,39 @@ class Link:
             if self.ended_by is None:
                 self.ended_by = reason
 
-    def wait_exit(self, timeout: float) -> bool:
-        return self.exited.wait(timeout)
+    def load(self, spec: bytes, timeout: float) -> p.Facts:
+        """Have the worker load the instance: its facts, or the load's own error raised (the
+        process then lives on, so unload can release what load got). Past ``timeout`` the
+        process is killed: ApplyFailed ``load_timed_out``."""
+        self.send(p.LOAD, 0, spec)
+        message = wait_for(self.control, time.monotonic() + timeout)
+        if message is None:
+            self.kill(f"load timed out after {timeout:g} s")
+            raise ApplyFailed(f"{self.label}: load timed out after {timeout:g} s",
+                              code=Code.LOAD_TIMED_OUT,
+                              details={"model": self.model, "step": "load"})
+        kind, payload = message
+        if kind == DIED:
+            raise payload
+        if kind == p.ERROR:
+            raise p.decode_error(payload)
+        return payload
+
+    def retire(self, timeout: float) -> None:
+        """Have the worker unload the instance and exit; kill it at ``timeout``."""
+        if self.exited.is_set():
+            return
+        self.expect_exit("unloaded")
+        self.send(p.UNLOAD, 0, None)
+        deadline = time.monotonic() + timeout
+        message = wait_for(self.control, deadline)
+        if message is None:
+            log.warning("%s: unload() did not return within %g s: worker killed", self.label,
+                        timeout)
+        elif message[0] == p.ERROR:
+            log.warning("%s: unload failed: %s", self.label, p.decode_error(message[1]))
+        if not self.exited.wait(max(0.0, min(5.0, deadline - time.monotonic()))):
+            self.kill("it did not exit after unload")
 
     def died(self) -> WorkerDied:
         reason = self.exit_reason or "it is gone"
