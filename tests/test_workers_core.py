@@ -61,6 +61,8 @@ class JournalBackend(Backend):
     def load(self) -> None:
         logging.getLogger("tests.journal").info("loaded in pid %d", os.getpid())
         self._note("load")
+        if "WORKER_MARK" in os.environ:
+            self._note(f"env {os.environ['WORKER_MARK']}")
 
     def unload(self) -> None:
         self._note("unload")
@@ -173,6 +175,18 @@ def test_the_workers_log_records_reach_the_hosts_loggers(make, tmp_path, caplog)
     assert [r.levelname for r in records] == ["INFO"]
     assert records[0].getMessage() == f"loaded in pid {records[0].process}"
     assert records[0].process != os.getpid()
+
+
+def test_a_spare_loads_with_the_hosts_environment_of_the_load(make, group, tmp_path,
+                                                              monkeypatch):
+    journal = tmp_path / "journal"
+    group.prestart()  # the spare's process starts with the environment of now
+    monkeypatch.setenv("WORKER_MARK", "set after the spare started")
+    worker = make(JournalBackend, journal=str(journal))
+    worker.load()
+    worker.unload()
+    assert journal.read_text().splitlines() == ["load", "env set after the spare started",
+                                                "unload"]
 
 
 def test_errors_cross_as_the_same_class_and_code(make):

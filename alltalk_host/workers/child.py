@@ -127,6 +127,11 @@ class _Worker:
             # Unpickled here, not in the reader: it imports the plugin, which may be slow.
             spec: p.LoadSpec = pickle.loads(spec_bytes)
             logging.getLogger().setLevel(spec.log_level)
+            # The host's variables, but this process's PYTHONPATH (the host's sys.path), which
+            # an engine's own Python subprocesses need as much as this one did.
+            os.environ.update({k: v for k, v in spec.environ.items() if k != "PYTHONPATH"})
+            for gone in set(os.environ) - set(spec.environ) - {"PYTHONPATH"}:
+                del os.environ[gone]
             context = ModelContext(spec.name, spec.models_dir, spec.cache_dir,
                                    progress=self._progress)
             backend = spec.backend(spec.settings, context)

@@ -163,13 +163,22 @@ class Link:
                 if kind in (p.LOADED, p.ERROR, p.UNLOADED):
                     self.control.put((kind, payload))
                 else:
-                    self._on_message(kind, payload)
+                    self._hear(kind, payload)
                 continue
             with self._lock:
                 inbox = self.calls.get(call_id)
             if inbox is not None:
                 inbox.put((kind, payload))
         self._ended()
+
+    def _hear(self, kind: str, payload: Any) -> None:
+        # A progress callback or log handler that raises must not end the reader: nobody
+        # would then see the process end.
+        try:
+            self._on_message(kind, payload)
+        except Exception:
+            log.exception("%s: handling a %s message from worker %d failed", self.label, kind,
+                          self.pid)
 
     def _ended(self) -> None:
         try:

@@ -147,10 +147,14 @@ class WorkerGroup:
         return fresh.result()
 
     def prestart(self) -> None:
-        """Start the spare now (the first load then skips the interpreter's start)."""
+        """Start the spare now (the first load then skips the interpreter's start). Returns
+        once its process exists (milliseconds), not once it has imported."""
         with self._lock:
             if self._keep_spare and not self._spare and not self._closed:
                 self._spare.append(self._submit())
+            spare = self._spare[0] if self._spare else None
+        if spare is not None:
+            spare.result()
 
     def add(self, worker: Supervised) -> None:
         with self._lock:

@@ -75,6 +75,9 @@ class LoadSpec:
     models_dir: Path
     cache_dir: Path
     log_level: int  # the host's root level: records below it are not worth sending
+    # The host's environment as of the load: a spare process started earlier would otherwise
+    # load with the variables of its own start.
+    environ: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

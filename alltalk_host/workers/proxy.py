@@ -17,6 +17,7 @@ interface adds:
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -162,7 +163,7 @@ class WorkerBackend(Backend):
     def _spec(self) -> bytes:
         return pickle.dumps(p.LoadSpec(
             self.backend_class, self.settings, self.context.name, self.context.models_dir,
-            self.context.cache_dir, logging.getLogger().getEffectiveLevel()))
+            self.context.cache_dir, logging.getLogger().getEffectiveLevel(), dict(os.environ)))
 
     def _on_message(self, kind: str, payload: Any) -> None:
         if kind == p.FACTS:
