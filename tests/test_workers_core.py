@@ -166,6 +166,23 @@ def test_a_worker_loads_speaks_streams_and_unloads_as_inline(make, group, tmp_pa
     assert worker.memory_estimate() == 0
 
 
+def test_calls_at_once_each_get_their_own_answer(make):
+    worker = make(max_concurrency=4)
+    worker.load()
+    texts = ["One.", "Two words.", "Three words here.", "Four words are here."]
+    runs = [in_thread(lambda text=text: worker.synthesize(SpeechRequest(text)))
+            for text in texts]
+    inline = ReferenceBackend(ReferenceBackend.validate_settings({}),
+                              ModelContext("m", Path("."), Path(".")))
+    inline.load()
+    for (thread, outcome), text in zip(runs, texts, strict=True):
+        thread.join()
+        assert np.array_equal(outcome["value"].samples,
+                              inline.synthesize(SpeechRequest(text)).samples)
+    assert worker.worker()["running"] == 0
+    worker.unload()
+
+
 def test_the_workers_log_records_reach_the_hosts_loggers(make, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     worker = make(JournalBackend, journal=str(tmp_path / "journal"))

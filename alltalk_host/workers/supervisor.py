@@ -63,6 +63,7 @@ class Supervisor:
         self._failures = 0  # restarts since a call was last answered
         self._last_exit: str | None = None
         self._stop = threading.Event()  # kill or unload: no more restarts
+        self._stopped_by = ""  # why (kill's reason, or "unloaded")
 
     @property
     def link(self) -> Link | None:
@@ -125,11 +126,11 @@ class Supervisor:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def load(self) -> None:
+        self._group.add(self)  # first: once it says "loading", kill_loading() must find it
         with self._cond:
             if self.state != WorkerState.NEW:
                 raise RuntimeError(f"{self._label}: load() on a worker that is {self.state}")
             self.state = WorkerState.LOADING
-        self._group.add(self)
         link = None
         try:
             spec = self._spec()  # before a process is taken: settings that do not pickle
@@ -159,6 +160,7 @@ class Supervisor:
             if self.state in (WorkerState.UNLOADING, WorkerState.UNLOADED):
                 return
             self.state = WorkerState.UNLOADING
+            self._stopped_by = self._stopped_by or "unloaded"
             self._stop.set()
             self._cond.notify_all()
             link, pending, self._link, self._pending = self._link, self._pending, None, None
@@ -181,6 +183,7 @@ class Supervisor:
         with self._cond:
             if self.state == WorkerState.UNLOADED:
                 return
+            self._stopped_by = reason
             self._stop.set()
             links = [link for link in (self._link, self._pending) if link is not None]
             self._link = self._pending = None
@@ -199,11 +202,11 @@ class Supervisor:
         link = Link(self._group.new_process(), self._model, self._label, self._on_message,
                     self._on_exit)
         with self._cond:
-            stopped = self._stop.is_set()
-            if not stopped:
+            stopped = self._stopped_by if self._stop.is_set() else None
+            if stopped is None:
                 self._pending = link
-        if stopped:
-            link.kill("stopped before its load")
+        if stopped is not None:  # killed or unloaded while the process was being taken
+            link.kill(stopped)
             raise link.died()
         return link
 
