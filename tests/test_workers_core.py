@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import signal
 import threading
 import time
@@ -134,6 +135,18 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
     thread = threading.Thread(target=run)
     thread.start()
     return thread, outcome
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    ({"hang_on": "two words"}, "hang_on: expected one of load, warmup, unload or a single word"),
+    ({"crash_on": 3}, "crash_on: expected one of load"),
+    ({"hang_on": "boom", "crash_on": "boom"}, "hang_on and crash_on both name 'boom'"),
+    ({"leak_mb": -1}, "leak_mb: -1 is outside 0..4096"),
+    ({"leak_mb": True}, "leak_mb: expected a number"),
+])
+def test_the_reference_backends_faults_are_validated(bad, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        ReferenceBackend.validate_settings(bad)
 
 
 def test_a_worker_loads_speaks_streams_and_unloads_as_inline(make, group, tmp_path):
