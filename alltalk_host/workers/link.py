@@ -201,8 +201,8 @@ class Link:
 def wait_for(inbox: queue.SimpleQueue[Message], deadline: float,
               poll_s: float = 0.05, on_poll: Callable[[], None] | None = None
               ) -> Message | None:
-    """The next message before ``deadline`` (monotonic), or None; ``on_poll`` runs every
-    ``poll_s`` while waiting (to forward a cancel)."""
+    """The next message before ``deadline`` (monotonic), or None; ``on_poll``, when given,
+    runs every ``poll_s`` while waiting (to forward a cancel)."""
     while True:
         if on_poll is not None:
             on_poll()
@@ -210,6 +210,6 @@ def wait_for(inbox: queue.SimpleQueue[Message], deadline: float,
         if left <= 0:
             return None
         try:
-            return inbox.get(timeout=min(poll_s, left))
+            return inbox.get(timeout=min(poll_s, left) if on_poll is not None else left)
         except queue.Empty:
             continue

@@ -99,7 +99,7 @@ def wait_ready(process: WorkerProcess, timeout: float) -> bool:
 
 
 class Supervised(Protocol):
-    """What the group needs of a worker it supervises (``proxy.WorkerBackend``)."""
+    """What the group needs of a worker it supervises (``supervisor.Supervisor``)."""
 
     @property
     def loading(self) -> bool: ...
@@ -143,6 +143,8 @@ class WorkerGroup:
             process.kill()
             process.conn.close()
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker group is closed")
             fresh = self._submit()
         return fresh.result()
 
