@@ -48,6 +48,9 @@ class Code(StrEnum):
     MODEL_UNLOADED = "model_unloaded"
     DRAIN_DEADLINE = "drain_deadline"
     SHUTTING_DOWN = "shutting_down"
+    # backend workers: a worker process that died, a call or a load past its deadline
+    WORKER_CRASHED = "worker_crashed"
+    BACKEND_TIMEOUT = "backend_timeout"
     # access
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
@@ -77,6 +80,7 @@ class Code(StrEnum):
     APPLY_FAILED = "apply_failed"
     APPLY_IN_PROGRESS = "apply_in_progress"
     MODEL_LOAD_FAILED = "model_load_failed"
+    LOAD_TIMED_OUT = "load_timed_out"
     INSUFFICIENT_MEMORY = "insufficient_memory"
     WARMUP_FAILED = "warmup_failed"
     NO_ROLLBACK_TARGET = "no_rollback_target"

@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("contract", ("", "backend", "errors", "text", "numbers", "audio", "hookspecs", "logs")),
     ("base", ("plugins", "events", "limits", "outputs")),
     ("config", ("config",)),
+    ("workers", ("workers",)),
     ("serving", ("serving",)),
     ("change", ("change",)),
     ("host", ("host", "metrics")),

@@ -3,11 +3,17 @@
 It exists for two readers. Tests use it as the fast backend for swaps and concurrency; plugin
 authors copy it as the template of a real backend (see README.md). Everything the host needs is
 here: settings validation, load/unload, synthesis, streaming, voices and a memory estimate.
+
+It can also misbehave on purpose, as a broken engine would, so tests can see the host contain
+it: ``hang_on`` and ``crash_on`` (a phase, or a word of a request's text) make it hang for good
+(ignoring cancel) or crash the process (a segfault); ``leak_mb`` keeps memory after unload.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+import re
 import threading
 import time
 import tomllib
@@ -34,6 +40,13 @@ from alltalk_host import (
 )
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+# Where hang_on / crash_on may strike besides a word of a request: the warm-up is the first
+# synthesis after load.
+PHASES = ("load", "warmup", "unload")
+_WORD = re.compile(r"\w+")
+# What leak_mb allocates: never freed by unload(), as an engine's leaked sessions or allocator
+# caches are not. Only the end of the process gives it back.
+_LEAKED: list[np.ndarray] = []
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,10 @@ class ReferenceSettings:
     # Optional "weights": a TOML file whose pitch_hz/amplitude override the settings, read at
     # load time (so a missing or damaged file fails the load, and a model reload re-reads it).
     model_file: str | None = None
+    # Faults on purpose (see the module docstring): a phase of PHASES or one word.
+    hang_on: str | None = None
+    crash_on: str | None = None
+    leak_mb: int = 0
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -63,6 +80,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "memory_mb": (0, 4096),
     "max_concurrency": (1, 64),
     "error_rate": (0.0, 1.0),
+    "leak_mb": (0, 4096),
 }
 
 
@@ -88,6 +106,14 @@ class ReferenceBackend(Backend):
             raise ValueError(f"sample_rate: {parsed.sample_rate} is not one of {SAMPLE_RATES}")
         if not parsed.voices or not all(isinstance(v, str) and v for v in parsed.voices):
             raise ValueError("voices: expected a non-empty list of names")
+        for key in ("hang_on", "crash_on"):
+            value = getattr(parsed, key)
+            if value is not None and not (isinstance(value, str)
+                                          and _WORD.fullmatch(value)):
+                raise ValueError(f"{key}: expected one of {', '.join(PHASES)} or a single "
+                                 f"word, got {value!r}")
+        if parsed.hang_on is not None and parsed.hang_on == parsed.crash_on:
+            raise ValueError(f"hang_on and crash_on both name {parsed.hang_on!r}")
         return parsed
 
     @classmethod
@@ -115,11 +141,27 @@ class ReferenceBackend(Backend):
             self._pitch = float(weights.get("pitch_hz", self._pitch))
             self._amplitude = float(weights.get("amplitude", self._amplitude))
         time.sleep(self.settings.load_seconds)
+        self._fault("load")
         self._ballast = np.ones(self.settings.memory_mb * 1024 * 1024 // 8, dtype=np.float64)
+        if self.settings.leak_mb:
+            _LEAKED.append(np.ones(int(self.settings.leak_mb * 1024 * 1024), dtype=np.uint8))
         self._warmed_up = False
 
     def unload(self) -> None:
+        self._fault("unload")
         self._ballast = None
+
+    def _fault(self, phase: str, text: str = "") -> None:
+        """Hang or crash here when the settings say so: at ``phase`` (a name of PHASES means
+        only the phase), or for a request whose text has the word (any case)."""
+        if self.settings.crash_on is None and self.settings.hang_on is None:
+            return  # the usual case costs nothing
+        words = {w.lower() for w in _WORD.findall(text)}
+        for trigger, act in ((self.settings.crash_on, _crash), (self.settings.hang_on, _hang)):
+            if trigger is None:
+                continue
+            if trigger == phase if trigger in PHASES else trigger.lower() in words:
+                act()
 
     @property
     def sample_rate(self) -> int:
@@ -132,10 +174,12 @@ class ReferenceBackend(Backend):
         return 0 if self._ballast is None else self._ballast.nbytes
 
     def synthesize(self, request: SpeechRequest) -> Audio:
+        self._fault("warmup" if not self._warmed_up else "", request.text)
         self._maybe_fail()
         return self._synthesize(request)
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
+        self._fault("warmup" if not self._warmed_up else "", request.text)
         self._maybe_fail()  # before the first chunk, as a model that cannot start would
         _pitch_factor(request.options)  # a bad option fails before the first chunk too
         for sentence in split_sentences(request.text):
@@ -198,6 +242,16 @@ class ReferenceBackend(Backend):
         envelope = np.sin(np.pi * np.arange(n, dtype=np.float32) / n)
         peak = float(np.max(np.abs(wave))) or 1.0
         return (self._amplitude * envelope * wave / peak).astype(np.float32)
+
+
+def _hang() -> None:
+    """A stuck engine: never returns, and no cancel reaches it."""
+    threading.Event().wait()
+
+
+def _crash() -> None:
+    """A crash in native code: reading address 0 is a segfault, the process ends at once."""
+    ctypes.string_at(0)
 
 
 def _pitch_factor(options: Mapping[str, Any]) -> float:
