@@ -21,7 +21,10 @@ from .ledger import Ledger
 from .watch import BranchWatcher
 
 
-class Report:
+class HostReport:
+    """The host's read-only views of itself. (``testing.Report`` is a plugin's conformance
+    report, a name plugin authors use: this one is named for the host.)"""
+
     def __init__(self, repo: ConfigRepo, registry: ModelRegistry, catalog: BackendCatalog,
                  ledger: Ledger, transaction: ApplyTransaction, watcher: BranchWatcher,
                  io: Executor, busy: Callable[[], dict[str, Any] | None],
