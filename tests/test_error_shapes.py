@@ -24,6 +24,8 @@ from alltalk_host.errors import Code
 from alltalk_host.web.keys import HOST
 from alltalk_host.wyoming.server import Address, WyomingServer
 
+from .helpers import error_of
+
 NATIVE_ERROR = {"code", "message"}  # and "details" where there are any
 OPENAI_ERROR = {"message", "type", "param", "code"}
 READ_TIMEOUT_S = 30.0
@@ -33,9 +35,7 @@ async def native_error(resp: Any, status: int) -> dict[str, Any]:
     """The error object of a native-shaped reply with ``status``, its code a ``Code``."""
     assert resp.status == status, await resp.text()
     assert resp.content_type == "application/json"
-    body = await resp.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
+    error = await error_of(resp)
     assert NATIVE_ERROR <= set(error) <= NATIVE_ERROR | {"details"}, error
     assert isinstance(error["message"], str) and error["message"], error
     assert error["code"] in set(Code), error
