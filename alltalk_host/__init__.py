@@ -2,10 +2,10 @@
 
 Plugin authors need only what is re-exported here: ``hookimpl``, the backend contract (with the
 reserved option names and their scales), the error a backend raises for a request it cannot
-take (``BadRequest``), the host's sentence splitter for streaming (``split_sentences``, with
-``first_clause`` to speak a long first sentence's first clause first), its check of warm-up
-audio (``audio_problem``) and of a number in a range (``number_in``); their tests use
-``alltalk_host.testing``.
+take (``BadRequest``) and the codes it gives it (``Code``: errors are part of the contract),
+the host's sentence splitter for streaming (``split_sentences``, with ``first_clause`` to speak
+a long first sentence's first clause first), its check of warm-up audio (``audio_problem``)
+and of a number in a range (``number_in``); their tests use ``alltalk_host.testing``.
 docs/plugins.md is their guide.
 """
 
@@ -23,7 +23,7 @@ from .backend import (
     SpeechRequest,
     parse_settings,
 )
-from .errors import BadRequest
+from .errors import BadRequest, Code
 from .hookspecs import hookimpl
 from .numbers import number_in
 from .text import first_clause, split_sentences
@@ -39,6 +39,7 @@ __all__ = [
     "Backend",
     "BadRequest",
     "Capabilities",
+    "Code",
     "MemoryNeed",
     "ModelContext",
     "OptionScale",

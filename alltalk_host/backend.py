@@ -30,8 +30,9 @@ Streaming and back-pressure: the host iterates ``stream()`` in a worker thread a
 chunk for the client as it comes; it does not hold the generator back for a slow client (the
 queue is bounded only by the text, at most ``max_text_length`` characters of audio). So yield
 each chunk as soon as it is ready, do not compute ahead, and check ``request.cancelled``
-between chunks (and inside long loops): it is set when the client goes away, a front-end stops
-generation, or a drain deadline passes, and the host stops pulling at once.
+between chunks (and inside long loops): it is set when the client goes away, a client presses
+Stop (AllTalk's ``/api/stop-generation``), or a drain deadline passes, and the host stops pulling
+at once.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Live events: what the host is doing, as it happens, for pages, the CLI and metrics.
 
 Two kinds: ``operation`` (a change and its phases: planning, loading, warming up, switching,
-done or failed, then draining) and ``model`` (a generation's state: loading, serving,
-draining, unloaded). Each event gets an increasing id; the last few hundred stay in a ring
-buffer, so a reader that reconnects with the last id it saw (Server-Sent Events'
-``Last-Event-ID``) gets what it missed, and one that fell too far behind is told to start over.
+done or failed, then draining) and ``model`` (a generation's state, one of
+``serving.generation.GenerationState``: loading, serving, draining, unloading, unloaded, or
+load_failed). Each event gets an increasing id; the last few hundred stay in a ring buffer, so
+a reader that reconnects with the last id it saw (Server-Sent Events' ``Last-Event-ID``) gets
+what it missed, and one that fell too far behind is told to start over.
 
 Everything here runs on the event loop. Code on other threads publishes through
 ``publish_threadsafe``.

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from .change.control import Controller
 from .config.canary import STABLE
 from .events import MODEL, OPERATION, Event
+from .serving.generation import GenerationState
 from .serving.registry import ModelRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -104,7 +105,8 @@ class Metrics:
     def on_event(self, event: Event) -> None:
         """A live event: time the phases of changes, count their outcomes, time drains."""
         data = event.data
-        if event.kind == MODEL and data.get("state") == "unloaded" and data.get("drained_s"):
+        if (event.kind == MODEL and data.get("state") == GenerationState.UNLOADED
+                and data.get("drained_s")):
             self.drain_time.labels(data["name"]).observe(data["drained_s"])
         if event.kind != OPERATION:
             return

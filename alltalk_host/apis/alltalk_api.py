@@ -1,6 +1,6 @@
-"""AllTalk's v2 routes with no web framework: status and lists, generation to a file, the
-streamed generation, the output files. Each call takes what a front-end read from the request
-(a form or query Mapping, a file name) and an ``AllTalkContext``, and returns what to send.
+"""AllTalk's v2 routes with no web framework: status and lists, speech to a file, streamed
+speech, the output files. Each call takes what a front-end read from the request (a form or
+query Mapping, a file name) and an ``AllTalkContext``, and returns what to send.
 
 The aiohttp app (``web/alltalk.py``) and the Ray front (``ray/front.py``) are adapters over
 these: they read the request, call one function, turn a ``HostError`` into AllTalk's shape
@@ -11,7 +11,7 @@ text is split between narrator and character and what the reply names live here 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from .alltalk_fields import (
 from .encode import FORMATS, encode
 from .speech_api import V1_HINT, provenance_headers
 
-WAV = FORMATS["wav"]  # the only format of AllTalk's generation routes
+WAV = FORMATS["wav"]  # the only format of AllTalk's speech routes
 # Output names are unique (timestamped), so clients may cache /audiocache/ files for good.
 CACHE_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable"}
 # No backend offers voice conversion (RVC) yet.
@@ -54,6 +54,11 @@ class AllTalkContext:
     # Who asked (see absolute_urls): the request's Origin and User-Agent headers.
     origin: str | None = None
     user_agent: str = ""
+
+
+# A route that takes a form and answers JSON (``generate``, ``preview``): what a front calls
+# with what it read, catching a HostError to answer it with ``alltalk_error``.
+FormCall = Callable[[AllTalkContext, Mapping[str, Any]], Awaitable[Reply]]
 
 
 # --- status and lists ---------------------------------------------------------------------
@@ -116,7 +121,7 @@ def _setting(model: ModelDef, name: str, default: Any) -> Any:
     return value
 
 
-# --- generation -----------------------------------------------------------------------------
+# --- speech ---------------------------------------------------------------------------------
 
 async def generate(ctx: AllTalkContext, form: Mapping[str, Any]) -> Reply:
     """``POST /api/tts-generate``: speak, write a WAV to the outputs folder, name it."""

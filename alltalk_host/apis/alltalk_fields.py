@@ -1,7 +1,7 @@
 """Reading AllTalk's form and query fields, and AllTalk's error shapes, for every front-end.
 
 A bad field is 400 ``{"error": "field: description"}`` naming the field the client sent; any
-other failure of a generation is ``{"status": "generate-failure", "error": ...}``. The mapping
+other failure of a speech route is ``{"status": "generate-failure", "error": ...}``. The mapping
 from core errors to these shapes lives here once (``alltalk_error``), so the aiohttp app and
 the Ray front cannot answer the same bad request in two ways. No web framework: a form is any
 Mapping with ``.get`` (aiohttp's MultiDict, Starlette's FormData, a dict).
@@ -66,7 +66,7 @@ def field_error(name: str, message: str) -> Reply:
 
 
 def alltalk_error(exc: HostError) -> Reply:
-    """A core error of a generation route in AllTalk's shapes."""
+    """A core error of a speech route in AllTalk's shapes."""
     if isinstance(exc, FieldError):
         return field_error(exc.field, exc.message)
     if exc.code == Code.BAD_OPTION:  # the backend's message starts with the option name

@@ -27,6 +27,7 @@ from ..config.settings import HostConfig, ModelDef
 from ..errors import ApplyFailed, Code, Conflict, HostError
 from ..events import MODEL, Operation
 from ..plugins import BackendCatalog
+from ..serving.generation import GenerationState
 from ..serving.registry import Generation, ModelRegistry, Serving
 from .loading import load_model
 from .memory import MemoryAdmission, refuse
@@ -131,7 +132,7 @@ class ApplyTransaction:
         self.loading[model.name] = {"backend": model.backend, "commit": config.commit,
                                     "since": time.time(), "expected_s": expected}
 
-        self.registry.model_event("loading", model.name, commit=config.commit,
+        self.registry.model_event(GenerationState.LOADING, model.name, commit=config.commit,
                                   backend=model.backend, expected_s=expected)
 
         def step(phase: str, number: int) -> None:  # on the loading thread
@@ -154,7 +155,7 @@ class ApplyTransaction:
             self.loading.get(model.name, {}).update(progress=told)
             events = self.registry.events
             if events is not None:
-                events.publish_threadsafe(MODEL, name=model.name, state="loading",
+                events.publish_threadsafe(MODEL, name=model.name, state=GenerationState.LOADING,
                                           commit=config.commit, backend=model.backend, **told)
 
         def load_measured() -> list[Backend]:
@@ -171,7 +172,7 @@ class ApplyTransaction:
             instances = await asyncio.get_running_loop().run_in_executor(
                 self.registry.loading, load_measured)
         except BaseException as exc:
-            self.registry.model_event("load_failed", model.name, commit=config.commit,
+            self.registry.model_event(GenerationState.LOAD_FAILED, model.name, commit=config.commit,
                                       reason=getattr(exc, "message", str(exc)))
             raise
         finally:

@@ -37,7 +37,7 @@ from .apply import ApplyTransaction
 from .ledger import Ledger
 from .plan import Plan
 from .repo_steps import model_exists, model_usable, reload_head, write_revert
-from .report import Report
+from .report import HostReport
 from .rollout import Rollout
 from .sequence import ApplySequence
 from .state import StateStore
@@ -74,9 +74,9 @@ class Controller:
             busy=lambda: self._busy is not None or self.rollout.running is not None,
             settings_of=loader.watch_settings)
         self._busy: Busy | None = None
-        self.report = Report(repo, registry, catalog, self.ledger, self.transaction,
-                             self.watcher, self._io, busy=lambda: self._busy,
-                             ready=lambda: self.ready, canary=self.rollout.describe)
+        self.report = HostReport(repo, registry, catalog, self.ledger, self.transaction,
+                                 self.watcher, self._io, busy=lambda: self._busy,
+                                 ready=lambda: self.ready, canary=self.rollout.describe)
 
     # --- lifecycle -------------------------------------------------------------------------
 

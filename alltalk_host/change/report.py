@@ -15,13 +15,17 @@ from ..config.settings import HostConfig
 from ..config.values import flatten
 from ..errors import Code, NotFound
 from ..plugins import BackendCatalog
+from ..serving.generation import GenerationState
 from ..serving.registry import ModelRegistry
 from .apply import ApplyTransaction
 from .ledger import Ledger
 from .watch import BranchWatcher
 
 
-class Report:
+class HostReport:
+    """The host's read-only views of itself. (``testing.Report`` is a plugin's conformance
+    report, a name plugin authors use: this one is named for the host.)"""
+
     def __init__(self, repo: ConfigRepo, registry: ModelRegistry, catalog: BackendCatalog,
                  ledger: Ledger, transaction: ApplyTransaction, watcher: BranchWatcher,
                  io: Executor, busy: Callable[[], dict[str, Any] | None],
@@ -46,7 +50,7 @@ class Report:
                           "commit": gen.commit, "in_flight": gen.running + gen.waiting,
                           "running": gen.running, "waiting": gen.waiting}
         if name in self.transaction.loading:
-            return False, {"name": name, "state": "loading"}
+            return False, {"name": name, "state": GenerationState.LOADING}
         if serving is None or name not in serving.config.models:
             raise NotFound(f"unknown model {name!r}", code=Code.UNKNOWN_MODEL)
         model = serving.config.models[name]
@@ -79,7 +83,7 @@ class Report:
                        for n, g in serving.generations.items()]
         models += [{**g.describe(), "arm": CANARY} for g in self.registry.canary_only()]
         models += [g.describe() for g in self.registry.draining]
-        models += [{"name": n, "state": "loading", **info}
+        models += [{"name": n, "state": GenerationState.LOADING, **info}
                    for n, info in self.transaction.loading.items()]
         if config:
             shown = {m["name"] for m in models}

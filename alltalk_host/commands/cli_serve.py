@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # the Wyoming server starts once the host has started and stops before it does.
         app.cleanup_ctx.append(_lifetime_of(wyoming))
         serving += f" and {wyoming.address.uri} (Wyoming)"
-    # handler_cancellation: a client that disconnects cancels its own generation.
+    # handler_cancellation: a client that disconnects cancels its own synthesis.
     web.run_app(app, sock=sockets, handler_cancellation=True, **server_args(options.limits),
                 access_log_class=AccessLogger,
                 access_log=logging.getLogger("alltalk_host.access"),

@@ -19,7 +19,6 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import ImmutableMultiDict
@@ -33,7 +32,7 @@ from starlette.responses import (
 )
 
 from ..apis import alltalk_api
-from ..apis.alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
+from ..apis.alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext, FormCall
 from ..apis.alltalk_fields import FORM_TYPES, Reply, alltalk_error, not_a_form
 from ..apis.bodies import parse_json, short
 from ..apis.encode import Format, StreamEncoder, encode
@@ -64,7 +63,6 @@ STATUS_PATH = "/ray/status"
 DEFAULT_BODY_LIMIT = 1_048_576  # before any config serves; then http.max_body_bytes
 
 RayHandler = Callable[[Request], Awaitable[Response]]
-Generation = Callable[[AllTalkContext, Mapping[str, Any]], Awaitable[Reply]]
 
 
 def outputs_folder(config: HostConfig, shared_dir: Path) -> Path:
@@ -184,10 +182,10 @@ class RayFront:
                                                          self.host.catalog.backends))
 
     async def tts_generate(self, request: Request) -> Response:
-        return await self._generation(request, alltalk_api.generate)
+        return await self._form_reply(request, alltalk_api.generate)
 
     async def preview_voice(self, request: Request) -> Response:
-        return await self._generation(request, alltalk_api.preview)
+        return await self._form_reply(request, alltalk_api.preview)
 
     async def tts_generate_streaming(self, request: Request) -> Response:
         try:
@@ -205,7 +203,7 @@ class RayFront:
         path = alltalk_api.output_file(self._context(request), name)
         return FileResponse(path, media_type="audio/wav", headers=dict(headers))
 
-    async def _generation(self, request: Request, call: Generation) -> Response:
+    async def _form_reply(self, request: Request, call: FormCall) -> Response:
         try:
             return _send(await call(self._context(request), await self._form(request)))
         except HostError as exc:

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from ..backend import Backend
@@ -23,6 +24,18 @@ from ..config.settings import HostConfig, ModelDef
 from ..errors import Code, HostError, Unavailable
 
 T = TypeVar("T")
+
+
+class GenerationState(StrEnum):
+    """Where a generation is in its life. The values are what /control/status, the ``model``
+    events and the metrics' ``state`` label say (a StrEnum, so they stay those strings)."""
+
+    LOADING = "loading"  # its instances are loading (said by events; no Generation yet)
+    LOAD_FAILED = "load_failed"  # the load failed: the event that ends LOADING
+    SERVING = "serving"  # in a snapshot (the serving one or a canary's)
+    DRAINING = "draining"  # replaced: finishing its requests until the drain deadline
+    UNLOADING = "unloading"
+    UNLOADED = "unloaded"
 
 
 class _Moved:
@@ -54,7 +67,7 @@ class Generation:
         self.number = number
         self.commit = commit
         self.instances = instances
-        self.state = "serving"  # -> draining -> unloading -> unloaded
+        self.state = GenerationState.SERVING  # -> DRAINING -> UNLOADING -> UNLOADED
         self.loaded_at = time.time()
         self.retired_at: float | None = None  # monotonic time it stopped serving
         first = instances[0]

@@ -37,7 +37,7 @@ from ..backend import Backend
 from ..config.canary import CANARY, STABLE
 from ..errors import Code, Conflict, NotFound, Unavailable
 from ..events import MODEL, EventBus
-from .generation import Generation, Serving
+from .generation import Generation, GenerationState, Serving
 from .lease import Lease
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ P = TypeVar("P")
 # After the drain deadline, requests are told to stop; a backend thread that does not notice
 # within this many seconds is left to finish on its own while its model is unloaded anyway.
 THREAD_GRACE_S = 5.0
+# Unloaded, or on its way: nothing more to retire or unload.
+_GONE = (GenerationState.UNLOADING, GenerationState.UNLOADED)
 
 
 @dataclass
@@ -152,7 +154,7 @@ class ModelRegistry:
             event.set()
         self._held.clear()
 
-    def model_event(self, state: str, name: str, **data: Any) -> None:
+    def model_event(self, state: GenerationState, name: str, **data: Any) -> None:
         if self.events is not None:
             self.events.publish(MODEL, name=name, state=state, **data)
 
@@ -209,9 +211,9 @@ class ModelRegistry:
                 self.retire(gen, new.config.drain_deadline_s, new.commit)
 
     def retire(self, gen: Generation, deadline: float, commit: str | None = None) -> None:
-        if gen.state in ("unloading", "unloaded"):  # replaced unload-first: already gone
+        if gen.state in _GONE:  # replaced unload-first: already gone
             return
-        gen.state = "draining"
+        gen.state = GenerationState.DRAINING
         gen.retired_at = time.monotonic()
         self.draining.append(gen)
         self._generation_event(gen, deadline_s=deadline)
@@ -231,12 +233,12 @@ class ModelRegistry:
         await self.unload(gen)
 
     async def unload(self, gen: Generation) -> None:
-        if gen.state in ("unloading", "unloaded"):
+        if gen.state in _GONE:
             return
-        gen.state = "unloading"
+        gen.state = GenerationState.UNLOADING
         await asyncio.get_running_loop().run_in_executor(self.loading, unload_instances,
                                                          gen.instances)
-        gen.state = "unloaded"
+        gen.state = GenerationState.UNLOADED
         if gen in self.draining:
             self.draining.remove(gen)
         drained = (time.monotonic() - gen.retired_at) if gen.retired_at is not None else None

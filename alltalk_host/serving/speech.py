@@ -167,7 +167,7 @@ class SpeechService:
         self.registry = registry
         self.observer = observer
         self.arms = arms or Arms()
-        # Generations in progress, by identity (equal requests are still separate requests).
+        # Syntheses in progress, by identity (equal requests are still separate requests).
         self._active: dict[int, SpeechRequest] = {}
 
     async def synthesize(self, wanted: SpeechInput) -> SpeechResult:
@@ -278,7 +278,7 @@ class SpeechService:
                                        gen.sample_rate))
 
     def cancel_all(self) -> int:
-        """Ask every generation in progress to stop (between chunks); how many there were."""
+        """Ask every synthesis in progress to stop (between chunks); how many there were."""
         active = list(self._active.values())
         for request in active:
             request.cancelled.set()

@@ -10,13 +10,13 @@ the Ray front calls too; the two cannot answer the same request differently.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from ..apis import alltalk_api
-from ..apis.alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext
+from ..apis.alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext, FormCall
 from ..apis.alltalk_fields import Reply, alltalk_error
 from ..errors import HostError
 from ..serving.speech import SpeechResult
@@ -26,8 +26,6 @@ from .keys import HOST, OUTPUTS
 from .streams import send_audio, send_stream
 
 routes = web.RouteTableDef()
-
-Generation = Callable[[AllTalkContext, Mapping[str, Any]], Awaitable[Reply]]
 
 
 def _context(request: web.Request) -> AllTalkContext:
@@ -67,9 +65,9 @@ async def current_settings(request: web.Request) -> web.Response:
         current_serving(request), request.app[HOST].catalog.backends))
 
 
-# --- generation -----------------------------------------------------------------------------
+# --- speech ---------------------------------------------------------------------------------
 
-async def _generation(request: web.Request, call: Generation) -> web.Response:
+async def _form_reply(request: web.Request, call: FormCall) -> web.Response:
     try:
         return _send(await call(_context(request), await ensure_form(request)))
     except HostError as exc:
@@ -78,12 +76,12 @@ async def _generation(request: web.Request, call: Generation) -> web.Response:
 
 @routes.post("/api/tts-generate")
 async def tts_generate(request: web.Request) -> web.Response:
-    return await _generation(request, alltalk_api.generate)
+    return await _form_reply(request, alltalk_api.generate)
 
 
 @routes.post("/api/previewvoice/")
 async def preview_voice(request: web.Request) -> web.Response:
-    return await _generation(request, alltalk_api.preview)
+    return await _form_reply(request, alltalk_api.preview)
 
 
 @routes.get("/api/tts-generate-streaming")

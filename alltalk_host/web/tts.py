@@ -10,6 +10,7 @@ from aiohttp import web
 from ..apis.speech_api import provenance_headers, tts_input
 from ..audio import to_wav
 from ..config.settings import SPEED_RANGE
+from ..serving.generation import GenerationState
 from .bodies import read_json
 from .errors import current_serving
 from .keys import HOST
@@ -47,8 +48,8 @@ async def models(request: web.Request) -> web.Response:
         else:
             caps = gen.capabilities
             entry.update(
-                state="serving", generation=gen.number, commit=gen.commit, voices=gen.voices,
-                languages=list(caps.languages), streaming=caps.streaming,
+                state=GenerationState.SERVING, generation=gen.number, commit=gen.commit,
+                voices=gen.voices, languages=list(caps.languages), streaming=caps.streaming,
                 parameters=list(caps.parameters), default_voice=model.default_voice,
                 default_language=model.default_language or config.default_language,
                 default_speed=model.default_speed)

@@ -62,7 +62,7 @@ export async function errorOf(resp) {
     return new ApiError(resp.status, e.code || e.type || `http_${resp.status}`,
       e.message || JSON.stringify(e), e.details);
   }
-  if (typeof e === "string") { // AllTalk's shapes: a bad field, or a failed generation
+  if (typeof e === "string") { // AllTalk's shapes: a bad field, or a failed synthesis
     return new ApiError(resp.status, body.status || "bad_request", e);
   }
   return new ApiError(resp.status, `http_${resp.status}`, JSON.stringify(body));

@@ -10,7 +10,7 @@ export class Player {
     this.url = null;
   }
 
-  /** Create or resume the AudioContext: call from the click that starts a generation, so the
+  /** Create or resume the AudioContext: call from the click that starts speaking, so the
    * browser's autoplay policy lets it play. */
   prime() {
     if (!this.context) this.context = new AudioContext();

@@ -22,6 +22,7 @@ from alltalk_host import (
     Backend,
     BadRequest,
     Capabilities,
+    Code,
     ModelContext,
     SpeechRequest,
     hookimpl,
@@ -157,15 +158,15 @@ class EspeakBackend(Backend):
         unknown = set(request.options) - {"pitch"}
         if unknown:
             raise BadRequest(f"unknown options {sorted(unknown)} for an espeak model; known: "
-                             "['pitch']", code="bad_option")
+                             "['pitch']", code=Code.BAD_OPTION)
         voice = request.voice or DEFAULT_VOICE
         if voice not in self._voices:
-            raise BadRequest(f"espeak has no voice variant {voice!r}", code="unknown_voice",
+            raise BadRequest(f"espeak has no voice variant {voice!r}", code=Code.UNKNOWN_VOICE,
                              details={"voices": self._voices[:100]})
         identifier = self._languages.get(request.language.lower())
         if identifier is None:
             raise BadRequest(f"this model does not speak {request.language!r}",
-                             code="unsupported_language")
+                             code=Code.UNSUPPORTED_LANGUAGE)
         name = identifier if voice == DEFAULT_VOICE else f"{identifier}+{voice}"
         return engine, name, self._pitch(request.options.get("pitch", 1.0))
 
@@ -175,7 +176,7 @@ class EspeakBackend(Backend):
         if isinstance(factor, bool) or not isinstance(factor, int | float) or not (
                 scale.low <= factor <= scale.high):
             raise BadRequest(f"pitch: {factor!r} is not a factor from {scale.low} to "
-                             f"{scale.high} (1.0 is the voice's own pitch)", code="bad_option")
+                             f"{scale.high} (1.0 is the voice's own pitch)", code=Code.BAD_OPTION)
         steps = 12 * math.log2(factor) / SEMITONES_PER_STEP
         return max(0, min(100, round(self.settings.base_pitch + steps)))
 

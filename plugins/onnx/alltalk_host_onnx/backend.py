@@ -22,6 +22,7 @@ from alltalk_host import (
     Backend,
     BadRequest,
     Capabilities,
+    Code,
     MemoryNeed,
     ModelContext,
     SpeechRequest,
@@ -369,7 +370,7 @@ class OnnxBackend(Backend):
                     spoken = True
                     yield partial(self._run, session, feeds, len(ids), request.cancelled)
             if not spoken:
-                raise BadRequest("the text has nothing pronounceable", code="nothing_to_say")
+                raise BadRequest("the text has nothing pronounceable", code=Code.NOTHING_TO_SAY)
 
         # The contract says not to compute far ahead: a request keeps at most two sentences
         # per lane queued or running beyond the one it waits for. One per spare lane was too
@@ -397,7 +398,7 @@ class OnnxBackend(Backend):
         unknown = set(options) - {"noise_scale", "noise_w"}
         if unknown:
             raise BadRequest(f"unknown options {sorted(unknown)} for an onnx model",
-                             code="bad_option")
+                             code=Code.BAD_OPTION)
         try:
             noise_scale = _check_range("noise_scale", options.get(
                 "noise_scale", s.noise_scale if s.noise_scale is not None else voice.noise_scale))
@@ -406,12 +407,12 @@ class OnnxBackend(Backend):
             base = s.length_scale if s.length_scale is not None else voice.length_scale
             length_scale = _check_range("length_scale", base / request.speed)
         except ValueError as exc:
-            raise BadRequest(str(exc), code="bad_option") from None
+            raise BadRequest(str(exc), code=Code.BAD_OPTION) from None
         sid = None
         if voice.multi_speaker:
             speaker = request.voice or self.voices()[0]
             if speaker not in voice.speakers:
-                raise BadRequest(f"unknown speaker {speaker!r}", code="unknown_voice",
+                raise BadRequest(f"unknown speaker {speaker!r}", code=Code.UNKNOWN_VOICE,
                                  details={"voices": self.voices()[:100]})
             sid = voice.speakers[speaker]
         scales = np.array([noise_scale, length_scale, noise_w], dtype=np.float32)

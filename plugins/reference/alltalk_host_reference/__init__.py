@@ -30,6 +30,7 @@ from alltalk_host import (
     Backend,
     BadRequest,
     Capabilities,
+    Code,
     MemoryNeed,
     ModelContext,
     SpeechRequest,
@@ -259,13 +260,13 @@ def _pitch_factor(options: Mapping[str, Any]) -> float:
     unknown = set(options) - {"pitch"}
     if unknown:
         raise BadRequest(f"unknown options {sorted(unknown)} for a reference model; known: "
-                         "['pitch']", code="bad_option")
+                         "['pitch']", code=Code.BAD_OPTION)
     value = options.get("pitch", 1.0)
     scale = RESERVED_OPTIONS["pitch"]
     factor = number_in(value, scale.low, scale.high)
     if factor is None:
         raise BadRequest(f"pitch: {value!r:.40} is not a factor from {scale.low} to "
-                         f"{scale.high} (1.0 is the voice's own pitch)", code="bad_option")
+                         f"{scale.high} (1.0 is the voice's own pitch)", code=Code.BAD_OPTION)
     return factor
 
 

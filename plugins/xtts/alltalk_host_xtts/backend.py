@@ -23,6 +23,7 @@ from alltalk_host import (
     Backend,
     BadRequest,
     Capabilities,
+    Code,
     MemoryNeed,
     ModelContext,
     SpeechRequest,
@@ -360,22 +361,22 @@ class XttsBackend(Backend):
         unknown = set(request.options) - set(PARAMETERS)
         if unknown:
             raise BadRequest(f"unknown options {sorted(unknown)} for an xtts model; known: "
-                             f"{sorted(PARAMETERS)}", code="bad_option")
+                             f"{sorted(PARAMETERS)}", code=Code.BAD_OPTION)
         params = {}
         for key in PARAMETERS:
             try:
                 params[key] = _check_parameter(
                     key, request.options.get(key, getattr(self.settings, key)))
             except ValueError as exc:
-                raise BadRequest(str(exc), code="bad_option") from None
+                raise BadRequest(str(exc), code=Code.BAD_OPTION) from None
         params["top_k"] = int(params["top_k"])
         voices = self.voices()
         voice = request.voice or (next(iter(self._speakers), None) or next(iter(voices), None))
         if voice is None:
             raise BadRequest("this model has no voices: add reference wavs to its voices_dir",
-                             code="unknown_voice")
+                             code=Code.UNKNOWN_VOICE)
         if voice not in voices:
-            raise BadRequest(f"unknown voice {voice!r}", code="unknown_voice")
+            raise BadRequest(f"unknown voice {voice!r}", code=Code.UNKNOWN_VOICE)
         return model, voice, params
 
     def _latents(self, voice: str) -> tuple[Any, Any]:

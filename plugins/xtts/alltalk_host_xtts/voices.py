@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from alltalk_host import BadRequest
+from alltalk_host import BadRequest, Code
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,16 @@ def read_reference(path: Path) -> tuple[np.ndarray, int, bytes]:
         samples, rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as exc:
         raise BadRequest(f"voice file {path.name} cannot be read as audio: {exc}",
-                         code="bad_voice_file") from None
+                         code=Code.BAD_VOICE_FILE) from None
     mono = samples.mean(axis=1)
     seconds = len(mono) / rate
     if seconds < MIN_SECONDS:
         raise BadRequest(f"voice file {path.name} is {seconds:.2f} s long; cloning needs at "
-                         f"least {MIN_SECONDS} s of speech", code="bad_voice_file")
+                         f"least {MIN_SECONDS} s of speech", code=Code.BAD_VOICE_FILE)
     rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
     if not np.isfinite(rms) or rms < SILENCE_RMS:
         raise BadRequest(f"voice file {path.name} is silent (RMS {rms:.1e})",
-                         code="bad_voice_file")
+                         code=Code.BAD_VOICE_FILE)
     return mono, rate, raw
 
 
@@ -93,10 +93,10 @@ class VoiceLibrary:
 
     def latents(self, name: str) -> tuple[Any, Any]:
         if self.folder is None:
-            raise BadRequest(f"unknown voice {name!r}", code="unknown_voice")
+            raise BadRequest(f"unknown voice {name!r}", code=Code.UNKNOWN_VOICE)
         path = self.folder / name
         if path.parent != self.folder or not path.is_file():
-            raise BadRequest(f"unknown voice {name!r}", code="unknown_voice")
+            raise BadRequest(f"unknown voice {name!r}", code=Code.UNKNOWN_VOICE)
         stat = path.stat()
         signature = (name, stat.st_mtime_ns, stat.st_size)
         with self._lock:  # an unchanged file is not even read again
