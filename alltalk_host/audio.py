@@ -75,8 +75,8 @@ def chunk_problem(audio: object, expected_rate: int) -> str | None:
         return "samples contain NaN or infinity"
     peak = max(high, -low)
     if peak > PEAK_LIMIT:
-        return (f"samples reach {peak:.4g}, outside [-1, 1] (clipped they are loud noise: "
-                "scale them to full scale 1.0)")
+        return (f"samples reach {peak:.4g}, outside [-1, 1] (scale them so that full scale is "
+                "1.0: clipped, they are loud noise)")
     return None
 
 
