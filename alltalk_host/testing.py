@@ -107,11 +107,11 @@ def assert_conforms(backend: type[Backend], settings: Mapping[str, Any] | None =
 
 
 def check_backend(backend: type[Backend], settings: Mapping[str, Any] | None = None, *,
-                  bad_settings: Sequence[Mapping[str, Any]] = (),
+                  bad_settings: Sequence[Mapping[str, Any]] = (), language: str | None = None,
                   models_dir: Path | None = None, request_options: Mapping[str, Any] | None = None,
                   max_languages: int = 3, max_voices: int = 3, length_tolerance: float = 0.25,
                   memory_factor: float = 4.0, memory_floor_mb: float = 32.0,
-                  stream_text: str = STREAM_TEXT, language: str | None = None,
+                  stream_text: str = STREAM_TEXT,
                   on_check: Callable[[Check], None] | None = None) -> Report:
     """Run every check against ``backend`` with model ``settings``; see the module docstring.
 
