@@ -20,7 +20,7 @@ from alltalk_host import Audio, SpeechRequest, chunk_problem, hookimpl, split_se
 from alltalk_host.testing import assert_conforms, check_backend
 from alltalk_host_reference import ReferenceBackend, ReferenceSettings
 
-from .conftest import error_of, read_wav, wait_until
+from .helpers import error_of, read_wav, wait_until
 
 # What a backend may get wrong, each as a change of correct audio.
 FLAWS = {
