@@ -137,14 +137,18 @@ class Link:
         message = wait_for(self.control, deadline)
         problem: BaseException | None = None
         if message is None:
+            log.warning("%s: unload() did not return within %g s: worker killed", self.label,
+                        timeout)
             problem = Unavailable(
                 f"{self.label}: unload() did not return within {timeout:g} s; its worker was "
                 "killed", code=Code.BACKEND_TIMEOUT,
                 details={"timeout_s": timeout, "pid": self.pid})
-        elif message[0] in (p.ERROR, DIED):
-            problem = p.decode_error(message[1]) if message[0] == p.ERROR else message[1]
-        if problem is not None:
+        elif message[0] == p.ERROR:
+            problem = p.decode_error(message[1])
             log.warning("%s: unload failed: %s", self.label, problem)
+        elif message[0] == DIED:
+            problem = message[1]
+            log.warning("%s: its worker died during unload (%s)", self.label, self.exit_reason)
         if not self.exited.wait(max(0.0, min(5.0, deadline - time.monotonic()))):
             self.kill("it did not exit after unload")
         return problem

@@ -221,7 +221,7 @@ class Supervisor:
                 return  # its loader sees DIED and decides
             self._link = None
             restart = (link.ended_by is None or link.restart_after) and (
-                self.state == WorkerState.READY)
+                self.state == WorkerState.READY) and self._limits.max_restarts > 0
             if restart:
                 self.state = WorkerState.RESTARTING
             elif self.state == WorkerState.READY:
