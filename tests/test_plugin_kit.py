@@ -16,10 +16,14 @@ import pytest
 
 from alltalk_host import Audio, MemoryNeed, ModelContext, SpeechRequest
 from alltalk_host.commands import cli, trial
-from alltalk_host.testing import assert_conforms, check_backend
+from alltalk_host.testing import WorkerLimits, assert_conforms, check_backend
 from alltalk_host_reference import ReferenceBackend
 
 from .helpers import dominant_pitch, read_wav
+
+# Short deadlines, for a backend told to hang (the reference's hang_on); nothing here asserts
+# how long a step took, only that it ended and how it was reported.
+HANG = WorkerLimits(load_s=2, warmup_s=2, request_s=2, request_per_char_s=0, unload_s=2)
 
 # --- the conformance check -----------------------------------------------------------------
 
@@ -133,6 +137,27 @@ def test_a_backend_that_does_not_load_stops_the_check_there():
     report = check_backend(ReferenceBackend, {"model_file": "/nonexistent/weights.toml"})
     assert report.checks[-1].name == "load and warm-up" and report.checks[-1].ok is False
     assert "FileNotFoundError" in report.checks[-1].detail
+
+
+@pytest.mark.parametrize(("hang_on", "check", "step"), [
+    ("load", "load and warm-up", "load"),
+    ("warmup", "load and warm-up", "warm-up"),
+    ("hello", "speaks language en", "synthesis"),  # "Hello, this is a test."
+    ("unload", "unload", "unload"),
+])
+def test_a_step_past_its_deadline_fails_its_check_and_skips_the_rest(hang_on, check, step):
+    report = check_backend(ReferenceBackend, {"hang_on": hang_on}, limits=HANG)
+    names = [c.name for c in report.checks]
+    failed = [c for c in report.checks if c.ok is False]
+    assert [c.name for c in failed] == [check], report.summary()
+    assert failed[0].detail.startswith(f"{step} timed out after 2 s"), failed[0].detail
+    rest = report.checks[names.index(check) + 1:]
+    assert rest, report.summary()  # the checks it kept from running are named, as skips
+    assert all(c.ok is None and c.detail == f"not run: {step} timed out after 2 s"
+               for c in rest), report.summary()
+    assert names[-1] == "memory_needed() fits this machine"
+    assert report.summary().startswith(f"backend reference: 1 of {len(names)} checks failed; "
+                                       f"{len(rest)} skipped: ")
 
 
 # --- the commands --------------------------------------------------------------------------
