@@ -41,13 +41,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .audio import audio_problem, chunk_problem
 from .backend import RESERVED_OPTIONS, Audio, Backend, ModelContext, SpeechRequest
 from .change.loading import warm_up
 from .change.memory import claimed, implausible
-from .commands.steps import StepTimedOut, within
+from .commands.steps import Steps, StepSkipped, StepTimedOut
 from .config.settings import ModelDef
 from .errors import BadRequest
 from .serving.checked import first_silent
@@ -65,7 +65,6 @@ PHRASES = {
     "nl": "Hallo, dit is een test.", "pl": "Dzień dobry, to jest test.",
 }
 MIB = 1024 * 1024
-T = TypeVar("T")
 
 
 @dataclass
@@ -103,10 +102,6 @@ class Report:
 
 class _Stop(Exception):
     """A check that later checks depend on failed."""
-
-
-class _Skipped(Exception):
-    """A call not made: an earlier one is past its deadline and still runs."""
 
 
 # Checks that follow the model's own (speech, streaming, ...), named when a timed-out load
@@ -152,11 +147,11 @@ def check_backend(backend: type[Backend], settings: Mapping[str, Any] | None = N
             run.loaded(max_languages, max_voices, length_tolerance, stream_text)
             run.memory(memory_factor, memory_floor_mb * MIB)
             run.memory_needed()
-        if run.halted:  # a load past its deadline stopped the checks above: name the rest
+        if run.steps.halted:  # a load past its deadline stopped the checks above: name the rest
             done = {c.name for c in report.checks}
             for name in TAIL:
                 if name not in done:
-                    run.record(Check(name, None, f"not run: {run.halted}"))
+                    run.record(Check(name, None, f"not run: {run.steps.halted}"))
     return report
 
 
@@ -168,24 +163,11 @@ class _Runner:
         self.report, self.on_check, self.limits = report, on_check, limits
         self.parsed: Any = None
         self.language: str | None = None  # asked for; after load, the one the checks speak
-        self.halted: str | None = None  # "load timed out after 300 s": no more calls
-
-    def call(self, step: str, seconds: float | None, fn: Callable[[], T]) -> T:
-        """A call of the backend's under its deadline; after one past it, none (a skip)."""
-        self.unless_halted()
-        try:
-            return within(step, seconds, fn)
-        except StepTimedOut as exc:
-            self.halted = str(exc)
-            raise
-
-    def unless_halted(self) -> None:
-        if self.halted:
-            raise _Skipped(self.halted)
+        self.steps = Steps()  # each call of the backend's: after one past its deadline, none
 
     def synthesize(self, instance: Backend, request: SpeechRequest) -> Audio:
-        return self.call("synthesis", self.limits.request_deadline_s(request.text),
-                         lambda: instance.synthesize(request))
+        return self.steps.call("synthesis", self.limits.request_deadline_s(request.text),
+                               lambda: instance.synthesize(request))
 
     def record(self, result: Check) -> None:
         self.report.checks.append(result)
@@ -201,7 +183,7 @@ class _Runner:
             yield result
         except AssertionError as exc:
             result.ok, result.detail = False, str(exc)
-        except _Skipped as exc:
+        except StepSkipped as exc:
             result.ok, result.detail = None, f"not run: {exc}"
         except StepTimedOut as exc:
             result.ok, result.detail = False, f"{exc} (it still runs: the rest is skipped)"
@@ -230,7 +212,7 @@ class _Runner:
                stream_text: str) -> None:
         with self.check("load and warm-up", stop=True) as c:
             instance = self.cls(self.parsed, self.context)
-            self.call("load", self.limits.load_s, instance.load)
+            self.steps.call("load", self.limits.load_s, instance.load)
             try:
                 languages = instance.capabilities.languages
                 assert self.language is None or self.language in languages, (
@@ -238,12 +220,12 @@ class _Runner:
                 self.language = self.language or ("en" if "en" in languages else languages[0])
                 model, config = (_model(self.cls, self.raw, self.parsed),
                                  _WarmUp(default_language=self.language))
-                self.call("warm-up", self.limits.warmup_s,
-                          lambda: warm_up(instance, model, config))
+                self.steps.call("warm-up", self.limits.warmup_s,
+                                lambda: warm_up(instance, model, config))
             except BaseException:
-                if not self.halted:  # never beside a call still running
+                if not self.steps.halted:  # never beside a call still running
                     with contextlib.suppress(StepTimedOut):  # halted: reported by the rest
-                        self.call("unload", self.limits.unload_s, instance.unload)
+                        self.steps.call("unload", self.limits.unload_s, instance.unload)
                 raise
             c.detail = (f"{instance.sample_rate} Hz, {len(instance.voices())} voices, "
                         f"{len(instance.capabilities.languages)} languages")
@@ -254,7 +236,7 @@ class _Runner:
             self.client_errors(instance)
         finally:
             with self.check("unload"):
-                self.call("unload", self.limits.unload_s, instance.unload)
+                self.steps.call("unload", self.limits.unload_s, instance.unload)
 
     def speech(self, instance: Backend, max_languages: int, max_voices: int) -> None:
         languages = _sample(list(instance.capabilities.languages), max_languages)
@@ -298,7 +280,7 @@ class _Runner:
                 c.detail += f"; warning: chunk {silent} is silent after the first"
         stream_check = c
         with self.check("cancelling stops the stream") as c:
-            self.unless_halted()
+            self.steps.check()
             if stream_check.ok is False:
                 c.ok, c.detail = None, "the stream check failed, so there is none to cancel"
                 return
@@ -339,7 +321,8 @@ class _Runner:
                 for t in threads:
                     t.join()
 
-            self.call("synthesis", self.limits.request_deadline_s(WARMUP_TEXT), all_at_once)
+            self.steps.call("synthesis", self.limits.request_deadline_s(WARMUP_TEXT),
+                            all_at_once)
             bad = [r for r in results if r != "ok"]
             assert not bad, f"{len(bad)} of {n} failed: {bad[0]}"
             c.detail = f"max_concurrency {instance.capabilities.max_concurrency}"
@@ -370,16 +353,16 @@ class _Runner:
         """A second load on a warm process, measured: what it takes, what unload gives back."""
         took: int | None = None
         with self.check("unload releases what load took") as c:
-            self.unless_halted()
+            self.steps.check()
             release_memory()
             before = _rss()
             if before is None:
                 c.ok, c.detail = None, "resident memory cannot be read on this system"
                 return
             instance = self.cls(self.parsed, self.context)
-            self.call("load", self.limits.load_s, instance.load)
+            self.steps.call("load", self.limits.load_s, instance.load)
             loaded, estimate = _rss() or 0, instance.memory_estimate()
-            self.call("unload", self.limits.unload_s, instance.unload)
+            self.steps.call("unload", self.limits.unload_s, instance.unload)
             release_memory()
             after = _rss() or 0  # the instance still exists: unload() itself must free
             del instance
@@ -388,7 +371,7 @@ class _Runner:
                         "after unload")
             assert kept <= max(floor / 2, took / 4), c.detail
         with self.check("memory_estimate() fits the measured load") as e:
-            self.unless_halted()
+            self.steps.check()
             if took is None:
                 e.ok, e.detail = None, "the measured load failed, so there is nothing to compare"
                 return
@@ -403,8 +386,8 @@ class _Runner:
     def memory_needed(self) -> None:
         """What the backend claims before loading, judged against this machine."""
         with self.check("memory_needed() fits this machine") as c:
-            need = self.call("memory_needed()", None,
-                             lambda: self.cls.memory_needed(self.parsed, self.context))
+            need = self.steps.call("memory_needed()", None,
+                                   lambda: self.cls.memory_needed(self.parsed, self.context))
             if need is None:
                 c.ok, c.detail = None, "it says nothing: the host admits the model unchecked"
                 return
@@ -414,8 +397,9 @@ class _Runner:
 
     def chunks(self, stream: Iterator[Audio], text: str) -> Iterator[Audio]:
         """``stream``'s chunks, each under the request's deadline (as the host's workers)."""
-        while (chunk := self.call("stream", self.limits.request_deadline_s(text),
-                                  lambda: next(stream, None))) is not None:
+        deadline = self.limits.request_deadline_s(text)
+        while (chunk := self.steps.call("stream", deadline,
+                                        lambda: next(stream, None))) is not None:
             yield chunk
 
     def expect_bad_request(self, instance: Backend, request: SpeechRequest) -> None:
@@ -423,7 +407,7 @@ class _Runner:
             self.synthesize(instance, request)
         except BadRequest:
             return
-        except (_Skipped, StepTimedOut):
+        except (StepSkipped, StepTimedOut):
             raise
         except Exception as exc:  # noqa: BLE001 - the wrong kind of error is the failure
             raise AssertionError(f"options {dict(request.options)}: {type(exc).__name__}: "

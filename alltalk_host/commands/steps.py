@@ -3,7 +3,8 @@ conformance kit, which plugin authors run from pytest): each step on a daemon th
 for up to its deadline.
 
 Nothing can stop a Python thread, so a step past its deadline runs on: the caller reports it
-and runs nothing beside it (no unload while a load still runs). The command can still end,
+and runs nothing beside it (no unload while a load still runs: ``Steps`` refuses every call
+after the first one past its deadline). The command can still end,
 since nothing waits for a daemon thread at exit. A hang in native code that holds the GIL
 cannot be timed this way; in a worker process (``alltalk_host.workers``) a deadline kills the
 process instead.
@@ -51,3 +52,29 @@ def within(step: str, seconds: float | None, fn: Callable[[], T]) -> T:
         assert isinstance(value, BaseException)
         raise value
     return value  # type: ignore[return-value]
+
+
+class StepSkipped(Exception):
+    """A call not made: an earlier step is past its deadline and still runs (the message says
+    which)."""
+
+
+class Steps:
+    """Calls made one after another, each under its deadline, until one is past it: from then
+    on every call raises StepSkipped, so nothing runs beside the step still running."""
+
+    def __init__(self) -> None:
+        self.halted: str | None = None  # "load timed out after 300 s"
+
+    def call(self, step: str, seconds: float | None, fn: Callable[[], T]) -> T:
+        self.check()
+        try:
+            return within(step, seconds, fn)
+        except StepTimedOut as exc:
+            self.halted = str(exc)
+            raise
+
+    def check(self) -> None:
+        """StepSkipped once a step is past its deadline."""
+        if self.halted:
+            raise StepSkipped(self.halted)
