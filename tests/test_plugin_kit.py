@@ -207,6 +207,23 @@ def test_try_reports_bad_audio_and_an_impossible_memory_claim(tmp_path, flaw, st
     assert lines[-1].startswith("unload    ok") or step == "memory"
 
 
+class NanStreaming(Sloppy):
+    """Importable by a worker (the classes made in tests above are not)."""
+
+    flaws = frozenset({"nan_stream"})
+
+
+def test_try_leaves_a_bad_stream_before_it_unloads_the_worker(tmp_path, caplog):
+    lines: list[str] = []
+    plan = trial.Trial(NanStreaming, {}, "One. Two. Three.",
+                       ModelContext("m", tmp_path, tmp_path), stream=True)
+    with pytest.raises(trial.StepFailed) as failed:
+        trial.run(plan, lines.append)
+    assert failed.value.step == "stream" and lines[-1].startswith("unload    ok"), lines
+    # The stream was closed first: unload() ran in the worker rather than killing it.
+    assert "still running" not in caplog.text
+
+
 def test_plugin_check_takes_the_stream_text_and_the_language(capsys):
     code = cli.main(["plugin", "check", "reference", "--stream-text", "One. Two.",
                      "--language", "de", "--set", "max_concurrency=2"])

@@ -176,6 +176,9 @@ def _loaded(trial: Trial, instance: Backend, parsed: Any, say: Say) -> Audio:
             first = first if first is not None else time.perf_counter() - started
             problem = chunk_problem(chunk, instance.sample_rate)
             if problem:  # what the host refuses with a 502, or aborts a stream with
+                # Left now, not when collected: a worker's stream counts as a running call,
+                # and unload() next would kill the worker instead of unloading it.
+                getattr(stream, "close", lambda: None)()
                 raise ValueError(f"chunk {len(chunks) + 1}: {problem}")
             chunks.append(chunk)
         seconds = time.perf_counter() - started
