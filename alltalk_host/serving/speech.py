@@ -3,7 +3,8 @@
 Every front-end (the native /tts route, the AllTalk and OpenAI routes, a Ray deployment) calls
 ``SpeechService``; it returns the audio together with the commit, generation and arm that made
 it. While a canary runs, each request goes to an arm (``canary.Arms``), and a canary request
-that fails before its first audio is served by the stable arm instead.
+that fails before its first audio is served by the stable arm instead, and one whose worker
+process died before its first audio is tried once more (both in ``arms.Arms.serve``).
 """
 
 from __future__ import annotations
@@ -132,8 +133,7 @@ class Utterance:
         try:
             # Timed as a streamed request's chunks are; the pieces add up in _piece_done.
             async for chunk in _measured(
-                    self._lease.stream(lambda backend: backend.stream(request),
-                                       self._service.registry.inference, request.cancelled),
+                    self._lease.stream_audio(request, self._service.registry.inference),
                     self._arrived, self._piece_done):
                 yield chunk
         finally:
@@ -196,8 +196,7 @@ class SpeechService:
             for request in lease.value:
                 self._active[id(request)] = request
                 try:
-                    pieces.append(await lease.run(lambda b, r=request: b.synthesize(r),
-                                                  self.registry.inference, request.cancelled))
+                    pieces.append(await lease.synthesize(request, self.registry.inference))
                 except asyncio.CancelledError:  # the client went away: stop the backend
                     request.cancelled.set()
                     raise
@@ -231,8 +230,7 @@ class SpeechService:
             request = lease.value
             self._active[id(request)] = request
             stack.callback(self._active.pop, id(request), None)
-            chunks = _measured(lease.stream(lambda backend: backend.stream(request),
-                                            self.registry.inference, request.cancelled),
+            chunks = _measured(lease.stream_audio(request, self.registry.inference),
                                arrived, self._done(lease.arm, lease.gen.model.name))
             first = await anext(chunks, None)
         except BaseException:
