@@ -14,18 +14,21 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import numpy as np
 import psutil
 import pytest
 
-from alltalk_host import Audio, Backend, SpeechRequest, hookimpl, parse_settings
+from alltalk_host import Audio, Backend, Capabilities, SpeechRequest, hookimpl, parse_settings
 from tools.server import Server
 
-from .helpers import error_of, get_json, send_and_forget, status_of, wait_until
+from .helpers import error_of, get_json, status_of, wait_until
 
 FAST = {"load_timeout_s": 2, "warmup_timeout_s": 2, "request_timeout_s": 2,
         "request_timeout_per_char_s": 0, "unload_timeout_s": 2}
@@ -152,12 +155,12 @@ async def test_a_hung_request_ends_with_backend_timeout_and_the_worker_restarts(
                      r'model="reference"\} [1-9]', metrics)
 
 
-async def test_a_stream_that_hangs_mid_way_ends_at_its_chunk_deadline(start_server,
-                                                                      config_repo):
+async def test_a_stream_that_hangs_before_its_first_chunk_is_a_503(start_server,
+                                                                   config_repo):
     config_repo.model("reference", hang_on="stuck", workers=FAST)
     config_repo.commit("hangs on 'stuck'")
     client = await start_server()
-    # The backend checks the whole text before its first chunk: the stream fails first.
+    # The reference backend looks at the whole text before its first chunk.
     resp = await client.post("/v1/audio/speech", json={
         "model": "tts-1", "input": "One. Then stuck.", "voice": "alloy",
         "response_format": "pcm", "stream_format": "audio"})
@@ -218,6 +221,7 @@ class OverlapBackend(Backend):
     cancel, as an engine stuck in its own code would. Imported by the worker from here."""
 
     name = "overlap"
+    capabilities = Capabilities(streaming=True)
 
     @classmethod
     def validate_settings(cls, settings: Any) -> OverlapSettings:
@@ -257,6 +261,13 @@ class OverlapBackend(Backend):
         self._note(f"end {request.text}")
         return Audio(np.full(1600, 0.1, dtype=np.float32), 16000)
 
+    def stream(self, request: SpeechRequest) -> Iterator[Audio]:
+        """One chunk, then (for a text that starts with "Stall") ``call_s`` before the next."""
+        yield Audio(np.full(1600, 0.1, dtype=np.float32), 16000)
+        if request.text.startswith("Stall"):
+            time.sleep(self.settings.call_s)
+        yield Audio(np.full(1600, 0.1, dtype=np.float32), 16000)
+
 
 @hookimpl
 def alltalk_host_register_backends(register):  # type: ignore[no-untyped-def]
@@ -283,6 +294,51 @@ async def test_unload_never_runs_beside_a_call(start_server, config_repo, tmp_pa
     assert (await speak(client, "Quick call.", model="overlap")).status == 200
 
 
+async def test_a_stream_that_stalls_mid_way_is_cut_off_at_its_chunk_deadline(
+        start_server, config_repo, tmp_path):
+    config_repo.model("overlap", backend="overlap", keep_loaded=True,
+                      journal=str(tmp_path / "journal"), call_s=600, workers=FAST)
+    config_repo.commit("an overlap model that stalls")
+    client = await start_server(extra_plugins=[("overlap", sys.modules[__name__])])
+    resp = await client.post("/v1/audio/speech", json={
+        "model": "overlap", "input": "Stall after one chunk.", "voice": "alloy",
+        "response_format": "pcm", "stream_format": "audio"})
+    assert resp.status == 200  # the first chunk went out
+    with pytest.raises(aiohttp.ClientPayloadError):
+        # A bound, not a timing: without the chunk deadline it would wait for 600 s.
+        await asyncio.wait_for(resp.read(), timeout=60)
+    status = await wait_until(client, lambda s: model_status(s, "overlap")["workers"][0]
+                              ["restarts"] == 1 and model_status(s, "overlap")["running"] == 0)
+    assert "no answer within 2 s" in model_status(status, "overlap")["workers"][0]["last_exit"]
+    assert (await speak(client, "Quick call.", model="overlap")).status == 200
+
+
+async def test_a_backend_class_a_worker_cannot_import_runs_inline_only(start_server,
+                                                                        config_repo, tmp_path):
+    class Local(OverlapBackend):  # made inside a function: no worker can import it
+        name = "local"
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def alltalk_host_register_backends(register):  # type: ignore[no-untyped-def]
+            register(Local)
+
+    config_repo.model("local", backend="local", journal=str(tmp_path / "journal"))
+    config_repo.commit("a model of a local class")
+    client = await start_server(extra_plugins=[("local", Plugin)])
+    resp = await client.post("/control/models/switch", json={"model": "local"})
+    error = await error_of(resp)
+    assert error["code"] == "model_unavailable", error
+    assert "cannot be imported by a worker process" in error["message"]
+    assert 'isolation = "inline" in [models.local.workers]' in error["message"]
+    config_repo.model("local", backend="local", workers={"isolation": "inline"})
+    config_repo.commit("the local class inline")
+    assert (await client.post("/control/config/reload")).status == 200
+    resp = await client.post("/control/models/switch", json={"model": "local"})
+    assert resp.status == 200, await resp.text()
+
+
 # --- shutdown -------------------------------------------------------------------------------
 
 
@@ -298,7 +354,18 @@ def test_sigterm_during_a_hung_load_exits_and_does_not_apply_it(config_repo, tmp
         request = urllib.request.Request(
             f"{server.base}/control/config/apply", json.dumps({"commit": hung}).encode(),
             {"Content-Type": "application/json"}, method="POST")
-        threading.Thread(target=send_and_forget, args=(request,), daemon=True).start()
+        answer: dict[str, Any] = {}
+
+        def send() -> None:
+            try:
+                urllib.request.urlopen(request, timeout=120)
+            except urllib.error.HTTPError as exc:
+                answer.update(status=exc.code, body=json.load(exc))
+            except OSError as exc:
+                answer.update(error=exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
         deadline = time.monotonic() + 60
         while not any(m["state"] == "loading" for m in
                       get_json(f"{server.base}/control/status")["models"]):
@@ -308,6 +375,10 @@ def test_sigterm_during_a_hung_load_exits_and_does_not_apply_it(config_repo, tmp
         server.process.send_signal(signal.SIGTERM)
         # A bound, not a timing: without the shutdown's kill it would wait for the load.
         server.process.wait(timeout=120)
+        sender.join(timeout=60)
+    # The apply was told, before the host stopped.
+    assert answer.get("status") == 503, answer
+    assert answer["body"]["error"]["code"] == "shutting_down"
     saved = json.loads((state / "state.json").read_text())
     assert saved["applied"] == base and hung not in saved["known_good"]
     assert hung not in [entry.get("commit") for entry in saved["history"]

@@ -326,9 +326,17 @@ class Controller:
             self._busy = None
 
     async def _detached(self, coro: Awaitable[T]) -> T:
-        """Run to completion even if the caller goes away: an apply is never half done."""
+        """Run to completion even if the caller goes away: an apply is never half done. One
+        abandoned at shutdown answers its caller 503 ``shutting_down``."""
         task = self._spawn(coro)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._abandoned and task.cancelled() and not (current and current.cancelling()):
+                raise Unavailable("the host is shutting down: this change was abandoned and "
+                                  "not applied", code=Code.SHUTTING_DOWN) from None
+            raise
 
     def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(coro)
