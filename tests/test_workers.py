@@ -294,6 +294,27 @@ async def test_unload_never_runs_beside_a_call(start_server, config_repo, tmp_pa
     assert (await speak(client, "Quick call.", model="overlap")).status == 200
 
 
+async def test_a_call_past_the_drain_deadline_has_its_worker_killed(start_server, config_repo,
+                                                                     tmp_path):
+    journal = tmp_path / "journal"
+    config_repo.model("overlap", backend="overlap", keep_loaded=True, journal=str(journal),
+                      call_s=600)
+    config_repo.set("settings.toml", "default.drain_deadline_s", 0.5)
+    config_repo.commit("an overlap model, a short drain")
+    client = await start_server(extra_plugins=[("overlap", sys.modules[__name__])])
+    pid = model_status(await status_of(client), "overlap")["workers"][0]["pid"]
+    call = asyncio.create_task(speak(client, "Slow call.", model="overlap"))
+    await wait_until(client, lambda s: "start Slow call." in journal.read_text())
+    assert (await client.post("/control/models/overlap/reload")).status == 200
+    resp = await asyncio.wait_for(call, 60)  # a bound: the call itself would take 600 s
+    assert resp.status == 503 and (await error_of(resp))["code"] == "drain_deadline"
+    # The call ignores its cancel: past the grace its worker is killed, and the old copy goes.
+    await wait_until(client, lambda s: [m["generation"] for m in s["models"]
+                                        if m["name"] == "overlap"] == [2], timeout=60)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "unload during a call" not in journal.read_text().splitlines()
+
+
 async def test_a_stream_that_stalls_mid_way_is_cut_off_at_its_chunk_deadline(
         start_server, config_repo, tmp_path):
     config_repo.model("overlap", backend="overlap", keep_loaded=True,
