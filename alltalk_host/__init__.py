@@ -4,14 +4,15 @@ Plugin authors need only what is re-exported here: ``hookimpl``, the backend con
 reserved option names and their scales), the error a backend raises for a request it cannot
 take (``BadRequest``) and the codes it gives it (``Code``: errors are part of the contract),
 the host's sentence splitter for streaming (``split_sentences``, with ``first_clause`` to speak
-a long first sentence's first clause first), its check of warm-up audio (``audio_problem``)
-and of a number in a range (``number_in``); their tests use ``alltalk_host.testing``.
+a long first sentence's first clause first), its checks of audio (``chunk_problem``: the
+sample format of every chunk; ``audio_problem``: the warm-up's) and of a number in a range
+(``number_in``); their tests use ``alltalk_host.testing``.
 docs/plugins.md is their guide.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .audio import audio_problem
+from .audio import audio_problem, chunk_problem
 from .backend import (
     RESERVED_OPTIONS,
     Audio,
@@ -46,6 +47,7 @@ __all__ = [
     "SpeechRequest",
     "__version__",
     "audio_problem",
+    "chunk_problem",
     "first_clause",
     "hookimpl",
     "number_in",

@@ -140,7 +140,12 @@ class SpeechRequest:
 
 @dataclass(frozen=True)
 class Audio:
-    samples: np.ndarray  # mono float32, nominally in [-1, 1]
+    """Samples are mono floats in [-1, 1] (float32; float64 and float16 are converted) at the
+    instance's ``sample_rate``, finite. The host checks every chunk (``chunk_problem``) and
+    refuses integer PCM, samples past full scale, NaN and another rate: a 502 ``bad_audio``
+    for the request, a failed warm-up for a load."""
+
+    samples: np.ndarray
     sample_rate: int
 
     @property
@@ -203,7 +208,7 @@ class Backend(ABC):
     @property
     @abstractmethod
     def sample_rate(self) -> int:
-        """The rate of every Audio this instance returns (checked at warm-up)."""
+        """The rate of every Audio this instance returns (checked on every chunk)."""
 
     @abstractmethod
     def voices(self) -> list[str]:

@@ -51,6 +51,9 @@ class Code(StrEnum):
     # backend workers: a worker process that died, a call or a load past its deadline
     WORKER_CRASHED = "worker_crashed"
     BACKEND_TIMEOUT = "backend_timeout"
+    # A backend's audio broke the contract's sample format (integer PCM, out of range, NaN,
+    # another sample rate): refused rather than served as noise
+    BAD_AUDIO = "bad_audio"
     # access
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
@@ -217,6 +220,15 @@ class ApplyFailed(HostError):
 class Unavailable(HostError):
     status = 503
     code: str = Code.UNAVAILABLE
+
+
+class BadAudio(HostError):
+    """A backend returned audio that breaks the contract (``audio.chunk_problem``): integer
+    PCM, samples beyond [-1, 1], NaN or infinity, another sample rate. The host's upstream, the
+    backend, failed, hence 502; the message names the model, its backend and what is wrong."""
+
+    status = 502
+    code: str = Code.BAD_AUDIO
 
 
 class OutputsUnwritable(HostError):

@@ -8,15 +8,21 @@ of settings, availability or load stops the checks that need a loaded model. Wha
   names the key;
 - availability: ``check_available`` passes for the settings given;
 - load and warm-up, as the host does them (``alltalk_host.change.loading.warm_up``);
-- synthesis: finite, non-silent audio at ``sample_rate`` in each declared language and voice
-  (a deterministic sample of at most ``max_languages`` and ``max_voices``);
-- streaming: the concatenated chunks are as long as a whole synthesis (within
-  ``length_tolerance``), and cancelling after the first chunk stops the stream;
+- synthesis: non-silent audio in the contract's format (floats in [-1, 1], finite, mono, at
+  ``sample_rate``: ``audio_problem``) in each declared language and voice (a deterministic
+  sample of at most ``max_languages`` and ``max_voices``);
+- streaming: every chunk in the contract's format (``chunk_problem``), the concatenated chunks
+  as long as a whole synthesis (within ``length_tolerance``), and cancelling after the first
+  chunk stops the stream (it needs three chunks: pass a ``stream_text`` that makes them);
 - concurrency: ``capabilities.max_concurrency`` requests at once all succeed;
 - client errors: an unknown option, a reserved option off its scale, an unknown voice are
   ``BadRequest`` (an unknown voice may also be ignored), never another exception;
 - unload releases what load took (resident memory, measured around a second load), and
-  ``memory_estimate()`` is within ``memory_factor`` of that measurement.
+  ``memory_estimate()`` is within ``memory_factor`` of that measurement;
+- ``memory_needed()`` fits the machine that just loaded the model (``change.memory.implausible``).
+
+The requests that speak one text use ``language`` (default: ``en`` when the model speaks it,
+else its first language). A check that cannot run here is a skip, and the summary names it.
 """
 
 from __future__ import annotations
@@ -32,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .audio import audio_problem
-from .backend import RESERVED_OPTIONS, Audio, Backend, ModelContext, SpeechRequest
+from .audio import audio_problem, chunk_problem
+from .backend import RESERVED_OPTIONS, Backend, ModelContext, SpeechRequest
 from .change.loading import warm_up
+from .change.memory import claimed, implausible
 from .config.settings import ModelDef
 from .errors import BadRequest
+from .serving.checked import first_silent
 from .serving.registry import release_memory
 
 WARMUP_TEXT = "The quick brown fox jumps over the lazy dog."
@@ -79,8 +85,11 @@ class Report:
 
     def summary(self) -> str:
         failed = [c for c in self.checks if c.ok is False]
+        skipped = [c.name for c in self.checks if c.ok is None]
         head = (f"backend {self.backend}: " + (f"{len(failed)} of {len(self.checks)} checks "
                                                 "failed" if failed else "conforms"))
+        if skipped:  # never a bare "conforms" over checks that did not run
+            head += f"; {len(skipped)} skipped: " + ", ".join(skipped)
         return "\n".join([head, *(c.line() for c in self.checks)])
 
 
@@ -98,7 +107,7 @@ def assert_conforms(backend: type[Backend], settings: Mapping[str, Any] | None =
 
 
 def check_backend(backend: type[Backend], settings: Mapping[str, Any] | None = None, *,
-                  bad_settings: Sequence[Mapping[str, Any]] = (),
+                  bad_settings: Sequence[Mapping[str, Any]] = (), language: str | None = None,
                   models_dir: Path | None = None, request_options: Mapping[str, Any] | None = None,
                   max_languages: int = 3, max_voices: int = 3, length_tolerance: float = 0.25,
                   memory_factor: float = 4.0, memory_floor_mb: float = 32.0,
@@ -109,17 +118,21 @@ def check_backend(backend: type[Backend], settings: Mapping[str, Any] | None = N
     ``request_options`` are sent with every synthesis (say, a low temperature so that a
     sampling model's two runs are comparable); ``models_dir`` resolves relative paths. A slow
     model keeps the check short with ``max_languages=1``, ``max_voices`` and a shorter
-    ``stream_text`` (it needs enough to stream three chunks).
+    ``stream_text`` (it needs enough to stream three chunks). ``language`` is the one the
+    warm-up and the single-text checks speak (the stream's, the client errors'); a model
+    without English needs it, with a ``stream_text`` in that language.
     """
     report = Report(backend.name)
     with tempfile.TemporaryDirectory(prefix="alltalk-check-") as tmp:
         context = ModelContext("conformance", Path(models_dir or tmp), Path(tmp) / "cache")
         run = _Runner(backend, dict(settings or {}), context, dict(request_options or {}),
                       report, on_check)
+        run.language = language
         with contextlib.suppress(_Stop):
             run.settings(bad_settings)
             run.loaded(max_languages, max_voices, length_tolerance, stream_text)
             run.memory(memory_factor, memory_floor_mb * MIB)
+            run.memory_needed()
     return report
 
 
@@ -130,6 +143,7 @@ class _Runner:
         self.cls, self.raw, self.context, self.options = cls, settings, context, options
         self.report, self.on_check = report, on_check
         self.parsed: Any = None
+        self.language: str | None = None  # asked for; after load, the one the checks speak
 
     @contextlib.contextmanager
     def check(self, name: str, stop: bool = False) -> Iterator[Check]:
@@ -169,7 +183,12 @@ class _Runner:
             instance = self.cls(self.parsed, self.context)
             instance.load()
             try:
-                warm_up(instance, _model(self.cls, self.raw, self.parsed), _WarmUp())
+                languages = instance.capabilities.languages
+                assert self.language is None or self.language in languages, (
+                    f"language {self.language!r} is not one of {list(languages)}")
+                self.language = self.language or ("en" if "en" in languages else languages[0])
+                warm_up(instance, _model(self.cls, self.raw, self.parsed),
+                        _WarmUp(default_language=self.language))
             except BaseException:
                 instance.unload()
                 raise
@@ -205,24 +224,33 @@ class _Runner:
         return f"{audio.duration:.2f} s of audio"
 
     def streaming(self, instance: Backend, tolerance: float, text: str) -> None:
+        chunks: list[Any] = []  # what the first check got, if anything
         with self.check("stream is as long as a whole synthesis") as c:
             whole = instance.synthesize(self.request(text))
-            chunks = list(instance.stream(self.request(text)))
+            problem = audio_problem(whole, instance.sample_rate)
+            assert problem is None, f"the whole synthesis: {problem}"
+            for i, chunk in enumerate(instance.stream(self.request(text)), 1):
+                problem = chunk_problem(chunk, instance.sample_rate)
+                assert problem is None, f"chunk {i}: {problem}"
+                chunks.append(chunk)
             assert chunks, "stream() yielded nothing"
-            for chunk in chunks:
-                assert isinstance(chunk, Audio), f"stream() yielded {type(chunk).__name__}"
-                assert chunk.sample_rate == instance.sample_rate, (
-                    f"a chunk at {chunk.sample_rate} Hz, not {instance.sample_rate}")
-                assert np.all(np.isfinite(chunk.samples)), "a chunk has NaN or infinite samples"
             streamed = sum(len(chunk.samples) for chunk in chunks) / instance.sample_rate
             ratio = streamed / whole.duration
             c.detail = (f"{len(chunks)} chunks, {streamed:.2f} s streamed, "
                         f"{whole.duration:.2f} s whole")
             assert abs(ratio - 1) <= tolerance, (
                 f"{c.detail}: they differ by {abs(ratio - 1):.0%} (tolerance {tolerance:.0%})")
+            silent = first_silent(chunks)
+            if silent:  # the host logs it and serves it: a warning here too, not a failure
+                c.detail += f"; warning: chunk {silent} is silent after the first"
+        stream_check = c
         with self.check("cancelling stops the stream") as c:
+            if stream_check.ok is False:
+                c.ok, c.detail = None, "the stream check failed, so there is none to cancel"
+                return
             if len(chunks) < 3:
-                c.ok, c.detail = None, f"the stream has {len(chunks)} chunk(s); needs 3 or more"
+                c.ok, c.detail = None, (f"the stream has {len(chunks)} chunk(s); needs 3 or "
+                                        "more (give a longer stream_text)")
                 return
             request = self.request(text)
             stream = instance.stream(request)
@@ -282,6 +310,7 @@ class _Runner:
 
     def memory(self, factor: float, floor: float) -> None:
         """A second load on a warm process, measured: what it takes, what unload gives back."""
+        took: int | None = None
         with self.check("unload releases what load took") as c:
             release_memory()
             before = _rss()
@@ -300,6 +329,9 @@ class _Runner:
                         "after unload")
             assert kept <= max(floor / 2, took / 4), c.detail
         with self.check("memory_estimate() fits the measured load") as e:
+            if took is None:
+                e.ok, e.detail = None, "the measured load failed, so there is nothing to compare"
+                return
             e.detail = f"estimate {estimate / MIB:.0f} MiB, measured {took / MIB:.0f} MiB"
             if max(estimate, took) < floor:
                 e.detail += f" (both under {floor / MIB:.0f} MiB: close enough)"
@@ -308,8 +340,20 @@ class _Runner:
             ratio = max(estimate, floor) / max(took, floor)
             assert 1 / factor <= ratio <= factor, f"{e.detail}: off by more than {factor:g}x"
 
+    def memory_needed(self) -> None:
+        """What the backend claims before loading, judged against this machine."""
+        with self.check("memory_needed() fits this machine") as c:
+            need = self.cls.memory_needed(self.parsed, self.context)
+            if need is None:
+                c.ok, c.detail = None, "it says nothing: the host admits the model unchecked"
+                return
+            problem = implausible(need)
+            assert problem is None, problem
+            c.detail = claimed(need)
+
     def request(self, text: str, **fields: Any) -> SpeechRequest:
         fields.setdefault("options", self.options)
+        fields.setdefault("language", self.language or "en")
         return SpeechRequest(text=text, **fields)
 
 

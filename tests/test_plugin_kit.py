@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from alltalk_host import Audio, SpeechRequest
-from alltalk_host.commands import cli
+from alltalk_host import Audio, MemoryNeed, ModelContext, SpeechRequest
+from alltalk_host.commands import cli, trial
 from alltalk_host.testing import assert_conforms, check_backend
 from alltalk_host_reference import ReferenceBackend
 
@@ -52,6 +53,12 @@ class Sloppy(ReferenceBackend):
         return super().synthesize(request)
 
     def stream(self, request: SpeechRequest) -> Iterator[Audio]:
+        if "raising_stream" in self.flaws:
+            raise RuntimeError("the stream fell over")
+        if "nan_stream" in self.flaws:  # right as a whole, NaN from its second chunk on
+            for i, chunk in enumerate(super().stream(request)):
+                yield chunk if i == 0 else Audio(chunk.samples * np.nan, chunk.sample_rate)
+            return
         if "deaf_stream" not in self.flaws:
             yield from super().stream(request)
             return
@@ -65,6 +72,12 @@ class Sloppy(ReferenceBackend):
     def memory_estimate(self) -> int:
         return 0 if "no_estimate" in self.flaws else super().memory_estimate()
 
+    @classmethod
+    def memory_needed(cls, settings, context):  # type: ignore[no-untyped-def]
+        if "huge_need" in cls.flaws:  # a typo's worth of memory: no machine has it
+            return MemoryNeed(ram_bytes=32 * 2**40)
+        return super().memory_needed(settings, context)
+
 
 @pytest.mark.parametrize(("flaw", "check"), [
     ("lax_settings", "settings: bad ones are a ValueError"),
@@ -73,6 +86,9 @@ class Sloppy(ReferenceBackend):
     ("deaf_stream", "cancelling stops the stream"),
     ("leaky", "unload releases what load took"),
     ("no_estimate", "memory_estimate() fits the measured load"),
+    ("nan_stream", "stream is as long as a whole synthesis"),
+    ("raising_stream", "stream is as long as a whole synthesis"),
+    ("huge_need", "memory_needed() fits this machine"),
 ])
 def test_each_broken_promise_fails_its_check_and_only_that_one(flaw, check):
     backend = type("Flawed", (Sloppy,), {"flaws": frozenset({flaw})})
@@ -82,6 +98,35 @@ def test_each_broken_promise_fails_its_check_and_only_that_one(flaw, check):
     assert not report.ok
     with pytest.raises(AssertionError, match="checks failed"):
         assert_conforms(backend, {"memory_mb": 96})
+
+
+def test_a_stream_that_raises_or_turns_nan_fails_one_check_and_skips_the_cancel_check():
+    for flaw, detail in (("raising_stream", "RuntimeError: the stream fell over"),
+                         ("nan_stream", "chunk 2: samples contain NaN or infinity")):
+        backend = type("Flawed", (Sloppy,), {"flaws": frozenset({flaw})})
+        checks = {c.name: c for c in check_backend(backend).checks}
+        stream, cancel = (checks["stream is as long as a whole synthesis"],
+                          checks["cancelling stops the stream"])
+        assert stream.ok is False and stream.detail == detail
+        assert cancel.ok is None
+        assert cancel.detail == "the stream check failed, so there is none to cancel"
+
+
+def test_a_claim_no_machine_has_does_not_conform():
+    backend = type("Flawed", (Sloppy,), {"flaws": frozenset({"huge_need"})})
+    check = check_backend(backend).checks[-1]
+    assert check.name == "memory_needed() fits this machine" and check.ok is False
+    assert check.detail.startswith("memory_needed() claims 33,554,432 MiB of RAM; this "
+                                   "machine has "), check.detail
+    assert check.detail.endswith(" MiB, so the host would never admit the model here")
+
+
+def test_the_summary_names_every_skipped_check():
+    report = check_backend(ReferenceBackend, {"max_concurrency": 1}, stream_text="One. Two.")
+    assert report.ok
+    assert report.summary().splitlines()[0] == (
+        "backend reference: conforms; 2 skipped: cancelling stops the stream, 1 request(s) "
+        "at once")
 
 
 def test_a_backend_that_does_not_load_stops_the_check_there():
@@ -109,13 +154,43 @@ def test_try_takes_a_backend_from_settings_to_a_wav(tmp_path, capsys):
                      "--voice", "male_01", "--stream", "-o", str(out_file)])
     out = capsys.readouterr().out
     assert code == 0, out
-    for step in ("settings", "available", "load", "warm-up", "synthesis", "stream", "unload"):
+    for step in ("settings", "available", "memory", "load", "warm-up", "synthesis", "stream",
+                 "unload"):
         assert any(line.startswith(f"{step} ") and " ok " in line
                    for line in out.splitlines()), (step, out)
     assert "reading the model file (0%)" in out  # the load's progress
     assert "RMS" in out and "22050 Hz" in out and "chunk(s)" in out
     samples, rate = read_wav(out_file.read_bytes())
     assert rate == 22050 and len(samples) > rate
+
+
+@pytest.mark.parametrize(("flaw", "step", "error"), [
+    ("nan_stream", "stream", "ValueError: chunk 2: samples contain NaN or infinity"),
+    ("huge_need", "memory", "ValueError: memory_needed() claims 33,554,432 MiB of RAM"),
+])
+def test_try_reports_bad_audio_and_an_impossible_memory_claim(tmp_path, flaw, step, error):
+    backend = type("Flawed", (Sloppy,), {"flaws": frozenset({flaw})})
+    lines: list[str] = []
+    plan = trial.Trial(backend, {}, "One. Two. Three.", ModelContext("m", tmp_path, tmp_path),
+                       stream=True)
+    with pytest.raises(trial.StepFailed) as failed:
+        trial.run(plan, lines.append)
+    assert failed.value.step == step
+    assert any(line.startswith(f"{step:<9} FAILED") and error in line for line in lines), lines
+    assert lines[-1].startswith("unload    ok") or step == "memory"
+
+
+def test_plugin_check_takes_the_stream_text_and_the_language(capsys):
+    code = cli.main(["plugin", "check", "reference", "--stream-text", "One. Two.",
+                     "--language", "de", "--set", "max_concurrency=2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.splitlines()[-1] == ("backend reference: conforms; 1 skipped: cancelling stops "
+                                    "the stream")
+    assert "2 chunks, " in out  # the stream spoke the text given
+    code = cli.main(["plugin", "check", "reference", "--language", "xx"])
+    out = capsys.readouterr().out
+    assert code == 1 and "language 'xx' is not one of ['en', 'de', 'es', 'fr', 'it']" in out
 
 
 def test_try_shows_the_failing_step_with_its_traceback(tmp_path):

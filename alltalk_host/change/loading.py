@@ -129,7 +129,7 @@ def _detached(exc: BaseException) -> BaseException:
 
 
 def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
-    """Synthesise a fixed phrase and insist on real audio at the declared rate."""
+    """Synthesise a fixed phrase and insist on real audio in the contract's format."""
     voices = instance.voices()
     if model.default_voice and voices and model.default_voice not in voices:
         raise ApplyFailed(
@@ -144,12 +144,15 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
         language = instance.capabilities.languages[0]
     audio = _warm_up_call(instance, model,
                           SpeechRequest(text=config.warmup_text, voice=voice, language=language))
+    # The contract's sample format (float in [-1, 1], finite, mono, at the declared rate: a
+    # model whose warm-up breaks it would answer every request with a 502 bad_audio), then
+    # non-empty and not silent.
     problem = audio_problem(audio, instance.sample_rate)
     if problem:
         raise ApplyFailed(
             f"model {model.name} ({model.backend}): warm-up output rejected: {problem}",
             code=Code.WARMUP_FAILED,
-            details={"model": model.name, "step": "warm up"},
+            details={"model": model.name, "step": "warm up", "problem": problem},
         )
 
 

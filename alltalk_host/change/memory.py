@@ -179,17 +179,73 @@ def free_ram_bytes() -> int | None:
 
 def free_device_bytes(device: str) -> int | None:
     """Free memory on a CUDA device, if torch is already loaded (asking would load it)."""
+    memory = _cuda_memory(device)
+    return None if memory is None else memory[0]
+
+
+def implausible(need: object) -> str | None:
+    """Why a backend's ``memory_needed()`` answer cannot be right on this machine, or None.
+
+    The bound: one instance must fit the machine, all its RAM (within the cgroup's limit) and,
+    when torch can tell, the device's whole memory. A claim beyond it makes admission refuse
+    the model here for good (a load's measurement under a quarter of the claim is not trusted
+    over it), so a backend that loaded on this machine claimed too much. Not compared with
+    what a load measures: it is a guess made before loading, and the measurement replaces it.
+    """
+    if need is None:
+        return None
+    if not isinstance(need, MemoryNeed):
+        return f"memory_needed() returned {type(need).__name__}, not MemoryNeed or None"
+    for name in ("ram_bytes", "device_bytes"):
+        value = getattr(need, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"memory_needed(): {name} is {value!r:.40}, not a number of bytes >= 0"
+    total = machine_ram_bytes()
+    if need.ram_bytes > total:
+        return (f"memory_needed() claims {need.ram_bytes / MiB:,.0f} MiB of RAM; this machine "
+                f"has {total / MiB:,.0f} MiB, so the host would never admit the model here")
+    memory = _cuda_memory(need.device) if need.device != "cpu" else None
+    if memory is not None and need.device_bytes > memory[1]:
+        return (f"memory_needed() claims {need.device_bytes / MiB:,.0f} MiB on {need.device}, "
+                f"which has {memory[1] / MiB:,.0f} MiB")
+    return None
+
+
+def claimed(need: MemoryNeed) -> str:
+    """What a ``memory_needed()`` answer claims, in one phrase."""
+    device = f" and {need.device_bytes / MiB:,.0f} MiB on {need.device}" \
+        if need.device != "cpu" else ""
+    return f"claims {need.ram_bytes / MiB:,.0f} MiB of RAM{device}"
+
+
+def machine_ram_bytes() -> int:
+    """All the RAM this process could have: the machine's, within the cgroup's limit if any."""
+    total = psutil.virtual_memory().total
+    cgroup = _cgroup()
+    return total if cgroup is None else min(total, cgroup[0])
+
+
+def _cuda_memory(device: str) -> tuple[int, int] | None:
+    """(free, total) bytes of a CUDA device, if torch is already loaded (asking would load
+    it)."""
     torch = sys.modules.get("torch")
     if torch is None or not device.startswith("cuda"):
         return None
     with contextlib.suppress(Exception):
         if torch.cuda.is_available():
             index = int(device.split(":", 1)[1]) if ":" in device else 0
-            return int(torch.cuda.mem_get_info(index)[0])
+            free, total = torch.cuda.mem_get_info(index)
+            return int(free), int(total)
     return None
 
 
 def _cgroup_room() -> int | None:
+    cgroup = _cgroup()
+    return None if cgroup is None else max(0, cgroup[0] - cgroup[1])
+
+
+def _cgroup() -> tuple[int, int] | None:
+    """The memory limit and usage of the process's cgroup, when it has a limit."""
     for limit_file, usage_file in (
             ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
             ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
@@ -198,7 +254,7 @@ def _cgroup_room() -> int | None:
             raw = Path(limit_file).read_text().strip()
             if raw == "max" or int(raw) >= _UNLIMITED:
                 return None
-            return max(0, int(raw) - int(Path(usage_file).read_text().strip()))
+            return int(raw), int(Path(usage_file).read_text().strip())
         except (OSError, ValueError):
             continue
     return None

@@ -36,6 +36,11 @@ def add_commands(sub: Any) -> None:
                                     "memory. Exits 1 when a check fails.")
     p.add_argument("backend", metavar="BACKEND")
     _settings_flags(p)
+    p.add_argument("--stream-text", metavar="TEXT",
+                   help="the text streamed and cancelled: enough for three chunks or more "
+                        "(default: four short English sentences)")
+    p.add_argument("--language", help="the language of the warm-up, the stream and the "
+                                      "single-text checks (default: en, else the model's first)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
 
@@ -114,7 +119,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ..testing import check_backend
 
     cls = _backend(args.backend)
+    text = {} if args.stream_text is None else {"stream_text": args.stream_text}
     report = check_backend(cls, parse_sets(args.set), models_dir=args.models_dir,
+                           language=args.language, **text,
                            on_check=None if args.json else lambda c: print(c.line(),
                                                                           flush=True))
     if args.json:

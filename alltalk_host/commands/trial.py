@@ -1,9 +1,10 @@
 """``alltalk-host try``: one backend taken through a model's whole life in this process.
 
-Settings validation, the availability check, load (with its progress), the host's own warm-up
-check, synthesis, streaming when asked, unload: each step timed and described, with no server,
-no config repo and no commit. A failure raises from the step that failed (the CLI prints the
-traceback); what was loaded is unloaded first.
+Settings validation, the availability check, the memory the backend claims (judged as the
+host's admission would), load (with its progress), the host's own warm-up check, synthesis,
+streaming when asked (every chunk checked as the host checks it), unload: each step timed and
+described, with no server, no config repo and no commit. A failure raises from the step that
+failed (the CLI prints the traceback); what was loaded is unloaded first.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from ..audio import audio_problem
+from ..audio import audio_problem, chunk_problem
 from ..backend import Audio, Backend, ModelContext, SpeechRequest
 from ..change.loading import warm_up
+from ..change.memory import claimed, implausible
 from ..config.settings import ModelDef
+from ..serving.checked import first_silent
 
 Say = Callable[[str], None]
 
@@ -66,6 +69,13 @@ def run(trial: Trial, say: Say) -> Audio:
         note(f"{len(trial.settings)} key(s) given, parsed as {type(parsed).__name__}")
     with _step("available", say):
         cls.check_available(parsed, trial.context)
+    with _step("memory", say) as note:
+        need = cls.memory_needed(parsed, trial.context)
+        problem = implausible(need)
+        if problem:
+            raise ValueError(problem)
+        note("memory_needed() says nothing: the host admits the model unchecked"
+             if need is None else f"memory_needed() {claimed(need)}")
     with _step("load", say) as note:
         context = ModelContext(trial.context.name, trial.context.models_dir,
                                trial.context.cache_dir,
@@ -105,18 +115,26 @@ def _loaded(trial: Trial, instance: Backend, parsed: Any, say: Say) -> Audio:
         return audio
     with _step("stream", say) as note:
         started = time.perf_counter()
-        chunks, first = [], None
+        chunks: list[Audio] = []
+        first = None
         for chunk in instance.stream(SpeechRequest(**request)):
             first = first if first is not None else time.perf_counter() - started
-            chunks.append(np.asarray(chunk.samples, dtype=np.float32))
+            problem = chunk_problem(chunk, instance.sample_rate)
+            if problem:  # what the host refuses with a 502, or aborts a stream with
+                raise ValueError(f"chunk {len(chunks) + 1}: {problem}")
+            chunks.append(chunk)
         seconds = time.perf_counter() - started
-        streamed = Audio(np.concatenate(chunks) if chunks else np.zeros(0, np.float32),
-                         instance.sample_rate)
+        streamed = Audio(np.concatenate([np.asarray(c.samples, dtype=np.float32)
+                                         for c in chunks]) if chunks
+                         else np.zeros(0, np.float32), instance.sample_rate)
         problem = audio_problem(streamed, instance.sample_rate)
         if problem:
             raise ValueError(problem)
         note(f"{len(chunks)} chunk(s), the first after {first or 0:.2f} s; "
              f"{describe(streamed)}, RTF {seconds / streamed.duration:.3f}")
+        silent = first_silent(chunks)
+        if silent:  # the host serves it and logs a warning
+            note(f"(warning: chunk {silent} is silent after the first)")
     return streamed
 
 

@@ -1,9 +1,10 @@
 """A started request: one slot on one instance of one generation, until it ends.
 
-Backend calls run in threads of the host. An instance in a worker process gets each call with
-a deadline (the model's ``[workers]`` settings in the snapshot the request started under: per
-request, growing with its text; per chunk for a stream): past it the worker is killed and the
-request ends with 503 ``backend_timeout``. An inline instance has no such deadline.
+Backend calls run in threads of the host. A request's deadline in a worker process is the
+lease's to say (``deadline_s``: the model's ``[workers]`` settings in the snapshot the request
+started under; per request, growing with its text; per chunk for a stream): past it the worker
+is killed and the request ends with 503 ``backend_timeout`` (``checked.py`` makes the call).
+An inline instance has no such deadline.
 
 At the drain deadline a lease is *aborted*: its caller gets the abort error at once (a 503),
 the backend is told to stop, and the slot comes back when the thread has really finished,
@@ -18,10 +19,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from ..backend import Audio, Backend, SpeechRequest
+from ..backend import Backend, SpeechRequest
 from ..config.canary import STABLE
 from ..errors import Code, HostError, Unavailable
-from ..workers import WorkerBackend
 from .generation import Generation, Serving
 
 T = TypeVar("T")
@@ -58,27 +58,6 @@ class Lease(Generic[P]):
         snapshot it started under: a changed deadline applies without a reload."""
         model = self.serving.config.models.get(self.gen.model.name, self.gen.model)
         return model.workers.request_deadline_s(request.text)
-
-    async def synthesize(self, request: SpeechRequest, executor: ThreadPoolExecutor) -> Audio:
-        """``request`` spoken whole on this lease's instance, within its deadline."""
-        deadline = self.deadline_s(request)
-
-        def call(instance: Backend) -> Audio:
-            if isinstance(instance, WorkerBackend):
-                return instance.synthesize_within(request, deadline)
-            return instance.synthesize(request)
-        return await self.run(call, executor, request.cancelled)
-
-    def stream_audio(self, request: SpeechRequest,
-                     executor: ThreadPoolExecutor) -> AsyncIterator[Audio]:
-        """``request``'s chunks as the instance makes them, each within the deadline."""
-        deadline = self.deadline_s(request)
-
-        def call(instance: Backend) -> Iterator[Audio]:
-            if isinstance(instance, WorkerBackend):
-                return instance.stream_within(request, deadline)
-            return instance.stream(request)
-        return self.stream(call, executor, request.cancelled)
 
     async def run(self, fn: Callable[[Backend], T], executor: ThreadPoolExecutor,
                   cancelled: threading.Event) -> T:

@@ -4,7 +4,9 @@ Every front-end (the native /tts route, the AllTalk and OpenAI routes, a Ray dep
 ``SpeechService``; it returns the audio together with the commit, generation and arm that made
 it. While a canary runs, each request goes to an arm (``canary.Arms``), and a canary request
 that fails before its first audio is served by the stable arm instead, and one whose worker
-process died before its first audio is tried once more (both in ``arms.Arms.serve``).
+process died before its first audio is tried once more (both in ``arms.Arms.serve``). Every
+call into a backend goes through ``checked.AudioCheck``: within the lease's deadline for an
+instance in a worker process, and audio that breaks the contract is a 502.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import BadRequest, Code, HostError, NotFound
 from ..numbers import number_in
 from ..text import has_speakable
 from .arms import Arms, server_side
+from .checked import AudioCheck
 from .lease import Lease
 from .registry import Generation, ModelRegistry, Serving
 
@@ -111,6 +114,7 @@ class Utterance:
         self._lease = lease
         self._stack = stack
         self._length = 0
+        self._check = AudioCheck(lease.gen)  # the pieces are one stream
         # For the metrics, as one streamed request: the time spent speaking (not the waits
         # for the next piece of text), the first audio, and the audio's length.
         self._arrived = time.monotonic() if arrived is None else arrived
@@ -133,7 +137,9 @@ class Utterance:
         try:
             # Timed as a streamed request's chunks are; the pieces add up in _piece_done.
             async for chunk in _measured(
-                    self._lease.stream_audio(request, self._service.registry.inference),
+                    self._lease.stream(self._check.stream(request,
+                                                          self._lease.deadline_s(request)),
+                                       self._service.registry.inference, request.cancelled),
                     self._arrived, self._piece_done):
                 yield chunk
         finally:
@@ -193,10 +199,13 @@ class SpeechService:
         async with self.registry.lease(parts[0].model, prepare, arm) as lease:
             started = time.monotonic()
             pieces = []
+            check = AudioCheck(lease.gen)
             for request in lease.value:
                 self._active[id(request)] = request
                 try:
-                    pieces.append(await lease.synthesize(request, self.registry.inference))
+                    pieces.append(await lease.run(
+                        check.synthesize(request, lease.deadline_s(request)),
+                        self.registry.inference, request.cancelled))
                 except asyncio.CancelledError:  # the client went away: stop the backend
                     request.cancelled.set()
                     raise
@@ -230,7 +239,8 @@ class SpeechService:
             request = lease.value
             self._active[id(request)] = request
             stack.callback(self._active.pop, id(request), None)
-            chunks = _measured(lease.stream_audio(request, self.registry.inference),
+            checked = AudioCheck(lease.gen).stream(request, lease.deadline_s(request))
+            chunks = _measured(lease.stream(checked, self.registry.inference, request.cancelled),
                                arrived, self._done(lease.arm, lease.gen.model.name))
             first = await anext(chunks, None)
         except BaseException:

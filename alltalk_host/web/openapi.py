@@ -26,6 +26,7 @@ REASONS = {
     403: "Refused: not loopback, another origin or host name", 404: "Not found",
     409: "Conflict with the current state", 413: "Body larger than http.max_body_bytes",
     415: "Body of the wrong content type", 422: "The configuration or a model failed",
+    502: "The backend returned audio that breaks the contract (bad_audio)",
     503: "Not ready, busy, or ended at a drain deadline", 507: "The outputs folder is unusable",
 }
 # GET / and GET /ui answer a redirect; a client that follows it gets the page.
@@ -139,7 +140,7 @@ ARM = {"name": "X-AllTalk-Canary", "in": "header", "required": False, "schema": 
 
 
 def _paths() -> dict[str, dict[str, Any]]:
-    speech = (400, 404, 409, 413, 503)
+    speech = (400, 404, 409, 413, 502, 503)
     return {
         "/": {"get": _op("Sends browsers to the web UI", "ui", UI_REDIRECT)},
         "/ui": {"get": _op("Sends browsers to the web UI", "ui", UI_REDIRECT)},
@@ -173,21 +174,21 @@ def _paths() -> dict[str, dict[str, Any]]:
                                             "alltalk", {**_ok(), **_errors((503,))})},
         "/api/tts-generate": {"post": _op(
             "AllTalk: generate a file (narrator mode too)", "alltalk",
-            {**_ok(), **_errors((400, 404, 409, 413, 503, 507), ALLTALK_FAILURE)},
+            {**_ok(), **_errors((400, 404, 409, 413, 502, 503, 507), ALLTALK_FAILURE)},
             body=_form_body(ALLTALK_FORM, ("text_input",)), params=[ARM])},
         "/api/previewvoice/": {"post": _op(
             "AllTalk: a voice preview file", "alltalk",
-            {**_ok(), **_errors((400, 404, 409, 413, 503, 507), ALLTALK_FAILURE)},
+            {**_ok(), **_errors((400, 404, 409, 413, 502, 503, 507), ALLTALK_FAILURE)},
             body=_form_body({"voice": S}, ("voice",)), params=[ARM])},
         "/api/tts-generate-streaming": {
             "get": _op("AllTalk: stream WAV as sentences complete", "alltalk",
                        {**_audio("WAV header, then PCM"),
-                        **_errors((400, 404, 409, 503), ALLTALK_FAILURE)},
+                        **_errors((400, 404, 409, 502, 503), ALLTALK_FAILURE)},
                        params=[*(_query(k, v, required=k == "text")
                                  for k, v in STREAM_FIELDS.items()), ARM]),
             "post": _op("AllTalk: stream WAV as sentences complete (form)", "alltalk",
                         {**_audio("WAV header, then PCM"),
-                         **_errors((400, 404, 409, 413, 503), ALLTALK_FAILURE)},
+                         **_errors((400, 404, 409, 413, 502, 503), ALLTALK_FAILURE)},
                         body=_form_body(STREAM_FIELDS, ("text",)), params=[ARM])},
         "/audio/{name}": {"get": _op("A generated file", "alltalk",
                                      {**_audio("the file"), **_errors((404, 503))},
@@ -197,7 +198,8 @@ def _paths() -> dict[str, dict[str, Any]]:
                                           params=[_path("name", "as named by the reply")])},
         "/v1/audio/speech": {"post": _op(
             "OpenAI: speech, streamed in the requested format", "openai",
-            {**_audio("audio", AUDIO_TYPES), **_errors((400, 404, 409, 413, 503), OPENAI_ERROR)},
+            {**_audio("audio", AUDIO_TYPES),
+             **_errors((400, 404, 409, 413, 502, 503), OPENAI_ERROR)},
             body=_json_body({"model": S, "input": S, "voice": S, "response_format": {
                 "type": "string", "enum": ["mp3", "opus", "aac", "flac", "wav", "pcm"]},
                 "speed": N, "stream_format": S, "instructions": S},
