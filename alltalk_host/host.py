@@ -7,6 +7,7 @@ Nothing here imports a web framework.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tomllib
@@ -131,6 +132,18 @@ class Host:
                 log.warning("plugin %s (%s) is not available: %s",
                             plugin.name, plugin.distribution, plugin.error)
         await self.control.start(choose_commit=not self.options.directed)
+
+    async def begin_shutdown(self) -> None:
+        """The first step of stopping, before a front waits for its open requests: no change
+        applies from now (the one in progress is abandoned), and a load still running is
+        ended by killing its worker, so a hung load cannot hold up the exit. ``stop()``
+        follows."""
+        self.control.abandon()
+        killed = await asyncio.get_running_loop().run_in_executor(
+            None, self.registry.workers.kill_loading)
+        if killed:
+            log.warning("shutting down: %d load(s) in progress abandoned, their workers "
+                        "killed", killed)
 
     async def stop(self) -> None:
         self.events.close()

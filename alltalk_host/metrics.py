@@ -141,8 +141,16 @@ class _HostCollector(Collector):
                                     "Speech requests waiting for room, per model",
                                     labels=["model"])
         memory = GaugeMetricFamily("alltalk_model_memory_bytes",
-                                   "Memory a loaded model holds, as its backend estimates it",
+                                   "Memory a loaded model holds: measured for its worker "
+                                   "processes, as its backend estimates it when inline",
                                    labels=["model", "state"])
+        restarts = GaugeMetricFamily("alltalk_worker_restarts",
+                                     "Restarts of a generation's worker processes after they "
+                                     "died or were killed (a crash, a request past its "
+                                     "deadline)", labels=["model", "generation"])
+        rss = GaugeMetricFamily("alltalk_worker_rss_bytes",
+                                "Resident memory of each worker process, per instance",
+                                labels=["model", "generation", "instance"])
         generations = InfoMetricFamily("alltalk_generation",
                                        "Each loaded generation of a model",
                                        labels=["model", "generation", "commit", "backend",
@@ -157,6 +165,13 @@ class _HostCollector(Collector):
             total[0] += gen.running
             total[1] += gen.waiting
             memory.add_metric([name, gen.state], float(gen.memory_estimate()))
+            workers = gen.workers()
+            if workers:
+                restarts.add_metric([name, str(gen.number)],
+                                    float(sum(w.get("restarts", 0) for w in workers)))
+            for worker in workers:
+                rss.add_metric([name, str(gen.number), str(worker["instance"])],
+                               float(worker.get("rss") or 0))
             status: dict[str, Any] = gen.describe().get("backend_status") or {}
             generations.add_metric(
                 [name, str(gen.number), gen.commit, gen.model.backend,
@@ -164,7 +179,7 @@ class _HostCollector(Collector):
         for name, (run, wait) in counts.items():
             running.add_metric([name], run)
             waiting.add_metric([name], wait)
-        yield from (running, waiting, memory, generations)
+        yield from (running, waiting, memory, generations, restarts, rss)
 
         config = InfoMetricFamily("alltalk_config", "The applied config commit",
                                   labels=["commit", "serving_commit", "default_model"])

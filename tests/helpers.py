@@ -76,9 +76,10 @@ class ConfigRepoHelper:
         return self.commit(message)
 
     def model(self, name: str, **settings: Any) -> None:
-        """Define (or redefine) a reference model, host keys and backend settings mixed."""
+        """Define (or redefine) a reference model, host keys and backend settings mixed
+        (``workers={...}`` is its ``[models.NAME.workers]`` table)."""
         host_keys = {"instances", "keep_loaded", "low_memory_swap", "default_voice",
-                     "default_speed", "default_language"}
+                     "default_speed", "default_language", "workers"}
         base = f"default.models.{name}"
         self.set("models.toml", f"{base}.backend", settings.pop("backend", "reference"))
         for key, value in settings.items():

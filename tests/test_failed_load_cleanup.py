@@ -3,7 +3,9 @@ failed one included, and what it held is freed, not kept alive by the failure's 
 
 The backend here stands for a GPU model hit by a CUDA out-of-memory error: it holds 64 MiB of
 "weights", and the failing call keeps a reference to them in its own frame, as a real load()
-does with its local ``model``.
+does with its local ``model``. It runs inline (``isolation = "inline"``): what is checked is
+what the host's own process frees, read from the class's records in this process (a worker
+gives all of its memory back when it exits: tests/test_workers.py).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ async def test_a_failed_load_unloads_every_instance_and_frees_what_it_held(
     client = await start_server(extra_plugins=[("hoarder", Plugin)])
     config_repo.set("models.toml", "default.models.big.backend", "hoarder")
     config_repo.set("models.toml", "default.models.big.instances", instances)
+    config_repo.set("models.toml", "default.models.big.workers.isolation", "inline")
     config_repo.set("models.toml", "default.models.big.settings.fail_at", fail_at)
     config_repo.set("settings.toml", "default.default_model", "big")
     commit = config_repo.commit("serve a model that cannot fit")
@@ -138,6 +141,7 @@ async def test_a_second_instance_failing_unloads_the_first_too(start_server, con
     client = await start_server(extra_plugins=[("hoarder", Plugin)])
     config_repo.set("models.toml", "default.models.big.backend", "hoarder")
     config_repo.set("models.toml", "default.models.big.instances", 2)
+    config_repo.set("models.toml", "default.models.big.workers.isolation", "inline")
     config_repo.set("models.toml", "default.models.big.settings.fail_at", "never")
     config_repo.set("settings.toml", "default.default_model", "big")
     commit = config_repo.commit("two copies, the second cannot fit")

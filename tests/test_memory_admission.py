@@ -12,6 +12,10 @@ MiB = 1024 * 1024
 
 
 def budget(config_repo, mb: float, **memory) -> None:
+    """A budget of a few MiB, checked against the backends' exact figures: the models run
+    inline, as a worker's measured memory counts its interpreter too (tens of MiB, see the
+    last test)."""
+    config_repo.set("settings.toml", "default.workers.isolation", "inline")
     config_repo.set("settings.toml", "default.memory.ram_budget_mb", mb)
     for key, value in memory.items():
         config_repo.set("settings.toml", f"default.memory.{key}", value)
@@ -111,3 +115,18 @@ async def test_what_a_load_took_is_measured_and_used_next_time(start_server, con
     (entry,) = [m for m in back["memory"] if m["model"] == "reference"]
     assert entry["need"]["source"] == "measured" and entry["need"]["ram_bytes"] >= 0
     assert entry["how"] == "beside" and entry["fits"]
+
+
+async def test_a_worker_counts_what_it_holds_now_against_the_budget(start_server, config_repo):
+    config_repo.set("settings.toml", "default.memory.ram_budget_mb", 1000)
+    config_repo.commit("a budget, the models in workers")
+    client = await start_server()
+    status = await (await client.get("/control/status")).json()
+    [serving] = [m for m in status["models"] if m["name"] == "reference"]
+    held = sum(w["rss"] for w in serving["workers"])
+    assert held > 8 * MiB  # the worker's interpreter and the model's 8 MiB, measured
+    both = config_repo.change("keep the second loaded", "models.toml",
+                              "default.models.reference-low.keep_loaded", True)
+    (entry,) = (await plan(client, both))["memory"]
+    # What the worker holds now, give or take what it allocated since status was read.
+    assert abs((1000 * MiB - held) - entry["free_ram_bytes"]) < 16 * MiB, (held, entry)

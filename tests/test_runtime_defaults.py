@@ -101,7 +101,8 @@ async def test_a_switch_to_a_model_lacking_its_default_voice_fails_with_nothing_
 
 
 class HeardBackend(ReferenceBackend):
-    """The reference backend, noting the language each request was spoken in."""
+    """The reference backend, noting the language each request was spoken in (in this
+    process: its model runs inline)."""
 
     name = "heard"
     languages: list[str] = []
@@ -123,6 +124,7 @@ async def test_a_new_default_language_is_spoken_and_said_on_alltalk_routes(start
     """AllTalk's routes speak a language the model lacks in its default, and say which in
     X-AllTalk-Language: after a runtime-only change, the new default, in both."""
     config_repo.set("models.toml", "default.models.reference.backend", "heard")
+    config_repo.set("models.toml", "default.models.reference.workers.isolation", "inline")
     config_repo.commit("a backend that tells what it heard")
     client = await start_server(extra_plugins=[("heard", HeardPlugin)])
     commit = config_repo.change("German by default", "models.toml",

@@ -74,6 +74,10 @@ class ApplyTransaction:
         serves both), so one that would be replaced in place refuses the change."""
         op = op or Operation(None, "apply", config.commit, "")
         check_available(config, plan)
+        if any(config.models[n].workers.in_process for n in config.loaded_models):
+            # A spare worker process, started now, so the loads after this one skip the
+            # interpreter's start (a host whose models all run inline never starts one).
+            self.registry.workers.prestart()
         current = self.registry.serving
         admissions = self.memory.check(config, plan, current)
         refuse(admissions)  # before anything is loaded or unloaded
@@ -163,7 +167,8 @@ class ApplyTransaction:
             # The process's growth undercounts when the allocator reuses memory freed
             # earlier (an unloaded model's), so what the instances say they hold is a floor.
             before = psutil.Process().memory_info().rss
-            loaded = load_model(model, config, self.catalog, self.cache_dir, step, progress)
+            loaded = load_model(model, config, self.catalog, self.cache_dir, step, progress,
+                                self.registry.workers)
             grown = psutil.Process().memory_info().rss - before
             self.memory.remember(model, max(grown, sum(b.memory_estimate() for b in loaded)))
             return loaded

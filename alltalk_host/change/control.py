@@ -74,6 +74,7 @@ class Controller:
             busy=lambda: self._busy is not None or self.rollout.running is not None,
             settings_of=loader.watch_settings)
         self._busy: Busy | None = None
+        self._abandoned = False  # shutting down: no change starts, none in progress applies
         self.report = HostReport(repo, registry, catalog, self.ledger, self.transaction,
                                  self.watcher, self._io, busy=lambda: self._busy,
                                  ready=lambda: self.ready, canary=self.rollout.describe)
@@ -91,6 +92,16 @@ class Controller:
             return
         self._spawn(self._startup())
         self._spawn(self.watcher.run())
+
+    def abandon(self) -> None:
+        """At shutdown, before anything waits: stop the watcher, refuse every change from now
+        on, and cancel the one in progress (with the start-up apply). A change cancelled
+        before its commit point is never applied; its load, if it still runs, ends when its
+        worker is killed (``WorkerGroup.kill_loading``) or the host's process does."""
+        self._abandoned = True
+        self.watcher.close()
+        for task in list(self._tasks):
+            task.cancel()
 
     async def stop(self) -> None:
         self.watcher.close()
@@ -289,6 +300,8 @@ class Controller:
     @contextmanager
     def _exclusive(self, action: str, commit: str | None, who: str) -> Iterator[Busy]:
         """One change at a time; every one that fails, at whatever step, is logged here."""
+        if self._abandoned:
+            raise Unavailable("the host is shutting down", code=Code.SHUTTING_DOWN)
         self.rollout.refuse_change()
         if self._busy is not None:
             what = self._busy.get("commit") or self._busy["action"]
@@ -313,9 +326,17 @@ class Controller:
             self._busy = None
 
     async def _detached(self, coro: Awaitable[T]) -> T:
-        """Run to completion even if the caller goes away: an apply is never half done."""
+        """Run to completion even if the caller goes away: an apply is never half done. One
+        abandoned at shutdown answers its caller 503 ``shutting_down``."""
         task = self._spawn(coro)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._abandoned and task.cancelled() and not (current and current.cancelling()):
+                raise Unavailable("the host is shutting down: this change was abandoned and "
+                                  "not applied", code=Code.SHUTTING_DOWN) from None
+            raise
 
     def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(coro)

@@ -1,6 +1,10 @@
 """Bringing one model up beside the serving ones: construct, load, warm up, check the output.
 
-Runs in a worker thread. On any failure every instance it created is unloaded again, the one
+Each instance is a ``WorkerBackend`` (the backend in a worker process, with the model's
+``[workers]`` deadlines: a load or warm-up past its deadline fails with ``load_timed_out``)
+unless the model says ``isolation = "inline"``, when it is the backend class itself.
+
+Runs in a thread of the host. On any failure every instance it created is unloaded again, the one
 whose load() or warm-up raised included, once the failure's traceback has let go of what that
 call held (a CUDA out-of-memory error mid-load must not keep the half-loaded model alive through
 its frames); the caller gets an ApplyFailed that says which model failed and why; nothing
@@ -17,24 +21,28 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..audio import audio_problem
-from ..backend import Backend, ModelContext, SpeechRequest
+from ..backend import Audio, Backend, ModelContext, SpeechRequest
 from ..config.settings import HostConfig, ModelDef
-from ..errors import ApplyFailed, Code
+from ..config.workers import WorkerSettings
+from ..errors import ApplyFailed, Code, HostError
 from ..plugins import BackendCatalog
 from ..serving.registry import unload_instances
+from ..workers import WorkerBackend, WorkerGroup, WorkerLimits
 
 log = logging.getLogger(__name__)
 
 
 def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
                cache_dir: Path, on_step: Callable[[str, int], None] | None = None,
-               on_progress: Callable[[int, str, float | None], None] | None = None
-               ) -> list[Backend]:
+               on_progress: Callable[[int, str, float | None], None] | None = None,
+               group: WorkerGroup | None = None) -> list[Backend]:
     """Loaded and warmed-up instances of ``model`` (``model.instances`` of them).
 
     ``on_step(step, instance_number)`` is told when each instance starts loading and warming
     up, ``on_progress(instance_number, message, fraction)`` what the backend says of its own
-    load (``context.progress``); both run on this worker thread."""
+    load (``context.progress``); both run on this thread (progress from a worker process
+    arrives on its reader thread). ``group``: the host's worker processes; without one every
+    instance runs inline."""
     report = on_step or (lambda step, number: None)
     cls = catalog.get(model.backend)
     if cls is None:  # validated already; the catalog cannot shrink at run time
@@ -50,9 +58,10 @@ def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
             started = time.monotonic()
             step = "create"
             number = i + 1
-            instance = cls(model.parsed, context if on_progress is None else replace(
-                context, progress=lambda message, fraction=None, n=number:
-                on_progress(n, message, fraction)))
+            instance = new_instance(cls, model, config, context if on_progress is None else
+                                    replace(context, progress=lambda message, fraction=None,
+                                            n=number: on_progress(n, message, fraction)),
+                                    group)
             # Listed before load(): an instance whose load or warm-up raises holds whatever it
             # got onto the device so far, and must be unloaded like the others.
             instances.append(instance)
@@ -85,6 +94,24 @@ def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
     return instances
 
 
+def new_instance(cls: type[Backend], model: ModelDef, config: HostConfig,
+                 context: ModelContext, group: WorkerGroup | None) -> Backend:
+    """One instance of ``model``, not loaded: in a worker process of ``group`` (a restarted
+    worker warms up as a new load does before it takes requests), or inline."""
+    if group is None or not model.workers.in_process:
+        return cls(model.parsed, context)
+    return WorkerBackend(cls, model.parsed, context, group=group,
+                         limits=worker_limits(model.workers),
+                         check_after_restart=lambda backend: warm_up(backend, model, config))
+
+
+def worker_limits(settings: WorkerSettings) -> WorkerLimits:
+    return WorkerLimits(load_s=settings.load_timeout_s, warmup_s=settings.warmup_timeout_s,
+                        request_s=settings.request_timeout_s,
+                        request_per_char_s=settings.request_timeout_per_char_s,
+                        unload_s=settings.unload_timeout_s, max_restarts=settings.max_restarts)
+
+
 def _detached(exc: BaseException) -> BaseException:
     """``exc`` and every exception chained to it, their tracebacks' frames cleared and dropped:
     the messages stay, the locals of the failed calls go (the traceback was logged first)."""
@@ -115,9 +142,8 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
     language = model.default_language or config.default_language
     if language not in instance.capabilities.languages:
         language = instance.capabilities.languages[0]
-    audio = instance.synthesize(
-        SpeechRequest(text=config.warmup_text, voice=voice, language=language)
-    )
+    audio = _warm_up_call(instance, model,
+                          SpeechRequest(text=config.warmup_text, voice=voice, language=language))
     # The contract's sample format (float in [-1, 1], finite, mono, at the declared rate: a
     # model whose warm-up breaks it would answer every request with a 502 bad_audio), then
     # non-empty and not silent.
@@ -128,3 +154,20 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
             code=Code.WARMUP_FAILED,
             details={"model": model.name, "step": "warm up", "problem": problem},
         )
+
+
+def _warm_up_call(instance: Backend, model: ModelDef, request: SpeechRequest) -> Audio:
+    """The warm-up's synthesis; in a worker, within the warm-up deadline (past it the worker
+    is killed and the load fails with ``load_timed_out``)."""
+    if not isinstance(instance, WorkerBackend):
+        return instance.synthesize(request)
+    timeout = instance.limits.warmup_s
+    try:
+        return instance.synthesize_within(request, timeout)
+    except HostError as exc:
+        if exc.code != Code.BACKEND_TIMEOUT:
+            raise
+        raise ApplyFailed(
+            f"model {model.name} ({model.backend}): warm-up timed out after {timeout:g} s",
+            code=Code.LOAD_TIMED_OUT, details={"model": model.name, "step": "warm up"},
+        ) from exc

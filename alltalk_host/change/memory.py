@@ -1,11 +1,12 @@
 """Memory admission: before a model loads beside the serving ones, will it fit?
 
 What a model needs: what its last load of the same settings measured (remembered per model and
-settings), else what its backend says before loading (``Backend.memory_needed``: file sizes,
-dtype), else unknown, which is admitted. What is free: host RAM (available memory, and the
-cgroup's limit when the process runs in one), each CUDA device's free memory when torch is
-already loaded, and the optional budgets ``memory.ram_budget_mb`` / ``memory.device_budget_mb``
-(what all loaded models together may hold, for hosts that share the machine).
+settings; for a model in worker processes, what its workers hold), else what its backend says
+before loading (``Backend.memory_needed``: file sizes, dtype), else unknown, which is admitted.
+What is free: host RAM (available memory, and the cgroup's limit when the process runs in one),
+each CUDA device's free memory when torch is already loaded, and the optional budgets
+``memory.ram_budget_mb`` / ``memory.device_budget_mb`` (what all loaded models together may
+hold, for hosts that share the machine).
 
 When a load beside would not fit, a model that allows it (``low_memory_swap``, or
 ``on_insufficient_memory = "swap_in_place"``) is replaced in place instead (its requests wait
@@ -130,11 +131,13 @@ class MemoryAdmission:
 
     def _in_use(self, serving: Serving | None, config: HostConfig
                 ) -> tuple[int, dict[str, int]]:
-        """What the loaded models hold, as far as this host knows (for the budgets)."""
+        """What the loaded models hold, as far as this host knows (for the budgets): the
+        resident memory of their worker processes, measured now, else what they needed."""
         ram, device = 0, {}
         for gen in serving.generations.values() if serving else ():
             need = self.need(gen.model, config)
-            ram += need.ram_bytes
+            ram += sum(w.get("rss") or 0 for w in gen.workers()) if gen.measured \
+                else need.ram_bytes
             if need.device != "cpu":
                 device[need.device] = device.get(need.device, 0) + need.device_bytes
         return ram, device

@@ -46,9 +46,13 @@ class HostReport:
         serving = self.registry.serving
         gen = serving.generations.get(name) if serving else None
         if gen is not None:
-            return True, {"name": name, "state": "ready", "generation": gen.number,
-                          "commit": gen.commit, "in_flight": gen.running + gen.waiting,
-                          "running": gen.running, "waiting": gen.waiting}
+            workers = gen.workers()
+            state = _workers_state(workers)
+            return state == "ready", {
+                "name": name, "state": state, "generation": gen.number, "commit": gen.commit,
+                "in_flight": gen.running + gen.waiting, "running": gen.running,
+                "waiting": gen.waiting, "isolation": gen.model.workers.isolation,
+                "workers": workers}
         if name in self.transaction.loading:
             return False, {"name": name, "state": GenerationState.LOADING}
         if serving is None or name not in serving.config.models:
@@ -108,6 +112,15 @@ class HostReport:
             "history": self.ledger.recent(20),
         }
 
+
+
+def _workers_state(workers: list[dict[str, Any]]) -> str:
+    """A serving model's health by its workers: ready while one takes calls (or it runs
+    inline), restarting while one is on its way back, else failed (its workers gave up)."""
+    states = {w.get("state") for w in workers}
+    if not workers or "ready" in states:
+        return "ready"
+    return "restarting" if states & {"restarting", "loading"} else "failed"
 
 
 def marked(entries: list[CommitInfo], ledger: Ledger, serving: str | None) -> list[dict[str, Any]]:

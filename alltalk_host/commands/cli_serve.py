@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 WYOMING_URI_ENV = "ALLTALK_WYOMING_URI"
 WYOMING_ZEROCONF_ENV = "ALLTALK_WYOMING_ZEROCONF"
+# At SIGTERM: how long open requests get to finish before they are cancelled (aiohttp's
+# default, 60 s, plus the unload would keep a stopping host around for over a minute).
+SHUTDOWN_GRACE_S = 10.0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -78,7 +81,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app.cleanup_ctx.append(_lifetime_of(wyoming))
         serving += f" and {wyoming.address.uri} (Wyoming)"
     # handler_cancellation: a client that disconnects cancels its own synthesis.
+    # shutdown_timeout: how long a stop waits for open requests before it cancels them; then
+    # the host unloads (bounded too) and kills its workers, so SIGTERM ends in bounded time.
     web.run_app(app, sock=sockets, handler_cancellation=True, **server_args(options.limits),
+                shutdown_timeout=SHUTDOWN_GRACE_S,
                 access_log_class=AccessLogger,
                 access_log=logging.getLogger("alltalk_host.access"),
                 print=lambda _: print(f"alltalk-host {__version__} serving on {serving}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from ..backend import ModelContext
 from ..errors import Code, ConfigInvalid
 from ..plugins import BackendCatalog
 from .paths import model_path_problems
+from .workers import WorkerSettings, parse_workers
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Per-model keys the host reads itself; everything under ``settings`` belongs to the backend.
 MODEL_HOST_KEYS = {
     "backend", "settings", "instances", "keep_loaded", "low_memory_swap",
-    "default_voice", "default_speed", "default_language",
+    "default_voice", "default_speed", "default_language", "workers",
 }
 SPEED_RANGE = (0.25, 4.0)
 
@@ -47,11 +49,15 @@ class ModelDef:
     # Why this model cannot load on this machine; None when it can (as far as a cheap check
     # without loading can tell).
     unavailable: str | None = field(default=None, compare=False)
+    # ``[workers]`` with this model's ``[models.NAME.workers]`` on top.
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
 
     def load_signature(self) -> str:
-        """Equal signatures mean an already-loaded model can keep serving unchanged."""
+        """Equal signatures mean an already-loaded model can keep serving unchanged. The
+        deadlines are not in it: they apply to the next load or request without a reload."""
         return json.dumps(
-            {"backend": self.backend, "settings": self.settings, "instances": self.instances},
+            {"backend": self.backend, "settings": self.settings, "instances": self.instances,
+             "isolation": self.workers.isolation},
             sort_keys=True,
             default=str,
         )
@@ -64,10 +70,11 @@ class ModelDef:
 
 
 def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir: Path,
-                 cache_dir: Path, owner_keys: frozenset[str] = frozenset()
-                 ) -> dict[str, ModelDef]:
+                 cache_dir: Path, owner_keys: frozenset[str] = frozenset(),
+                 workers: WorkerSettings | None = None) -> dict[str, ModelDef]:
     """``owner_keys``: the dotted keys the owner's layers set; every other path setting came
-    from a commit and stays inside ``models_dir`` (paths.py)."""
+    from a commit and stays inside ``models_dir`` (paths.py). ``workers``: the ``[workers]``
+    defaults each model's own table overrides."""
     models: dict[str, ModelDef] = {}
     errors: list[str] = []
     for name, raw in raw_models.items():
@@ -90,6 +97,11 @@ def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir
         settings = raw.get("settings", {})
         if not isinstance(settings, dict):
             errors.append(f"{where}.settings: must be a table")
+            continue
+        try:
+            model_workers = parse_workers(raw.get("workers"), f"{where}.workers", workers)
+        except ConfigInvalid as exc:
+            errors.extend(exc.details)
             continue
         parsed, unavailable = None, catalog.why_missing(backend)
         cls = catalog.get(backend)
@@ -114,6 +126,8 @@ def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir
                 context = ModelContext(name=name, models_dir=models_dir,
                                        cache_dir=cache_dir / name)
                 unavailable = _check_available(cls, parsed, context)
+                if unavailable is None and model_workers.in_process:
+                    unavailable = _not_importable(cls, name)
         try:
             models[name] = ModelDef(
                 name=name,
@@ -128,6 +142,7 @@ def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir
                                            lo=SPEED_RANGE[0], hi=SPEED_RANGE[1])),
                 default_language=_typed(raw, "default_language", str, None),
                 unavailable=unavailable,
+                workers=model_workers,
             )
         except ValueError as exc:
             errors.append(f"{where}.{exc}")
@@ -146,6 +161,20 @@ def _check_available(cls: Any, parsed: Any, context: ModelContext) -> str | None
     except Exception as exc:  # noqa: BLE001 - any failure is the reason it is unavailable
         return f"backend {cls.name}: {str(exc) or type(exc).__name__}"
     return None
+
+
+def _not_importable(cls: type, model: str) -> str | None:
+    """Why a worker process could not import ``cls`` by its module and name (a class made
+    inside a function, or in ``__main__``), or None: such a backend runs inline only."""
+    module = sys.modules.get(cls.__module__)
+    found: Any = module
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    if found is cls and cls.__module__ != "__main__":
+        return None
+    return (f"backend {getattr(cls, 'name', cls.__name__)}: its class "
+            f"{cls.__module__}.{cls.__qualname__} cannot be imported by a worker process; "
+            f"set isolation = \"inline\" in [models.{model}.workers] to run it in the host")
 
 
 def _typed(raw: dict[str, Any], key: str, types: Any, default: Any,

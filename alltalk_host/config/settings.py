@@ -26,6 +26,7 @@ from .models import SPEED_RANGE, ModelDef, parse_models
 from .paths import OWNER_LAYERS, host_folder
 from .repo import REMOTE_NAME_RULE, is_remote_name
 from .values import Layer, flatten, layer_of_each_key, lower_top, redact, to_plain
+from .workers import WorkerSettings, parse_workers
 
 __all__ = ["ENV_PREFIX", "SPEED_RANGE", "HostConfig", "ModelDef", "WatchSettings", "build_config",
            "watch_settings_of"]
@@ -86,6 +87,8 @@ HOST_VALIDATORS = [
     Validator("canary.arm_choice", default="random", is_type_of=str, is_in=list(CHOICES)),
     Validator("canary.client_header", default="X-AllTalk-Client", is_type_of=str, len_min=1),
     Validator("canary.watch", default=False, is_type_of=bool),
+    # Worker processes and their deadlines (config/workers.py checks the keys).
+    Validator("workers", default={}, is_type_of=dict),
 ]
 
 
@@ -148,6 +151,8 @@ class HostConfig:
     http: HttpSettings
     strict_models: bool
     canary: CanarySettings
+    # ``[workers]``: the defaults each model's own ``[models.NAME.workers]`` overrides.
+    workers: WorkerSettings
     # Dotted key -> the layer its value came from.
     sources: Mapping[str, Layer]
     # Each layer's own keys, lowest first: where an edit of a key has to be written.
@@ -200,7 +205,8 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog, local_file: P
                              host_dirs)
     outputs_dir = host_folder("outputs.dir", values["outputs"]["dir"], sources["outputs.dir"],
                               host_dirs)
-    models = parse_models(values["models"], catalog, models_dir, cache_dir, owner_keys)
+    workers = parse_workers(values["workers"], "workers")
+    models = parse_models(values["models"], catalog, models_dir, cache_dir, owner_keys, workers)
     if values["default_model"] not in models:
         raise ConfigInvalid(
             f"default_model {values['default_model']!r} is not one of the configured models",
@@ -238,6 +244,7 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog, local_file: P
                           max_body_bytes=http["max_body_bytes"]),
         strict_models=values["strict_models"],
         canary=_canary(values["canary"]),
+        workers=workers,
         sources=sources,
         layer_keys=tuple((layer, frozenset(flatten(lower_top(data)))) for layer, data in layers),
     )

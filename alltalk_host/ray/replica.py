@@ -52,6 +52,7 @@ class Replica:
         await self.host.start()
 
     async def stop(self) -> None:
+        await self.host.begin_shutdown()
         await self.host.stop()
 
     @property

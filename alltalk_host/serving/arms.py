@@ -1,5 +1,7 @@
 """Where each request goes while a canary runs: the stable arm, or the canary's to its share;
-what each arm did (``ArmStats``); and a canary request that fails tried again on the stable arm.
+what each arm did (``ArmStats``); a canary request that fails tried again on the stable arm;
+and a request whose worker process died under it (503 ``worker_crashed``) before its first
+audio tried once more on its arm (another instance, or the same one once restarted).
 The canary run itself (its spec, clock and verdict) is ``change/canary.py``'s; here it is only
 what routing needs of it (``RunningCanary``).
 
@@ -108,6 +110,24 @@ def stopped(exc: BaseException) -> bool:
         isinstance(exc, HostError) and exc.code == Code.CANCELLED)
 
 
+def _once_more_if_crashed(attempt: Callable[[str], Awaitable[R]]
+                          ) -> Callable[[str], Awaitable[R]]:
+    """``attempt``, run once more when its worker process died under it before it produced
+    audio (an attempt raises only before its first audio). The new lease prefers an
+    instance that takes calls now, else waits for this one's restart. A timeout is not
+    retried: the same text would hang again."""
+    async def again(arm: str) -> R:
+        try:
+            return await attempt(arm)
+        except HostError as exc:
+            if exc.code != Code.WORKER_CRASHED:
+                raise
+            log.warning("a request's worker died before its first audio; trying it once "
+                        "more: %s", exc.message)
+        return await attempt(arm)
+    return again
+
+
 class Arms:
     """Where requests go: the stable arm, or a running canary's to its share. One per host,
     shared by the speech service (routing, measuring) and the rollout (starting, ending)."""
@@ -139,7 +159,11 @@ class Arms:
         A client error on the canary is still asked of the stable arm, which checks it before
         it queues (so a bad request costs nothing more): a canary that refuses what the
         stable arm serves (a voice or a language it dropped) is the canary's failure, and
-        its clients are served meanwhile."""
+        its clients are served meanwhile.
+
+        Each attempt is tried once more, on its own arm, when its worker died before it
+        produced audio (``_once_more_if_crashed``): a crash of one process is not the arm's."""
+        attempt = _once_more_if_crashed(attempt)
         if self.choose() == STABLE:
             try:
                 return await attempt(STABLE)

@@ -1,8 +1,9 @@
 """Backend audio as it enters the host: every chunk checked against the contract's sample format.
 
-A backend's ``synthesize()`` and ``stream()`` run in worker threads; the calls the speech
-service hands to a lease are wrapped here, so the check runs on that thread, beside the
-backend, before any front-end encodes a sample. A chunk that breaks the format (integer PCM,
+A backend's ``synthesize()`` and ``stream()`` run in threads of the host; the calls the speech
+service hands to a lease are made here (an instance in a worker process within the lease's
+deadline, ``synthesize_within`` / ``stream_within``), so the check runs on that thread, beside
+the backend, before any front-end encodes a sample. A chunk that breaks the format (integer PCM,
 samples past full scale, NaN or infinity, another sample rate: ``audio.chunk_problem``) ends
 the request with ``BadAudio`` (502 ``bad_audio``) naming the model and its backend; in a stream
 after the first chunk that is an aborted transfer, as any failure of a started stream is.
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..audio import SILENCE_RMS, as_float32, chunk_problem, rms_of
 from ..backend import Audio, Backend, SpeechRequest
 from ..errors import BadAudio
+from ..workers import WorkerBackend
 from .generation import Generation
 
 log = logging.getLogger(__name__)
@@ -38,14 +40,24 @@ class AudioCheck:
         self._chunks = 0
         self._told_silence = False
 
-    def synthesize(self, request: SpeechRequest) -> Callable[[Backend], Audio]:
-        """``backend.synthesize(request)``, its audio checked."""
-        return lambda backend: self._check(backend.synthesize(request), "")
+    def synthesize(self, request: SpeechRequest,
+                   deadline_s: float | None = None) -> Callable[[Backend], Audio]:
+        """``backend.synthesize(request)``, its audio checked; in a worker process within
+        ``deadline_s`` (when given)."""
+        def call(backend: Backend) -> Audio:
+            if deadline_s is not None and isinstance(backend, WorkerBackend):
+                return self._check(backend.synthesize_within(request, deadline_s), "")
+            return self._check(backend.synthesize(request), "")
+        return call
 
-    def stream(self, request: SpeechRequest) -> Callable[[Backend], Iterator[Audio]]:
-        """``backend.stream(request)``, each chunk checked as it comes."""
+    def stream(self, request: SpeechRequest,
+               deadline_s: float | None = None) -> Callable[[Backend], Iterator[Audio]]:
+        """``backend.stream(request)``, each chunk checked as it comes; in a worker process
+        each chunk within ``deadline_s`` (when given)."""
         def chunks(backend: Backend) -> Iterator[Audio]:
-            inner = backend.stream(request)
+            inner = (backend.stream_within(request, deadline_s)
+                     if deadline_s is not None and isinstance(backend, WorkerBackend)
+                     else backend.stream(request))
             try:
                 for chunk in inner:
                     self._chunks += 1

@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 from ..backend import Backend
 from ..config.settings import HostConfig, ModelDef
 from ..errors import Code, HostError, Unavailable
+from ..workers import WorkerBackend
 
 T = TypeVar("T")
 
@@ -109,7 +110,21 @@ class Generation:
         return len(self._waiters)
 
     def memory_estimate(self) -> int:
+        """What the instances hold: measured for those in worker processes (their RSS, and
+        GPU memory where NVML tells), as the backend estimates for inline ones."""
         return sum(_safe(i.memory_estimate, 0) for i in self.instances)
+
+    @property
+    def measured(self) -> bool:
+        """Whether ``memory_estimate()`` is a measurement (every instance in a worker)."""
+        return bool(self.instances) and all(isinstance(i, WorkerBackend)
+                                            for i in self.instances)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Each instance's worker (pid, state, restarts, last exit, calls running and their
+        ages, memory); empty for a model that runs inline."""
+        return [{"instance": n, **_safe(i.worker, {})}
+                for n, i in enumerate(list(self.instances), 1) if isinstance(i, WorkerBackend)]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -128,6 +143,8 @@ class Generation:
             "memory_estimate": self.memory_estimate(),
             "backend_status": _safe(self.instances[0].status, {}) if self.instances else {},
             "loaded_at": self.loaded_at,
+            "isolation": self.model.workers.isolation,
+            "workers": self.workers(),
         }
 
     # --- slots ---------------------------------------------------------------------------
@@ -170,11 +187,20 @@ class Generation:
         return outcome
 
     def _take(self) -> int | None:
-        idx = max(range(len(self._free)), key=self._free.__getitem__, default=None)
+        """The instance with the most room, one whose worker takes calls now first (not one
+        restarting after a crash, where a request would wait for the restart)."""
+        free = self._free
+        idx = max(range(len(free)), key=lambda i: (free[i] > 0, self._accepting(i), free[i]),
+                  default=None)
         if idx is None or self._free[idx] == 0:
             return None
         self._free[idx] -= 1
         return idx
+
+    def _accepting(self, idx: int) -> bool:
+        instances = self.instances
+        instance = instances[idx] if idx < len(instances) else None
+        return not isinstance(instance, WorkerBackend) or instance.accepting
 
     def _release(self, idx: int) -> None:
         self._free[idx] += 1

@@ -1,8 +1,14 @@
 """A started request: one slot on one instance of one generation, until it ends.
 
-Backend calls run in worker threads. At the drain deadline a lease is *aborted*: its caller gets
-the abort error at once (a 503), the backend is told to stop, and the slot comes back when the
-thread has really finished, never earlier.
+Backend calls run in threads of the host. A request's deadline in a worker process is the
+lease's to say (``deadline_s``: the model's ``[workers]`` settings in the snapshot the request
+started under; per request, growing with its text; per chunk for a stream): past it the worker
+is killed and the request ends with 503 ``backend_timeout`` (``checked.py`` makes the call).
+An inline instance has no such deadline.
+
+At the drain deadline a lease is *aborted*: its caller gets the abort error at once (a 503),
+the backend is told to stop, and the slot comes back when the thread has really finished,
+never earlier.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from ..backend import Backend
+from ..backend import Backend, SpeechRequest
 from ..config.canary import STABLE
 from ..errors import Code, HostError, Unavailable
 from .generation import Generation, Serving
@@ -46,6 +52,12 @@ class Lease(Generic[P]):
     @property
     def instance(self) -> Backend:
         return self.gen.instances[self._index]
+
+    def deadline_s(self, request: SpeechRequest) -> float:
+        """How long ``request`` may take in a worker (a stream: each of its chunks), by the
+        snapshot it started under: a changed deadline applies without a reload."""
+        model = self.serving.config.models.get(self.gen.model.name, self.gen.model)
+        return model.workers.request_deadline_s(request.text)
 
     async def run(self, fn: Callable[[Backend], T], executor: ThreadPoolExecutor,
                   cancelled: threading.Event) -> T:

@@ -16,7 +16,9 @@ beside the stable one: a request leases on the arm it was sent to. The canary's 
 the generations its commit does not change; when it ends it becomes the serving one (promoted),
 or its own generations retire (aborted), and requests waiting on them move as on any switch.
 
-Everything here runs on one event loop; backend calls go to worker threads.
+Everything here runs on one event loop; backend calls go to worker threads. The host's worker
+processes (``workers``: each instance in a process of its own, unless its model runs inline)
+belong to the registry: it ends them all when it closes.
 """
 
 from __future__ import annotations
@@ -37,15 +39,19 @@ from ..backend import Backend
 from ..config.canary import CANARY, STABLE
 from ..errors import Code, Conflict, NotFound, Unavailable
 from ..events import MODEL, EventBus
+from ..workers import WorkerBackend, WorkerGroup
 from .generation import Generation, GenerationState, Serving
 from .lease import Lease
 
 log = logging.getLogger(__name__)
 P = TypeVar("P")
 
-# After the drain deadline, requests are told to stop; a backend thread that does not notice
-# within this many seconds is left to finish on its own while its model is unloaded anyway.
+# After the drain deadline, requests are told to stop; a backend call that does not notice
+# within this many seconds has its worker process killed (an inline one is left to finish on
+# its own while its model is unloaded anyway).
 THREAD_GRACE_S = 5.0
+# At close: how long the models get to unload before their workers are killed.
+CLOSE_UNLOAD_S = 10.0
 # Unloaded, or on its way: nothing more to retire or unload.
 _GONE = (GenerationState.UNLOADING, GenerationState.UNLOADED)
 
@@ -66,6 +72,8 @@ class ModelRegistry:
     # Models being replaced unload-first: their requests wait on the event instead of failing.
     _held: dict[str, asyncio.Event] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # The host's worker processes: where every instance of a model in process isolation runs.
+    workers: WorkerGroup = field(default_factory=WorkerGroup)
 
     def next_number(self, name: str) -> int:
         self._counters[name] = self._counters.get(name, 0) + 1
@@ -228,16 +236,23 @@ class ModelRegistry:
             log.warning("%s: drain deadline (%g s) passed; %d requests still on it were ended "
                         "with a 503", gen.label, deadline, ended)
             if not await gen.wait_threads(THREAD_GRACE_S):
+                killed = await asyncio.get_running_loop().run_in_executor(
+                    None, kill_busy_workers, gen.instances,
+                    f"its calls ran on {THREAD_GRACE_S:g} s past the drain deadline")
                 log.warning("%s: backend calls still running %g s after they were cancelled; "
-                            "unloading anyway", gen.label, THREAD_GRACE_S)
+                            "%s", gen.label, THREAD_GRACE_S,
+                            f"{killed} worker(s) killed" if killed else "unloading anyway")
+                if killed:  # the calls end with their workers: their slots come back
+                    await gen.wait_threads(THREAD_GRACE_S)
         await self.unload(gen)
 
-    async def unload(self, gen: Generation) -> None:
+    async def unload(self, gen: Generation, threaded: bool = False) -> None:
+        """``threaded``: on a thread of its own rather than a loading thread (at close)."""
         if gen.state in _GONE:
             return
         gen.state = GenerationState.UNLOADING
-        await asyncio.get_running_loop().run_in_executor(self.loading, unload_instances,
-                                                         gen.instances)
+        await asyncio.get_running_loop().run_in_executor(
+            None if threaded else self.loading, unload_instances, gen.instances)
         gen.state = GenerationState.UNLOADED
         if gen in self.draining:
             self.draining.remove(gen)
@@ -246,12 +261,27 @@ class ModelRegistry:
         log.info("%s unloaded", gen.label)
 
     async def close(self) -> None:
+        """End every request, unload every model (all at once, for at most
+        ``CLOSE_UNLOAD_S``), then end every worker process, whatever it was doing."""
         for task in list(self._tasks):
             task.cancel()
         gens = list(self.serving.generations.values()) if self.serving else []
-        for gen in [*gens, *self.canary_only(), *self.draining]:
+        gens = list({id(g): g for g in [*gens, *self.canary_only(), *self.draining]}.values())
+        for gen in gens:
             gen.expire(None, 0)
-            await self.unload(gen)
+        loop = asyncio.get_running_loop()
+        # A thread each, not the two loading threads: one slow unload must not hold the
+        # others past the bound.
+        unloads = [loop.create_task(self.unload(gen, threaded=True)) for gen in gens]
+        if unloads:
+            _, late = await asyncio.wait(unloads, timeout=CLOSE_UNLOAD_S)
+            if late:
+                log.warning("%d model(s) still unloading after %g s: their workers are "
+                            "killed", len(late), CLOSE_UNLOAD_S)
+        # Also a load still running (a hung one) and the spare: the host exits without them.
+        await loop.run_in_executor(None, self.workers.kill_all)
+        if unloads:
+            await asyncio.wait(unloads, timeout=CLOSE_UNLOAD_S)
         self.serving = self.canary = None
         self.inference.shutdown(wait=False, cancel_futures=True)
         self.loading.shutdown(wait=True)
@@ -278,6 +308,15 @@ def _generation(serving: Serving, model: str) -> Generation:
         )
     raise NotFound(f"unknown model {model!r}", code=Code.UNKNOWN_MODEL,
                    details={"models": sorted(serving.config.models)})
+
+
+def kill_busy_workers(instances: list[Backend], reason: str) -> int:
+    """Kill the worker of each instance a call still runs on (it frees its memory at once);
+    how many. Inline instances cannot be stopped: they are left alone."""
+    busy = [i for i in instances if isinstance(i, WorkerBackend) and i.worker()["running"]]
+    for instance in busy:
+        instance.kill(reason)
+    return len(busy)
 
 
 def unload_instances(instances: list[Backend]) -> None:

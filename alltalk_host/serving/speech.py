@@ -3,8 +3,10 @@
 Every front-end (the native /tts route, the AllTalk and OpenAI routes, a Ray deployment) calls
 ``SpeechService``; it returns the audio together with the commit, generation and arm that made
 it. While a canary runs, each request goes to an arm (``canary.Arms``), and a canary request
-that fails before its first audio is served by the stable arm instead. Every call into a
-backend goes through ``checked.AudioCheck``: audio that breaks the contract is a 502.
+that fails before its first audio is served by the stable arm instead, and one whose worker
+process died before its first audio is tried once more (both in ``arms.Arms.serve``). Every
+call into a backend goes through ``checked.AudioCheck``: within the lease's deadline for an
+instance in a worker process, and audio that breaks the contract is a 502.
 """
 
 from __future__ import annotations
@@ -135,7 +137,8 @@ class Utterance:
         try:
             # Timed as a streamed request's chunks are; the pieces add up in _piece_done.
             async for chunk in _measured(
-                    self._lease.stream(self._check.stream(request),
+                    self._lease.stream(self._check.stream(request,
+                                                          self._lease.deadline_s(request)),
                                        self._service.registry.inference, request.cancelled),
                     self._arrived, self._piece_done):
                 yield chunk
@@ -200,8 +203,9 @@ class SpeechService:
             for request in lease.value:
                 self._active[id(request)] = request
                 try:
-                    pieces.append(await lease.run(check.synthesize(request),
-                                                  self.registry.inference, request.cancelled))
+                    pieces.append(await lease.run(
+                        check.synthesize(request, lease.deadline_s(request)),
+                        self.registry.inference, request.cancelled))
                 except asyncio.CancelledError:  # the client went away: stop the backend
                     request.cancelled.set()
                     raise
@@ -235,8 +239,8 @@ class SpeechService:
             request = lease.value
             self._active[id(request)] = request
             stack.callback(self._active.pop, id(request), None)
-            chunks = _measured(lease.stream(AudioCheck(lease.gen).stream(request),
-                                            self.registry.inference, request.cancelled),
+            checked = AudioCheck(lease.gen).stream(request, lease.deadline_s(request))
+            chunks = _measured(lease.stream(checked, self.registry.inference, request.cancelled),
                                arrived, self._done(lease.arm, lease.gen.model.name))
             first = await anext(chunks, None)
         except BaseException:

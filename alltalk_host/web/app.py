@@ -74,6 +74,7 @@ def create_app(host: Host) -> web.Application:
     app[ROUTE_KINDS] = kinds
     app.on_response_prepare.append(add_cors_headers)
     app.on_response_prepare.append(echo_request_id)
+    app.on_shutdown.append(_begin_shutdown)
     app.on_shutdown.append(_end_event_streams)
     app.cleanup_ctx.append(quiet_client_faults)
     app.cleanup_ctx.append(_host_lifetime)
@@ -86,6 +87,13 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
     """Bodies beyond ``http.max_body_bytes`` are 413: aiohttp enforces the limit as the body
     is read, and the limit comes from the serving commit, so it is set per request."""
     return await handler(request.clone(client_max_size=policy(request).max_body_bytes))
+
+
+async def _begin_shutdown(app: web.Application) -> None:
+    """Before aiohttp waits for open requests to finish: abandon the change in progress and
+    kill the loads still running, so a hung load holds up neither the wait nor the exit
+    (and is never applied)."""
+    await app[HOST].begin_shutdown()
 
 
 async def _end_event_streams(app: web.Application) -> None:
