@@ -23,6 +23,11 @@ of settings, availability or load stops the checks that need a loaded model. Wha
 
 The requests that speak one text use ``language`` (default: ``en`` when the model speaks it,
 else its first language). A check that cannot run here is a skip, and the summary names it.
+
+Each call of the backend has the host's deadline (``limits``, a ``WorkerLimits``: load,
+warm-up, each request by its text's length, unload), on a daemon thread (``commands.steps``):
+a call past it fails its check naming the step and the deadline ("load timed out after 300
+s"), and since it still runs, every check after it is a skip with that reason.
 """
 
 from __future__ import annotations
@@ -39,13 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from .audio import audio_problem, chunk_problem
-from .backend import RESERVED_OPTIONS, Backend, ModelContext, SpeechRequest
+from .backend import RESERVED_OPTIONS, Audio, Backend, ModelContext, SpeechRequest
 from .change.loading import warm_up
 from .change.memory import claimed, implausible
+from .commands.steps import Steps, StepSkipped, StepTimedOut
 from .config.settings import ModelDef
 from .errors import BadRequest
 from .serving.checked import first_silent
 from .serving.registry import release_memory
+from .workers import WorkerLimits
 
 WARMUP_TEXT = "The quick brown fox jumps over the lazy dog."
 STREAM_TEXT = ("The first sentence is short. A second one follows it. Then comes a third. "
@@ -97,6 +104,12 @@ class _Stop(Exception):
     """A check that later checks depend on failed."""
 
 
+# Checks that follow the model's own (speech, streaming, ...), named when a timed-out load
+# keeps them from running.
+TAIL = ("unload", "unload releases what load took", "memory_estimate() fits the measured load",
+        "memory_needed() fits this machine")
+
+
 def assert_conforms(backend: type[Backend], settings: Mapping[str, Any] | None = None,
                     **options: Any) -> Report:
     """``check_backend``, raising AssertionError with the report when a check fails."""
@@ -111,7 +124,7 @@ def check_backend(backend: type[Backend], settings: Mapping[str, Any] | None = N
                   models_dir: Path | None = None, request_options: Mapping[str, Any] | None = None,
                   max_languages: int = 3, max_voices: int = 3, length_tolerance: float = 0.25,
                   memory_factor: float = 4.0, memory_floor_mb: float = 32.0,
-                  stream_text: str = STREAM_TEXT,
+                  stream_text: str = STREAM_TEXT, limits: WorkerLimits | None = None,
                   on_check: Callable[[Check], None] | None = None) -> Report:
     """Run every check against ``backend`` with model ``settings``; see the module docstring.
 
@@ -120,30 +133,46 @@ def check_backend(backend: type[Backend], settings: Mapping[str, Any] | None = N
     model keeps the check short with ``max_languages=1``, ``max_voices`` and a shorter
     ``stream_text`` (it needs enough to stream three chunks). ``language`` is the one the
     warm-up and the single-text checks speak (the stream's, the client errors'); a model
-    without English needs it, with a ``stream_text`` in that language.
+    without English needs it, with a ``stream_text`` in that language. ``limits`` are the
+    deadlines (default: the host's, ``WorkerLimits()``).
     """
     report = Report(backend.name)
     with tempfile.TemporaryDirectory(prefix="alltalk-check-") as tmp:
         context = ModelContext("conformance", Path(models_dir or tmp), Path(tmp) / "cache")
         run = _Runner(backend, dict(settings or {}), context, dict(request_options or {}),
-                      report, on_check)
+                      report, on_check, limits or WorkerLimits())
         run.language = language
         with contextlib.suppress(_Stop):
             run.settings(bad_settings)
             run.loaded(max_languages, max_voices, length_tolerance, stream_text)
             run.memory(memory_factor, memory_floor_mb * MIB)
             run.memory_needed()
+        if run.steps.halted:  # a load past its deadline stopped the checks above: name the rest
+            done = {c.name for c in report.checks}
+            for name in TAIL:
+                if name not in done:
+                    run.record(Check(name, None, f"not run: {run.steps.halted}"))
     return report
 
 
 class _Runner:
     def __init__(self, cls: type[Backend], settings: dict[str, Any], context: ModelContext,
                  options: dict[str, Any], report: Report,
-                 on_check: Callable[[Check], None] | None) -> None:
+                 on_check: Callable[[Check], None] | None, limits: WorkerLimits) -> None:
         self.cls, self.raw, self.context, self.options = cls, settings, context, options
-        self.report, self.on_check = report, on_check
+        self.report, self.on_check, self.limits = report, on_check, limits
         self.parsed: Any = None
         self.language: str | None = None  # asked for; after load, the one the checks speak
+        self.steps = Steps()  # each call of the backend's: after one past its deadline, none
+
+    def synthesize(self, instance: Backend, request: SpeechRequest) -> Audio:
+        return self.steps.call("synthesis", self.limits.request_deadline_s(request.text),
+                               lambda: instance.synthesize(request))
+
+    def record(self, result: Check) -> None:
+        self.report.checks.append(result)
+        if self.on_check:
+            self.on_check(result)
 
     @contextlib.contextmanager
     def check(self, name: str, stop: bool = False) -> Iterator[Check]:
@@ -154,12 +183,14 @@ class _Runner:
             yield result
         except AssertionError as exc:
             result.ok, result.detail = False, str(exc)
+        except StepSkipped as exc:
+            result.ok, result.detail = None, f"not run: {exc}"
+        except StepTimedOut as exc:
+            result.ok, result.detail = False, f"{exc} (it still runs: the rest is skipped)"
         except Exception as exc:  # noqa: BLE001 - anything a backend raises is its failure
             result.ok, result.detail = False, f"{type(exc).__name__}: {exc}"
         result.seconds = time.perf_counter() - started
-        self.report.checks.append(result)
-        if self.on_check:
-            self.on_check(result)
+        self.record(result)
         if stop and result.ok is False:
             raise _Stop
 
@@ -181,16 +212,20 @@ class _Runner:
                stream_text: str) -> None:
         with self.check("load and warm-up", stop=True) as c:
             instance = self.cls(self.parsed, self.context)
-            instance.load()
+            self.steps.call("load", self.limits.load_s, instance.load)
             try:
                 languages = instance.capabilities.languages
                 assert self.language is None or self.language in languages, (
                     f"language {self.language!r} is not one of {list(languages)}")
                 self.language = self.language or ("en" if "en" in languages else languages[0])
-                warm_up(instance, _model(self.cls, self.raw, self.parsed),
-                        _WarmUp(default_language=self.language))
+                model, config = (_model(self.cls, self.raw, self.parsed),
+                                 _WarmUp(default_language=self.language))
+                self.steps.call("warm-up", self.limits.warmup_s,
+                                lambda: warm_up(instance, model, config))
             except BaseException:
-                instance.unload()
+                if not self.steps.halted:  # never beside a call still running
+                    with contextlib.suppress(StepTimedOut):  # halted: reported by the rest
+                        self.steps.call("unload", self.limits.unload_s, instance.unload)
                 raise
             c.detail = (f"{instance.sample_rate} Hz, {len(instance.voices())} voices, "
                         f"{len(instance.capabilities.languages)} languages")
@@ -201,7 +236,7 @@ class _Runner:
             self.client_errors(instance)
         finally:
             with self.check("unload"):
-                instance.unload()
+                self.steps.call("unload", self.limits.unload_s, instance.unload)
 
     def speech(self, instance: Backend, max_languages: int, max_voices: int) -> None:
         languages = _sample(list(instance.capabilities.languages), max_languages)
@@ -218,7 +253,7 @@ class _Runner:
                                       language=languages[0])
 
     def speak(self, instance: Backend, text: str, **fields: Any) -> str:
-        audio = instance.synthesize(self.request(text, **fields))
+        audio = self.synthesize(instance, self.request(text, **fields))
         problem = audio_problem(audio, instance.sample_rate)
         assert problem is None, problem
         return f"{audio.duration:.2f} s of audio"
@@ -226,10 +261,10 @@ class _Runner:
     def streaming(self, instance: Backend, tolerance: float, text: str) -> None:
         chunks: list[Any] = []  # what the first check got, if anything
         with self.check("stream is as long as a whole synthesis") as c:
-            whole = instance.synthesize(self.request(text))
+            whole = self.synthesize(instance, self.request(text))
             problem = audio_problem(whole, instance.sample_rate)
             assert problem is None, f"the whole synthesis: {problem}"
-            for i, chunk in enumerate(instance.stream(self.request(text)), 1):
+            for i, chunk in enumerate(self.chunks(instance.stream(self.request(text)), text), 1):
                 problem = chunk_problem(chunk, instance.sample_rate)
                 assert problem is None, f"chunk {i}: {problem}"
                 chunks.append(chunk)
@@ -245,6 +280,7 @@ class _Runner:
                 c.detail += f"; warning: chunk {silent} is silent after the first"
         stream_check = c
         with self.check("cancelling stops the stream") as c:
+            self.steps.check()
             if stream_check.ok is False:
                 c.ok, c.detail = None, "the stream check failed, so there is none to cancel"
                 return
@@ -253,7 +289,7 @@ class _Runner:
                                         "more (give a longer stream_text)")
                 return
             request = self.request(text)
-            stream = instance.stream(request)
+            stream = self.chunks(instance.stream(request), text)
             next(stream)
             request.cancelled.set()
             after = sum(1 for _ in stream)
@@ -277,18 +313,23 @@ class _Runner:
                 except Exception as exc:  # noqa: BLE001 - reported below
                     results[i] = f"{type(exc).__name__}: {exc}"
 
-            threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            def all_at_once() -> None:  # each its own deadline, from the same start
+                threads = [threading.Thread(target=one, args=(i,), daemon=True)
+                           for i in range(n)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+
+            self.steps.call("synthesis", self.limits.request_deadline_s(WARMUP_TEXT),
+                            all_at_once)
             bad = [r for r in results if r != "ok"]
             assert not bad, f"{len(bad)} of {n} failed: {bad[0]}"
             c.detail = f"max_concurrency {instance.capabilities.max_concurrency}"
 
     def client_errors(self, instance: Backend) -> None:
         with self.check("an unknown option is a BadRequest"):
-            _expect_bad_request(instance, self.request(
+            self.expect_bad_request(instance, self.request(
                 WARMUP_TEXT, options={**self.options, "no_such_option_x": 1.0}))
         for name in instance.capabilities.parameters:
             scale = RESERVED_OPTIONS.get(name)
@@ -296,7 +337,7 @@ class _Runner:
                 continue
             with self.check(f"option {name} keeps the contract's scale") as c:
                 for off in (scale.high * 10 + 1, scale.low - abs(scale.low) - 1, "x"):
-                    _expect_bad_request(instance, self.request(
+                    self.expect_bad_request(instance, self.request(
                         WARMUP_TEXT, options={**self.options, name: off}))
                 if scale.neutral is not None:
                     c.detail = self.speak(instance, WARMUP_TEXT,
@@ -312,15 +353,16 @@ class _Runner:
         """A second load on a warm process, measured: what it takes, what unload gives back."""
         took: int | None = None
         with self.check("unload releases what load took") as c:
+            self.steps.check()
             release_memory()
             before = _rss()
             if before is None:
                 c.ok, c.detail = None, "resident memory cannot be read on this system"
                 return
             instance = self.cls(self.parsed, self.context)
-            instance.load()
+            self.steps.call("load", self.limits.load_s, instance.load)
             loaded, estimate = _rss() or 0, instance.memory_estimate()
-            instance.unload()
+            self.steps.call("unload", self.limits.unload_s, instance.unload)
             release_memory()
             after = _rss() or 0  # the instance still exists: unload() itself must free
             del instance
@@ -329,6 +371,7 @@ class _Runner:
                         "after unload")
             assert kept <= max(floor / 2, took / 4), c.detail
         with self.check("memory_estimate() fits the measured load") as e:
+            self.steps.check()
             if took is None:
                 e.ok, e.detail = None, "the measured load failed, so there is nothing to compare"
                 return
@@ -343,13 +386,33 @@ class _Runner:
     def memory_needed(self) -> None:
         """What the backend claims before loading, judged against this machine."""
         with self.check("memory_needed() fits this machine") as c:
-            need = self.cls.memory_needed(self.parsed, self.context)
+            need = self.steps.call("memory_needed()", None,
+                                   lambda: self.cls.memory_needed(self.parsed, self.context))
             if need is None:
                 c.ok, c.detail = None, "it says nothing: the host admits the model unchecked"
                 return
             problem = implausible(need)
             assert problem is None, problem
             c.detail = claimed(need)
+
+    def chunks(self, stream: Iterator[Audio], text: str) -> Iterator[Audio]:
+        """``stream``'s chunks, each under the request's deadline (as the host's workers)."""
+        deadline = self.limits.request_deadline_s(text)
+        while (chunk := self.steps.call("stream", deadline,
+                                        lambda: next(stream, None))) is not None:
+            yield chunk
+
+    def expect_bad_request(self, instance: Backend, request: SpeechRequest) -> None:
+        try:
+            self.synthesize(instance, request)
+        except BadRequest:
+            return
+        except (StepSkipped, StepTimedOut):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the wrong kind of error is the failure
+            raise AssertionError(f"options {dict(request.options)}: {type(exc).__name__}: "
+                                 f"{exc} (expected alltalk_host.BadRequest)") from None
+        raise AssertionError(f"options {dict(request.options)} were accepted")
 
     def request(self, text: str, **fields: Any) -> SpeechRequest:
         fields.setdefault("options", self.options)
@@ -385,17 +448,6 @@ def _expect_value_error(cls: type[Backend], settings: Mapping[str, Any], key: st
     raise AssertionError(f"settings {dict(settings)} were accepted")
 
 
-def _expect_bad_request(instance: Backend, request: SpeechRequest) -> None:
-    try:
-        instance.synthesize(request)
-    except BadRequest:
-        return
-    except Exception as exc:  # noqa: BLE001 - the wrong kind of error is the failure
-        raise AssertionError(f"options {dict(request.options)}: {type(exc).__name__}: {exc} "
-                             "(expected alltalk_host.BadRequest)") from None
-    raise AssertionError(f"options {dict(request.options)} were accepted")
-
-
 def _rss() -> int | None:
     """This process's resident memory in bytes (Linux), else None."""
     try:
@@ -406,4 +458,4 @@ def _rss() -> int | None:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-__all__ = ["Check", "Report", "assert_conforms", "check_backend"]
+__all__ = ["Check", "Report", "WorkerLimits", "assert_conforms", "check_backend"]

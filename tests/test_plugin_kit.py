@@ -16,10 +16,16 @@ import pytest
 
 from alltalk_host import Audio, MemoryNeed, ModelContext, SpeechRequest
 from alltalk_host.commands import cli, trial
-from alltalk_host.testing import assert_conforms, check_backend
+from alltalk_host.testing import WorkerLimits, assert_conforms, check_backend
 from alltalk_host_reference import ReferenceBackend
 
 from .helpers import dominant_pitch, read_wav
+
+# Short deadlines, for a backend told to hang (the reference's hang_on); nothing here asserts
+# how long a step took, only that it ended and how it was reported.
+HANG = WorkerLimits(load_s=2, warmup_s=2, request_s=2, request_per_char_s=0, unload_s=2)
+HANG_FLAGS = ["--load-timeout", "2", "--warmup-timeout", "2", "--request-timeout", "2",
+              "--char-timeout", "0", "--unload-timeout", "2"]
 
 # --- the conformance check -----------------------------------------------------------------
 
@@ -135,6 +141,27 @@ def test_a_backend_that_does_not_load_stops_the_check_there():
     assert "FileNotFoundError" in report.checks[-1].detail
 
 
+@pytest.mark.parametrize(("hang_on", "check", "step"), [
+    ("load", "load and warm-up", "load"),
+    ("warmup", "load and warm-up", "warm-up"),
+    ("hello", "speaks language en", "synthesis"),  # "Hello, this is a test."
+    ("unload", "unload", "unload"),
+])
+def test_a_step_past_its_deadline_fails_its_check_and_skips_the_rest(hang_on, check, step):
+    report = check_backend(ReferenceBackend, {"hang_on": hang_on}, limits=HANG)
+    names = [c.name for c in report.checks]
+    failed = [c for c in report.checks if c.ok is False]
+    assert [c.name for c in failed] == [check], report.summary()
+    assert failed[0].detail.startswith(f"{step} timed out after 2 s"), failed[0].detail
+    rest = report.checks[names.index(check) + 1:]
+    assert rest, report.summary()  # the checks it kept from running are named, as skips
+    assert all(c.ok is None and c.detail == f"not run: {step} timed out after 2 s"
+               for c in rest), report.summary()
+    assert names[-1] == "memory_needed() fits this machine"
+    assert report.summary().startswith(f"backend reference: 1 of {len(names)} checks failed; "
+                                       f"{len(rest)} skipped: ")
+
+
 # --- the commands --------------------------------------------------------------------------
 
 
@@ -172,12 +199,29 @@ def test_try_reports_bad_audio_and_an_impossible_memory_claim(tmp_path, flaw, st
     backend = type("Flawed", (Sloppy,), {"flaws": frozenset({flaw})})
     lines: list[str] = []
     plan = trial.Trial(backend, {}, "One. Two. Three.", ModelContext("m", tmp_path, tmp_path),
-                       stream=True)
+                       stream=True, inline=True)  # a class made here: no worker can import it
     with pytest.raises(trial.StepFailed) as failed:
         trial.run(plan, lines.append)
     assert failed.value.step == step
     assert any(line.startswith(f"{step:<9} FAILED") and error in line for line in lines), lines
     assert lines[-1].startswith("unload    ok") or step == "memory"
+
+
+class NanStreaming(Sloppy):
+    """Importable by a worker (the classes made in tests above are not)."""
+
+    flaws = frozenset({"nan_stream"})
+
+
+def test_try_leaves_a_bad_stream_before_it_unloads_the_worker(tmp_path, caplog):
+    lines: list[str] = []
+    plan = trial.Trial(NanStreaming, {}, "One. Two. Three.",
+                       ModelContext("m", tmp_path, tmp_path), stream=True)
+    with pytest.raises(trial.StepFailed) as failed:
+        trial.run(plan, lines.append)
+    assert failed.value.step == "stream" and lines[-1].startswith("unload    ok"), lines
+    # The stream was closed first: unload() ran in the worker rather than killing it.
+    assert "still running" not in caplog.text
 
 
 def test_plugin_check_takes_the_stream_text_and_the_language(capsys):
@@ -211,6 +255,49 @@ async def test_try_takes_a_models_settings_from_a_commit(config_repo, tmp_path, 
     # reference-low has pitch_hz 90, reference 140 (tests/reference_models.toml)
     assert dominant_pitch(*read_wav(low.read_bytes())) < dominant_pitch(
         *read_wav(high.read_bytes())) * 0.8
+
+
+@pytest.mark.parametrize(("fault", "step", "ended"), [
+    ("hang_on=\"load\"", "load", "timed out after 2 s (the worker was stopped)"),
+    ("hang_on=\"warmup\"", "warm-up", "timed out after 2 s (the worker was stopped)"),
+    ("hang_on=\"stuck\"", "synthesis", "timed out after 2 s (the worker was stopped)"),
+    ("hang_on=\"unload\"", "unload", "timed out after 2 s (the worker was stopped)"),
+    ("crash_on=\"load\"", "load", "the worker died (signal SIGSEGV)"),
+    ("crash_on=\"stuck\"", "synthesis", "the worker died (signal SIGSEGV)"),
+])
+def test_try_stops_a_worker_that_hangs_or_crashes_and_names_the_step(fault, step, ended,
+                                                                      capsys):
+    code = cli.main(["try", "reference", "I am stuck.", "--set", fault, *HANG_FLAGS])
+    captured = capsys.readouterr()
+    assert code == 1, captured.out
+    assert f"{step:<9} FAILED after " in captured.out, captured.out
+    assert f"s: {ended}\n" in captured.out, captured.out
+    assert f"error: {step}: {ended}" in captured.err
+    if step not in ("load", "unload"):  # a loaded worker that is gone: nothing to unload
+        assert "unload    skipped: the worker is gone" in captured.out
+
+
+def test_try_inline_reports_a_hung_step_and_ends(tmp_path):
+    result = run_cli("try", "reference", "I am stuck.", "--inline", "--set",
+                     "hang_on=\"stuck\"", *HANG_FLAGS)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "in this process" in result.stdout
+    assert ("synthesis FAILED after " in result.stdout
+            and "s: timed out after 2 s (inline: it still runs on a thread, nothing can stop "
+                "it)" in result.stdout), result.stdout
+    assert "unload    skipped: synthesis still runs" in result.stdout
+
+
+def test_plugin_check_ends_at_a_deadline_naming_the_step():
+    result = run_cli("plugin", "check", "reference", "--set", "hang_on=\"warmup\"",
+                     *HANG_FLAGS)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("FAIL load and warm-up") and "warm-up timed out after 2 s"
+               in line for line in lines), result.stdout
+    assert any(line.startswith("skip unload ") and "not run: warm-up timed out after 2 s"
+               in line for line in lines), result.stdout
+    assert lines[-1].startswith("backend reference: 1 of 8 checks failed; 4 skipped: unload, ")
 
 
 @pytest.mark.parametrize("args", [["try", "reference"], ["try", "nope", "Hi"],

@@ -379,9 +379,34 @@ def test_unload_never_runs_beside_a_call(make, tmp_path):
 def test_a_hung_unload_is_killed_at_its_deadline(make, group):
     worker = make(limits=HANG, hang_on="unload")
     worker.load()
-    worker.unload()
+    worker.unload()  # never raises: the host only logs it
     assert worker.state == WorkerState.UNLOADED
     assert group.started[0].popen.returncode == -signal.SIGKILL
+    assert isinstance(worker.unload_error, HostError)
+    assert worker.unload_error.code == Code.BACKEND_TIMEOUT
+
+
+def test_a_warm_up_by_hand_has_the_warm_up_deadline(make):
+    worker = make(limits=WorkerLimits(warmup_s=1, max_restarts=0), hang_on="warmup")
+    worker.load()
+    with pytest.raises(HostError) as timed_out:  # not the request's 60 s
+        worker.warming().synthesize(SpeechRequest("Hello"))
+    assert timed_out.value.code == Code.BACKEND_TIMEOUT
+    assert timed_out.value.details["timeout_s"] == 1
+    worker.unload()
+
+
+def test_an_unload_that_crashes_says_so(make, group):
+    worker = make(crash_on="unload")
+    worker.load()
+    worker.unload()
+    assert worker.state == WorkerState.UNLOADED
+    assert isinstance(worker.unload_error, WorkerDied)
+    assert worker.unload_error.details["exit"] == "killed by signal SIGSEGV"
+    clean = make()
+    clean.load()
+    clean.unload()
+    assert clean.unload_error is None
 
 
 def test_kill_loading_abandons_a_hung_load(make, group):

@@ -1,19 +1,24 @@
-"""The plugin authors' commands: ``plugin new``, ``plugin check`` and ``try``. All local: they
-run backends in this process, with no server and no config repo (``try --model`` reads one)."""
+"""The plugin authors' commands: ``plugin new``, ``plugin check`` and ``try``. All local, with
+no server and no config repo (``try --model`` reads one). ``try`` runs the backend in a worker
+process as the host does (``--inline``: in this one); ``plugin check`` runs the conformance
+kit in this process, as an author's pytest does. Both take the host's deadlines."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import tomllib
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..backend import Backend, ModelContext
 from ..errors import BadRequest, Code
+from ..workers import WorkerLimits
 
 
 def add_commands(sub: Any) -> None:
@@ -33,9 +38,12 @@ def add_commands(sub: Any) -> None:
                         description="Exercise the backend contract on a real instance: "
                                     "settings, load, warm-up, voices and languages, streaming, "
                                     "cancellation, concurrency, client errors, unload and "
-                                    "memory. Exits 1 when a check fails.")
+                                    "memory. Exits 1 when a check fails. It runs in "
+                                    "this process, as the kit does in pytest: a step past "
+                                    "its deadline fails its check and the rest are skipped.")
     p.add_argument("backend", metavar="BACKEND")
     _settings_flags(p)
+    _deadline_flags(p)
     p.add_argument("--stream-text", metavar="TEXT",
                    help="the text streamed and cancelled: enough for three chunks or more "
                         "(default: four short English sentences)")
@@ -47,11 +55,17 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("try", help="take one backend from settings to audio, no server",
                        description="Validate settings, check availability, load, warm up "
                                    "(the host's own check), synthesise (and stream), unload: "
-                                   "each step timed. With --model, the model's settings come "
-                                   "from a commit of a config repo.")
+                                   "each step timed, the backend in a worker process as the "
+                                   "host runs it (a step past its deadline stops the worker; "
+                                   "a crash ends only the worker). With --model, the model's "
+                                   "settings come from a commit of a config repo.")
     p.add_argument("args", nargs="+", metavar="BACKEND TEXT",
                    help="the backend and the text (only the text with --model)")
     _settings_flags(p)
+    _deadline_flags(p)
+    p.add_argument("--inline", action="store_true",
+                   help="run the backend in this process (for a debugger): a step past its "
+                        "deadline is reported, not stopped, and a crash ends the command")
     p.add_argument("--voice", help="the voice (default: the model's default, else its first)")
     p.add_argument("--language", help="the language (default: the model's default, else en)")
     p.add_argument("--stream", action="store_true", help="also stream it, chunk by chunk")
@@ -70,6 +84,38 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", type=Path, default=Path("var/models"),
                    help="relative paths in settings resolve against this (default: "
                         "%(default)s)")
+
+
+def _deadline_flags(p: argparse.ArgumentParser) -> None:
+    """The host's deadlines for a backend (``WorkerLimits``, the ``[workers]`` settings)."""
+    limits = WorkerLimits()
+    for flag, default, help_ in (
+            ("--load-timeout", limits.load_s, "seconds load() may take"),
+            ("--warmup-timeout", limits.warmup_s, "seconds the warm-up may take"),
+            ("--request-timeout", limits.request_s,
+             "seconds a synthesis may take, plus --char-timeout per character of its text "
+             "(a stream: each chunk)"),
+            ("--char-timeout", limits.request_per_char_s,
+             "seconds a request's deadline grows per character of its text"),
+            ("--unload-timeout", limits.unload_s, "seconds unload() may take")):
+        p.add_argument(flag, type=_seconds, default=default, metavar="S",
+                       help=f"{help_} (default: %(default)g)")
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number, 0 or more), not {value!r}")
+    return seconds
+
+
+def _limits(args: argparse.Namespace) -> WorkerLimits:
+    return WorkerLimits(load_s=args.load_timeout, warmup_s=args.warmup_timeout,
+                        request_s=args.request_timeout,
+                        request_per_char_s=args.char_timeout, unload_s=args.unload_timeout)
 
 
 def _cache(name: str) -> Path:
@@ -121,7 +167,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cls = _backend(args.backend)
     text = {} if args.stream_text is None else {"stream_text": args.stream_text}
     report = check_backend(cls, parse_sets(args.set), models_dir=args.models_dir,
-                           language=args.language, **text,
+                           language=args.language, limits=_limits(args), **text,
                            on_check=None if args.json else lambda c: print(c.line(),
                                                                           flush=True))
     if args.json:
@@ -148,10 +194,15 @@ def cmd_try(args: argparse.Namespace) -> int:
         plan = trial.Trial(_backend(name), parse_sets(args.set), text,
                            ModelContext(name, args.models_dir.resolve(), _cache(name)),
                            voice=args.voice, language=args.language, stream=args.stream)
-    print(f"trying backend {plan.backend.name} ({plan.backend.__module__})")
+    plan = replace(plan, limits=_limits(args), inline=args.inline)
+    where = "in this process" if plan.inline else "in a worker process"
+    print(f"trying backend {plan.backend.name} ({plan.backend.__module__}) {where}")
     try:
         audio = trial.run(plan, lambda line: print(line, flush=True))
     except trial.StepFailed as exc:
+        if exc.ended:  # a deadline or a dead worker: no traceback of the backend's to show
+            print(f"error: {exc.step}: {exc.ended}", file=sys.stderr)
+            return 1
         traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
         print(f"error: {exc.step} failed (the traceback is above)", file=sys.stderr)
         return 1

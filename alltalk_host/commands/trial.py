@@ -1,10 +1,16 @@
-"""``alltalk-host try``: one backend taken through a model's whole life in this process.
+"""``alltalk-host try``: one backend taken through a model's whole life, with no server.
 
 Settings validation, the availability check, the memory the backend claims (judged as the
 host's admission would), load (with its progress), the host's own warm-up check, synthesis,
 streaming when asked (every chunk checked as the host checks it), unload: each step timed and
 described, with no server, no config repo and no commit. A failure raises from the step that
 failed (the CLI prints the traceback); what was loaded is unloaded first.
+
+The backend runs as the host runs it: in a worker process, under the host's deadlines
+(``WorkerLimits``); a step past its deadline kills the worker, a crash ends only the worker,
+and either is one line naming the step. ``inline`` runs it in this process instead, each step
+on a thread with the same deadline (``steps.within``): a hang is reported, not stopped, and
+nothing runs beside it.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,9 +29,13 @@ from ..backend import Audio, Backend, ModelContext, SpeechRequest
 from ..change.loading import warm_up
 from ..change.memory import claimed, implausible
 from ..config.settings import ModelDef
+from ..errors import Code, HostError
 from ..serving.checked import first_silent
+from ..workers import WorkerBackend, WorkerDied, WorkerGroup, WorkerLimits
+from .steps import StepTimedOut, within
 
 Say = Callable[[str], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,14 +52,18 @@ class Trial:
     warmup_text: str = "The quick brown fox jumps over the lazy dog."
     default_language: str = "en"
     model: ModelDef | None = None  # from a config repo: its default voice and language
+    limits: WorkerLimits = field(default_factory=WorkerLimits)  # max_restarts: none taken
+    inline: bool = False  # in this process, not a worker (its class need not be importable)
 
 
 class StepFailed(Exception):
-    """Raised from a step: ``step`` names it, the cause is chained."""
+    """Raised from a step: ``step`` names it, the cause is chained. ``ended`` says how a step
+    that raised nothing ended: "timed out after N s (...)" or "the worker died (...)"."""
 
-    def __init__(self, step: str) -> None:
-        super().__init__(f"{step} failed")
+    def __init__(self, step: str, ended: str | None = None) -> None:
+        super().__init__(f"{step}: {ended}" if ended else f"{step} failed")
         self.step = step
+        self.ended = ended
 
 
 def describe(audio: Audio) -> str:
@@ -76,36 +90,76 @@ def run(trial: Trial, say: Say) -> Audio:
             raise ValueError(problem)
         note("memory_needed() says nothing: the host admits the model unchecked"
              if need is None else f"memory_needed() {claimed(need)}")
-    with _step("load", say) as note:
+    group = None if trial.inline else WorkerGroup(spare=False)
+    try:
+        return _life(trial, parsed, say, group)
+    finally:
+        if group is not None:
+            group.kill_all("the trial is over")
+
+
+def _life(trial: Trial, parsed: Any, say: Say, group: WorkerGroup | None) -> Audio:
+    limits = trial.limits
+    with _step("load", say, limits.load_s) as note:
         context = ModelContext(trial.context.name, trial.context.models_dir,
                                trial.context.cache_dir,
                                progress=lambda message, fraction=None: say(
                                    f"         {message}"
                                    + (f" ({fraction:.0%})" if fraction is not None else "")))
-        instance = cls(parsed, context)
-        instance.load()
+        instance = (trial.backend(parsed, context) if group is None else WorkerBackend(
+            trial.backend, parsed, context, group=group, limits=replace(limits, max_restarts=0)))
+        _call(trial, "load", limits.load_s, instance.load)
         note(f"{instance.sample_rate} Hz, {len(instance.voices())} voice(s), languages "
              f"{', '.join(instance.capabilities.languages[:8])}"
              + (" ..." if len(instance.capabilities.languages) > 8 else ""))
+    stuck: StepFailed | None = None
     try:
         return _loaded(trial, instance, parsed, say)
+    except StepFailed as exc:
+        stuck = exc if exc.ended else None
+        raise
     finally:
-        with _step("unload", say):
-            instance.unload()
+        if stuck is not None:  # the worker is gone, or (inline) the call still runs
+            say(f"{'unload':<9} skipped: " + ("the worker is gone" if group is not None else
+                                             f"{stuck.step} still runs, and unload() never "
+                                             "runs beside a call"))
+        else:
+            with _step("unload", say, limits.unload_s):
+                _unload(trial, instance)
+
+
+def _unload(trial: Trial, instance: Backend) -> None:
+    if isinstance(instance, WorkerBackend):
+        instance.unload()  # it kills the worker past unload_s, and says why afterwards
+        if instance.unload_error is not None:
+            raise instance.unload_error
+    else:
+        _call(trial, "unload", trial.limits.unload_s, instance.unload)
+
+
+def _call(trial: Trial, step: str, seconds: float, fn: Callable[[], T]) -> T:
+    """A call of the backend's under its deadline: a worker enforces its own (and kills
+    itself past it); inline, the call runs on a thread the deadline gives up on."""
+    return within(step, seconds, fn) if trial.inline else fn()
 
 
 def _loaded(trial: Trial, instance: Backend, parsed: Any, say: Say) -> Audio:
     model = trial.model or ModelDef(name=trial.context.name, backend=trial.backend.name,
                                     settings=dict(trial.settings), parsed=parsed)
-    with _step("warm-up", say) as note:
-        warm_up(instance, model, _WarmUpConfig(trial.warmup_text, trial.default_language))
+    limits = trial.limits
+    with _step("warm-up", say, limits.warmup_s) as note:
+        warming = instance.warming() if isinstance(instance, WorkerBackend) else instance
+        config = _WarmUpConfig(trial.warmup_text, trial.default_language)
+        _call(trial, "warm-up", limits.warmup_s, lambda: warm_up(warming, model, config))
         note(f"'{trial.warmup_text[:40]}' passed the host's output check")
     request = dict(text=trial.text, voice=trial.voice or model.default_voice,
                    language=trial.language or model.default_language
                    or _language(instance, trial.default_language))
-    with _step("synthesis", say) as note:
+    deadline = limits.request_deadline_s(trial.text)  # a stream's: for each chunk
+    with _step("synthesis", say, deadline) as note:
         started = time.perf_counter()
-        audio = instance.synthesize(SpeechRequest(**request))
+        audio = _call(trial, "synthesis", deadline,
+                      lambda: instance.synthesize(SpeechRequest(**request)))
         seconds = time.perf_counter() - started
         problem = audio_problem(audio, instance.sample_rate)
         if problem:
@@ -113,14 +167,18 @@ def _loaded(trial: Trial, instance: Backend, parsed: Any, say: Say) -> Audio:
         note(f"{describe(audio)}, RTF {seconds / audio.duration:.3f}")
     if not trial.stream:
         return audio
-    with _step("stream", say) as note:
+    with _step("stream", say, deadline) as note:
         started = time.perf_counter()
         chunks: list[Audio] = []
         first = None
-        for chunk in instance.stream(SpeechRequest(**request)):
+        stream = instance.stream(SpeechRequest(**request))
+        while (chunk := _call(trial, "stream", deadline, lambda: next(stream, None))) is not None:
             first = first if first is not None else time.perf_counter() - started
             problem = chunk_problem(chunk, instance.sample_rate)
             if problem:  # what the host refuses with a 502, or aborts a stream with
+                # Left now, not when collected: a worker's stream counts as a running call,
+                # and unload() next would kill the worker instead of unloading it.
+                getattr(stream, "close", lambda: None)()
                 raise ValueError(f"chunk {len(chunks) + 1}: {problem}")
             chunks.append(chunk)
         seconds = time.perf_counter() - started
@@ -152,16 +210,33 @@ def _language(instance: Backend, wanted: str) -> str:
 
 
 @contextmanager
-def _step(name: str, say: Say) -> Iterator[Callable[[str], None]]:
+def _step(name: str, say: Say, deadline: float | None = None
+          ) -> Iterator[Callable[[str], None]]:
     detail: list[str] = []
     started = time.perf_counter()
     try:
         yield detail.append
     except Exception as exc:
+        ended = _ended(exc, deadline)
         say(f"{name:<9} FAILED after {time.perf_counter() - started:.3f} s: "
-            f"{type(exc).__name__}: {exc}")
-        raise StepFailed(name) from exc
+            + (ended or f"{type(exc).__name__}: {exc}"))
+        raise StepFailed(name, ended) from exc
     say(f"{name:<9} ok {time.perf_counter() - started:8.3f} s  {' '.join(detail)}".rstrip())
+
+
+def _ended(exc: Exception, deadline: float | None) -> str | None:
+    """How a step ended that has no error of the backend's to show: past its deadline, or
+    with its worker dead; None for an error the step raised."""
+    if isinstance(exc, StepTimedOut):
+        return (f"timed out after {exc.seconds:g} s (inline: it still runs on a thread, "
+                "nothing can stop it)")
+    if isinstance(exc, WorkerDied):
+        how = str((exc.details or {}).get("exit") or "it is gone")
+        return f"the worker died ({how.removeprefix('killed by ')})"
+    if (isinstance(exc, HostError) and exc.code in (Code.LOAD_TIMED_OUT, Code.BACKEND_TIMEOUT)
+            and deadline is not None):
+        return f"timed out after {deadline:g} s (the worker was stopped)"
+    return None
 
 
 def _db(value: float) -> str:

@@ -125,21 +125,33 @@ class Link:
             raise p.decode_error(payload)
         return payload
 
-    def retire(self, timeout: float) -> None:
-        """Have the worker unload the instance and exit; kill it at ``timeout``."""
+    def retire(self, timeout: float) -> BaseException | None:
+        """Have the worker unload the instance and exit; kill it at ``timeout``. Returns why
+        the unload did not end cleanly (logged too), else None: a ``backend_timeout`` past
+        ``timeout``, the backend's own error, or WorkerDied."""
         if self.exited.is_set():
-            return
+            return None
         self.expect_exit("unloaded")
         self.send(p.UNLOAD, 0, None)
         deadline = time.monotonic() + timeout
         message = wait_for(self.control, deadline)
+        problem: BaseException | None = None
         if message is None:
             log.warning("%s: unload() did not return within %g s: worker killed", self.label,
                         timeout)
+            problem = Unavailable(
+                f"{self.label}: unload() did not return within {timeout:g} s; its worker was "
+                "killed", code=Code.BACKEND_TIMEOUT,
+                details={"timeout_s": timeout, "pid": self.pid})
         elif message[0] == p.ERROR:
-            log.warning("%s: unload failed: %s", self.label, p.decode_error(message[1]))
+            problem = p.decode_error(message[1])
+            log.warning("%s: unload failed: %s", self.label, problem)
+        elif message[0] == DIED:
+            problem = message[1]
+            log.warning("%s: its worker died during unload (%s)", self.label, self.exit_reason)
         if not self.exited.wait(max(0.0, min(5.0, deadline - time.monotonic()))):
             self.kill("it did not exit after unload")
+        return problem
 
     def died(self) -> WorkerDied:
         reason = self.exit_reason or "it is gone"

@@ -9,7 +9,9 @@ interface adds:
   ``synthesize`` and ``stream`` take ``limits.request_deadline_s(text)`` (for a stream, per
   chunk); the host's warm-up should call ``synthesize_within(request, limits.warmup_s)``.
 - ``load()`` gives up at ``limits.load_s`` (ApplyFailed ``load_timed_out``); ``unload()``
-  never calls the backend's unload beside a running call; ``kill(reason)`` ends it for good.
+  never calls the backend's unload beside a running call, kills the worker past
+  ``limits.unload_s`` and never raises (``unload_error`` says what went wrong);
+  ``kill(reason)`` ends it for good. ``warming()`` is the instance as a warm-up sees it.
 - ``voices()``, ``status()``, ``capabilities`` and ``sample_rate`` answer from the facts the
   worker last sent; ``memory_estimate()`` measures the process; ``worker()`` is its status.
 """
@@ -112,6 +114,17 @@ class WorkerBackend(Backend):
     def unload(self) -> None:
         self._supervisor.unload()
 
+    @property
+    def unload_error(self) -> BaseException | None:
+        """Why the unload did not end cleanly (it is logged): 503 ``backend_timeout`` past
+        ``limits.unload_s`` (the worker was killed), the backend's own error, or WorkerDied."""
+        return self._supervisor.unload_error
+
+    def warming(self) -> Backend:
+        """The loaded instance with ``synthesize`` under ``limits.warmup_s`` instead of the
+        request deadline, for a warm-up run by hand (``alltalk-host try``)."""
+        return _Warming(self, self._supervisor.ready_link())
+
     def kill(self, reason: str) -> None:
         """End the worker now, for good (no restart): its calls fail with WorkerDied."""
         self._supervisor.kill(reason)
@@ -187,8 +200,8 @@ class WorkerBackend(Backend):
 
 
 class _Warming(Backend):
-    """A restarted worker as the warm-up sees it: calls go to the new process, before it
-    takes the host's calls, with the warm-up deadline."""
+    """A worker as the warm-up sees it: calls go to its process with the warm-up deadline
+    (a restarted one before it takes the host's calls; ``WorkerBackend.warming()``)."""
 
     name = "worker-warming"
 

@@ -64,6 +64,7 @@ class Supervisor:
         self._last_exit: str | None = None
         self._stop = threading.Event()  # kill or unload: no more restarts
         self._stopped_by = ""  # why (kill's reason, or "unloaded")
+        self.unload_error: BaseException | None = None  # why unload did not end cleanly
 
     @property
     def link(self) -> Link | None:
@@ -172,7 +173,7 @@ class Supervisor:
                         "backend's unload() not called beside them", self._label, running)
             link.kill(f"unloaded while {running} call(s) ran")
         elif link is not None:
-            link.retire(self._limits.unload_s)
+            self.unload_error = link.retire(self._limits.unload_s)
         with self._cond:
             self.state = WorkerState.UNLOADED
             self._cond.notify_all()
@@ -220,7 +221,7 @@ class Supervisor:
                 return  # its loader sees DIED and decides
             self._link = None
             restart = (link.ended_by is None or link.restart_after) and (
-                self.state == WorkerState.READY)
+                self.state == WorkerState.READY) and self._limits.max_restarts > 0
             if restart:
                 self.state = WorkerState.RESTARTING
             elif self.state == WorkerState.READY:
