@@ -191,6 +191,23 @@ async def test_a_crash_fails_only_its_request(start_server, config_repo):
     assert (await speak(client, "Still serving.")).status == 200
 
 
+async def test_a_model_whose_workers_gave_up_is_unhealthy(start_server, config_repo):
+    config_repo.model("reference", crash_on="boom", workers={"max_restarts": 0})
+    config_repo.commit("crashes on 'boom', never restarts")
+    client = await start_server()
+    resp = await speak(client, "Say boom now.")
+    assert resp.status == 503 and (await error_of(resp))["code"] == "worker_crashed"
+    resp = await client.get("/health/models/reference")
+    assert resp.status == 503
+    health = await resp.json()
+    assert health["state"] == "failed" and health["workers"][0]["state"] == "failed"
+    # The next apply that reloads it brings it back.
+    commit = config_repo.change("no more crashes", "models.toml",
+                                "default.models.reference.settings.crash_on", None)
+    assert (await apply(client, commit)).status == 200
+    assert (await client.get("/health/models/reference")).status == 200
+
+
 async def test_a_worker_killed_between_requests_is_restarted_and_shown(start_server,
                                                                        config_repo):
     client = await start_server()

@@ -105,6 +105,10 @@ async def test_latents_are_cached_by_content_and_new_files_need_no_restart(
     assert (await cache())["computed"] == 2
 
     write_reference_wav(voices / "new voice.wav", seconds=2.0)
+    # A worker reports its voices after each call and once a second: the file is a voice as
+    # soon as it says so.
+    await wait_until(client, lambda s: next(m for m in s["models"]
+                                            if m["name"] == "xtts")["voices"] == 4)
     resp = await client.post("/tts", json={"text": "Hi.", "voice": "new voice.wav"})
     assert resp.status == 200
 

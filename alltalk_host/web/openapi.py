@@ -163,7 +163,8 @@ def _paths() -> dict[str, dict[str, Any]]:
                                      {**_ok(), **_ok(status=503, description="not ready")})},
         "/health/models/{name}": {"get": _op(
             "One model's health", "health",
-            {**_ok(), **_ok(status=503, description="loading, not loaded or unavailable"),
+            {**_ok(), **_ok(status=503, description="loading, not loaded, unavailable, or its "
+                                                    "workers restarting or failed"),
              **_errors((404,))}, params=[_path("name", "a configured model")])},
         "/api/ready": {"get": _op("AllTalk: Ready or Unloaded", "alltalk",
                                   _ok("text/plain"))},
