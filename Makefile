@@ -51,9 +51,9 @@ run: install
 	$(BIN)/alltalk-host serve --init-config --config-repo $(CONFIG_REPO) \
 		--state-dir $(STATE_DIR) --host $(HOST) --port $(PORT)
 
-# The whole suite took ~37 min on a fresh clone here (2 cores, every model in a worker process;
-# docs/benchmarks.md and the issue notes track it). 70 min means something hangs that per-test
-# timeouts missed, and stopping with pytest's summary beats CI (90 min) killing the job without
+# The whole suite took ~50 min on a fresh clone here (2 cores, every model in a worker process;
+# it was ~18 min before workers, and the issue notes track bringing it back). 70 min means
+# something hangs that per-test timeouts missed, and stopping with pytest's summary beats CI (90 min) killing the job without
 # one. --durations names the slowest tests in every run, to find where the time goes.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
