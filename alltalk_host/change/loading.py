@@ -23,7 +23,6 @@ from pathlib import Path
 from ..audio import audio_problem
 from ..backend import Audio, Backend, ModelContext, SpeechRequest
 from ..config.settings import HostConfig, ModelDef
-from ..config.workers import WorkerSettings
 from ..errors import ApplyFailed, Code, HostError
 from ..plugins import BackendCatalog
 from ..serving.registry import unload_instances
@@ -101,15 +100,8 @@ def new_instance(cls: type[Backend], model: ModelDef, config: HostConfig,
     if group is None or not model.workers.in_process:
         return cls(model.parsed, context)
     return WorkerBackend(cls, model.parsed, context, group=group,
-                         limits=worker_limits(model.workers),
+                         limits=WorkerLimits.from_settings(model.workers),
                          check_after_restart=lambda backend: warm_up(backend, model, config))
-
-
-def worker_limits(settings: WorkerSettings) -> WorkerLimits:
-    return WorkerLimits(load_s=settings.load_timeout_s, warmup_s=settings.warmup_timeout_s,
-                        request_s=settings.request_timeout_s,
-                        request_per_char_s=settings.request_timeout_per_char_s,
-                        unload_s=settings.unload_timeout_s, max_restarts=settings.max_restarts)
 
 
 def _detached(exc: BaseException) -> BaseException:

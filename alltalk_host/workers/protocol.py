@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backend import Backend, Capabilities, SpeechRequest
+from ..config.workers import WorkerSettings
 from ..errors import HostError
 
 # host -> worker
@@ -46,18 +47,30 @@ LOG = "log"  # payload: a log record's fields
 UNLOADED = "unloaded"  # payload: None, unload() returned; the worker exits next
 
 
+# The defaults are the [workers] settings' own: one place says what they are.
+_DEFAULT = WorkerSettings()
+
+
 @dataclass(frozen=True)
 class WorkerLimits:
     """The deadlines the host enforces on a worker, in seconds, and how often it restarts."""
 
-    load_s: float = 300.0
-    warmup_s: float = 120.0
+    load_s: float = _DEFAULT.load_timeout_s
+    warmup_s: float = _DEFAULT.warmup_timeout_s
     # A request's deadline grows with its text: request_s + request_per_char_s per character.
     # A stream gets the same deadline for each chunk (from the call or the previous chunk).
-    request_s: float = 60.0
-    request_per_char_s: float = 0.5
-    unload_s: float = 30.0
-    max_restarts: int = 5
+    request_s: float = _DEFAULT.request_timeout_s
+    request_per_char_s: float = _DEFAULT.request_timeout_per_char_s
+    unload_s: float = _DEFAULT.unload_timeout_s
+    max_restarts: int = _DEFAULT.max_restarts
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> WorkerLimits:
+        """A model's ``[workers]`` settings as the limits its workers run under."""
+        return cls(load_s=settings.load_timeout_s, warmup_s=settings.warmup_timeout_s,
+                   request_s=settings.request_timeout_s,
+                   request_per_char_s=settings.request_timeout_per_char_s,
+                   unload_s=settings.unload_timeout_s, max_restarts=settings.max_restarts)
 
     def request_deadline_s(self, text: str) -> float:
         return self.request_s + self.request_per_char_s * len(text)
