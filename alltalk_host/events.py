@@ -1,11 +1,13 @@
 """Live events: what the host is doing, as it happens, for pages, the CLI and metrics.
 
-Two kinds: ``operation`` (a change and its phases: planning, loading, warming up, switching,
-done or failed, then draining) and ``model`` (a generation's state, one of
+Three kinds: ``operation`` (a change and its phases: planning, loading, warming up,
+switching, done or failed, then draining), ``model`` (a generation's state, one of
 ``serving.generation.GenerationState``: loading, serving, draining, unloading, unloaded, or
-load_failed). Each event gets an increasing id; the last few hundred stay in a ring buffer, so
-a reader that reconnects with the last id it saw (Server-Sent Events' ``Last-Event-ID``) gets
-what it missed, and one that fell too far behind is told to start over.
+load_failed), and ``worker`` (a model instance's worker process ended, restarted, or gave up
+after its restarts: ``change``, with what status shows of that worker). Each event gets an
+increasing id; the last few hundred stay in a ring buffer, so a reader that reconnects with the
+last id it saw (Server-Sent Events' ``Last-Event-ID``) gets what it missed, and one that fell
+too far behind is told to start over.
 
 Everything here runs on the event loop. Code on other threads publishes through
 ``publish_threadsafe``.
@@ -14,6 +16,7 @@ Everything here runs on the event loop. Code on other threads publishes through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -27,7 +30,7 @@ from .errors import Code, HostError
 log = logging.getLogger(__name__)
 
 BUFFER = 500  # events kept for readers that reconnect
-OPERATION, MODEL, RESET = "operation", "model", "reset"
+OPERATION, MODEL, WORKER, RESET = "operation", "model", "worker", "reset"
 TERMINAL = ("done", "failed")  # an operation's last phase: one of these, exactly once
 
 
@@ -82,7 +85,9 @@ class EventBus:
     def publish_threadsafe(self, kind: str, **data: Any) -> None:
         """From a worker thread (a model's load): published on the loop, in order."""
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lambda: self.publish(kind, **data))
+            # RuntimeError: the loop closed meanwhile; the host is gone, and so are its readers.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(lambda: self.publish(kind, **data))
 
     def since(self, after: int) -> list[Event] | None:
         """Events after id ``after``, or None when some of them are no longer kept."""

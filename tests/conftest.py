@@ -74,9 +74,16 @@ def root_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "process_workers: the test's config repo keeps the default isolation "
+        "(every model in a worker process); unmarked tests serve inline, see ConfigRepoHelper")
+
+
 @pytest.fixture
-def config_repo(tmp_path: Path) -> Iterator[ConfigRepoHelper]:
-    helper = ConfigRepoHelper(tmp_path / "config")
+def config_repo(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ConfigRepoHelper]:
+    process = request.node.get_closest_marker("process_workers") is not None
+    helper = ConfigRepoHelper(tmp_path / "config", isolation="process" if process else "inline")
     yield helper
     helper.repo.close()
 

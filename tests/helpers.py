@@ -35,16 +35,20 @@ class ConfigRepoHelper:
     """A real config repo made from the template, with shortcuts for editing and committing.
 
     With ``reference=True`` (most tests) a second commit swaps the template's models for the
-    fast reference backend's; ``initial`` is the commit the tests start from.
+    fast reference backend's; ``initial`` is the commit the tests start from. That commit also
+    sets ``isolation``: "inline" unless a test is marked ``process_workers`` (conftest), since a
+    worker process per model and test costs the suite minutes and most tests are about
+    something else; the template's own repo (``reference=False``) keeps its process default.
     """
 
-    def __init__(self, path: Path, reference: bool = True) -> None:
+    def __init__(self, path: Path, reference: bool = True, isolation: str = "inline") -> None:
         self.path = path
         self.initial = init_repo(path, TEMPLATE)
         self.repo = git.Repo(path)
         if reference:
             self.write("models.toml", (Path(__file__).parent / "reference_models.toml").read_text())
             self.set("settings.toml", "default.default_model", "reference")
+            self.set("settings.toml", "default.workers.isolation", isolation)
             self.initial = self.commit("tests: serve the reference backend")
 
     def set(self, file: str, dotted: str, value: Any) -> None:
@@ -176,3 +180,22 @@ def send_and_forget(request: urllib.request.Request) -> None:
     connection cut off, is dropped."""
     with contextlib.suppress(OSError):
         urllib.request.urlopen(request, timeout=60).read()
+
+
+async def read_events(resp, until, limit: int = 200) -> list[dict]:
+    """Parse SSE frames from ``resp`` until ``until(event)`` holds (heartbeats skipped)."""
+    events: list[dict] = []
+    kind, data = None, None
+    while len(events) < limit:
+        line = (await asyncio.wait_for(resp.content.readline(), 30)).decode().rstrip("\n")
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data = json.loads(line[6:])
+        elif line == "" and kind is not None:
+            if kind not in ("heartbeat",):
+                events.append({"event": kind, **(data or {})})
+                if until(events[-1]):
+                    return events
+            kind, data = None, None
+    raise AssertionError(f"no matching event in {events}")

@@ -4,31 +4,11 @@ after a reconnect, and the same guard as every control route."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 from alltalk_host.events import BUFFER
 from alltalk_host.web.keys import HOST
 
-from .helpers import error_of
-
-
-async def read_events(resp, until, limit: int = 200) -> list[dict]:
-    """Parse SSE frames from ``resp`` until ``until(event)`` holds (heartbeats skipped)."""
-    events: list[dict] = []
-    kind, data = None, None
-    while len(events) < limit:
-        line = (await asyncio.wait_for(resp.content.readline(), 30)).decode().rstrip("\n")
-        if line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            data = json.loads(line[6:])
-        elif line == "" and kind is not None:
-            if kind not in ("heartbeat",):
-                events.append({"event": kind, **(data or {})})
-                if until(events[-1]):
-                    return events
-            kind, data = None, None
-    raise AssertionError(f"no matching event in {events}")
+from .helpers import error_of, read_events
 
 
 async def test_a_switch_streams_its_phases_in_order_and_the_models_states(start_server,

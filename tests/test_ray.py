@@ -171,6 +171,7 @@ async def test_the_ray_front_streams_alltalk_wav(ray_front: StartFront,
         assert 0 < len(samples) / rate <= 0.25
 
 
+@pytest.mark.process_workers
 async def test_the_ray_front_answers_sillytaverns_first_calls_as_one_host(
         ray_front: StartFront, start_server: Callable[..., Any]) -> None:
     """/api/ready, /api/currentsettings, /api/voices, /api/rvcvoices: the same answers."""
@@ -288,6 +289,7 @@ async def test_the_ray_front_refuses_broken_multipart_and_big_forms_in_alltalks_
 
 @needs_ray
 @pytest.mark.timeout(240)
+@pytest.mark.process_workers
 async def test_rollouts_under_load_drop_nothing(config_repo: ConfigRepoHelper,
                                                 tmp_path: Path) -> None:
     from alltalk_host.ray.local import LocalCluster

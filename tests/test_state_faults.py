@@ -18,7 +18,7 @@ from alltalk_host.change.ledger import Ledger
 from alltalk_host.change.state import STATE_FILE, StateStore
 from alltalk_host.errors import StateUnwritable
 
-from .test_events import read_events
+from .helpers import read_events
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 

@@ -18,6 +18,9 @@ from tools.server import Server
 from .helpers import dominant_pitch, error_of, get_json, post, read_wav, send_and_forget, wait_until
 from .strict_reference import STRICT, OverAdmitted, StrictReferenceBackend
 
+# Swaps under load are the promise workers must keep too: the default isolation (conftest).
+pytestmark = pytest.mark.process_workers
+
 TEXT = "Hello there, how are you today?"
 
 

@@ -28,7 +28,10 @@ import pytest
 from alltalk_host import Audio, Backend, Capabilities, SpeechRequest, hookimpl, parse_settings
 from tools.server import Server
 
-from .helpers import error_of, get_json, status_of, wait_until
+from .helpers import error_of, get_json, read_events, status_of, wait_until
+
+# Every test here is about worker processes: keep the default isolation (see conftest).
+pytestmark = pytest.mark.process_workers
 
 FAST = {"load_timeout_s": 2, "warmup_timeout_s": 2, "request_timeout_s": 2,
         "request_timeout_per_char_s": 0, "unload_timeout_s": 2}
@@ -221,6 +224,16 @@ async def test_a_worker_killed_between_requests_is_restarted_and_shown(start_ser
     assert worker["last_exit"] == "killed by signal SIGKILL" and worker["pid"] != pid
     health = await (await client.get("/health/models/reference")).json()
     assert health["workers"][0]["restarts"] == 1
+    # The events say it as it happens: the end (with why) and the return.
+    stream = await client.get("/control/events?after=0")
+    seen = await read_events(stream, lambda e: e["event"] == "worker"
+                             and e["change"] == "restarted")
+    stream.close()
+    ended, back = [e for e in seen if e["event"] == "worker"]
+    assert (ended["name"], ended["instance"], ended["pid"]) == ("reference", 1, pid)
+    assert ended["change"] == "ended" and ended["state"] == "restarting"
+    assert ended["last_exit"] == "killed by signal SIGKILL"
+    assert back["pid"] == worker["pid"] and back["restarts"] == 1 and back["state"] == "ready"
 
 
 # --- unload never beside a call -------------------------------------------------------------

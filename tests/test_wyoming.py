@@ -208,6 +208,7 @@ async def test_describe_shows_a_switched_model_at_once(serve):
 
 # --- synthesize ------------------------------------------------------------------------------
 
+@pytest.mark.process_workers
 async def test_synthesize_answers_the_same_audio_as_http_at_the_models_rate(serve, config_repo):
     served = serve()
     text = "Hello there, this is one sentence from the reference voice."
@@ -288,6 +289,7 @@ async def test_a_streamed_utterance_is_counted_in_the_metrics_once(serve):
     assert await _audio_seconds(served) - before == pytest.approx(heard, rel=0.01)
 
 
+@pytest.mark.process_workers
 async def test_a_stream_keeps_its_model_across_a_switch(serve):
     served = serve()
     async with connect(served) as client:
@@ -415,6 +417,7 @@ async def test_a_full_queue_is_a_busy_error_event(serve, config_repo):
 
 # --- swaps -----------------------------------------------------------------------------------
 
+@pytest.mark.process_workers
 async def test_four_clients_during_five_model_switches_lose_nothing(serve, config_repo):
     # Requests that take a while (0.1 s of work per sentence), so swaps land inside them.
     for model in ("reference", "reference-low"):

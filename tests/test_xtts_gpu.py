@@ -37,7 +37,10 @@ def voices(tmp_path: Path) -> Path:
 
 def fake_torch_cuda(monkeypatch: pytest.MonkeyPatch, gpus: list[tuple[str, tuple[int, int]]],
                     init_error: str | None = None) -> None:
-    """torch.cuda answers as on a machine with ``gpus``; none usable when ``init_error``."""
+    """torch.cuda answers as on a machine with ``gpus``; none usable when ``init_error``.
+
+    Only in this process: a host under test must serve inline (the ``config_repo`` default;
+    never mark these ``process_workers``), or a worker loads with the real, GPU-less torch."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(gpus) and init_error is None)
 
     def init() -> None:

@@ -25,7 +25,7 @@ import psutil
 from ..backend import Backend
 from ..config.settings import HostConfig, ModelDef
 from ..errors import ApplyFailed, Code, Conflict, HostError
-from ..events import MODEL, Operation
+from ..events import MODEL, WORKER, Operation
 from ..plugins import BackendCatalog
 from ..serving.generation import GenerationState
 from ..serving.registry import Generation, ModelRegistry, Serving
@@ -162,13 +162,19 @@ class ApplyTransaction:
                 events.publish_threadsafe(MODEL, name=model.name, state=GenerationState.LOADING,
                                           commit=config.commit, backend=model.backend, **told)
 
+        def worker(number: int, info: dict[str, Any]) -> None:  # on a worker's own thread
+            events = self.registry.events
+            if events is not None:
+                events.publish_threadsafe(WORKER, name=model.name, instance=number,
+                                          commit=config.commit, backend=model.backend, **info)
+
         def load_measured() -> list[Backend]:
             # RAM taken by the load, remembered for the next admission of these settings.
             # The process's growth undercounts when the allocator reuses memory freed
             # earlier (an unloaded model's), so what the instances say they hold is a floor.
             before = psutil.Process().memory_info().rss
             loaded = load_model(model, config, self.catalog, self.cache_dir, step, progress,
-                                self.registry.workers)
+                                self.registry.workers, worker)
             grown = psutil.Process().memory_info().rss - before
             self.memory.remember(model, max(grown, sum(b.memory_estimate() for b in loaded)))
             return loaded

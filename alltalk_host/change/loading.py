@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ..audio import audio_problem
 from ..backend import Audio, Backend, ModelContext, SpeechRequest
@@ -34,14 +35,16 @@ log = logging.getLogger(__name__)
 def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
                cache_dir: Path, on_step: Callable[[str, int], None] | None = None,
                on_progress: Callable[[int, str, float | None], None] | None = None,
-               group: WorkerGroup | None = None) -> list[Backend]:
+               group: WorkerGroup | None = None,
+               on_worker: Callable[[int, dict[str, Any]], None] | None = None) -> list[Backend]:
     """Loaded and warmed-up instances of ``model`` (``model.instances`` of them).
 
     ``on_step(step, instance_number)`` is told when each instance starts loading and warming
     up, ``on_progress(instance_number, message, fraction)`` what the backend says of its own
     load (``context.progress``); both run on this thread (progress from a worker process
     arrives on its reader thread). ``group``: the host's worker processes; without one every
-    instance runs inline."""
+    instance runs inline. ``on_worker(instance_number, info)`` hears, for the model's life, a
+    worker process end, restart or give up (``WorkerBackend``), on a thread of the worker's."""
     report = on_step or (lambda step, number: None)
     cls = catalog.get(model.backend)
     if cls is None:  # validated already; the catalog cannot shrink at run time
@@ -60,7 +63,8 @@ def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
             instance = new_instance(cls, model, config, context if on_progress is None else
                                     replace(context, progress=lambda message, fraction=None,
                                             n=number: on_progress(n, message, fraction)),
-                                    group)
+                                    group, None if on_worker is None else
+                                    lambda info, n=number: on_worker(n, info))
             # Listed before load(): an instance whose load or warm-up raises holds whatever it
             # got onto the device so far, and must be unloaded like the others.
             instances.append(instance)
@@ -94,14 +98,16 @@ def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
 
 
 def new_instance(cls: type[Backend], model: ModelDef, config: HostConfig,
-                 context: ModelContext, group: WorkerGroup | None) -> Backend:
+                 context: ModelContext, group: WorkerGroup | None,
+                 on_worker: Callable[[dict[str, Any]], None] | None = None) -> Backend:
     """One instance of ``model``, not loaded: in a worker process of ``group`` (a restarted
     worker warms up as a new load does before it takes requests), or inline."""
     if group is None or not model.workers.in_process:
         return cls(model.parsed, context)
     return WorkerBackend(cls, model.parsed, context, group=group,
                          limits=WorkerLimits.from_settings(model.workers),
-                         check_after_restart=lambda backend: warm_up(backend, model, config))
+                         check_after_restart=lambda backend: warm_up(backend, model, config),
+                         on_worker=on_worker)
 
 
 def _detached(exc: BaseException) -> BaseException:

@@ -37,13 +37,16 @@ __all__ = ["WorkerBackend", "WorkerDied", "WorkerState"]
 class WorkerBackend(Backend):
     """A proxy with the ``Backend`` interface for one instance of ``backend_class`` in a
     worker process of ``group``. ``check_after_restart(backend)`` (the host's warm-up) runs on
-    a restarted worker before it takes calls; a failure counts as a failed restart."""
+    a restarted worker before it takes calls; a failure counts as a failed restart.
+    ``on_worker(info)`` hears its process end, come back after a restart, or give up
+    (``info`` is ``worker()`` plus ``change``: "ended", "restarted" or "gave_up")."""
 
     name = "worker"
 
     def __init__(self, backend_class: type[Backend], settings: Any, context: ModelContext, *,
                  group: WorkerGroup, limits: p.WorkerLimits | None = None,
-                 check_after_restart: Callable[[Backend], None] | None = None) -> None:
+                 check_after_restart: Callable[[Backend], None] | None = None,
+                 on_worker: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(settings, context)
         self.backend_class = backend_class
         self.limits = limits or p.WorkerLimits()
@@ -52,7 +55,7 @@ class WorkerBackend(Backend):
         self._supervisor = Supervisor(
             group, self.limits, context.name, f"model {context.name} ({backend_class.name})",
             self._spec, self._on_message,
-            warm=self._warm if check_after_restart is not None else None)
+            warm=self._warm if check_after_restart is not None else None, on_change=on_worker)
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> Any:

@@ -7,7 +7,8 @@ fails its calls (WorkerDied) and restarts in the background: a backoff from 0.5 
 load, and the warm-up callback before it takes calls. After ``limits.max_restarts`` restarts
 with no call answered between them the instance stays ``failed``. A call that arrives while it
 restarts waits up to 15 s. Unload never runs beside a call: with calls running the process is
-killed instead (its memory goes with it).
+killed instead (its memory goes with it). ``on_change``, when given, hears each of those turns
+of a serving process (it ended, it is back, the instance gave up) as ``info()`` plus ``change``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class WorkerState(StrEnum):
 
 class Supervisor:
     """``spec()`` is the pickled LoadSpec; ``on_message`` hears facts, progress and logs;
-    ``warm(link)``, when given, checks a restarted process before it takes calls."""
+    ``warm(link)``, when given, checks a restarted process before it takes calls;
+    ``on_change(info)`` hears a serving process end, come back, or the instance give up."""
 
     def __init__(self, group: WorkerGroup, limits: WorkerLimits, model: str, label: str,
                  spec: Callable[[], bytes], on_message: Callable[[str, Any], None],
-                 warm: Callable[[Link], None] | None = None) -> None:
+                 warm: Callable[[Link], None] | None = None,
+                 on_change: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._group = group
         self._limits = limits
         self._model = model
@@ -54,6 +57,7 @@ class Supervisor:
         self._spec = spec
         self._on_message = on_message
         self._warm = warm
+        self._on_change = on_change
         self._cond = threading.Condition()  # everything below
         self.state = WorkerState.NEW
         self._link: Link | None = None  # the process taking calls
@@ -230,6 +234,7 @@ class Supervisor:
         if link.ended_by is None:
             log.warning("%s: worker pid %d died (%s)%s", self._label, link.pid, reason,
                         "; restarting" if restart else "")
+        self._tell("ended", pid=link.pid)
         if restart:
             threading.Thread(target=self._restart, daemon=True,
                              name=f"restart {self._model}").start()
@@ -244,10 +249,15 @@ class Supervisor:
                     self._cond.notify_all()
                     log.error("%s: %d restarts without a call answered: giving up",
                               self._label, self._failures)
-                    return
-                delay = min(BACKOFF_CAP_S, BACKOFF_S * 2 ** self._failures)
-                self._failures += 1
-                self._restarts += 1
+                    gave_up = True
+                else:
+                    gave_up = False
+                    delay = min(BACKOFF_CAP_S, BACKOFF_S * 2 ** self._failures)
+                    self._failures += 1
+                    self._restarts += 1
+            if gave_up:
+                self._tell("gave_up")
+                return
             if self._stop.wait(delay):
                 return
             link = None
@@ -269,6 +279,20 @@ class Supervisor:
                     self._link, self.state = link, WorkerState.READY
                     self._cond.notify_all()
                     log.info("%s: worker restarted (pid %d)", self._label, link.pid)
-                    return
-            link.kill(f"{self.state} while restarting")
+                    restarted = True
+                else:
+                    restarted = False
+            if restarted:
+                self._tell("restarted")
+            else:
+                link.kill(f"{self.state} while restarting")
             return
+
+    def _tell(self, change: str, **extra: Any) -> None:
+        """``on_change`` with what status shows now; off the lock (it publishes events)."""
+        if self._on_change is None:
+            return
+        try:
+            self._on_change({**self.info(), **extra, "change": change})
+        except Exception:  # a listener's bug must not stop a restart
+            log.exception("%s: worker change listener failed", self._label)

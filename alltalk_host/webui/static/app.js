@@ -122,7 +122,7 @@ function onEvent(event) {
   app.ops.take(event);
   app.emit("event", event);
   if (event.replayed) return;
-  if (event.kind === "operation" || event.kind === "model" || event.kind === "reset") refreshSoon();
+  if (["operation", "model", "worker", "reset"].includes(event.kind)) refreshSoon();
 }
 
 function onLive(state, error) {
