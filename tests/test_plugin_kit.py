@@ -309,6 +309,23 @@ def test_mistakes_in_the_authors_commands_are_one_line(args):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["try", "reference", "Hi", "--load-timeout", "0"],
+     "--load-timeout: 0.0 is not a number above 0 up to 86400"),
+    (["try", "reference", "Hi", "--request-timeout", "1e9"],
+     "--request-timeout: 1000000000.0 is not a number above 0 up to 86400"),
+    (["plugin", "check", "reference", "--char-timeout", "nan"],
+     "--char-timeout: nan is not a number from 0 up to 60"),
+    (["plugin", "check", "reference", "--unload-timeout", "soon"],
+     "--unload-timeout: expected seconds (a number), not 'soon'"),
+])
+def test_deadline_flags_refuse_what_the_workers_settings_refuse(capsys, args, says):
+    # A deadline of 0 would end every step at once and report the backend as hanging.
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_plugin_new_writes_a_distribution_that_installs_lists_and_conforms(tmp_path):
     """The scaffold, as an author uses it: written, installed, listed, checked, tested."""
     dest = tmp_path / "alltalk-host-mytts"

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import tomllib
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..backend import Backend, ModelContext
+from ..config.workers import value_problem
 from ..errors import BadRequest, Code
 from ..workers import WorkerLimits
 
@@ -87,29 +88,36 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _deadline_flags(p: argparse.ArgumentParser) -> None:
-    """The host's deadlines for a backend (``WorkerLimits``, the ``[workers]`` settings)."""
+    """The host's deadlines for a backend (``WorkerLimits``), refused as the ``[workers]``
+    settings of the same names refuse them: a deadline of 0 would end every step at once."""
     limits = WorkerLimits()
-    for flag, default, help_ in (
-            ("--load-timeout", limits.load_s, "seconds load() may take"),
-            ("--warmup-timeout", limits.warmup_s, "seconds the warm-up may take"),
-            ("--request-timeout", limits.request_s,
+    for flag, key, default, help_ in (
+            ("--load-timeout", "load_timeout_s", limits.load_s, "seconds load() may take"),
+            ("--warmup-timeout", "warmup_timeout_s", limits.warmup_s,
+             "seconds the warm-up may take"),
+            ("--request-timeout", "request_timeout_s", limits.request_s,
              "seconds a synthesis may take, plus --char-timeout per character of its text "
              "(a stream: each chunk)"),
-            ("--char-timeout", limits.request_per_char_s,
+            ("--char-timeout", "request_timeout_per_char_s", limits.request_per_char_s,
              "seconds a request's deadline grows per character of its text"),
-            ("--unload-timeout", limits.unload_s, "seconds unload() may take")):
-        p.add_argument(flag, type=_seconds, default=default, metavar="S",
+            ("--unload-timeout", "unload_timeout_s", limits.unload_s,
+             "seconds unload() may take")):
+        p.add_argument(flag, type=_seconds(key), default=default, metavar="S",
                        help=f"{help_} (default: %(default)g)")
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not 0 <= seconds < math.inf:
-        raise argparse.ArgumentTypeError(f"expected seconds (a number, 0 or more), not {value!r}")
-    return seconds
+def _seconds(key: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected seconds (a number), not {value!r:.60}") from None
+        problem = value_problem(key, seconds)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return seconds
+    return parse
 
 
 def _limits(args: argparse.Namespace) -> WorkerLimits:

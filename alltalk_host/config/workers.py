@@ -72,7 +72,7 @@ def parse_workers(raw: Any, where: str, base: WorkerSettings | None = None) -> W
     for key, value in raw.items():
         if key not in KEYS:
             continue
-        problem = _problem(key, value)
+        problem = value_problem(key, value)
         if problem:
             problems.append(f"{where}.{key}: {problem}")
         else:
@@ -83,7 +83,9 @@ def parse_workers(raw: Any, where: str, base: WorkerSettings | None = None) -> W
     return replace(base, **values)
 
 
-def _problem(key: str, value: Any) -> str | None:
+def value_problem(key: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the ``[workers]`` key ``key``, or None (the CLI's
+    deadline flags use it too, so a flag and a setting refuse the same values)."""
     if key == "isolation":
         if value not in ISOLATIONS:
             return f"expected one of {', '.join(repr(i) for i in ISOLATIONS)}, got {value!r:.60}"
