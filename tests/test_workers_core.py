@@ -11,10 +11,15 @@ import os
 import pickle
 import re
 import signal
+import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +37,14 @@ from alltalk_host.workers import (
     WorkerLimits,
     WorkerState,
 )
+from alltalk_host.workers.link import Link
 from alltalk_host.workers.processes import WorkerProcess
-from alltalk_host.workers.protocol import RemoteError, decode_error, encode_error
+from alltalk_host.workers.protocol import (
+    MAX_MESSAGE_BYTES,
+    RemoteError,
+    decode_error,
+    encode_error,
+)
 from alltalk_host_reference import ReferenceBackend
 
 MIB = 1024 * 1024
@@ -80,6 +91,34 @@ class JournalBackend(Backend):
         if request.cancelled.wait(30):
             self._note("cancelled")
         return Audio(np.full(1600, 0.1, dtype=np.float32), 16000)
+
+
+class FloodBackend(Backend):
+    """Returns more audio in one go than one message may carry when the text starts with
+    "Flood" (as a runaway loop would), a short tone otherwise. Imported by the worker."""
+
+    name = "flood"
+
+    @classmethod
+    def validate_settings(cls, settings: Any) -> dict[str, Any]:
+        return dict(settings)
+
+    def load(self) -> None:
+        pass
+
+    def unload(self) -> None:
+        pass
+
+    @property
+    def sample_rate(self) -> int:
+        return 16000
+
+    def voices(self) -> list[str]:
+        return []
+
+    def synthesize(self, request: SpeechRequest) -> Audio:
+        samples = MAX_MESSAGE_BYTES // 4 + 16 if request.text.startswith("Flood") else 1600
+        return Audio(np.full(samples, 0.1, dtype=np.float32), 16000)
 
 
 class RecordingGroup(WorkerGroup):
@@ -430,6 +469,36 @@ def test_leaked_memory_goes_with_the_worker(make, group):
     worker.unload()
     assert group.started[0].popen.returncode == 0
     assert host.memory_info().rss - before < 32 * MIB
+
+
+def test_a_result_too_big_for_one_message_fails_its_call_and_the_worker_serves_on(make):
+    worker = make(FloodBackend)
+    worker.load()
+    with pytest.raises(HostError) as refused:
+        worker.synthesize(SpeechRequest("Flood the host"))
+    assert refused.value.code == Code.BAD_AUDIO and refused.value.status == 502
+    assert "more than the 256 MiB one message may carry" in refused.value.message
+    assert worker.synthesize(SpeechRequest("Hello")).duration == 0.1
+    assert worker.worker()["restarts"] == 0
+    worker.unload()
+
+
+def test_a_message_past_the_limit_that_reaches_the_host_ends_the_worker_unread():
+    """The host's own bound, for a worker whose check was bypassed: a length past it is
+    refused before a byte of the body is read, and the worker is killed to restart."""
+    host_end, child_end = socket.socketpair()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended: list[str] = []
+    link = Link(WorkerProcess(sleeper, Connection(host_end.detach())), "m", "model m (flood)",
+                lambda kind, payload: None, lambda link, reason: ended.append(reason))
+    _, inbox = link.open_call()
+    child_end.sendall(struct.pack("!i", -1) + struct.pack("!Q", 4 * MAX_MESSAGE_BYTES))
+    kind, error = inbox.get(timeout=30)
+    child_end.close()
+    assert kind == "died" and isinstance(error, WorkerDied)
+    assert link.ended_by == "it sent a message past the 256 MiB limit" and link.restart_after
+    assert "past the 256 MiB limit" in error.message and ended
+    assert sleeper.wait(10) == -signal.SIGKILL
 
 
 def test_a_worker_imports_the_hosts_modules_whatever_its_working_folder(make, tmp_path,

@@ -28,11 +28,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import numpy as np
 
 from ..backend import Audio, Backend, ModelContext, SpeechRequest
+from ..errors import BadAudio
 from . import protocol as p
 
 FACTS_EVERY_S = 1.0
@@ -98,9 +100,12 @@ class _Worker:
         logging.captureWarnings(True)
 
     def send(self, kind: str, call_id: int, payload: Any) -> None:
+        data = ForkingPickler.dumps((kind, call_id, payload))
+        if len(data) > p.MAX_MESSAGE_BYTES:
+            data = ForkingPickler.dumps(_oversized(kind, call_id, len(data)))
         try:
             with self._send_lock:
-                self._conn.send((kind, call_id, payload))
+                self._conn.send_bytes(data)
         except (OSError, EOFError):
             os._exit(0)  # the host is gone: nobody to serve
 
@@ -242,3 +247,18 @@ def _plain(audio: Audio) -> Audio:
 
 def _thread(target: Callable[..., None], *args: Any) -> None:
     threading.Thread(target=target, args=args, daemon=True).start()
+
+
+def _oversized(kind: str, call_id: int, size: int) -> tuple[str, int, Any]:
+    """What is sent instead of a message past ``MAX_MESSAGE_BYTES``: the call's (or the
+    load's) error naming the size, or for a log line or progress, a note that one was cut."""
+    what = (f"the backend's {kind} is {size / 2**20:.0f} MiB, more than the "
+            f"{p.MAX_MESSAGE_BYTES // 2**20} MiB one message may carry to the host")
+    if call_id != 0:
+        return p.ERROR, call_id, p.encode_error(BadAudio(
+            f"{what}; a long text streams in chunks (stream=True) or is split",
+            details={"bytes": size, "limit": p.MAX_MESSAGE_BYTES}))
+    if kind == p.LOADED:
+        return p.ERROR, 0, p.encode_error(RuntimeError(f"{what} (its voices or status)"))
+    return p.LOG, 0, {"name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
+                      "msg": f"{what}: not sent", "process": os.getpid()}

@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from ..errors import ApplyFailed, Code, Unavailable
@@ -164,9 +165,20 @@ class Link:
         conn = self.process.conn
         while True:
             try:
-                kind, call_id, payload = conn.recv()
-            except (EOFError, OSError):
+                data = conn.recv_bytes(p.MAX_MESSAGE_BYTES)
+            except OSError as exc:
+                # The length is read first: a message past the limit is refused unread, and
+                # the connection cannot be read past it, so the worker ends.
+                if "bad message length" in str(exc):
+                    log.error("%s: worker %d sent a message past the %d MiB limit", self.label,
+                              self.pid, p.MAX_MESSAGE_BYTES // 2**20)
+                    self.kill(f"it sent a message past the {p.MAX_MESSAGE_BYTES // 2**20} MiB "
+                              "limit", restart=True)
                 break
+            except EOFError:
+                break
+            try:
+                kind, call_id, payload = ForkingPickler.loads(data)
             except Exception:  # an unreadable message: the worker is broken, end it
                 log.exception("%s: unreadable message from worker %d", self.label, self.pid)
                 self.kill("it sent an unreadable message", restart=True)

@@ -8,6 +8,12 @@ frames halved the bare transfer (2.1 -> 0.8 ms) but made no difference through t
 (thread hand-offs dominate), so messages stay plain pickles. Call id 0 is the instance itself
 (load, unload, facts, logs); requests take ids from 1.
 
+One message carries at most ``MAX_MESSAGE_BYTES``: a backend that returns more audio at once
+(a runaway loop, a wrong sample rate by a factor of 1000) fails its call with ``BadAudio``
+in the worker, before anything is sent; a message past it that reaches the host anyway (a
+worker whose own checks were bypassed) ends the worker, which restarts, rather than the host
+reading it into memory.
+
 An error crosses as its parts, never as a live object the host might not be able to import:
 a ``HostError`` is rebuilt as the same class with the same code, status and details; another
 exception is unpickled only when its class's module is already imported in the host (so a
@@ -28,6 +34,10 @@ from typing import Any
 from ..backend import Backend, Capabilities, SpeechRequest
 from ..config.workers import WorkerSettings
 from ..errors import HostError
+
+# 256 MiB: 23 minutes of 48 kHz float32 audio in one result or chunk; a longer text streams
+# in chunks, each far smaller, and a non-stream result of that size is no request a host serves.
+MAX_MESSAGE_BYTES = 256 * 2**20
 
 # host -> worker
 LOAD = "load"  # payload: LoadSpec
