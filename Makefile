@@ -51,13 +51,18 @@ run: install
 	$(BIN)/alltalk-host serve --init-config --config-repo $(CONFIG_REPO) \
 		--state-dir $(STATE_DIR) --host $(HOST) --port $(PORT)
 
-# The whole suite took ~50 min on a fresh clone here (2 cores, every model in a worker process;
-# it was ~18 min before workers, and the issue notes track bringing it back). 70 min means
-# something hangs that per-test timeouts missed, and stopping with pytest's summary beats CI (90 min) killing the job without
-# one. --durations names the slowest tests in every run, to find where the time goes.
+# The suite runs in TEST_JOBS processes (pytest-xdist), a test file to each, so module-scoped
+# fixtures (one Ray cluster, one built checkpoint) are made once. Most tests wait on servers,
+# workers and subprocesses: on 2 cores the suite took 10 min this way, against 26 min in one
+# process in CI. Tests serve inline unless marked process_workers (tests/conftest.py).
+# 45 min means something hangs that
+# per-test timeouts missed, and stopping with pytest's summary beats CI (90 min) killing the
+# job without one. --durations names the slowest tests in every run, to find where time goes.
+TEST_JOBS ?= 2
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	timeout --signal=INT --kill-after=60 70m $(BIN)/pytest --ignore=tests/browser --durations=25
+	timeout --signal=INT --kill-after=60 45m $(BIN)/pytest --ignore=tests/browser --durations=25 \
+		-n $(TEST_JOBS) --dist loadfile
 	@$(MAKE) --no-print-directory test-browser
 
 # tests/browser/ in a pytest run of its own. The browser is installed when missing where that

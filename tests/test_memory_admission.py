@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 from .helpers import error_of, wait_until
 
 MiB = 1024 * 1024
@@ -117,6 +119,7 @@ async def test_what_a_load_took_is_measured_and_used_next_time(start_server, con
     assert entry["how"] == "beside" and entry["fits"]
 
 
+@pytest.mark.process_workers
 async def test_a_worker_counts_what_it_holds_now_against_the_budget(start_server, config_repo):
     config_repo.set("settings.toml", "default.memory.ram_budget_mb", 1000)
     config_repo.commit("a budget, the models in workers")

@@ -59,8 +59,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / "bin"
+    # The user's environment here too: with PYTHONPATH into this checkout, pip would see the
+    # host as installed already and skip its wheel (and its alltalk-host command).
     _run(bin_dir / "python", "-m", "pip", "install", "--disable-pip-version-check",
-         "-c", ROOT / "constraints.txt", *sorted(wheels.glob("*.whl")))
+         "-c", ROOT / "constraints.txt", *sorted(wheels.glob("*.whl")), env=_user_env())
     return bin_dir
 
 

@@ -11,9 +11,12 @@ alternating rounds, so both see the same machine at the same time:
   memory         RSS of the host and all its worker processes over ``--swaps`` reloads of each
 
 for the joe voice (ONNX) and the reference backend, reported as process / inline ratios
-(medians). ``--xtts`` adds the tiny XTTS model's swap time (built by tools/build_tiny_xtts.py).
+(medians). ``--xtts`` adds the tiny XTTS model's swap time (built by tools/build_tiny_xtts.py);
+``--swaps-only`` measures the swaps alone (``--rounds`` of them for each model and mode).
 
     .venv/bin/python -m tools.bench_workers [--rounds 5] [--seconds 5] [--swaps 20] [--xtts]
+    .venv/bin/python -m tools.bench_workers --xtts --swaps-only --rounds 5 \
+        --out docs/benchmarks/workers-swaps.json
 
 Prints a table and writes JSON (default docs/benchmarks/workers.json).
 """
@@ -141,7 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in models:
                 for mode in MODES:  # warm both
                     await tts(session, base, f"{name}-{mode}", ONE)
-            for name in ("joe", "ref"):
+            for name in () if args.swaps_only else ("joe", "ref"):
                 row: dict[str, Any] = {}
                 for clients in (1, 4):
                     rates: dict[str, list[float]] = {m: [] for m in MODES}
@@ -163,14 +166,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 out[name] = row
             for name in models:
                 swaps: dict[str, list[float]] = {m: [] for m in MODES}
-                for i in range(3):
+                for i in range(args.rounds if args.swaps_only else 3):
                     for mode in (MODES if i % 2 == 0 else MODES[::-1]):
                         swaps[mode].append(await reload(session, base, f"{name}-{mode}"))
                 out.setdefault(name, {})["swap_s"] = {
                     m: statistics.median(v) for m, v in swaps.items()}
                 out[name]["swap_s"]["ratio"] = (out[name]["swap_s"]["process"]
                                                 / out[name]["swap_s"]["inline"])
-            for mode in MODES:
+            for mode in () if args.swaps_only else MODES:
                 before = total_rss(server.pid)
                 for _ in range(args.swaps):
                     for name in ("joe", "ref"):
@@ -189,12 +192,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--swaps", type=int, default=20)
     parser.add_argument("--xtts", action="store_true", help="add the tiny XTTS model's swap")
+    parser.add_argument("--swaps-only", action="store_true",
+                        help="only the swap times (--rounds reloads of each model and mode)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "workers.json")
     args = parser.parse_args()
     results = asyncio.run(run(args))
     print("| model | measure | process | inline | process / inline |")
     print("|---|---|---|---|---|")
-    for name in ("joe", "ref"):
+    for name in () if args.swaps_only else ("joe", "ref"):
         r = results[name]
         for clients in (1, 4):
             t = r[f"rps_{clients}"]
@@ -208,7 +213,7 @@ def main() -> None:
             s = r["swap_s"]
             print(f"| {name} | swap (reload, s) | {s['process']:.3f} | {s['inline']:.3f} | "
                   f"{s['ratio']:.2f} |")
-    for mode, m in results["rss"].items():
+    for mode, m in results.get("rss", {}).items():
         print(f"| host + workers | RSS over {results['swaps']} reloads of each, {mode} | "
               f"{m['before_mib']:.0f} -> {m['after_mib']:.0f} MiB | | {m['growth']:+.1%} |")
     write_results(args.out, results)
