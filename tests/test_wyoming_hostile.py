@@ -127,11 +127,24 @@ def exchange(port: int, raw: bytes, until: str | None = None, end_writing: bool 
         return events, True
 
 
-def served(port: int) -> bool:
+class Served:
+    """Whether a good request on a new connection got its audio; what it got, when not."""
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+
+    def __bool__(self) -> bool:
+        return any(e.type == "audio-chunk" for e in self.events) and not errors(self.events)
+
+    def __repr__(self) -> str:
+        return f"Served({[(e.type, e.data) for e in self.events]!r:.600})"
+
+
+def served(port: int) -> Served:
     """A good request on a new connection gets its audio."""
     events, _ = exchange(port, event_bytes("synthesize", {"text": "Still here."}),
                          until="audio-stop")
-    return any(e.type == "audio-chunk" for e in events) and not errors(events)
+    return Served(events)
 
 
 def errors(events: list[Event]) -> list[str]:
