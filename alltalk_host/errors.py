@@ -46,6 +46,8 @@ class Code(StrEnum):
     MODEL_NOT_LOADED = "model_not_loaded"
     MODEL_UNAVAILABLE = "model_unavailable"
     MODEL_UNLOADED = "model_unloaded"
+    # An unload asked of the default or a keep_loaded model: the commit keeps it loaded
+    MODEL_PINNED = "model_pinned"
     DRAIN_DEADLINE = "drain_deadline"
     SHUTTING_DOWN = "shutting_down"
     # backend workers: a worker process that died, a call or a load past its deadline

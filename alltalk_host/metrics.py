@@ -19,13 +19,18 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from .change.control import Controller
 from .config.canary import STABLE
 from .events import MODEL, OPERATION, Event
-from .serving.generation import GenerationState
+from .serving.generation import GenerationState, Serving
 from .serving.registry import ModelRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -180,6 +185,7 @@ class _HostCollector(Collector):
             running.add_metric([name], run)
             waiting.add_metric([name], wait)
         yield from (running, waiting, memory, generations, restarts, rss)
+        yield from _on_demand(control, serving)
 
         config = InfoMetricFamily("alltalk_config", "The applied config commit",
                                   labels=["commit", "serving_commit", "default_model"])
@@ -204,3 +210,27 @@ class _HostCollector(Collector):
                                     "When the watcher last looked at the branch (Unix time)")
         checked.add_metric([], float(watch["last_checked"] or 0.0))
         yield from (enabled, paused, failing, checked)
+
+
+def _on_demand(control: Controller, serving: Serving | None) -> Iterator[Metric]:
+    """Why each model is loaded, and what loading on demand did (change/on_demand.py)."""
+    resident = GaugeMetricFamily("alltalk_resident_models", "Models loaded now, by why: the "
+                                 "default, keep_loaded, or on demand", labels=["reason"])
+    counts = {"default": 0, "keep_loaded": 0, "on_demand": 0}
+    if serving is not None:
+        for gen in serving.generations.values():
+            counts[control.on_demand.describe(gen, serving.config)["resident"]] += 1
+    for reason, count in counts.items():
+        resident.add_metric([reason], float(count))
+    yield resident
+    loads = CounterMetricFamily("alltalk_on_demand_loads", "Models loaded because a request "
+                                "named them, by outcome", labels=["outcome"])
+    loads.add_metric(["loaded"], float(control.on_demand.loads))
+    loads.add_metric(["failed"], float(control.on_demand.failures))
+    yield loads
+    unloads = CounterMetricFamily("alltalk_on_demand_unloads", "Models loaded on demand that "
+                                  "were unloaded, by reason (idle, explicit, budget)",
+                                  labels=["reason"])
+    for reason, count in control.on_demand.unloads.items():
+        unloads.add_metric([reason], float(count))
+    yield unloads

@@ -83,7 +83,8 @@ class ConfigRepoHelper:
         """Define (or redefine) a reference model, host keys and backend settings mixed
         (``workers={...}`` is its ``[models.NAME.workers]`` table)."""
         host_keys = {"instances", "keep_loaded", "low_memory_swap", "default_voice",
-                     "default_speed", "default_language", "workers"}
+                     "default_speed", "default_language", "workers", "on_demand",
+                     "idle_unload_s"}
         base = f"default.models.{name}"
         self.set("models.toml", f"{base}.backend", settings.pop("backend", "reference"))
         for key, value in settings.items():

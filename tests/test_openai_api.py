@@ -62,6 +62,14 @@ async def test_model_and_voice_mapping(sdk, config_repo):
     assert {"tts-1", "tts-1-hd", "reference", "reference-low"} <= set(models)
     voices = await (await client.get("/v1/audio/voices")).json()
     assert {"alloy", "female_01", "male_01"} <= {v["id"] for v in voices["voices"]}
+    # A configured model that is not loaded: named, it loads, and speaks with its own voice.
+    listed = await (await client.get("/v1/models")).json()
+    assert {m["id"]: m["loaded"] for m in listed["data"]}["reference-low"] is False
+    resp_low = await api.audio.speech.create(model="reference-low", voice="narrator",
+                                             input="Hi.", response_format="wav")
+    assert resp_low.response.headers["X-AllTalk-Model"].startswith("reference-low;")
+    listed = await (await client.get("/v1/models")).json()
+    assert {m["id"]: m["loaded"] for m in listed["data"]}["reference-low"] is True
 
 
 async def test_the_voice_map_in_the_config_repo_is_used(start_server, config_repo):

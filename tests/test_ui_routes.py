@@ -23,9 +23,12 @@ async def test_tts_models_says_what_each_model_takes(start_server, config_repo):
     assert ref["voices"] == ["female_01", "male_01"] and ref["default_voice"] == "female_01"
     assert ref["languages"][0] == "en" and ref["streaming"] is True
     assert ref["parameters"] == ["pitch"] and ref["default_language"] == "en"
-    assert models["reference-low"]["state"] == "not_loaded"
-    assert "voices" not in models["reference-low"]
+    # Not loaded, loads when asked for: what its backend says, no voices until it is loaded.
+    low = models["reference-low"]
+    assert low["state"] == "not_loaded" and low["on_demand"] is True
+    assert low["voices"] == [] and low["languages"][0] == "en" and low["streaming"] is True
     assert models["unusable"]["state"] == "unavailable"
+    assert models["unusable"]["on_demand"] is False and "voices" not in models["unusable"]
     assert "no-such-backend" in models["unusable"]["reason"]
     assert "settings" not in ref  # paths and secrets stay on the control routes
 

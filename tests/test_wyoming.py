@@ -181,8 +181,11 @@ async def test_describe_lists_every_serving_model_and_its_voices(serve, config_r
     assert program.name == "alltalk-host" and program.installed
     assert program.supports_synthesize_streaming
     voices = {v.name: v for v in program.voices}
-    # reference serves (the default); reference-low is configured but not loaded
-    assert set(voices) == {"reference", "reference/female_01", "reference/male_01"}
+    # reference serves (the default); reference-low is configured, loaded when asked for
+    assert set(voices) == {"reference", "reference/female_01", "reference/male_01",
+                           "reference-low"}
+    assert voices["reference-low"].description == "reference-low (loads when asked for)"
+    assert "not loaded" in voices["reference-low"].version
     model = voices["reference"]
     assert "default" in model.description
     assert [s.name for s in model.speakers] == ["female_01", "male_01"]
@@ -198,9 +201,11 @@ async def test_describe_shows_a_switched_model_at_once(serve):
         before = await describe(client)
         commit = await switch(served, "reference-low")
         after = await describe(client)  # same connection: nothing cached
-    assert "reference" in {v.name for v in before.tts[0].voices}
+    assert "reference/male_01" in {v.name for v in before.tts[0].voices}
     voices = {v.name: v for v in after.tts[0].voices}
-    assert set(voices) == {"reference-low", "reference-low/narrator"}
+    # reference is no longer loaded: its own voices are gone, it loads when asked for
+    assert set(voices) == {"reference-low", "reference-low/narrator", "reference"}
+    assert voices["reference"].description == "reference (loads when asked for)"
     assert "default" in voices["reference-low"].description
     assert voices["reference-low"].speakers is None  # one voice: no speakers to choose
     assert commit[:10] in voices["reference-low"].version
@@ -336,8 +341,19 @@ async def test_a_stream_longer_than_the_text_limit_ends_with_an_error(serve, con
 
 # --- errors: an error event, then the request's last event; the connection goes on -----------
 
+async def test_a_voice_of_a_model_not_loaded_loads_it(serve):
+    served = serve()
+    async with connect(served) as client:
+        reply = await synthesize(client, "Hi there.", SynthesizeVoice(name="reference-low"))
+        info = await describe(client)
+    assert reply.error is None and reply.rates == {LOW_RATE} and reply.pcm
+    voices = {v.name for v in info.tts[0].voices}
+    assert {"reference-low", "reference-low/narrator"} <= voices
+
+
 async def test_unknown_voices_and_bad_events_are_error_events_and_the_connection_goes_on(
-        serve):
+        serve, config_repo):
+    config_repo.model("reference-off", on_demand=False)
     served = serve()
     async with connect(served) as client:
         replies = {
@@ -347,7 +363,7 @@ async def test_unknown_voices_and_bad_events_are_error_events_and_the_connection
             "unknown speaker": await synthesize(
                 client, "Hi.", SynthesizeVoice(name="reference", speaker="nope")),
             "model not loaded": await synthesize(client, "Hi.",
-                                                 SynthesizeVoice(name="reference-low")),
+                                                 SynthesizeVoice(name="reference-off")),
             "unknown language": await synthesize(client, "Hi.",
                                                  SynthesizeVoice(language="ja_JP")),
         }
@@ -375,7 +391,7 @@ async def test_unknown_voices_and_bad_events_are_error_events_and_the_connection
     assert replies["stream with an unknown voice"].types == ["error", "synthesize-stopped"]
     # The text says what is wrong and what would be right.
     assert "reference/female_01" in replies["unknown model"].error.text
-    assert "configured but not loaded" in replies["model not loaded"].error.text
+    assert "not loaded on demand" in replies["model not loaded"].error.text
     assert "nope" in replies["unknown voice"].error.text
     assert good.error is None and good.pcm
 

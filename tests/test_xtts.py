@@ -439,7 +439,8 @@ async def test_the_template_reports_xtts_unavailable_while_joe_serves(
     # The public route shows the path relative to the host's models folder.
     assert await health.json() == {"name": "xtts", "state": "unavailable",
                                    "availability": "unavailable",
-                                   "reason": reason.replace(str(models_dir), "models_dir")}
+                                   "reason": reason.replace(str(models_dir), "models_dir"),
+                                   "on_demand": False}
     plan = await (await client.post("/control/config/plan", json={"commit": template.head})).json()
     assert plan["availability"]["xtts"] == {"availability": "unavailable", "reason": reason}
     resp = await client.post("/control/models/switch", json={"model": "xtts"})

@@ -191,6 +191,8 @@ def resolve_voice(serving: Serving, model: str, voice: str) -> str | None:
         return mapped
     if voice in OPENAI_VOICES:
         return None  # the model's default voice
+    if gen is None:
+        return voice  # a model loaded on demand: its voices are checked once it is loaded
     raise invalid(f"unknown voice {voice!r}; this model has {voices[:50]} and takes "
                   f"OpenAI's voice names", "voice", Code.UNKNOWN_VOICE)
 

@@ -129,15 +129,26 @@ class ApplyTransaction:
             await self._restore(current, unloaded_first)
         self.registry.release_holds()
 
+    async def load_generation(self, model: ModelDef, config: HostConfig,
+                              on_demand: str) -> Generation:
+        """``model`` loaded, warmed up and checked as an apply loads it, not serving yet:
+        for a load on demand (``on_demand`` says why, in its events and status)."""
+        started = time.monotonic()
+        gen = await self._load(model, config, Operation(None, "on-demand", config.commit, ""),
+                               on_demand=on_demand)
+        self.last_load_s[model.name] = round(time.monotonic() - started, 3)
+        return gen
+
     async def _load(self, model: ModelDef, config: HostConfig,
-                    op: Operation | None = None) -> Generation:
+                    op: Operation | None = None, **tag: Any) -> Generation:
+        """``tag``: added to the model's events and its entry in ``loading``."""
         op = op or Operation(None, "restore", config.commit, "")
         expected = self.last_load_s.get(model.name)
         self.loading[model.name] = {"backend": model.backend, "commit": config.commit,
-                                    "since": time.time(), "expected_s": expected}
+                                    "since": time.time(), "expected_s": expected, **tag}
 
         self.registry.model_event(GenerationState.LOADING, model.name, commit=config.commit,
-                                  backend=model.backend, expected_s=expected)
+                                  backend=model.backend, expected_s=expected, **tag)
 
         def step(phase: str, number: int) -> None:  # on the loading thread
             op.phase_threadsafe(phase, model=model.name, instance=number,
@@ -184,7 +195,7 @@ class ApplyTransaction:
                 self.registry.loading, load_measured)
         except BaseException as exc:
             self.registry.model_event(GenerationState.LOAD_FAILED, model.name, commit=config.commit,
-                                      reason=getattr(exc, "message", str(exc)))
+                                      reason=getattr(exc, "message", str(exc)), **tag)
             raise
         finally:
             self.loading.pop(model.name, None)

@@ -35,6 +35,7 @@ from ..serving.arms import Arms
 from ..serving.registry import ModelRegistry
 from .apply import ApplyTransaction
 from .ledger import Ledger
+from .on_demand import OnDemand
 from .plan import Plan
 from .repo_steps import model_exists, model_usable, reload_head, write_revert
 from .report import HostReport
@@ -69,6 +70,10 @@ class Controller:
         # The first half of an apply: a canary's start is an apply that stops after it.
         self._prepare = self.sequence.prepare
         self.rollout = Rollout(registry, self.ledger, arms or Arms(), events, self._spawn)
+        self.on_demand = OnDemand(
+            registry, self.transaction,
+            busy=lambda: self._busy is not None or self.rollout.running is not None)
+        registry.on_demand = self.on_demand.ensure
         self.watcher = BranchWatcher(
             repo, self.ledger, registry, self._io, apply=self._watch_apply,
             busy=lambda: self._busy is not None or self.rollout.running is not None,
@@ -77,7 +82,8 @@ class Controller:
         self._abandoned = False  # shutting down: no change starts, none in progress applies
         self.report = HostReport(repo, registry, catalog, self.ledger, self.transaction,
                                  self.watcher, self._io, busy=lambda: self._busy,
-                                 ready=lambda: self.ready, canary=self.rollout.describe)
+                                 ready=lambda: self.ready, canary=self.rollout.describe,
+                                 on_demand=self.on_demand)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -87,6 +93,7 @@ class Controller:
         Without ``choose_commit`` (a fleet member, told its commit by whoever rolls the fleet
         out) nothing is applied and the branch is not watched: two replicas that each chose
         would serve different commits."""
+        self.on_demand.start()
         if not choose_commit:
             await self._run_io(self.loader.clear_work_dir)
             return
@@ -100,11 +107,13 @@ class Controller:
         worker is killed (``WorkerGroup.kill_loading``) or the host's process does."""
         self._abandoned = True
         self.watcher.close()
+        self.on_demand.stop()
         for task in list(self._tasks):
             task.cancel()
 
     async def stop(self) -> None:
         self.watcher.close()
+        self.on_demand.stop()
         self.rollout.close()  # a canary left running is aborted at the next start
         for task in list(self._tasks):
             task.cancel()

@@ -41,9 +41,13 @@ class Plan:
 def make_plan(current: HostConfig | None, loaded: Collection[str], new: HostConfig,
               force_reload: Collection[str] = ()) -> Plan:
     """What applying ``new`` changes, given the config serving now and the models actually
-    loaded (which can be fewer than it names, after a swap whose restore failed)."""
+    loaded (which can be fewer than it names, after a swap whose restore failed, or more:
+    the models loaded on demand). A model loaded on demand stays loaded while ``new`` still
+    lets it load on demand (reloaded if its definition changed), else it is unloaded."""
     old_loaded = set(loaded) if current else set()
-    new_loaded = new.loaded_models
+    on_demand = {n for n in old_loaded - (current.loaded_models if current else set())
+                 if new.loads_on_demand(n)}
+    new_loaded = new.loaded_models | on_demand
     reload, keep = [], []
     for name in sorted(old_loaded & new_loaded):
         assert current is not None

@@ -19,6 +19,7 @@ from ..serving.generation import GenerationState
 from ..serving.registry import ModelRegistry
 from .apply import ApplyTransaction
 from .ledger import Ledger
+from .on_demand import OnDemand
 from .watch import BranchWatcher
 
 
@@ -29,7 +30,8 @@ class HostReport:
     def __init__(self, repo: ConfigRepo, registry: ModelRegistry, catalog: BackendCatalog,
                  ledger: Ledger, transaction: ApplyTransaction, watcher: BranchWatcher,
                  io: Executor, busy: Callable[[], dict[str, Any] | None],
-                 ready: Callable[[], bool], canary: Callable[[], dict[str, Any]]) -> None:
+                 ready: Callable[[], bool], canary: Callable[[], dict[str, Any]],
+                 on_demand: OnDemand) -> None:
         self.repo = repo
         self.registry = registry
         self.catalog = catalog
@@ -40,6 +42,7 @@ class HostReport:
         self._busy = busy
         self._ready = ready
         self._canary = canary
+        self.on_demand = on_demand
 
     def model_health(self, name: str) -> tuple[bool, dict[str, Any]]:
         """Whether ``name`` serves now, and what to say about it."""
@@ -59,7 +62,8 @@ class HostReport:
             raise NotFound(f"unknown model {name!r}", code=Code.UNKNOWN_MODEL)
         model = serving.config.models[name]
         state = "unavailable" if model.unavailable else "not_loaded"
-        return False, {"name": name, "state": state, **model.availability}
+        return False, {"name": name, "state": state, **model.availability,
+                       "on_demand": serving.config.loads_on_demand(name)}
 
     async def commits(self, limit: int = 50) -> list[dict[str, Any]]:
         entries = await asyncio.get_running_loop().run_in_executor(self._io, self.repo.log,
@@ -83,7 +87,8 @@ class HostReport:
         config = serving.config if serving else None
         models: list[dict[str, Any]] = []
         if serving:
-            models += [{**g.describe(), **serving.config.models[n].availability}
+            models += [{**g.describe(), **serving.config.models[n].availability,
+                        **self.on_demand.describe(g, serving.config)}
                        for n, g in serving.generations.items()]
         models += [{**g.describe(), "arm": CANARY} for g in self.registry.canary_only()]
         models += [g.describe() for g in self.registry.draining]
@@ -91,7 +96,8 @@ class HostReport:
                    for n, info in self.transaction.loading.items()]
         if config:
             shown = {m["name"] for m in models}
-            models += [{"name": n, "backend": m.backend, "state": "configured", **m.availability}
+            models += [{"name": n, "backend": m.backend, "state": "configured", **m.availability,
+                        "on_demand": config.loads_on_demand(n)}
                        for n, m in sorted(config.models.items()) if n not in shown]
         return {
             "version": __version__,
@@ -104,6 +110,10 @@ class HostReport:
             "apply_in_progress": self._busy(),
             "canary": self._canary(),
             "models": models,
+            "on_demand": {"enabled": config.on_demand.enabled if config else None,
+                          "loading": self.on_demand.loading(), "loads": self.on_demand.loads,
+                          "failures": self.on_demand.failures,
+                          "unloads": dict(self.on_demand.unloads)},
             "plugins": [p.to_dict() for p in self.catalog.plugins],
             "watch": self.watcher.describe(),
             "config_repo": {"path": str(self.repo.path), "branch": self.repo.branch,

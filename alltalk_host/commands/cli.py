@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 from .. import __version__
 from ..errors import HostError, PluginConflict
@@ -150,6 +151,24 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_switch(args: argparse.Namespace) -> int:
     return _change(args, "/control/models/switch", {"model": args.model})
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    return _residency(args, "load")
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    return _residency(args, "unload")
+
+
+def _residency(args: argparse.Namespace, what: str) -> int:
+    """Load or unload a model on demand: not a commit, so no author and no phases."""
+    reply = _call(args, "POST", f"/control/models/{quote(args.model, safe='')}/{what}", {})
+    if args.json:
+        return _print_json(reply)
+    generation = f" (generation {reply['generation']})" if reply.get("generation") else ""
+    print(f"{reply['model']} {reply['result']}{generation}; serving {reply['commit'][:10]}")
+    return 0
 
 
 def _change(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
@@ -327,7 +346,7 @@ def _parser() -> argparse.ArgumentParser:
                                description="Applied and attempted commit, models, watch."))
     p.set_defaults(func=cmd_status)
 
-    models = sub.add_parser("models", help="switch the default model",
+    models = sub.add_parser("models", help="switch the default model, load or unload one",
                             description="Model commands on a running server.")
     msub = models.add_subparsers(title="models commands", metavar="COMMAND")
     p = remote(msub.add_parser("switch", help="make MODEL the default (a commit, then apply)",
@@ -335,6 +354,16 @@ def _parser() -> argparse.ArgumentParser:
                                            "it."))
     p.add_argument("model")
     p.set_defaults(func=cmd_switch)
+    p = remote(msub.add_parser("load", help="load MODEL now, as a request naming it would",
+                               description="Load a configured model before traffic needs it "
+                                           "(not a commit; it unloads when idle)."))
+    p.add_argument("model")
+    p.set_defaults(func=cmd_load)
+    p = remote(msub.add_parser("unload", help="unload MODEL, loaded on demand",
+                               description="Unload a model loaded on demand once its requests "
+                                           "finish (not a commit)."))
+    p.add_argument("model")
+    p.set_defaults(func=cmd_unload)
     return parser
 
 

@@ -29,8 +29,10 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Per-model keys the host reads itself; everything under ``settings`` belongs to the backend.
 MODEL_HOST_KEYS = {
     "backend", "settings", "instances", "keep_loaded", "low_memory_swap",
-    "default_voice", "default_speed", "default_language", "workers",
+    "default_voice", "default_speed", "default_language", "workers", "on_demand",
+    "idle_unload_s",
 }
+IDLE_UNLOAD_MAX_S = 30 * 86_400.0
 SPEED_RANGE = (0.25, 4.0)
 
 
@@ -51,6 +53,10 @@ class ModelDef:
     unavailable: str | None = field(default=None, compare=False)
     # ``[workers]`` with this model's ``[models.NAME.workers]`` on top.
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    # A request naming it loads it when it is not loaded (``[on_demand]`` can turn that off
+    # for the host); ``idle_unload_s`` (None: the host's) unloads it after that long unused.
+    on_demand: bool = True
+    idle_unload_s: float | None = None
 
     def load_signature(self) -> str:
         """Equal signatures mean an already-loaded model can keep serving unchanged. The
@@ -143,6 +149,8 @@ def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir
                 default_language=_typed(raw, "default_language", str, None),
                 unavailable=unavailable,
                 workers=model_workers,
+                on_demand=_typed(raw, "on_demand", bool, True),
+                idle_unload_s=_idle(raw),
             )
         except ValueError as exc:
             errors.append(f"{where}.{exc}")
@@ -175,6 +183,11 @@ def _not_importable(cls: type, model: str) -> str | None:
     return (f"backend {getattr(cls, 'name', cls.__name__)}: its class "
             f"{cls.__module__}.{cls.__qualname__} cannot be imported by a worker process; "
             f"set isolation = \"inline\" in [models.{model}.workers] to run it in the host")
+
+
+def _idle(raw: dict[str, Any]) -> float | None:
+    value = _typed(raw, "idle_unload_s", (int, float), None, lo=0, hi=IDLE_UNLOAD_MAX_S)
+    return None if value is None else float(value)
 
 
 def _typed(raw: dict[str, Any], key: str, types: Any, default: Any,

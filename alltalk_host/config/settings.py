@@ -22,7 +22,7 @@ from ..outputs import Retention
 from ..plugins import BackendCatalog
 from .canary import CHOICES, LIMITS, CanarySettings, CanarySpec
 from .layers import ENV_PREFIX, SETTINGS_FILE, layers_of, load_layers
-from .models import SPEED_RANGE, ModelDef, parse_models
+from .models import IDLE_UNLOAD_MAX_S, SPEED_RANGE, ModelDef, parse_models
 from .paths import OWNER_LAYERS, host_folder
 from .repo import REMOTE_NAME_RULE, is_remote_name
 from .values import Layer, flatten, layer_of_each_key, lower_top, redact, to_plain
@@ -89,6 +89,13 @@ HOST_VALIDATORS = [
     Validator("canary.watch", default=False, is_type_of=bool),
     # Worker processes and their deadlines (config/workers.py checks the keys).
     Validator("workers", default={}, is_type_of=dict),
+    # Models loaded when a request names them (a model's own on_demand / idle_unload_s win).
+    Validator("on_demand.enabled", default=True, is_type_of=bool),
+    Validator("on_demand.idle_unload_s", default=900.0, is_type_of=(int, float), gte=0,
+              lte=IDLE_UNLOAD_MAX_S),
+    Validator("on_demand.retry_after_s", default=30.0, is_type_of=(int, float), gte=0,
+              lte=86_400),
+    Validator("on_demand.max_resident_models", default=0, is_type_of=int, gte=0, lte=1000),
 ]
 
 
@@ -128,6 +135,21 @@ class OpenAISettings:
 
 
 @dataclass(frozen=True)
+class OnDemandSettings:
+    """``[on_demand]``: whether a request may load a configured model that is not loaded;
+    after how long unused such a model is unloaded (0: never); how long a failed on-demand
+    load is answered from memory before a request may try it again; how many models may be
+    loaded at once (room is made by unloading the least recently used idle one)."""
+
+    enabled: bool
+    idle_unload_s: float
+    retry_after_s: float
+    # At most this many models loaded at once, whatever loaded them (0: no limit); memory
+    # admission's budgets bound the set too.
+    max_resident_models: int
+
+
+@dataclass(frozen=True)
 class HostConfig:
     commit: str
     env: str
@@ -153,6 +175,7 @@ class HostConfig:
     canary: CanarySettings
     # ``[workers]``: the defaults each model's own ``[models.NAME.workers]`` overrides.
     workers: WorkerSettings
+    on_demand: OnDemandSettings
     # Dotted key -> the layer its value came from.
     sources: Mapping[str, Layer]
     # Each layer's own keys, lowest first: where an edit of a key has to be written.
@@ -162,6 +185,17 @@ class HostConfig:
     def loaded_models(self) -> set[str]:
         """The models this config keeps in memory: the default and those marked keep_loaded."""
         return {self.default_model} | {n for n, m in self.models.items() if m.keep_loaded}
+
+    def loads_on_demand(self, name: str) -> bool:
+        """Whether a request naming ``name`` (configured, not kept loaded) may load it."""
+        model = self.models.get(name)
+        return (self.on_demand.enabled and model is not None and model.on_demand
+                and model.unavailable is None)
+
+    def idle_unload_s(self, name: str) -> float:
+        """How long model ``name``, loaded on demand, stays loaded unused (0: for good)."""
+        own = self.models[name].idle_unload_s
+        return self.on_demand.idle_unload_s if own is None else own
 
     @property
     def required_models(self) -> set[str]:
@@ -245,6 +279,10 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog, local_file: P
         strict_models=values["strict_models"],
         canary=_canary(values["canary"]),
         workers=workers,
+        on_demand=OnDemandSettings(enabled=values["on_demand"]["enabled"],
+                                   idle_unload_s=float(values["on_demand"]["idle_unload_s"]),
+                                   retry_after_s=float(values["on_demand"]["retry_after_s"]),
+                                   max_resident_models=values["on_demand"]["max_resident_models"]),
         sources=sources,
         layer_keys=tuple((layer, frozenset(flatten(lower_top(data)))) for layer, data in layers),
     )

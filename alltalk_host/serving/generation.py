@@ -71,6 +71,8 @@ class Generation:
         self.state = GenerationState.SERVING  # -> DRAINING -> UNLOADING -> UNLOADED
         self.loaded_at = time.time()
         self.retired_at: float | None = None  # monotonic time it stopped serving
+        # Monotonic time a request last started or ended here: what idle unloading reads.
+        self.last_used = time.monotonic()
         first = instances[0]
         self.capabilities = first.capabilities
         self.sample_rate = first.sample_rate
@@ -108,6 +110,11 @@ class Generation:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    @property
+    def in_use(self) -> bool:
+        """A request runs, waits, or is about to start here."""
+        return not self._idle.is_set()
 
     def memory_estimate(self) -> int:
         """What the instances hold: measured for those in worker processes (their RSS, and
@@ -204,6 +211,7 @@ class Generation:
 
     def _release(self, idx: int) -> None:
         self._free[idx] += 1
+        self.last_used = time.monotonic()
         while self._waiters:
             waiter = self._waiters[0]
             if waiter.future.done():
@@ -223,6 +231,7 @@ class Generation:
             raise self._expired
         self._starting -= 1
         self._running.add(request)
+        self.last_used = time.monotonic()
         self._update_idle()
 
     def _abandon(self, idx: int) -> None:

@@ -29,10 +29,10 @@ import ctypes
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from ..backend import Backend
@@ -50,6 +50,9 @@ P = TypeVar("P")
 # within this many seconds has its worker process killed (an inline one is left to finish on
 # its own while its model is unloaded anyway).
 THREAD_GRACE_S = 5.0
+# How many times one request may have its model loaded on demand: more means applies keep
+# replacing what it loaded, and it ends with the error of a model that is not loaded.
+ON_DEMAND_TRIES = 3
 # At close: how long the models get to unload before their workers are killed.
 CLOSE_UNLOAD_S = 10.0
 # Unloaded, or on its way: nothing more to retire or unload.
@@ -74,6 +77,9 @@ class ModelRegistry:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # The host's worker processes: where every instance of a model in process isolation runs.
     workers: WorkerGroup = field(default_factory=WorkerGroup)
+    # ``await on_demand(name)`` loads configured model ``name`` into the serving snapshot, or
+    # raises why it cannot (change/on_demand.py); None: requests never load a model.
+    on_demand: Callable[[str], Awaitable[None]] | None = None
 
     def next_number(self, name: str) -> int:
         self._counters[name] = self._counters.get(name, 0) + 1
@@ -89,12 +95,20 @@ class ModelRegistry:
         it queues (so a bad request fails at once), and again if a switch moves it elsewhere.
         """
         admitted = False
+        loads = 0
         while True:
             serving = self._current(arm) or self.require_serving()
             model = name or serving.config.default_model
             held = self._held.get(model)
             if held is not None:
                 await held.wait()
+                continue
+            if (model not in serving.generations and self.on_demand is not None
+                    and serving is self.serving and loads < ON_DEMAND_TRIES
+                    and model not in serving.config.loaded_models
+                    and serving.config.loads_on_demand(model)):
+                loads += 1  # loaded, then replaced by an apply before this request got it
+                await self.on_demand(model)
                 continue
             gen = _generation(serving, model)
             value = prepare(serving, gen)
@@ -171,20 +185,26 @@ class ModelRegistry:
                          running=gen.running, waiting=gen.waiting,
                          memory_estimate=gen.memory_estimate(), **data)
 
-    def switch(self, new: Serving) -> None:
-        """Make ``new`` the serving snapshot; retire generations it no longer uses.
+    def switch(self, new: Serving, why: str | None = None) -> None:
+        """Make ``new`` the serving snapshot; retire generations it no longer uses (``why``,
+        when given, is in their events: "idle", "explicit"; such a switch unloads a model
+        loaded on demand on purpose).
 
         Requests still waiting follow their model into the new snapshot; those whose model it
         no longer loads stay, to be served by the old generation if they start in time.
+        A model loaded on demand while ``new`` was being prepared joins it, if ``new``'s
+        config defines it the same way and still loads it on demand.
         """
         old = self.serving
+        if old is not None and why is None:
+            new = _with_on_demand(old, new)
         self.serving = new
         before = {id(g) for g in old.generations.values()} if old else set()
         for gen in new.generations.values():
             if id(gen) not in before:
                 self._generation_event(gen)
         if old is not None:
-            self._retire_unused(old, new)
+            self._retire_unused(old, new, why)
 
     def start_canary(self, canary: Serving) -> None:
         """Serve ``canary`` beside the stable snapshot, to the requests sent to its arm."""
@@ -204,7 +224,7 @@ class ModelRegistry:
         else:
             self._retire_unused(canary, self.require_serving())
 
-    def _retire_unused(self, old: Serving, new: Serving) -> None:
+    def _retire_unused(self, old: Serving, new: Serving, why: str | None = None) -> None:
         """Move ``old``'s waiting requests whose model ``new`` serves elsewhere, and retire the
         generations of ``old`` that neither ``new`` nor a running canary uses."""
         default = new.config.default_model
@@ -216,15 +236,16 @@ class ModelRegistry:
             keep |= {id(g) for g in self.canary.generations.values()}
         for gen in old.generations.values():
             if id(gen) not in keep:
-                self.retire(gen, new.config.drain_deadline_s, new.commit)
+                self.retire(gen, new.config.drain_deadline_s, new.commit, why)
 
-    def retire(self, gen: Generation, deadline: float, commit: str | None = None) -> None:
+    def retire(self, gen: Generation, deadline: float, commit: str | None = None,
+               why: str | None = None) -> None:
         if gen.state in _GONE:  # replaced unload-first: already gone
             return
         gen.state = GenerationState.DRAINING
         gen.retired_at = time.monotonic()
         self.draining.append(gen)
-        self._generation_event(gen, deadline_s=deadline)
+        self._generation_event(gen, deadline_s=deadline, **({"evicted": why} if why else {}))
         task = asyncio.get_running_loop().create_task(self.drain(gen, deadline, commit))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -287,6 +308,17 @@ class ModelRegistry:
         self.loading.shutdown(wait=True)
 
 
+def _with_on_demand(old: Serving, new: Serving) -> Serving:
+    """``new`` with each generation of ``old`` loaded on demand that ``new`` lacks but whose
+    model ``new`` still loads on demand, defined the same way."""
+    carried = {
+        name: gen for name, gen in old.generations.items()
+        if name not in new.generations and name not in old.config.loaded_models
+        and new.config.loads_on_demand(name) and name not in new.config.loaded_models
+        and new.config.models[name].load_signature() == gen.model.load_signature()}
+    return replace(new, generations={**new.generations, **carried}) if carried else new
+
+
 def _generation(serving: Serving, model: str) -> Generation:
     gen = serving.generations.get(model)
     if gen is not None:
@@ -300,9 +332,16 @@ def _generation(serving: Serving, model: str) -> Generation:
             code=Code.NOT_READY if model == serving.config.default_model
             else Code.MODEL_NOT_LOADED,
         )
-    if model in serving.config.models:
+    definition = serving.config.models.get(model)
+    if definition is not None:
+        why = ("on-demand loading is off ([on_demand] enabled = false)"
+               if not serving.config.on_demand.enabled else
+               "it is not loaded on demand (on_demand = false in its definition)"
+               if not definition.on_demand else
+               f"it cannot load here: {definition.unavailable}" if definition.unavailable
+               else "it is not loaded")
         raise Conflict(
-            f"model {model!r} is configured but not loaded; switch to it or set "
+            f"model {model!r} is configured but not loaded: {why}; switch to it or set "
             "keep_loaded = true in its definition",
             code=Code.MODEL_NOT_LOADED,
         )

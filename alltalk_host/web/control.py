@@ -1,5 +1,5 @@
 """The /control routes: status, config history, plan, apply (with a canary, and deciding on
-one), rollback, reload, model switch.
+one), rollback, reload, model switch, and loading or unloading a model on demand.
 
 Every one is a control route (guard.py): they change state or show the configuration.
 """
@@ -140,3 +140,22 @@ async def reload_model(request: web.Request) -> web.Response:
     body = await read_json(request)
     return web.json_response(await request.app[HOST].control.reload_model(
         request.match_info["name"], _who(request, body)))
+
+
+# Loaded on demand (change/on_demand.py): not commits, the host's choice at run time.
+
+@control_routes.post("/control/models/{name}/load")
+async def load_model(request: web.Request) -> web.Response:
+    """Load a configured model now, as a request naming it would: to warm it before traffic."""
+    await read_json(request)
+    return web.json_response(await request.app[HOST].control.on_demand.load(
+        request.match_info["name"]))
+
+
+@control_routes.post("/control/models/{name}/unload")
+async def unload_model(request: web.Request) -> web.Response:
+    """Unload a model loaded on demand, after its requests (the default and keep_loaded ones
+    belong to the commit: 409 model_pinned)."""
+    await read_json(request)
+    return web.json_response(await request.app[HOST].control.on_demand.unload(
+        request.match_info["name"]))

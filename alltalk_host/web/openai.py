@@ -60,27 +60,34 @@ async def list_voices(request: web.Request) -> web.Response:
     serving = current_serving(request)
     model = resolve_model(serving, request.query.get("model", serving.config.default_model))
     gen = serving.generations.get(model)
-    if gen is None:
+    if gen is None and not serving.config.loads_on_demand(model):
         raise NotFound(f"model {model!r} is not loaded", code=Code.MODEL_NOT_LOADED)
     mapped = serving.config.openai.voices.get(model, {})
-    names = list(dict.fromkeys([*OPENAI_VOICES, *mapped, *gen.voices]))
+    # A model not loaded yet (it loads on demand): its own voices are known once it is.
+    names = list(dict.fromkeys([*OPENAI_VOICES, *mapped, *(gen.voices if gen else [])]))
     return web.json_response({"model": model, "voices": [{"id": n, "name": n} for n in names]})
 
 
 @routes.get("/v1/audio/models")
 async def list_audio_models(request: web.Request) -> web.Response:
     # Open WebUI reads {"models": [{"id": ...}]} here to fill its TTS model list.
-    return web.json_response({"models": [{"id": n} for n in _model_names(request)]})
+    return web.json_response({"models": [{"id": n, "loaded": loaded}
+                                         for n, loaded in _model_names(request)]})
 
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [
-        {"id": n, "object": "model", "created": 0, "owned_by": "alltalk-host"}
-        for n in _model_names(request)]})
+        {"id": n, "object": "model", "created": 0, "owned_by": "alltalk-host", "loaded": loaded}
+        for n, loaded in _model_names(request)]})
 
 
-def _model_names(request: web.Request) -> list[str]:
-    """OpenAI's model names, then every configured model."""
+def _model_names(request: web.Request) -> list[tuple[str, bool]]:
+    """OpenAI's model names, then every configured model, each with whether it is loaded
+    (any configured model can be named: one not loaded loads on demand)."""
     serving = request.app[HOST].registry.serving
-    return list(OPENAI_MODELS) + (sorted(serving.config.models) if serving else [])
+    if serving is None:
+        return [(n, False) for n in OPENAI_MODELS]
+    loaded = set(serving.generations)
+    return ([(n, resolve_model(serving, n) in loaded) for n in OPENAI_MODELS]
+            + [(n, n in loaded) for n in sorted(serving.config.models)])

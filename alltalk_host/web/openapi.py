@@ -277,6 +277,14 @@ def _control_paths() -> dict[str, dict[str, Any]]:
             "Load a model again from disk at the serving commit", "control",
             {**_ok(), **change}, control=True, body=_json_body({"author": AUTHOR}),
             params=[_path("name", "a loaded model")])},
+        "/control/models/{name}/load": {"post": _op(
+            "Load a configured model now, as a request naming it would (not a commit)",
+            "control", {**_ok(), **change, **_errors((503,))}, control=True,
+            body=_json_body({}), params=[_path("name", "a configured model")])},
+        "/control/models/{name}/unload": {"post": _op(
+            "Unload a model loaded on demand, after its requests (not a commit)", "control",
+            {**_ok(), **change}, control=True, body=_json_body({}),
+            params=[_path("name", "a model loaded on demand")])},
         "/control/events": {"get": _op(
             "Live events (Server-Sent Events): phases of changes, models' states", "control",
             {**_ok("text/event-stream"), **_errors((400, *CONTROL_ERRORS))}, control=True,

@@ -30,8 +30,9 @@ async def tts(request: web.Request) -> web.Response:
 
 @routes.get("/tts/models")
 async def models(request: web.Request) -> web.Response:
-    """What a /tts request may ask for: every configured model, whether it serves, and for
-    those that do their voices, languages, options and defaults; the text limit. Read-only
+    """What a /tts request may ask for: every configured model, whether it serves or loads
+    when asked for (``on_demand``), and for those their voices (a model not loaded yet: none
+    known), languages, options and defaults; the text limit. Read-only
     and public like the other speech routes (no settings, paths or secrets)."""
     serving = current_serving(request)
     config = serving.config
@@ -45,6 +46,16 @@ async def models(request: web.Request) -> web.Response:
             entry["reason"] = relative_paths(entry["reason"], folders)
         if gen is None:
             entry["state"] = "unavailable" if model.unavailable else "not_loaded"
+            entry["on_demand"] = config.loads_on_demand(name)
+            cls = request.app[HOST].catalog.get(model.backend)
+            if entry["on_demand"] and cls is not None:
+                # What its backend says of itself; its voices are known once it is loaded.
+                caps = cls.capabilities
+                entry.update(
+                    voices=[], languages=list(caps.languages), streaming=caps.streaming,
+                    parameters=list(caps.parameters), default_voice=model.default_voice,
+                    default_language=model.default_language or config.default_language,
+                    default_speed=model.default_speed)
         else:
             caps = gen.capabilities
             entry.update(

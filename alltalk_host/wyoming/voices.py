@@ -2,8 +2,10 @@
 
 Every serving model is a voice: ``MODEL`` speaks with the model's default voice and
 ``MODEL/VOICE`` with one of its voices; a model with several voices also lists them as the
-speakers of ``MODEL`` (Home Assistant offers them as such). Both are read from the serving
-snapshot at each call, so an apply (a model switch, a new commit) shows at once.
+speakers of ``MODEL`` (Home Assistant offers them as such). A configured model that loads on
+demand is listed as ``MODEL`` alone (its voices are known once it is loaded); a request for
+it loads it. Both are read from the serving snapshot at each call, so an apply (a model
+switch, a new commit) shows at once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def describe(host: Host) -> Info:
     if serving is not None:
         for name, gen in sorted(serving.generations.items()):
             voices.extend(_model_voices(serving, name, gen, host.catalog))
+        for name in sorted(set(serving.config.models) - set(serving.generations)):
+            if serving.config.loads_on_demand(name):
+                voices.append(_on_demand_voice(serving, name, host.catalog))
     return Info(tts=[TtsProgram(
         name=PROGRAM,
         description="alltalk-host: models from a git-versioned config, swapped while serving",
@@ -57,6 +62,15 @@ def _model_voices(serving: Serving, name: str, gen: Generation,
     return voices
 
 
+def _on_demand_voice(serving: Serving, name: str, catalog: BackendCatalog) -> TtsVoice:
+    backend = serving.config.models[name].backend
+    cls = catalog.get(backend)
+    return TtsVoice(name=name, description=f"{name} (loads when asked for)",
+                    attribution=_attribution(catalog, backend), installed=True,
+                    version=f"config {serving.commit[:10]}, not loaded",
+                    languages=list(cls.capabilities.languages) if cls else [])
+
+
 def _attribution(catalog: BackendCatalog, backend: str) -> Attribution:
     """The plugin distribution that runs the model: who to thank, and at which version."""
     for plugin in catalog.plugins:
@@ -83,12 +97,13 @@ def choose(host: Host, wanted: SynthesizeVoice | None) -> Choice:
         return Choice(language=_language(host, None, wanted.language))
     model, _, voice = wanted.name.partition("/")
     serving = host.registry.serving
-    if serving is not None and model not in serving.generations:
+    if (serving is not None and model not in serving.generations
+            and not serving.config.loads_on_demand(model)):
         names = [v.name for p in describe(host).tts for v in p.voices]
         message = f"no voice {wanted.name!r} here"
         if model in serving.config.models:
-            message += f": model {model} is configured but not loaded (make it the default " \
-                       "or set keep_loaded = true)"
+            message += f": model {model} is configured but not loaded, and not loaded on " \
+                       "demand (make it the default or set keep_loaded = true)"
         raise NotFound(f"{message}; voices: {', '.join(names[:50]) or 'none'}",
                        code=Code.UNKNOWN_VOICE)
     return Choice(model=model, voice=voice or wanted.speaker or None)

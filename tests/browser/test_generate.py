@@ -83,7 +83,7 @@ async def test_options_a_model_lacks_are_disabled_and_narrator_mode_speaks(
     await expect(temperature).to_be_disabled()
     await expect(page.locator("#why-temperature")).to_have_text(
         "reference does not take temperature")
-    # A model that is not loaded cannot be chosen for a request; choosing never loads one.
+    # A model that cannot load here cannot be chosen for a request.
     await expect(page.locator("#model option[value=unusable]")).to_be_disabled()
 
     text = page.get_by_role("textbox", name="Text", exact=True)
@@ -108,6 +108,25 @@ async def test_options_a_model_lacks_are_disabled_and_narrator_mode_speaks(
     await page.get_by_role("button", name="Make default", exact=True).click()
     await expect(page).to_have_url(f"{pages.origin}/ui/#/models/switch/reference-low")
     await expect(page.get_by_role("button", name="Apply", exact=True)).to_be_enabled()
+
+
+async def test_a_model_not_loaded_is_chosen_loaded_and_heard(start_server, pages):
+    client = await start_server()
+    page = await pages.open(client)
+    model = page.get_by_role("combobox", name="Model", exact=True)
+    await expect(model.locator("option[value=reference-low]")).to_have_text(
+        "reference-low (loads when used)")
+    await model.select_option("reference-low")
+    await expect(page.locator("#model-note")).to_contain_text("not loaded: Generate loads it")
+    await page.get_by_role("textbox", name="Text", exact=True).fill("Hello there.")
+    await page.get_by_role("button", name="Generate", exact=True).click()
+    await expect(page.locator("#provenance")).to_contain_text("model reference-low generation 1")
+    assert await audio_seconds(page) > 0.3
+    # Loaded now: the page shows it serving, with its own voices to choose from.
+    await expect(model.locator("option[value=reference-low]")).to_have_text(
+        "reference-low (serving)")
+    await expect(page.get_by_role("combobox", name="Voice", exact=True).locator(
+        "option[value=narrator]")).to_have_count(1)
 
 
 async def test_stop_ends_a_generation_in_progress(start_server, config_repo, pages):

@@ -73,3 +73,20 @@ async def test_every_page_by_keyboard_with_its_state_in_the_url(start_server, co
     # Back and forward work like any site's.
     await page.go_back()
     await expect(page.get_by_role("heading", name="Activity", level=1)).to_be_visible()
+
+
+async def test_status_loads_and_unloads_a_model_on_demand(start_server, pages):
+    client = await start_server()
+    page = await pages.open(client, "#/status")
+    card = page.get_by_role("article", name="Model reference-low", exact=True)
+    await expect(card).to_contain_text("when a request names it")
+    await card.get_by_role("button", name="Load", exact=True).click()
+    await expect(page.locator("#model-action")).to_contain_text(
+        "reference-low is loaded (generation 1).")
+    await expect(card).to_contain_text("a request named it (on demand")
+    await expect(page.get_by_role("article", name="Model reference", exact=True)).to_contain_text(
+        "it is the default model")
+    await card.get_by_role("button", name="Unload", exact=True).click()
+    await expect(page.locator("#model-action")).to_contain_text(
+        "reference-low unloads once its requests finish.")
+    await expect(card.get_by_role("button", name="Load", exact=True)).to_be_visible()

@@ -1,4 +1,5 @@
-// The Generate panel: text, model (a per-request choice: choosing one never loads it), voice,
+// The Generate panel: text, model (a per-request choice: one not loaded loads when it is asked
+// for, as any request naming it would; the progress panel shows the load), voice,
 // language, speed, the backend's own options, narrator, streaming; the player, provenance,
 // timing, the last clips, and the same request as curl.
 //
@@ -104,12 +105,14 @@ function render() {
   }
   fill($("generate-error"));
   // "The default model" names none, so its requests follow a switch of the default.
-  const serving = info.models.filter((m) => m.state === "serving");
+  const usable = info.models.filter((m) => m.state === "serving" || m.on_demand);
   const want = saved.model || "";
+  const label = (m) => m.state === "serving" ? "serving" : m.on_demand ? "loads when used"
+    : m.state.replace("_", " ");
   setOptions($("model"), [["", `the default model (${info.default_model})`, false],
-    ...info.models.map((m) => [m.name,
-      `${m.name} (${m.state.replace("_", " ")}${m.default ? ", default" : ""})`, m.state !== "serving"])]);
-  $("model").value = serving.some((m) => m.name === want) ? want : "";
+    ...info.models.map((m) => [m.name, `${m.name} (${label(m)}${m.default ? ", default" : ""})`,
+      !usable.includes(m)])]);
+  $("model").value = usable.some((m) => m.name === want) ? want : "";
   const model = selected();
   if (!model) return;
   const [lo, hi] = info.speed_range;
@@ -157,10 +160,11 @@ function render() {
   const key = JSON.stringify([model.name, names, stream.checked, narrating]);
   if (fields._options !== key) renderOptions(fields, key, model, names, old, stream.checked, narrating);
 
-  fill($("model-note"), `${model.name}: ${model.backend} backend, generation ${model.generation}`,
-    ` loaded at config ${short(model.commit)}, ${voices.length || "one"} voice${voices.length === 1 ? "" : "s"}.`,
-    info.models.some((m) => m.state !== "serving")
-      ? " A model that is not loaded cannot be chosen: make it the default to load it." : "");
+  fill($("model-note"), model.state === "serving"
+    ? `${model.name}: ${model.backend} backend, generation ${model.generation} loaded at config ${short(model.commit)}, ${voices.length || "one"} voice${voices.length === 1 ? "" : "s"}.`
+    : `${model.name}: ${model.backend} backend, not loaded: Generate loads it first (its voices show once it is loaded).`,
+    info.models.some((m) => m.state !== "serving" && !m.on_demand)
+      ? " A model that cannot load here, or is not loaded on demand, cannot be chosen." : "");
   countText();
   save();
 }

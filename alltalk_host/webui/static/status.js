@@ -1,6 +1,7 @@
 // The Status panel: what serves and how it got there, on separate axes (serving commit, the
 // branch, the last operation, the models), the operation running now, one card per model
-// with Reload and Make default, watch, plugins (failed ones with their error), outputs.
+// with Reload and Make default (and Load / Unload for models loaded on demand), watch,
+// plugins (failed ones with their error), outputs.
 
 import * as api from "./api.js";
 import {bytes, errorBox, fill, firstLine, h, seconds, short, age} from "./dom.js";
@@ -133,12 +134,42 @@ function card(s, m) {
       m.instances !== undefined ? row("Instances", `${m.instances} × ${m.max_concurrency / m.instances} at once`) : null,
       m.memory_estimate !== undefined ? row("Memory", bytes(m.memory_estimate)) : null,
       m.loaded_at ? row("Loaded", age(m.loaded_at)) : null,
+      m.resident ? row("Loaded because", resident(m)) : null,
+      !loaded && m.on_demand ? row("Loads", "when a request names it") : null,
       backendStatus.map(([k, v]) => row(k.replace(/_/g, " "), typeof v === "object" ? JSON.stringify(v) : String(v))),
       m.availability === "unavailable" ? row("Unavailable", m.reason || "") : null),
     h("div", {class: "buttons"},
       loaded ? h("button", {type: "button", onclick: () => reload(m.name)}, "Reload") : null,
+      !loaded && m.on_demand ? h("button", {type: "button", onclick: () => residency(m.name, "load")}, "Load") : null,
+      m.resident === "on_demand" && m.arm !== "canary" ? h("button", {type: "button",
+        onclick: () => residency(m.name, "unload")}, "Unload") : null,
       !isDefault && !["draining", "unavailable"].includes(state) ? h("button", {type: "button",
         onclick: () => app.navigate(`#/models/switch/${encodeURIComponent(m.name)}`)}, "Make default") : null));
+}
+
+function resident(m) {
+  if (m.resident === "default") return "it is the default model";
+  if (m.resident === "keep_loaded") return "keep_loaded = true";
+  const idle = m.idle_s !== undefined ? `, unused for ${seconds(m.idle_s, 0)}` : "";
+  const until = m.unloads_in_s === null || m.unloads_in_s === undefined ? ""
+    : `, unloads in ${seconds(m.unloads_in_s, 0)}`;
+  return `a request named it (on demand${idle}${until})`;
+}
+
+/** Load a model now, or unload one loaded on demand: not commits, so no plan to confirm. */
+async function residency(name, what) {
+  const box = part("model-action");
+  fill(box, h("p", {role: "status"}, what === "load" ? `Loading ${name}…` : `Unloading ${name}…`));
+  try {
+    const result = await api.post(`/control/models/${encodeURIComponent(name)}/${what}`);
+    fill(box, h("p", {class: "ok", role: "status"}, what === "load"
+      ? `${name} is loaded (generation ${result.generation}).`
+      : `${name} unloads once its requests finish.`));
+  } catch (err) {
+    fill(box, errorBox(err));
+  } finally {
+    app.refresh();
+  }
 }
 
 async function reload(name) {
