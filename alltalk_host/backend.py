@@ -162,6 +162,10 @@ class Backend(ABC):
     # config commit sets one, the host refuses it unless it is relative and without '..', so
     # it stays inside models_dir; the host-local file and ALLTALK_ variables may name any.
     path_settings: ClassVar[tuple[str, ...]] = ()
+    # Heavy modules ``load()`` imports (``("torch",)``): the host keeps a worker process with
+    # them imported ready for this backend, so a load or reload skips the imports. It costs
+    # that process's memory while it waits; leave it empty for light imports.
+    worker_preload: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod

@@ -99,6 +99,8 @@ async def test_switching_isolation_reloads_the_model(start_server, config_repo):
     ("settings.toml", "default.workers.isolation", "workers.isolation: expected one of"),
     ("models.toml", "default.models.reference.workers.load_timeout_s",
      "models.reference.workers.load_timeout_s: expected a number"),
+    ("settings.toml", "default.workers.preload_spare",
+     "workers.preload_spare: expected true or false, got 'sometimes'"),
 ])
 async def test_bad_workers_settings_are_refused_naming_the_key(start_server, config_repo,
                                                                where, value, says):

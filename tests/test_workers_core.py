@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -121,15 +121,29 @@ class FloodBackend(Backend):
         return Audio(np.full(samples, 0.1, dtype=np.float32), 16000)
 
 
+class PreloadBackend(JournalBackend):
+    """Writes which of its preloads were imported before ``load()`` ran (a module that does
+    not exist is skipped, and load() goes on). Imported by the worker."""
+
+    name = "preload"
+    worker_preload = ("colorsys", "no_such_module_for_alltalk")
+
+    def load(self) -> None:
+        self._note(f"colorsys {'colorsys' in sys.modules} pid {os.getpid()}")
+
+    def synthesize(self, request: SpeechRequest) -> Audio:
+        return Audio(np.full(1600, 0.1, dtype=np.float32), 16000)
+
+
 class RecordingGroup(WorkerGroup):
     """A group that keeps every process it hands out, so a test can see how each ended."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(preload_after_s=0.2)  # a spare's preloads: soon, not after 10 s
         self.started: list[WorkerProcess] = []
 
-    def new_process(self) -> WorkerProcess:
-        process = super().new_process()
+    def new_process(self, preload: Sequence[str] = ()) -> WorkerProcess:
+        process = super().new_process(preload)
         self.started.append(process)
         return process
 
@@ -256,6 +270,27 @@ def test_a_spare_loads_with_the_hosts_environment_of_the_load(make, group, tmp_p
     worker.unload()
     assert journal.read_text().splitlines() == ["load", "env set after the spare started",
                                                 "unload"]
+
+
+def test_a_backend_that_names_heavy_imports_gets_a_spare_with_them_imported(make, group,
+                                                                            tmp_path):
+    journal = tmp_path / "journal"
+    first = make(PreloadBackend, journal=str(journal))
+    first.load()
+    loaded_first = time.monotonic()
+    # A spare like it was started meanwhile (its imports wait until it has been idle a
+    # moment: 0.2 s here); the next load of that backend takes it.
+    time.sleep(1.0)
+    second = make(PreloadBackend, journal=str(journal))
+    second.load()
+    spare = group.started[1]
+    assert spare.started < loaded_first
+    # The first process had its load at once: the load imports what it needs itself.
+    assert [line.split(" pid ") for line in journal.read_text().splitlines()] == [
+        ["colorsys False", str(group.started[0].pid)], ["colorsys True", str(spare.pid)]]
+    assert second.worker()["pid"] == spare.pid
+    first.unload()
+    second.unload()
 
 
 def test_errors_cross_as_the_same_class_and_code(make):

@@ -16,7 +16,7 @@ for the joe voice (ONNX) and the reference backend, reported as process / inline
 
     .venv/bin/python -m tools.bench_workers [--rounds 5] [--seconds 5] [--swaps 20] [--xtts]
     .venv/bin/python -m tools.bench_workers --xtts --swaps-only --rounds 5 \
-        --out docs/benchmarks/workers-swaps.json
+        --swap-pause-s 15 --out docs/benchmarks/workers-swaps.json
 
 Prints a table and writes JSON (default docs/benchmarks/workers.json).
 """
@@ -134,7 +134,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     models = models_for(args, work)
     repo = new_config_repo(work / "config")
     configure(repo, models)
-    out: dict[str, Any] = {"rounds": args.rounds, "seconds": args.seconds, "swaps": args.swaps}
+    out: dict[str, Any] = {"rounds": args.rounds, "seconds": args.seconds, "swaps": args.swaps,
+                           "swap_pause_s": args.swap_pause_s}
     (work / "models").mkdir(exist_ok=True)
     with Server(repo, work / "state", ready_timeout_s=600,
                 env={"ALLTALK_MODELS_DIR": str(work / "models")}) as server:
@@ -168,6 +169,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 swaps: dict[str, list[float]] = {m: [] for m in MODES}
                 for i in range(args.rounds if args.swaps_only else 3):
                     for mode in (MODES if i % 2 == 0 else MODES[::-1]):
+                        await asyncio.sleep(args.swap_pause_s)
                         swaps[mode].append(await reload(session, base, f"{name}-{mode}"))
                 out.setdefault(name, {})["swap_s"] = {
                     m: statistics.median(v) for m, v in swaps.items()}
@@ -194,6 +196,9 @@ def main() -> None:
     parser.add_argument("--xtts", action="store_true", help="add the tiny XTTS model's swap")
     parser.add_argument("--swaps-only", action="store_true",
                         help="only the swap times (--rounds reloads of each model and mode)")
+    parser.add_argument("--swap-pause-s", type=float, default=0.0,
+                        help="seconds before each swap (swaps minutes apart, as in use, find "
+                             "a backend's spare worker ready with its imports done)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "workers.json")
     args = parser.parse_args()
     results = asyncio.run(run(args))

@@ -34,6 +34,10 @@ class WorkerSettings:
     unload_timeout_s: float = 30.0
     # Restarts in a row with no call answered between them before the instance gives up.
     max_restarts: int = 5
+    # Keep a worker process ready with the backend's heavy imports done (its
+    # ``worker_preload``: torch for XTTS), so a load or reload skips them; it holds that
+    # memory while it waits (~750 MB for XTTS). False: each load imports them itself.
+    preload_spare: bool = True
 
     @property
     def in_process(self) -> bool:
@@ -76,7 +80,7 @@ def parse_workers(raw: Any, where: str, base: WorkerSettings | None = None) -> W
         if problem:
             problems.append(f"{where}.{key}: {problem}")
         else:
-            values[key] = value if key == "isolation" else (
+            values[key] = value if key in ("isolation", "preload_spare") else (
                 int(value) if _BOUNDS[key][2] else float(value))
     if problems:
         _refuse(*problems)
@@ -86,6 +90,8 @@ def parse_workers(raw: Any, where: str, base: WorkerSettings | None = None) -> W
 def value_problem(key: str, value: Any) -> str | None:
     """What is wrong with ``value`` for the ``[workers]`` key ``key``, or None (the CLI's
     deadline flags use it too, so a flag and a setting refuse the same values)."""
+    if key == "preload_spare":
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r:.60}"
     if key == "isolation":
         if value not in ISOLATIONS:
             return f"expected one of {', '.join(repr(i) for i in ISOLATIONS)}, got {value!r:.60}"

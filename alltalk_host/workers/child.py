@@ -38,17 +38,28 @@ from ..errors import BadAudio
 from . import protocol as p
 
 FACTS_EVERY_S = 1.0
+PRELOAD_AFTER_IDLE_S = 10.0  # a spare's heavy imports wait for this long without a message
 _PR_SET_PDEATHSIG = 1
 
 
-def main(fd: int, host_pid: int | None = None, preload: Sequence[str] = ()) -> None:
+def main(fd: int, host_pid: int | None = None, preload: Sequence[str] = (),
+         preload_after_s: float = PRELOAD_AFTER_IDLE_S) -> None:
     """Serve the host on socket ``fd`` until it unloads the instance or goes away."""
     _die_with_host(host_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.set_inheritable(fd, False)  # an engine's own child processes must not hold the socket
-    for module in preload:  # a spare pays for heavy imports before it is needed
-        importlib.import_module(module)
-    worker = _Worker(Connection(fd))
+    conn = Connection(fd)
+    # A spare pays for heavy imports before it is needed, once nothing has asked anything of
+    # it for a while: one is started as the load that took the previous spare begins, and
+    # its imports would compete with that load's warm-up for the CPU (measured on 2 cores: a
+    # tiny XTTS's first synthesis took 3.5 s instead of 1). A load that comes first imports
+    # what it needs itself.
+    if preload and not conn.poll(preload_after_s):
+        for module in preload:
+            # One that fails is imported again by load(), which then says why.
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
+    worker = _Worker(conn)
     worker.send(p.READY, 0, None)
     worker.run()
     os._exit(0)  # not sys.exit: an engine's non-daemon threads must not keep the process

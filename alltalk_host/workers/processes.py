@@ -1,5 +1,5 @@
-"""Worker processes: starting them, one spare kept ready, the set of a host's live workers, and
-what each one's memory is.
+"""Worker processes: starting them, spares kept ready (one plain, one per backend that names
+heavy imports), the set of a host's live workers, and what each one's memory is.
 
 Each worker is a fresh interpreter (``python -c "...child import main; main(FD)"``), never a
 fork of the host: a fork would copy the host's threads' locks and its loaded models, and
@@ -71,13 +71,16 @@ class WorkerProcess:
         return f"exit code {code}"
 
 
-def start_process(preload: Sequence[str] = ()) -> WorkerProcess:
-    """A new worker interpreter, its socket connected; it answers READY once imported."""
+def start_process(preload: Sequence[str] = (),
+                  preload_after_s: float | None = None) -> WorkerProcess:
+    """A new worker interpreter, its socket connected; it answers READY once imported (its
+    ``preload`` after ``preload_after_s`` without a message: ``child.main``)."""
     host_end, child_end = socket.socketpair()
     paths = [os.path.abspath(entry) for entry in sys.path if entry]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    after = "" if preload_after_s is None else f", {float(preload_after_s)!r}"
     code = (f"from alltalk_host.workers.child import main; "
-            f"main({child_end.fileno()}, {os.getpid()}, {list(preload)!r})")
+            f"main({child_end.fileno()}, {os.getpid()}, {list(preload)!r}{after})")
     try:
         # -P: no working directory at the head of sys.path, where a checkout of another
         # version would shadow the host's own modules.
@@ -110,32 +113,38 @@ class Supervised(Protocol):
 class WorkerGroup:
     """The live workers of one host, and where their processes come from.
 
-    ``new_process()`` hands out the spare (started in the background beforehand) and starts
-    the next spare; ``kill_loading()`` abandons loads at shutdown; ``kill_all()`` ends every
-    worker and the spare. A spare left at interpreter exit is killed by a finalizer.
+    ``new_process(preload)`` hands out a spare started beforehand with those modules imported
+    (``Backend.worker_preload``) and starts the next one like it: after a backend's first
+    load, one spare for it waits; ``prestart()`` starts a plain one. ``kill_loading()``
+    abandons loads at shutdown; ``kill_all()`` ends every worker and spare. A spare left at
+    interpreter exit is killed by a finalizer.
     """
 
-    def __init__(self, spare: bool = True, preload: Sequence[str] = ()) -> None:
+    def __init__(self, spare: bool = True, preload: Sequence[str] = (),
+                 preload_after_s: float | None = None) -> None:
         self._keep_spare = spare
-        self._preload = tuple(preload)
+        self._preload = tuple(preload)  # what every process imports besides its own
+        self._preload_after_s = preload_after_s  # None: the child's own default
         self._lock = threading.Lock()
         self._workers: set[Supervised] = set()
-        self._jobs: queue.SimpleQueue[Future[WorkerProcess] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        # The spare sits in a box the finalizer shares, so the finalizer holds no reference
-        # to the group (it would never be collected).
-        self._spare: list[Future[WorkerProcess]] = []
+        # The spares, by what they import, sit in a box the finalizer shares, so the
+        # finalizer holds no reference to the group (it would never be collected).
+        self._spares: dict[tuple[str, ...], Future[WorkerProcess]] = {}
         self._closed = False
-        self._finalizer = weakref.finalize(self, _kill_spares, self._spare, self._jobs)
+        self._finalizer = weakref.finalize(self, _kill_spares, self._spares, self._jobs)
 
-    def new_process(self) -> WorkerProcess:
-        """A worker process for a new load: the spare when it is alive, else a new one."""
+    def new_process(self, preload: Sequence[str] = ()) -> WorkerProcess:
+        """A worker process for a new load with ``preload`` imported: the spare when it is
+        alive, else a new one."""
+        key = self._preload + tuple(m for m in preload if m not in self._preload)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker group is closed")
-            taken = self._spare.pop() if self._spare else None
+            taken = self._spares.pop(key, None)
             if self._keep_spare:
-                self._spare.append(self._submit())
+                self._spares[key] = self._submit(key)
         if taken is not None:
             process = taken.result()
             if process.alive():
@@ -145,16 +154,16 @@ class WorkerGroup:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker group is closed")
-            fresh = self._submit()
+            fresh = self._submit(key)
         return fresh.result()
 
     def prestart(self) -> None:
-        """Start the spare now (the first load then skips the interpreter's start). Returns
-        once its process exists (milliseconds), not once it has imported."""
+        """Start a plain spare now (the first load then skips the interpreter's start).
+        Returns once its process exists (milliseconds), not once it has imported."""
         with self._lock:
-            if self._keep_spare and not self._spare and not self._closed:
-                self._spare.append(self._submit())
-            spare = self._spare[0] if self._spare else None
+            if self._keep_spare and self._preload not in self._spares and not self._closed:
+                self._spares[self._preload] = self._submit(self._preload)
+            spare = self._spares.get(self._preload)
         if spare is not None:
             spare.result()
 
@@ -186,32 +195,36 @@ class WorkerGroup:
             worker.kill(reason)
         self._finalizer()
 
-    def _submit(self) -> Future[WorkerProcess]:
+    def _submit(self, preload: tuple[str, ...]) -> Future[WorkerProcess]:
         future: Future[WorkerProcess] = Future()
         if self._thread is None:
-            self._thread = threading.Thread(target=_starter, args=(self._jobs, self._preload),
+            self._thread = threading.Thread(target=_starter,
+                                            args=(self._jobs, self._preload_after_s),
                                             name="worker-starter", daemon=True)
             self._thread.start()
-        self._jobs.put(future)
+        self._jobs.put((future, preload))
         return future
 
 
-def _starter(jobs: queue.SimpleQueue[Future[WorkerProcess] | None],
-             preload: tuple[str, ...]) -> None:
+_Job = tuple[Future[WorkerProcess], tuple[str, ...]]
+
+
+def _starter(jobs: queue.SimpleQueue[_Job | None], preload_after_s: float | None) -> None:
     """The one thread that starts processes, for as long as its group lives."""
-    while (future := jobs.get()) is not None:
+    while (job := jobs.get()) is not None:
+        future, preload = job
         if future.set_running_or_notify_cancel():
             try:
-                future.set_result(start_process(preload))
+                future.set_result(start_process(preload, preload_after_s))
             except BaseException as exc:  # noqa: BLE001 - the taker raises it
                 future.set_exception(exc)
 
 
-def _kill_spares(spares: list[Future[WorkerProcess]],
-                 jobs: queue.SimpleQueue[Future[WorkerProcess] | None]) -> None:
+def _kill_spares(spares: dict[tuple[str, ...], Future[WorkerProcess]],
+                 jobs: queue.SimpleQueue[_Job | None]) -> None:
     jobs.put(None)  # the starter thread ends after the job in hand
     while spares:
-        future = spares.pop()
+        _, future = spares.popitem()
         if future.cancel():
             continue
         with contextlib.suppress(Exception):

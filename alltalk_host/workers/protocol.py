@@ -73,6 +73,8 @@ class WorkerLimits:
     request_per_char_s: float = _DEFAULT.request_timeout_per_char_s
     unload_s: float = _DEFAULT.unload_timeout_s
     max_restarts: int = _DEFAULT.max_restarts
+    # Whether a spare with the backend's worker_preload imported is kept ready.
+    preload_spare: bool = _DEFAULT.preload_spare
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> WorkerLimits:
@@ -80,7 +82,8 @@ class WorkerLimits:
         return cls(load_s=settings.load_timeout_s, warmup_s=settings.warmup_timeout_s,
                    request_s=settings.request_timeout_s,
                    request_per_char_s=settings.request_timeout_per_char_s,
-                   unload_s=settings.unload_timeout_s, max_restarts=settings.max_restarts)
+                   unload_s=settings.unload_timeout_s, max_restarts=settings.max_restarts,
+                   preload_spare=settings.preload_spare)
 
     def request_deadline_s(self, text: str) -> float:
         return self.request_s + self.request_per_char_s * len(text)

@@ -55,7 +55,8 @@ class WorkerBackend(Backend):
         self._supervisor = Supervisor(
             group, self.limits, context.name, f"model {context.name} ({backend_class.name})",
             self._spec, self._on_message,
-            warm=self._warm if check_after_restart is not None else None, on_change=on_worker)
+            warm=self._warm if check_after_restart is not None else None, on_change=on_worker,
+            preload=tuple(backend_class.worker_preload) if self.limits.preload_spare else ())
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> Any:

@@ -49,7 +49,8 @@ class Supervisor:
     def __init__(self, group: WorkerGroup, limits: WorkerLimits, model: str, label: str,
                  spec: Callable[[], bytes], on_message: Callable[[str, Any], None],
                  warm: Callable[[Link], None] | None = None,
-                 on_change: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_change: Callable[[dict[str, Any]], None] | None = None,
+                 preload: tuple[str, ...] = ()) -> None:
         self._group = group
         self._limits = limits
         self._model = model
@@ -58,6 +59,7 @@ class Supervisor:
         self._on_message = on_message
         self._warm = warm
         self._on_change = on_change
+        self._preload = preload  # what its processes import before they load (a spare's)
         self._cond = threading.Condition()  # everything below
         self.state = WorkerState.NEW
         self._link: Link | None = None  # the process taking calls
@@ -204,8 +206,8 @@ class Supervisor:
 
     def _new_link(self) -> Link:
         """A worker process for this instance, registered as the one loading."""
-        link = Link(self._group.new_process(), self._model, self._label, self._on_message,
-                    self._on_exit)
+        link = Link(self._group.new_process(self._preload), self._model, self._label,
+                    self._on_message, self._on_exit)
         with self._cond:
             stopped = self._stopped_by if self._stop.is_set() else None
             if stopped is None:

@@ -94,6 +94,9 @@ def _check_parameter(name: str, value: Any) -> float:
 class XttsBackend(Backend):
     name = "xtts"
     path_settings = ("checkpoint", "voices_dir")  # inside models_dir when a commit sets them
+    # torch and Coqui's model take seconds to import: a worker kept ready with them saves
+    # that on every load and reload (docs/benchmarks.md, the workers' swap times).
+    worker_preload = ("torch", "TTS.tts.models.xtts")
     # One XTTS instance mixes audio under concurrent use: one request at a time per instance;
     # the model's `instances` setting loads more copies.
     capabilities = Capabilities(streaming=True, languages=XTTS_LANGUAGES, voice_cloning=True,
