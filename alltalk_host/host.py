@@ -125,6 +125,7 @@ class Host:
         )
         if self.metrics is not None:
             self.events.listen(self.metrics.on_event)
+            self.control.on_demand.on_wait = self.metrics.waited_for_load
 
     async def start(self) -> None:
         for plugin in self.catalog.plugins:

@@ -79,6 +79,9 @@ class Metrics:
         self.drain_time = Histogram("alltalk_drain_duration_seconds",
                                     "From a generation's replacement to its unload",
                                     ["model"], buckets=PHASE_BUCKETS, registry=r)
+        self.load_wait = Histogram("alltalk_on_demand_wait_seconds",
+                                   "How long a request waited for its model to load on demand",
+                                   ["model"], buckets=PHASE_BUCKETS, registry=r)
         r.register(_HostCollector(host))
         self._phases: dict[str, tuple[str, str, float]] = {}  # op -> (action, phase, since)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # per-request series
@@ -97,6 +100,9 @@ class Metrics:
         if audio_s > 0:
             self._child(self.audio, model, arm).inc(audio_s)
             self._child(self.rtf, model, arm).observe(busy_s / audio_s)
+
+    def waited_for_load(self, model: str, seconds: float) -> None:
+        self._child(self.load_wait, model).observe(seconds)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         # labels() validates and locks on every call: most of what a request's metrics cost.

@@ -52,7 +52,8 @@ async def test_a_request_for_a_model_not_loaded_loads_it_and_is_served(start_ser
     metrics = await (await client.get("/metrics")).text()
     for line in ('alltalk_resident_models{reason="on_demand"} 1.0',
                  'alltalk_resident_models{reason="default"} 1.0',
-                 'alltalk_on_demand_loads_total{outcome="loaded"} 1.0'):
+                 'alltalk_on_demand_loads_total{outcome="loaded"} 1.0',
+                 'alltalk_on_demand_wait_seconds_count{model="reference-low"} 1.0'):
         assert line in metrics, line
 
 

@@ -55,17 +55,28 @@ class OnDemand:
         self.loads = 0  # on-demand loads that served (for metrics and status)
         self.failures = 0  # on-demand loads that failed
         self.unloads: dict[str, int] = {"idle": 0, "explicit": 0, "budget": 0}
+        # Told each time a caller waited for a load (the model, seconds): the metrics.
+        self.on_wait: Callable[[str, float], None] | None = None
 
     # --- loading -----------------------------------------------------------------------------
 
-    async def ensure(self, name: str) -> None:
+    async def ensure(self, name: str, reason: str = "request") -> None:
         """Return once ``name`` is in the serving snapshot (or was, and an apply replaced it
         meanwhile); raise why it cannot load. Concurrent callers share one load, and a caller
-        that goes away does not cancel it."""
+        that goes away does not cancel it. ``reason`` ("request", "explicit") goes into the
+        load's events and log; how long each caller waited goes to ``on_wait``."""
+        started = time.monotonic()
+        try:
+            await self._ensure(name, reason)
+        finally:
+            if self.on_wait is not None:
+                self.on_wait(name, time.monotonic() - started)
+
+    async def _ensure(self, name: str, reason: str) -> None:
         task = self._loads.get(name)
         if task is None:
             self._refuse_recent_failure(name)
-            task = asyncio.get_running_loop().create_task(self._load(name, "request"))
+            task = asyncio.get_running_loop().create_task(self._load(name, reason))
             self._loads[name] = task
             task.add_done_callback(lambda _, name=name: self._loads.pop(name, None))
         try:
@@ -186,7 +197,7 @@ class OnDemand:
             self._failed.pop(name, None)  # asked for by hand: try now
             if not serving.config.loads_on_demand(name):
                 self.registry.resolve(name)  # raises why it cannot load
-            await self.ensure(name)
+            await self.ensure(name, "explicit")
         return self._answer(name, "loaded")
 
     async def unload(self, name: str) -> dict[str, Any]:
