@@ -181,6 +181,19 @@ async def test_a_full_house_unloads_the_least_recently_used_idle_model_never_one
     assert (await long).status == 200
 
 
+async def test_a_memory_budget_makes_room_the_same_way(start_server, config_repo):
+    # Each reference model holds 8 MiB (its estimate, inline): a 20 MiB budget takes two.
+    config_repo.model("reference-third", pitch_hz=200, voices=["third"])
+    config_repo.set("settings.toml", "default.memory.ram_budget_mb", 20)
+    config_repo.commit("a 20 MiB budget")
+    client = await start_server()
+    assert (await speak(client, "reference-low")).status == 200
+    assert (await speak(client, "reference-third")).status == 200
+    status = await status_of(client)
+    assert model_of(status, "reference-low") is None and model_of(status, "reference-third")
+    assert status["on_demand"]["unloads"]["budget"] == 1
+
+
 async def test_load_and_unload_by_hand_and_the_commits_models_stay(start_server, config_repo):
     config_repo.model("reference-kept", keep_loaded=True, pitch_hz=200)
     config_repo.commit("a model kept loaded")
