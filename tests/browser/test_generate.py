@@ -110,7 +110,9 @@ async def test_options_a_model_lacks_are_disabled_and_narrator_mode_speaks(
     await expect(page.get_by_role("button", name="Apply", exact=True)).to_be_enabled()
 
 
-async def test_a_model_not_loaded_is_chosen_loaded_and_heard(start_server, pages):
+async def test_a_model_not_loaded_is_chosen_loaded_and_heard(start_server, config_repo, pages):
+    config_repo.model("reference-low", load_seconds=1.5)
+    config_repo.commit("reference-low takes a moment to load")
     client = await start_server()
     page = await pages.open(client)
     model = page.get_by_role("combobox", name="Model", exact=True)
@@ -120,6 +122,7 @@ async def test_a_model_not_loaded_is_chosen_loaded_and_heard(start_server, pages
     await expect(page.locator("#model-note")).to_contain_text("not loaded: Generate loads it")
     await page.get_by_role("textbox", name="Text", exact=True).fill("Hello there.")
     await page.get_by_role("button", name="Generate", exact=True).click()
+    await expect(page.locator("#generate-status")).to_contain_text("Loading reference-low first")
     await expect(page.locator("#provenance")).to_contain_text("model reference-low generation 1")
     assert await audio_seconds(page) > 0.3
     # Loaded now: the page shows it serving, with its own voices to choose from.

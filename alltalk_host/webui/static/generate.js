@@ -23,6 +23,7 @@ let $; // element lookup by id
 let player;
 let saved = {};
 let busy = null; // the AbortController of the request in flight
+let loadingModel = null; // the model the request in flight waits for, loading on demand
 const clips = [];
 
 function mount(section, shared) {
@@ -67,6 +68,22 @@ function mount(section, shared) {
   $("speed").addEventListener("input", () => { $("speed-value").value = Number($("speed").value).toFixed(2); save(); });
   $("speed-value").value = Number($("speed").value).toFixed(2);
   app.on("models", render);
+  app.on("event", loadProgress);
+}
+
+/** While a request waits for its model to load on demand: the load's progress, from the
+ * model events (the backend's own words and fraction, when it gives them). */
+function loadProgress(event) {
+  if (!busy || !loadingModel || event.replayed || event.kind !== "model") return;
+  const d = event.data;
+  if (d.name !== loadingModel) return;
+  if (d.state === "loading") {
+    const part = typeof d.fraction === "number" ? ` ${Math.round(d.fraction * 100)}%` : "";
+    fill($("generate-status"), `Loading ${loadingModel} first${part}${d.detail ? `: ${d.detail}` : ""}…`);
+  } else if (d.state === "serving") {
+    fill($("generate-status"), "Generating…");
+    loadingModel = null;
+  }
 }
 
 function show(route) {
@@ -238,7 +255,10 @@ async function generate() {
   $("stop").disabled = false;
   $("generate").disabled = true;
   fill($("generate-error"));
-  fill($("generate-status"), "Generating…");
+  const chosen = selected();
+  loadingModel = chosen && chosen.state !== "serving" ? chosen.name : null;
+  fill($("generate-status"), loadingModel
+    ? `Loading ${loadingModel} first (it loads when a request names it)…` : "Generating…");
   const started = performance.now();
   try {
     const clip = v.narrator ? await viaAllTalk(v, busy.signal)
@@ -259,6 +279,7 @@ async function generate() {
     }
   } finally {
     busy = null;
+    loadingModel = null;
     $("stop").disabled = true;
     countText();
   }
