@@ -7,7 +7,12 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 # the ONNX plugin takes exactly one of its [cpu] / [gpu] extras. GPU machines get [gpu].
 ONNX_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
 # In-tree backend plugins: each its own distribution, installed like a third-party one.
-PLUGINS := plugins/reference plugins/onnx[$(ONNX_EXTRA),joe] plugins/xtts plugins/espeak
+# `make run` installs the light ones, with no PyTorch (its CUDA wheels are most of a full
+# install); XTTS=1 adds the XTTS plugin, PyTorch and Coqui TTS. `make test` installs them all.
+LIGHT_PLUGINS := plugins/reference plugins/onnx[$(ONNX_EXTRA),joe] plugins/espeak
+XTTS ?=
+PLUGINS := $(LIGHT_PLUGINS) $(if $(XTTS),plugins/xtts)
+INSTALLED := $(VENV)/.installed$(if $(XTTS),-xtts)
 CONFIG_REPO ?= var/config
 STATE_DIR ?= var/state
 MODELS_DIR ?= var/models
@@ -22,32 +27,34 @@ BROWSER ?= /usr/bin/chromium-headless-shell
 BROWSER_VERSION ?= 156.0.8078.108-1~deb12u1
 APT := DEBIAN_FRONTEND=noninteractive apt-get -qq
 
-.PHONY: install run test test-browser lint bench espeak-ng-cli clean
+.PHONY: install run test test-browser test-voice lint bench espeak-ng-cli clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install when any pyproject changes. [tools] builds the tiny test models (with Coqui).
-$(VENV)/.installed: $(BIN)/python pyproject.toml $(wildcard plugins/*/pyproject.toml) constraints.txt
-	$(PIP) -e '.[tools]' $(foreach p,$(PLUGINS),-e '$(p)')
+# Re-install when any pyproject changes. With XTTS=1, [tools] too: Coqui and PyTorch, which
+# also build the template's tiny test voice.
+$(INSTALLED): $(BIN)/python pyproject.toml $(wildcard plugins/*/pyproject.toml) constraints.txt
+	$(PIP) -e '.$(if $(XTTS),[tools])' $(foreach p,$(PLUGINS),-e '$(p)')
 	touch $@
 
-# piper-tts (the ONNX tests' reference) needs the CPU onnxruntime, which must not meet
+# Everything, for the tests: [tools] builds the tiny test models (with Coqui), plus the XTTS
+# plugin. piper-tts (the ONNX tests' reference) needs the CPU onnxruntime, which must not meet
 # onnxruntime-gpu: where the GPU package is installed it is left out, its comparisons skip
 # with that reason, and the CUDA provider tests run instead. One command on both machines.
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -e '.[test]'
+$(VENV)/.installed-test: $(INSTALLED)
+	$(PIP) -e '.[tools,test]' -e plugins/xtts
 	@if $(BIN)/pip show -q onnxruntime-gpu 2>/dev/null; then \
 	  echo "onnxruntime-gpu is installed: piper-tts is left out, its comparisons will skip"; \
 	else $(PIP) -e '.[piper-reference]'; fi
 	touch $@
 
-install: $(VENV)/.installed
+install: $(INSTALLED)
 
 # Serves the default voice on $(HOST):$(PORT); creates the config repo from the template and
 # the template's tiny test voice if they are missing.
 run: install
-	$(BIN)/python tools/build_test_voice.py $(MODELS_DIR)/test-voice --if-missing
+	$(BIN)/python tools/build_test_voice.py $(MODELS_DIR)/test-voice --if-missing --if-tools
 	$(BIN)/alltalk-host serve --init-config --config-repo $(CONFIG_REPO) \
 		--state-dir $(STATE_DIR) --host $(HOST) --port $(PORT)
 
@@ -84,6 +91,11 @@ test-browser: $(VENV)/.installed-test
 	else \
 	  echo "browser tests skipped: no $(BROWSER); install it with: sudo apt-get install chromium-headless-shell (Debian)"; \
 	fi
+
+# The template's second model, a tiny test voice (random weights), built with PyTorch.
+test-voice:
+	$(MAKE) --no-print-directory install XTTS=1
+	$(BIN)/python tools/build_test_voice.py $(MODELS_DIR)/test-voice --if-missing
 
 # Modules, not script paths: `tools` imports as a package from the project root.
 bench: $(VENV)/.installed-test

@@ -27,6 +27,7 @@ Run as a script:  python build_tiny_vits_onnx.py OUT_DIR [SPEAKERS] [SEED]
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -225,8 +226,16 @@ def main() -> None:
     parser.add_argument(
         "--if-missing", action="store_true", help="do nothing when OUT_DIR/model.onnx exists"
     )
+    parser.add_argument(
+        "--if-tools", action="store_true",
+        help="without the [tools] extra (PyTorch, Coqui), say how to get it and do nothing")
     args = parser.parse_args()
     if args.if_missing and (args.out_dir / "model.onnx").exists():
+        return
+    if args.if_tools and importlib.util.find_spec("TTS") is None:
+        print(f"the tiny test voice ({args.out_dir}) is built with PyTorch and Coqui TTS, which "
+              "a light install leaves out; `make test-voice` (or `make run XTTS=1`) installs "
+              "them and builds it. Until then the template's test-voice model is unavailable.")
         return
     started = time.perf_counter()
     print(f"building a tiny test voice in {args.out_dir} ...", flush=True)
