@@ -247,7 +247,8 @@ async def test_an_apply_during_an_on_demand_load(start_server, config_repo):
     """The load is for the commit serving when it started. If an apply switches meanwhile,
     the loaded model joins the new snapshot when that commit defines it the same way; if it
     defines it otherwise, the copy is dropped and the request loads the new definition."""
-    config_repo.model("reference-low", load_seconds=1.5, pitch_hz=90, voices=["narrator"])
+    # 3 s: the applies below (runtime-only, tens of milliseconds) end well before the load.
+    config_repo.model("reference-low", load_seconds=3.0, pitch_hz=90, voices=["narrator"])
     config_repo.commit("a slow model")
     client = await start_server()
     request = asyncio.create_task(speak(client, "reference-low"))
