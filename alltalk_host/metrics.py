@@ -28,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .change.control import Controller
+from .change.on_demand import resident
 from .config.canary import STABLE
 from .events import MODEL, OPERATION, Event
 from .serving.generation import GenerationState, Serving
@@ -220,15 +221,15 @@ class _HostCollector(Collector):
 
 def _on_demand(control: Controller, serving: Serving | None) -> Iterator[Metric]:
     """Why each model is loaded, and what loading on demand did (change/on_demand.py)."""
-    resident = GaugeMetricFamily("alltalk_resident_models", "Models loaded now, by why: the "
-                                 "default, keep_loaded, or on demand", labels=["reason"])
+    loaded = GaugeMetricFamily("alltalk_resident_models", "Models loaded now, by why: the "
+                               "default, keep_loaded, or on demand", labels=["reason"])
     counts = {"default": 0, "keep_loaded": 0, "on_demand": 0}
     if serving is not None:
-        for gen in serving.generations.values():
-            counts[control.on_demand.describe(gen, serving.config)["resident"]] += 1
+        for name in serving.generations:
+            counts[resident(serving.config, name)] += 1
     for reason, count in counts.items():
-        resident.add_metric([reason], float(count))
-    yield resident
+        loaded.add_metric([reason], float(count))
+    yield loaded
     loads = CounterMetricFamily("alltalk_on_demand_loads", "Models loaded because a request "
                                 "named them, by outcome", labels=["outcome"])
     loads.add_metric(["loaded"], float(control.on_demand.loads))

@@ -70,13 +70,11 @@ class Controller:
         # The first half of an apply: a canary's start is an apply that stops after it.
         self._prepare = self.sequence.prepare
         self.rollout = Rollout(registry, self.ledger, arms or Arms(), events, self._spawn)
-        self.on_demand = OnDemand(
-            registry, self.transaction,
-            busy=lambda: self._busy is not None or self.rollout.running is not None)
+        self.on_demand = OnDemand(registry, self.transaction, busy=self._changing)
         registry.on_demand = self.on_demand.ensure
         self.watcher = BranchWatcher(
             repo, self.ledger, registry, self._io, apply=self._watch_apply,
-            busy=lambda: self._busy is not None or self.rollout.running is not None,
+            busy=self._changing,
             settings_of=loader.watch_settings)
         self._busy: Busy | None = None
         self._abandoned = False  # shutting down: no change starts, none in progress applies
@@ -357,6 +355,10 @@ class Controller:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     # --- what serves -----------------------------------------------------------------------
+
+    def _changing(self) -> bool:
+        """A change or a canary is in progress."""
+        return self._busy is not None or self.rollout.running is not None
 
     def _serving_commit(self) -> str | None:
         serving = self.registry.serving

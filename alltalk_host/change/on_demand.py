@@ -38,6 +38,10 @@ from .plan import Plan
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 5.0  # how often idle models are looked for (an idle timer is this coarse)
+ON_DEMAND = "on_demand"
+# Why a loaded model cannot make room, as a refusal says it: one loaded on demand is in use
+# (an idle one would have been unloaded first).
+_HELD_BY = {"default": "the default", "keep_loaded": "keep_loaded", ON_DEMAND: "in use"}
 
 
 class OnDemand:
@@ -117,7 +121,7 @@ class OnDemand:
         except HostError as exc:
             # The server could not serve it, whatever the caller sent: 503, the load's code.
             failure = Unavailable(f"model {name!r} could not be loaded on demand: {exc.message}",
-                                  code=exc.code, details={"model": name, **_dict(exc.details)})
+                                  code=exc.code, details=exc.with_details(model=name).details)
             self._failed[name] = (time.monotonic(), failure)
             self.failures += 1
             log.warning("model %s: on-demand load for a %s failed: %s", name, reason,
@@ -125,7 +129,7 @@ class OnDemand:
             raise failure from exc
         self._failed.pop(name, None)
         now = self.registry.serving
-        if now is None or name in now.generations or not _same_model(now.config, config, name):
+        if now is None or name in now.generations or not now.config.keeps_on_demand(gen.model):
             # An apply switched while it loaded, and serves it already or defines it
             # otherwise: this copy is not wanted (the request tries again under ``now``).
             log.info("model %s: loaded on demand for commit %s, but %s serves now; unloading "
@@ -156,7 +160,7 @@ class OnDemand:
                 return
             victim = self._least_recently_used(serving)
             if victim is None:
-                held = ", ".join(f"{n} ({_why_kept(serving, n)})"
+                held = ", ".join(f"{n} ({_HELD_BY[resident(serving.config, n)]})"
                                  for n in sorted(serving.generations))
                 why = (f"max_resident_models = {limit} are loaded" if full
                        else refused[0].reason)
@@ -253,12 +257,12 @@ class OnDemand:
             except Exception:  # the sweeper must outlive a bug in one round
                 log.exception("idle sweep failed")
 
-    def sweep(self, now: float | None = None) -> list[str]:
+    def sweep(self) -> None:
         """Unload each model loaded on demand that has been unused past its idle time."""
         serving = self.registry.serving
         if serving is None or self._busy():
-            return []  # the change's snapshot may keep them: after it
-        now = time.monotonic() if now is None else now
+            return  # the change's snapshot may keep them: after it
+        now = time.monotonic()
         idle = []
         for name, gen in serving.generations.items():
             if name in serving.config.loaded_models or gen.in_use:
@@ -268,12 +272,10 @@ class OnDemand:
                 idle.append(name)
         for name in idle:
             self._evict(self.registry.require_serving(), name, "idle")
-        return idle
 
     def _evict(self, serving: Serving, name: str, reason: str) -> None:
         gen = serving.generations[name]
-        log.info("%s: unloading a model loaded on demand (%s)", gen.label,
-                 "idle" if reason == "idle" else "asked to")
+        log.info("%s: unloading a model loaded on demand (%s)", gen.label, reason)
         self.unloads[reason] = self.unloads.get(reason, 0) + 1
         rest = {n: g for n, g in serving.generations.items() if n != name}
         self.registry.switch(replace(serving, generations=rest), why=reason)
@@ -282,32 +284,20 @@ class OnDemand:
         """For status: why a generation is loaded, and for one loaded on demand, how long it
         has been unused and when it unloads."""
         name = gen.model.name
-        if name == config.default_model:
-            return {"resident": "default"}
-        if name in config.loaded_models:
-            return {"resident": "keep_loaded"}
+        why = resident(config, name)
+        if why != ON_DEMAND:
+            return {"resident": why}
         idle_s = max(0.0, time.monotonic() - gen.last_used)
         limit = config.idle_unload_s(name) if name in config.models else 0.0
-        return {"resident": "on_demand", "idle_s": round(idle_s, 1),
+        return {"resident": ON_DEMAND, "idle_s": round(idle_s, 1),
                 "unloads_in_s": (None if limit <= 0 or gen.in_use
                                  else round(max(0.0, limit - idle_s), 1))}
 
 
-def _why_kept(serving: Serving, name: str) -> str:
-    if name == serving.config.default_model:
-        return "the default"
-    if name in serving.config.loaded_models:
-        return "keep_loaded"
-    return "in use"
+def resident(config: HostConfig, name: str) -> str:
+    """Why loaded model ``name`` is loaded: "default", "keep_loaded" or "on_demand"."""
+    if name == config.default_model:
+        return "default"
+    return "keep_loaded" if name in config.loaded_models else ON_DEMAND
 
 
-def _same_model(now: HostConfig, loaded_for: HostConfig, name: str) -> bool:
-    model = now.models.get(name)
-    return (model is not None and now.loads_on_demand(name)
-            and model.load_signature() == loaded_for.models[name].load_signature())
-
-
-def _dict(details: Any) -> dict[str, Any]:
-    if details is None:
-        return {}
-    return dict(details) if isinstance(details, dict) else {"errors": details}

@@ -187,10 +187,18 @@ class HostConfig:
         return {self.default_model} | {n for n, m in self.models.items() if m.keep_loaded}
 
     def loads_on_demand(self, name: str) -> bool:
-        """Whether a request naming ``name`` (configured, not kept loaded) may load it."""
+        """Whether a request naming ``name`` may load it: configured, available, allowed, and
+        not one this config keeps loaded itself (the default, ``keep_loaded``)."""
         model = self.models.get(name)
         return (self.on_demand.enabled and model is not None and model.on_demand
-                and model.unavailable is None)
+                and model.unavailable is None and name not in self.loaded_models)
+
+    def keeps_on_demand(self, model: ModelDef) -> bool:
+        """Whether a generation of ``model``, loaded on demand (under this config or another),
+        may serve under this one: it still loads on demand, defined the same way."""
+        mine = self.models.get(model.name)
+        return (mine is not None and self.loads_on_demand(model.name)
+                and mine.load_signature() == model.load_signature())
 
     def idle_unload_s(self, name: str) -> float:
         """How long model ``name``, loaded on demand, stays loaded unused (0: for good)."""

@@ -105,7 +105,6 @@ class ModelRegistry:
                 continue
             if (model not in serving.generations and self.on_demand is not None
                     and serving is self.serving and loads < ON_DEMAND_TRIES
-                    and model not in serving.config.loaded_models
                     and serving.config.loads_on_demand(model)):
                 loads += 1  # loaded, then replaced by an apply before this request got it
                 await self.on_demand(model)
@@ -314,8 +313,7 @@ def _with_on_demand(old: Serving, new: Serving) -> Serving:
     carried = {
         name: gen for name, gen in old.generations.items()
         if name not in new.generations and name not in old.config.loaded_models
-        and new.config.loads_on_demand(name) and name not in new.config.loaded_models
-        and new.config.models[name].load_signature() == gen.model.load_signature()}
+        and new.config.keeps_on_demand(gen.model)}
     return replace(new, generations={**new.generations, **carried}) if carried else new
 
 

@@ -4,12 +4,14 @@ and GET /tts/models, what it may be asked for."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
 from ..apis.speech_api import provenance_headers, tts_input
 from ..audio import to_wav
-from ..config.settings import SPEED_RANGE
+from ..backend import Capabilities
+from ..config.settings import SPEED_RANGE, HostConfig, ModelDef
 from ..serving.generation import GenerationState
 from .bodies import read_json
 from .errors import current_serving
@@ -50,21 +52,20 @@ async def models(request: web.Request) -> web.Response:
             cls = request.app[HOST].catalog.get(model.backend)
             if entry["on_demand"] and cls is not None:
                 # What its backend says of itself; its voices are known once it is loaded.
-                caps = cls.capabilities
-                entry.update(
-                    voices=[], languages=list(caps.languages), streaming=caps.streaming,
-                    parameters=list(caps.parameters), default_voice=model.default_voice,
-                    default_language=model.default_language or config.default_language,
-                    default_speed=model.default_speed)
+                entry.update(_takes(cls.capabilities, [], model, config))
         else:
-            caps = gen.capabilities
-            entry.update(
-                state=GenerationState.SERVING, generation=gen.number, commit=gen.commit,
-                voices=gen.voices, languages=list(caps.languages), streaming=caps.streaming,
-                parameters=list(caps.parameters), default_voice=model.default_voice,
-                default_language=model.default_language or config.default_language,
-                default_speed=model.default_speed)
+            entry.update(state=GenerationState.SERVING, generation=gen.number,
+                         commit=gen.commit, **_takes(gen.capabilities, gen.voices, model, config))
         entries.append(entry)
     return web.json_response({"commit": serving.commit, "default_model": config.default_model,
                               "max_text_length": config.max_text_length,
                               "speed_range": list(SPEED_RANGE), "models": entries})
+
+
+def _takes(caps: Capabilities, voices: list[str], model: ModelDef,
+           config: HostConfig) -> dict[str, Any]:
+    """What a request to ``model`` may ask for, and what it gets when it names nothing."""
+    return {"voices": voices, "languages": list(caps.languages), "streaming": caps.streaming,
+            "parameters": list(caps.parameters), "default_voice": model.default_voice,
+            "default_language": model.default_language or config.default_language,
+            "default_speed": model.default_speed}

@@ -120,10 +120,8 @@ class WorkerGroup:
     interpreter exit is killed by a finalizer.
     """
 
-    def __init__(self, spare: bool = True, preload: Sequence[str] = (),
-                 preload_after_s: float | None = None) -> None:
+    def __init__(self, spare: bool = True, preload_after_s: float | None = None) -> None:
         self._keep_spare = spare
-        self._preload = tuple(preload)  # what every process imports besides its own
         self._preload_after_s = preload_after_s  # None: the child's own default
         self._lock = threading.Lock()
         self._workers: set[Supervised] = set()
@@ -138,7 +136,7 @@ class WorkerGroup:
     def new_process(self, preload: Sequence[str] = ()) -> WorkerProcess:
         """A worker process for a new load with ``preload`` imported: the spare when it is
         alive, else a new one."""
-        key = self._preload + tuple(m for m in preload if m not in self._preload)
+        key = tuple(preload)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker group is closed")
@@ -161,9 +159,9 @@ class WorkerGroup:
         """Start a plain spare now (the first load then skips the interpreter's start).
         Returns once its process exists (milliseconds), not once it has imported."""
         with self._lock:
-            if self._keep_spare and self._preload not in self._spares and not self._closed:
-                self._spares[self._preload] = self._submit(self._preload)
-            spare = self._spares.get(self._preload)
+            if self._keep_spare and () not in self._spares and not self._closed:
+                self._spares[()] = self._submit(())
+            spare = self._spares.get(())
         if spare is not None:
             spare.result()
 
