@@ -51,8 +51,8 @@ def main(fd: int, host_pid: int | None = None, preload: Sequence[str] = (),
     conn = Connection(fd)
     # A spare pays for heavy imports before it is needed, once nothing has asked anything of
     # it for a while: one is started as the load that took the previous spare begins, and
-    # its imports would compete with that load's warm-up for the CPU (measured on 2 cores: a
-    # tiny XTTS's first synthesis took 3.5 s instead of 1). A load that comes first imports
+    # its imports would compete with that load's warm-up for the CPU (on 2 cores a tiny XTTS
+    # swap took 4.6 s instead of 1.5: docs/benchmarks.md). A load that comes first imports
     # what it needs itself.
     if preload and not conn.poll(preload_after_s):
         for module in preload:
