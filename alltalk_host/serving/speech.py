@@ -102,6 +102,11 @@ class Utterance:
     by piece on one lease: every piece comes from the generation the first one started on, at
     one sample rate, as a streamed HTTP request does. Use as ``async with``.
 
+    The lease's slot is set aside between pieces and taken again, in line, for the next one,
+    so streams that run at once take turns piece by piece: with more streams than slots, each
+    stream's first audio waits for one piece of the others, not for their whole utterances.
+    Pieces after the first are marked ``continues``: only the first may be cut for a fast start.
+
     Together the pieces may be at most the config's ``max_text_length``, as one text would.
     """
 
@@ -114,6 +119,7 @@ class Utterance:
         self._lease = lease
         self._stack = stack
         self._length = 0
+        self._spoken = False  # a piece was sent to the backend: the next ones continue it
         self._check = AudioCheck(lease.gen)  # the pieces are one stream
         # For the metrics, as one streamed request: the time spent speaking (not the waits
         # for the next piece of text), the first audio, and the audio's length.
@@ -133,6 +139,10 @@ class Utterance:
                              details={"length": self._length, "limit": limit})
         request = _build_request(replace(self._wanted, text=text), self._lease.serving,
                                  self._lease.gen)
+        if self._spoken:
+            request = replace(request, continues=True)
+        self._spoken = True
+        await self._lease.resume()  # a slot for this piece (the first piece holds it already)
         self._service._active[id(request)] = request
         try:
             # Timed as a streamed request's chunks are; the pieces add up in _piece_done.
@@ -144,6 +154,7 @@ class Utterance:
                 yield chunk
         finally:
             self._service._active.pop(id(request), None)
+            self._lease.set_aside()  # back when the backend call has returned
 
     def _piece_done(self, first_audio_s: float, total_s: float, busy_s: float,
                     audio_s: float, error: BaseException | None) -> None:

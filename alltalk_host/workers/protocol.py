@@ -121,7 +121,8 @@ def request_fields(request: SpeechRequest) -> dict[str, Any]:
     """A request without its ``cancelled`` event (an Event does not pickle; cancel is a
     message)."""
     return {"text": request.text, "voice": request.voice, "language": request.language,
-            "speed": request.speed, "options": dict(request.options)}
+            "speed": request.speed, "options": dict(request.options),
+            "continues": request.continues}
 
 
 class RemoteError(RuntimeError):

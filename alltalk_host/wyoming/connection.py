@@ -6,9 +6,9 @@ loop replaces it. What the events mean is the subclass's (``handler.py``).
 
 An event that breaks the protocol or passes the size limit is answered with an ``error``
 event and the connection closes: where the next event would begin is unknown. While
-``holding()`` (a stream holds a model's slot), the next event must come within
-``wyoming_idle_timeout_s``; past it ``went_quiet()`` ends what is held and the connection
-closes. Each is one INFO line in the log, never a traceback.
+``holding()`` (a stream has started speaking and keeps its model's generation), the next
+event must come within ``wyoming_idle_timeout_s``; past it ``went_quiet()`` ends what is
+held and the connection closes. Each is one INFO line in the log, never a traceback.
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@ stream): a client that does not read ``error`` events (Home Assistant's) ends th
 instead of waiting, and the connection stays usable for the next one. Every request is
 logged with the commit and model generation that served it; the protocol has no headers.
 
-Events are read within the limits by ``connection.py``. A stream that holds a model's slot and
-then goes quiet for ``wyoming_idle_timeout_s`` ends with an ``error`` (``idle_timeout``) and
-``synthesize-stopped``, its slot given back, and the connection closes.
+A stream takes a model slot for each sentence and gives it back in between (``Utterance``), so
+streams running at once take turns sentence by sentence, and a stream waiting for text holds no
+slot; it keeps its model's generation from its first sentence to its last. Events are read
+within the limits by ``connection.py``. A stream that has started speaking and then goes quiet
+for ``wyoming_idle_timeout_s`` ends with an ``error`` (``idle_timeout``) and
+``synthesize-stopped``, the generation it kept let go, and the connection closes.
 """
 
 from __future__ import annotations
@@ -211,7 +214,8 @@ class SpeechHandler(LimitedConnection):
         await self.write_event(SynthesizeStopped().event())
 
     async def _speak(self, stream: _Stream, sentence: str) -> None:
-        """One sentence on the stream's lease, taken with its first speakable sentence."""
+        """One sentence on the stream's lease (taken with its first speakable sentence), with
+        a slot for this sentence only."""
         if stream.failed or not has_speakable(sentence):
             return  # after an error the rest is dropped; "..." between sentences is no error
         try:

@@ -329,11 +329,12 @@ class OnnxBackend(Backend):
         # The host's splitter bounds the first chunk: time to first audio does not grow
         # with the length of the text; cutting a long first sentence after its first clause
         # bounds it by one clause. Later sentences stay whole: by the time they run, the
-        # first is playing.
+        # first is playing; so does a piece that ``continues`` an utterance.
         pieces = split_sentences(request.text)
         s = self.settings
-        cut = first_clause(pieces[0], s.first_clause_min_words,
-                           s.first_clause_max_words) if pieces else None
+        cut = None
+        if pieces and not request.continues:
+            cut = first_clause(pieces[0], s.first_clause_min_words, s.first_clause_max_words)
         if cut:
             pieces[:1] = cut
         yield from self._sentences(request, pieces)
