@@ -36,8 +36,6 @@ class SessionSettings(Protocol):
     @property
     def intra_op_threads(self) -> int: ...
     @property
-    def arena_shrink_above(self) -> int: ...
-    @property
     def wants_cuda(self) -> bool: ...
 
 
@@ -136,11 +134,11 @@ class Session:
     def input_names(self) -> set[str]:
         return {i.name for i in self.ort_session.get_inputs()}
 
-    def run(self, feeds: dict[str, Any], length: int) -> Any:
-        """The model's outputs for ``feeds``; ``length`` (phoneme ids) decides whether the
-        arena is shrunk afterwards."""
-        keep, shrink = self.run_options
-        options = shrink if length > self.settings.arena_shrink_above else keep
+    def run(self, feeds: dict[str, Any], shrink: bool = False) -> Any:
+        """The model's outputs for ``feeds``; ``shrink``: hand the memory the arena grew
+        back afterwards (the backend asks it of a request's last run, if one was long)."""
+        keep, shrinking = self.run_options
+        options = shrinking if shrink else keep
         try:
             return self.ort_session.run(None, feeds, options)
         except self.ep_fail as exc:
