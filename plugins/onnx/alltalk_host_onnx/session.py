@@ -36,6 +36,8 @@ class SessionSettings(Protocol):
     @property
     def intra_op_threads(self) -> int: ...
     @property
+    def arena_rest_s(self) -> float: ...
+    @property
     def wants_cuda(self) -> bool: ...
 
 
@@ -106,6 +108,13 @@ class Session:
         self.ep_fail = EPFail
         self.run_options = self._run_options(ort)
         self._fallback_lock = threading.Lock()
+        # A tiny input the backend sets after load: the run that shrinks a rested arena.
+        self.rest_feeds: dict[str, Any] | None = None
+        self._arena = threading.Lock()
+        self._busy = 0  # runs in progress
+        self._grown = False  # a long run since the arena was last shrunk
+        self._timer: threading.Timer | None = None
+        self._closed = False
 
     def _options(self, ort: Any) -> Any:
         options = ort.SessionOptions()
@@ -120,7 +129,8 @@ class Session:
     def _run_options(self, ort: Any) -> tuple[Any, Any]:
         """Run options that keep the arena, and ones that shrink it after the run: a long
         sentence grows the arena by hundreds of MiB (tools/bench_onnx_arena.py), which it
-        would otherwise keep for good, one arena per instance."""
+        would otherwise keep for good, one arena per instance; it is shrunk once the voice
+        rests (``run``)."""
         shrink = ort.RunOptions()
         devices = "cpu:0" + (f";gpu:{self.settings.device_id}" if self.on_gpu else "")
         shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", devices)
@@ -134,11 +144,50 @@ class Session:
     def input_names(self) -> set[str]:
         return {i.name for i in self.ort_session.get_inputs()}
 
-    def run(self, feeds: dict[str, Any], shrink: bool = False) -> Any:
-        """The model's outputs for ``feeds``; ``shrink``: hand the memory the arena grew
-        back afterwards (the backend asks it of a request's last run, if one was long)."""
-        keep, shrinking = self.run_options
-        options = shrinking if shrink else keep
+    def run(self, feeds: dict[str, Any], long: bool = False) -> Any:
+        """The model's outputs for ``feeds``. After a ``long`` run (the backend's
+        ``arena_shrink_above``), once no run has been in progress for ``arena_rest_s``, a run
+        of ``rest_feeds`` hands the memory the arena grew back (with 0, the long run does)."""
+        keep, shrink = self.run_options
+        if long and not self.settings.arena_rest_s:
+            return self._run(feeds, shrink)
+        with self._arena:
+            self._busy += 1
+        try:
+            return self._run(feeds, keep)
+        finally:
+            with self._arena:
+                self._busy -= 1
+                self._grown = self._grown or long
+                if self._grown and not self._busy and not self._closed:
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    self._timer = threading.Timer(self.settings.arena_rest_s, self._rested)
+                    self._timer.daemon = True
+                    self._timer.start()
+
+    def close(self) -> None:
+        """No more shrinking runs (the backend unloads)."""
+        with self._arena:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _rested(self) -> None:
+        with self._arena:
+            if self._closed or self._busy or not self._grown or self.rest_feeds is None:
+                return  # closed, or busy again: the run that ends re-arms it
+            self._grown = False
+            self._busy += 1
+        try:
+            self._run(self.rest_feeds, self.run_options[1])
+        except Exception:  # the memory stays grown until the next long run has rested
+            log.debug("model %s: the arena-shrinking run failed", self.name, exc_info=True)
+        finally:
+            with self._arena:
+                self._busy -= 1
+
+    def _run(self, feeds: dict[str, Any], options: Any) -> Any:
         try:
             return self.ort_session.run(None, feeds, options)
         except self.ep_fail as exc:
