@@ -24,11 +24,19 @@ ABBREVIATIONS = frozenset({
 # possessive runs never give back what they took. (Without them a run of 60,000 dots took
 # 47 s: every start inside the run rescanned the rest of it.) Giving back could not have found
 # a match anyway: after a shorter run the next character is another mark, not white space.
-_END = re.compile(r"""(?<![.!?\u2026])[.!?\u2026]++["'\u201d\u2019)\]]*+(?=\s)""")
+# Chinese and Japanese end a sentence with a full-width mark (。！？, and the half-width ｡)
+# and put no space after it: the second alternative needs none, and keeps the closing quotes
+# and brackets that follow (」』）】〉》) with the sentence. Its marks are possessive too.
+_CJK_MARKS = "\u3002\uff01\uff1f\uff61"
+_CJK_CLOSERS = "\u300d\u300f\uff09\u3011\u3015\u3009\u300b\u201d\u2019\"')\\]"
+_CJK_OPENERS = "\u300c\u300e\uff08\u3010\u3014\u3008\u300a\u201c\u2018\"'(["
+_END = re.compile(r"""(?<![.!?\u2026])[.!?\u2026]++["'\u201d\u2019)\]]*+(?=\s)"""
+                  f"|(?<![{_CJK_MARKS}])[{_CJK_MARKS}]++[{_CJK_CLOSERS}]*+")
 _NEXT = re.compile(r"\s*(\S)")
 _SPACES_FROM = re.compile(r"\s*")
 _BLANK_LINE = re.compile(r"\n\s*\n")
-_CLAUSE = re.compile(r"[,;:\u2013\u2014]\s")
+# A clause mark: a Latin one before a space, or a full-width one (、，；：), which has none.
+_CLAUSE = re.compile(r"[,;:\u2013\u2014]\s|[\u3001\uff0c\uff1b\uff1a]")
 # How far back from a full stop an abbreviation is looked for: longer than any of them with
 # its opening quotes, and a bound, so a long word before a stop is not read again per stop.
 _WORD_WINDOW = 32
@@ -41,18 +49,24 @@ def split_sentences(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
 
     Splits after ``.``, ``!``, ``?`` and ``…`` followed by white space, except before a
     lower-case word ("Wait... what?"), after common abbreviations ("Dr.", "e.g.") and after
-    single initials ("J. Smith"); and at blank lines. An
-    over-long sentence is cut at its last clause mark (``,;:`` or a dash), else at a space,
-    before ``max_chars``. Time linear in the length of ``text``, whatever it holds.
+    single initials ("J. Smith"); after the Chinese and Japanese ``。！？`` (no space needed),
+    with the closing quotes and brackets that follow, except where the quote goes on inside a
+    sentence (「はい。」と言った。); and at blank lines. An over-long sentence is cut at its
+    last clause mark (``,;:`` or a dash, or ``、，；：``), else at a space, before
+    ``max_chars``. Time linear in the length of ``text``, whatever it holds.
     """
     sentences: list[str] = []
     for paragraph in _BLANK_LINE.split(text):
         start = 0
         for match in _END.finditer(paragraph):
-            following = _NEXT.match(paragraph, match.end())
-            if (following and following.group(1).islower()) or _ends_with_abbreviation(
-                    paragraph, start, match):
-                continue
+            if match.group()[0] in _CJK_MARKS:
+                if _quote_goes_on(paragraph, match):
+                    continue
+            else:
+                following = _NEXT.match(paragraph, match.end())
+                if (following and following.group(1).islower()) or _ends_with_abbreviation(
+                        paragraph, start, match):
+                    continue
             sentence = paragraph[start:match.end()].strip()
             if len(sentence) <= max_chars:  # the usual case, without building a list
                 sentences.append(sentence)
@@ -61,6 +75,17 @@ def split_sentences(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
             start = match.end()
         sentences.extend(_limit(paragraph[start:].strip(), max_chars))
     return [s for s in sentences if s]
+
+
+def _quote_goes_on(paragraph: str, match: re.Match[str]) -> bool:
+    """Whether a CJK end that closes a quote or bracket is inside a sentence: the text goes on
+    at once with something other than another quote (「はい。」と言った。 is one sentence,
+    「行こう！」「うん。」 two)."""
+    marks = match.group()
+    if marks[-1] in _CJK_MARKS or match.end() >= len(paragraph):
+        return False
+    following = paragraph[match.end()]
+    return not following.isspace() and following not in _CJK_OPENERS
 
 
 def _ends_with_abbreviation(paragraph: str, start: int, match: re.Match[str]) -> bool:

@@ -28,6 +28,36 @@ def test_split_sentences(text, expected):
     assert split_sentences(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Japanese: full-width ends, no spaces between sentences.
+        ("今日は晴れです。明日は雨でしょう！本当ですか？はい。",
+         ["今日は晴れです。", "明日は雨でしょう！", "本当ですか？", "はい。"]),
+        # A quote that ends with a stop and goes on is inside its sentence ...
+        ("「はい。」と言った。次の文です。", ["「はい。」と言った。", "次の文です。"]),
+        # ... quotes one after another are sentences of their own, closers kept with them.
+        ("「行こう！」「うん。」", ["「行こう！」", "「うん。」"]),
+        ("（笑）。『本当？』", ["（笑）。", "『本当？』"]),
+        # Chinese, with a quotation inside the sentence and a half-width ideographic stop.
+        ("他说：“我们走吧。”然后离开了。好的｡再见！",
+         ["他说：“我们走吧。”然后离开了。", "好的｡", "再见！"]),
+        # Mixed with English: each splits by its own rule.
+        ("Hello there. 你好。World!", ["Hello there.", "你好。", "World!"]),
+        ("Dr. Smith said 你好。", ["Dr. Smith said 你好。"]),
+    ],
+)
+def test_chinese_and_japanese_split_at_their_own_sentence_ends(text, expected):
+    assert split_sentences(text) == expected
+
+
+def test_a_long_cjk_sentence_is_cut_at_its_full_width_clause_marks():
+    sentence = "これは長い文で、" * 60 + "終わり。"
+    pieces = split_sentences(sentence, max_chars=100)
+    assert all(len(p) <= 100 for p in pieces) and "".join(pieces) == sentence
+    assert all(p.endswith("、") for p in pieces[:-1])
+
+
 def test_long_sentences_are_cut_at_clause_marks_then_spaces():
     clauses = "word " * 30 + ", " + "more " * 30
     pieces = split_sentences(clauses, max_chars=200)
@@ -106,6 +136,11 @@ NO_SPACE = {
     "quotes after each dot": ("." + '"' * 999) * (MB // 1000),
     "brackets after a run of dots": "." * (MB // 2) + ")]\u201d" * (MB // 6),
     "one word": "x" * MB,
+    "cjk stops": "\u3002" * MB,
+    "cjk marks": ("\u3002\uff01\uff1f\uff61" * MB)[:MB],
+    "cjk closers after each stop": ("\u3002" + "\u300d" * 999) * (MB // 1000),
+    "cjk quote going on after each stop": "\u3002\u300d\u3068" * (MB // 3),
+    "cjk clause marks": "\u3001" * MB,
 }
 SPACED = {
     "dot space": ". " * 50_000,

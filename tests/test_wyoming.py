@@ -326,6 +326,13 @@ def test_streamed_text_is_cut_where_a_sentence_is_known_to_be_over(pieces, heard
         "".join(pieces).split())
 
 
+def test_streamed_japanese_is_cut_at_its_own_sentence_ends():
+    buffer = SentenceBuffer()
+    heard = [buffer.add(p) for p in ["今日は晴れ", "です。明日", "は「雨。」と", "言った。"]]
+    assert heard == [[], ["今日は晴れです。"], [], []]
+    assert buffer.finish() == ["明日は「雨。」と言った。"]
+
+
 async def test_a_stream_longer_than_the_text_limit_ends_with_an_error(serve, config_repo):
     config_repo.set("settings.toml", "default.max_text_length", 45)
     served = serve("tests: 45 characters at most")
