@@ -13,7 +13,7 @@ every apply: cheap, no model files read beyond a stat or a few kB of config.
 Lifecycle of an instance:  validate_settings() -> check_available() -> __init__() -> load() ->
 warm-up -> synthesize()/stream() ... -> unload(). ``sample_rate``, ``voices()`` and
 ``capabilities`` are read after ``load()`` returns (so load may set them from the model's files)
-and must not change until ``unload()``. The warm-up synthesises the config's ``warmup_text`` in
+and must not change until ``unload()``. The warm-up synthesises the model's warm-up phrase in
 the model's ``default_language`` (else the config's ``default_language``; if the instance does
 not list it, its first language) with its ``default_voice`` (else its first voice), and the
 output must be finite, non-silent audio at ``sample_rate``. ``unload()`` is called once, never

@@ -84,7 +84,7 @@ class ConfigRepoHelper:
         (``workers={...}`` is its ``[models.NAME.workers]`` table)."""
         host_keys = {"instances", "keep_loaded", "low_memory_swap", "default_voice",
                      "default_speed", "default_language", "workers", "on_demand",
-                     "idle_unload_s"}
+                     "idle_unload_s", "warmup_text"}
         base = f"default.models.{name}"
         self.set("models.toml", f"{base}.backend", settings.pop("backend", "reference"))
         for key, value in settings.items():

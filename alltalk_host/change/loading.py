@@ -31,6 +31,37 @@ from ..workers import WorkerBackend, WorkerGroup, WorkerLimits
 
 log = logging.getLogger(__name__)
 
+# A warm-up phrase per language, for a model that sets no ``warmup_text`` and speaks another
+# language than English (the config's ``warmup_text`` is English in the template): a Japanese
+# model spelled "The quick brown fox" letter by letter, 3-18 s per load. Each is a sentence
+# or two of ordinary text, so a warm-up exercises what requests will.
+WARMUP_PHRASES = {
+    "ja": "こんにちは。今日はいい天気ですね。",
+    "zh": "你好。今天天气很好。",
+    "ko": "안녕하세요. 오늘은 날씨가 좋네요.",
+    "de": "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "fr": "Le vif renard brun saute par-dessus le chien paresseux.",
+    "es": "El rápido zorro marrón salta sobre el perro perezoso.",
+    "it": "La veloce volpe marrone salta sopra il cane pigro.",
+    "pt": "A rápida raposa marrom pula sobre o cão preguiçoso.",
+    "nl": "De snelle bruine vos springt over de luie hond.",
+    "ru": "Быстрая коричневая лиса прыгает через ленивую собаку.",
+}
+# A warm-up slower than this is logged with the text it spoke (a wrong language is the usual
+# reason: letters spelled out one by one).
+SLOW_WARMUP_S = 5.0
+
+
+def warmup_text(model: ModelDef, config: HostConfig, language: str) -> str:
+    """What ``model``'s warm-up speaks in ``language``: its own ``warmup_text``; else, for a
+    language other than English with a phrase above, that phrase; else the config's."""
+    if model.warmup_text:
+        return model.warmup_text
+    base = language.replace("_", "-").split("-")[0].lower()
+    if base != "en" and base in WARMUP_PHRASES:
+        return WARMUP_PHRASES[base]
+    return config.warmup_text
+
 
 def load_model(model: ModelDef, config: HostConfig, catalog: BackendCatalog,
                cache_dir: Path, on_step: Callable[[str, int], None] | None = None,
@@ -126,8 +157,9 @@ def _detached(exc: BaseException) -> BaseException:
     return exc
 
 
-def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
-    """Synthesise a fixed phrase and insist on real audio in the contract's format."""
+def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> str:
+    """Synthesise the model's warm-up phrase and insist on real audio in the contract's
+    format; the phrase it spoke."""
     voices = instance.voices()
     if model.default_voice and voices and model.default_voice not in voices:
         raise ApplyFailed(
@@ -140,8 +172,15 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
     language = model.default_language or config.default_language
     if language not in instance.capabilities.languages:
         language = instance.capabilities.languages[0]
+    text = warmup_text(model, config, language)
+    started = time.monotonic()
     audio = _warm_up_call(instance, model,
-                          SpeechRequest(text=config.warmup_text, voice=voice, language=language))
+                          SpeechRequest(text=text, voice=voice, language=language))
+    took = time.monotonic() - started
+    if took > SLOW_WARMUP_S:
+        log.warning("model %s: the warm-up took %.1f s speaking %r (language %s); if that is "
+                    "not the model's language, set warmup_text for it in models.toml",
+                    model.name, took, text[:80], language)
     # The contract's sample format (float in [-1, 1], finite, mono, at the declared rate: a
     # model whose warm-up breaks it would answer every request with a 502 bad_audio), then
     # non-empty and not silent.
@@ -152,6 +191,7 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> None:
             code=Code.WARMUP_FAILED,
             details={"model": model.name, "step": "warm up", "problem": problem},
         )
+    return text
 
 
 def _warm_up_call(instance: Backend, model: ModelDef, request: SpeechRequest) -> Audio:

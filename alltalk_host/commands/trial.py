@@ -150,8 +150,9 @@ def _loaded(trial: Trial, instance: Backend, parsed: Any, say: Say) -> Audio:
     with _step("warm-up", say, limits.warmup_s) as note:
         warming = instance.warming() if isinstance(instance, WorkerBackend) else instance
         config = _WarmUpConfig(trial.warmup_text, trial.default_language)
-        _call(trial, "warm-up", limits.warmup_s, lambda: warm_up(warming, model, config))
-        note(f"'{trial.warmup_text[:40]}' passed the host's output check")
+        spoken = _call(trial, "warm-up", limits.warmup_s,
+                       lambda: warm_up(warming, model, config))
+        note(f"'{spoken[:40]}' passed the host's output check")
     request = dict(text=trial.text, voice=trial.voice or model.default_voice,
                    language=trial.language or model.default_language
                    or _language(instance, trial.default_language))

@@ -30,8 +30,9 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MODEL_HOST_KEYS = {
     "backend", "settings", "instances", "keep_loaded", "low_memory_swap",
     "default_voice", "default_speed", "default_language", "workers", "on_demand",
-    "idle_unload_s",
+    "idle_unload_s", "warmup_text",
 }
+WARMUP_TEXT_MAX = 1000  # characters: a warm-up speaks it at every load
 IDLE_UNLOAD_MAX_S = 30 * 86_400.0
 SPEED_RANGE = (0.25, 4.0)
 
@@ -57,6 +58,8 @@ class ModelDef:
     # for the host); ``idle_unload_s`` (None: the host's) unloads it after that long unused.
     on_demand: bool = True
     idle_unload_s: float | None = None
+    # What its warm-up speaks (None: a phrase in its language, change/loading.py).
+    warmup_text: str | None = None
 
     def load_signature(self) -> str:
         """Equal signatures mean an already-loaded model can keep serving unchanged. The
@@ -151,6 +154,7 @@ def parse_models(raw_models: dict[str, Any], catalog: BackendCatalog, models_dir
                 workers=model_workers,
                 on_demand=_typed(raw, "on_demand", bool, True),
                 idle_unload_s=_idle(raw),
+                warmup_text=_warmup_text(raw),
             )
         except ValueError as exc:
             errors.append(f"{where}.{exc}")
@@ -188,6 +192,14 @@ def _not_importable(cls: type, model: str) -> str | None:
 def _idle(raw: dict[str, Any]) -> float | None:
     value = _typed(raw, "idle_unload_s", (int, float), None, lo=0, hi=IDLE_UNLOAD_MAX_S)
     return None if value is None else float(value)
+
+
+def _warmup_text(raw: dict[str, Any]) -> str | None:
+    value = _typed(raw, "warmup_text", str, None)
+    if value is not None and not (value.strip() and len(value) <= WARMUP_TEXT_MAX):
+        raise ValueError(f"warmup_text: expected 1 to {WARMUP_TEXT_MAX} characters of text, "
+                         f"got {len(value)} characters{' of white space' if value else ''}")
+    return value
 
 
 def _typed(raw: dict[str, Any], key: str, types: Any, default: Any,
