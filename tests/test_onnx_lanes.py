@@ -120,3 +120,69 @@ def test_a_request_runs_only_a_lane_ahead_and_drops_the_rest_when_it_stops():
     # three taken, at most two more had been queued: the other five never ran
     assert len(started) <= 5
     assert lanes.most_running <= 2
+
+
+def test_with_solo_a_job_with_nothing_beside_it_runs_alone_and_others_wait_for_it():
+    lanes = Lanes(2, "solo", solo=True)
+    try:
+        assert lanes.submit("lone", lanes.alone).result(timeout=30) is True
+        gate = threading.Event()
+        first = lanes.submit("a", lambda: (lanes.alone(), gate.wait(30))[0])
+        _until(lambda: lanes.running == 1)  # the first job runs alone: the next ones wait
+        release = threading.Event()
+        second = lanes.submit("b", lambda: (lanes.alone(), release.wait(30))[0])
+        third = lanes.submit("c", lambda: (lanes.alone(), release.wait(30))[0])
+        time.sleep(0.1)
+        assert lanes.running == 1 and not second.done()
+        gate.set()
+        assert first.result(timeout=30) is True
+        _until(lambda: lanes.running == 2)
+        release.set()
+        # Two ready at once: one lane each, neither alone.
+        assert (second.result(timeout=30), third.result(timeout=30)) == (False, False)
+        assert lanes.most_running == 2
+    finally:
+        lanes.close()
+
+
+def _until(condition, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_without_solo_no_job_runs_alone():
+    lanes = Lanes(2, "plain")
+    try:
+        assert lanes.submit("lone", lanes.alone).result(timeout=30) is False
+    finally:
+        lanes.close()
+
+
+def test_with_solo_a_lone_sentence_runs_on_all_cores_and_a_long_text_on_the_lanes(
+        tmp_path, monkeypatch):
+    backend = _joe(tmp_path, lanes=2, solo=True)
+    try:
+        assert backend.status()["solo"] is True
+        used: list[str] = []
+        for name, session in (("solo", backend._solo), ("lane", backend._session)):
+            real = session.run
+            monkeypatch.setattr(session, "run", lambda feeds, long=False, real=real, name=name:
+                                used.append(name) or real(feeds, long))
+        backend.synthesize(SpeechRequest("Just one sentence here.", options=NO_NOISE))
+        assert used == ["solo"]
+        used.clear()
+        backend.synthesize(SpeechRequest(TEXT, options=NO_NOISE))
+        assert used[0] == "solo" and "lane" in used  # the first alone, the rest side by side
+    finally:
+        backend.unload()
+    assert backend._solo is None
+
+
+def test_solo_needs_several_lanes_and_the_cpu(tmp_path):
+    backend = _joe(tmp_path, lanes=1, solo=True)
+    try:
+        assert backend._solo is None and backend.status()["solo"] is False
+    finally:
+        backend.unload()

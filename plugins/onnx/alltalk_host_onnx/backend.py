@@ -85,6 +85,11 @@ class OnnxSettings:
     # piper's against 1.12): docs/benchmarks.md.
     lanes: int = 1
     max_concurrency: int = 0  # requests admitted at once, sharing the lanes; 0: 2 x lanes
+    # With several lanes on the CPU: a sentence that would run alone (nothing else running or
+    # waiting) runs on a second session with all cores' threads, the others one per lane.
+    # A lone short request is then as fast as with one lane, and a busy server as with
+    # several; it costs a second copy of the weights (about 2.2 x the model file).
+    solo: bool = False
     intra_op_threads: int = 0  # 0: cores / lanes, or onnxruntime's default with one lane
     # After a run of more phoneme ids than this, the arena memory it grew goes back once the
     # voice has rested ``arena_rest_s`` (a long sentence otherwise keeps hundreds of MiB for
@@ -201,7 +206,7 @@ class OnnxBackend(Backend):
         for key in RANGES:
             if getattr(parsed, key) is not None:
                 _check_range(key, getattr(parsed, key))
-        for key in ("normalize", "piper_compat"):
+        for key in ("normalize", "piper_compat", "solo"):
             if not isinstance(getattr(parsed, key), bool):
                 raise ValueError(f"{key}: expected true or false")
         return parsed
@@ -238,12 +243,14 @@ class OnnxBackend(Backend):
         if settings.wants_cuda or (settings.providers == "auto" and _gpu_likely()):
             return MemoryNeed(ram_bytes=size + CPU_RAM_FIXED, device=f"cuda:{settings.device_id}",
                               device_bytes=int(size * DEVICE_PER_FILE_BYTE) + DEVICE_FIXED)
-        return MemoryNeed(ram_bytes=int(size * CPU_RAM_PER_FILE_BYTE) + CPU_RAM_FIXED)
+        sessions = 2 if settings.solo and settings.planned_lanes > 1 else 1
+        return MemoryNeed(ram_bytes=sessions * int(size * CPU_RAM_PER_FILE_BYTE) + CPU_RAM_FIXED)
 
     def __init__(self, settings: OnnxSettings, context: ModelContext) -> None:
         super().__init__(settings, context)
         self._set_lanes(settings.planned_lanes)
         self._session: Session | None = None
+        self._solo: Session | None = None  # for a sentence running alone (settings.solo)
         self._lanes: Lanes | None = None
         self._voice: VoiceConfig | None = None
         self._phonemizer: EspeakPhonemizer | None = None
@@ -269,9 +276,13 @@ class OnnxBackend(Backend):
         self._phonemizer = EspeakPhonemizer(piper_compat=self.settings.piper_compat)
         # One device runs one sentence at a time anyway: no lanes for it unless asked.
         lanes = 1 if session.on_gpu and not self.settings.lanes else self.settings.planned_lanes
+        solo = None
+        if self.settings.solo and lanes > 1 and not session.on_gpu:
+            solo = Session(model_path, self.settings, self.context.name, solo=True)
+            solo.rest_feeds = self._rest_feeds(voice)
         self._set_lanes(lanes)
-        self._lanes = Lanes(lanes, self.context.name)
-        self._session, self._voice = session, voice
+        self._lanes = Lanes(lanes, self.context.name, solo=solo is not None)
+        self._session, self._solo, self._voice = session, solo, voice
         session.rest_feeds = self._rest_feeds(voice)
         self._model_bytes = model_path.stat().st_size
         self._voice_names = (sorted(voice.speakers, key=voice.speakers.__getitem__)
@@ -279,11 +290,12 @@ class OnnxBackend(Backend):
         self.capabilities = replace(self.capabilities, languages=(voice.language,))
 
     def unload(self) -> None:
-        if self._session is not None:
-            self._session.close()
+        for session in (self._session, self._solo):
+            if session is not None:
+                session.close()
         if self._lanes is not None:
             self._lanes.close()
-        self._session = self._lanes = None
+        self._session = self._solo = self._lanes = None
         self._phonemizer = None
 
     def _rest_feeds(self, voice: VoiceConfig) -> dict[str, np.ndarray]:
@@ -329,12 +341,14 @@ class OnnxBackend(Backend):
         session = self._session
         if session is None:
             return 0
-        return max(session.memory.get("device_load_bytes", 0), 0) or self._model_bytes
+        sessions = 2 if self._solo is not None else 1
+        return max(session.memory.get("device_load_bytes", 0), 0) or sessions * self._model_bytes
 
     def status(self) -> dict[str, Any]:
         voice, session = self._voice, self._session
         return {"providers": session.providers if session else [],
                 "lanes": self._lanes.count if self._lanes else 0,
+                "solo": self._solo is not None,
                 "requested_providers": session.requested if session else [],
                 "cuda_fallback": session.cuda_fallback if session else None,
                 "model_file_bytes": self._model_bytes, **(session.memory if session else {}),
@@ -416,6 +430,9 @@ class OnnxBackend(Backend):
         """One sentence's samples, on a lane's thread; None if its request went away."""
         if cancelled.is_set():
             return None
+        solo, lanes = self._solo, self._lanes
+        if solo is not None and lanes is not None and lanes.alone():
+            session = solo  # nothing else runs: all cores for this sentence
         long = feeds["input"].shape[1] > self.settings.arena_shrink_above
         audio = session.run(feeds, long)[0].squeeze().astype(np.float32)
         if self.settings.normalize:

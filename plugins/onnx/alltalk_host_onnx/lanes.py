@@ -7,6 +7,12 @@ text gets its sentences run side by side; under concurrent load the same lanes s
 request, so the CPU never runs more sentences at once than there are lanes, and a request with
 many sentences cannot starve one with few: each request with work waiting gets the next free
 lane in turn.
+
+With ``solo``, a job that starts when no other runs or waits runs *alone*: ``alone()`` says so
+on its thread (the backend then runs it on a session with all cores' threads), and no other
+job starts until it ends, so the cores are never asked for more threads than they have. A
+lone short request thus gets all cores, like one session would; several sentences ready (a
+long text's, or several requests') get one lane each.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ T = TypeVar("T")
 class Lanes:
     """``count`` threads running submitted jobs, round-robin across tickets (requests)."""
 
-    def __init__(self, count: int, name: str = "onnx") -> None:
+    def __init__(self, count: int, name: str = "onnx", solo: bool = False) -> None:
         self.count = count
+        self.solo = solo
+        self._solo_running = False
+        self._here = threading.local()  # per lane thread: whether its job runs alone
         self._cond = threading.Condition()
         self._queues: dict[object, deque[tuple[Future[Any], Callable[[], Any]]]] = {}
         self._turns: deque[object] = deque()  # tickets with jobs waiting, in turn order
@@ -75,6 +84,10 @@ class Lanes:
             for future in pending:
                 future.cancel()
 
+    def alone(self) -> bool:
+        """Whether the job running on this thread runs alone (with ``solo`` only)."""
+        return bool(getattr(self._here, "alone", False))
+
     def close(self) -> None:
         """Stop the threads once the jobs queued so far have run."""
         with self._cond:
@@ -87,7 +100,7 @@ class Lanes:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._turns and not self._closed:
+                while not self._closed and (not self._turns or self._solo_running):
                     self._cond.wait()
                 if not self._turns:
                     return
@@ -100,12 +113,19 @@ class Lanes:
                     del self._queues[ticket]
                 if not future.set_running_or_notify_cancel():
                     continue  # its request stopped waiting for it
+                alone = self.solo and self.running == 0 and not self._turns
+                self._solo_running = alone
                 self.running += 1
                 self.most_running = max(self.most_running, self.running)
+            self._here.alone = alone
             try:
                 future.set_result(job())
             except Exception as exc:  # noqa: BLE001 - raised again on the request's thread
                 future.set_exception(exc)
             finally:
+                self._here.alone = False
                 with self._cond:
                     self.running -= 1
+                    if alone:
+                        self._solo_running = False
+                        self._cond.notify_all()  # the lanes that waited for it

@@ -67,13 +67,15 @@ class Session:
     """An onnxruntime InferenceSession and what is known about where it runs."""
 
     def __init__(self, model_path: Path, settings: SessionSettings, name: str,
-                 lanes: int = 1) -> None:
+                 lanes: int = 1, solo: bool = False) -> None:
+        """``solo``: the session a sentence running alone uses: onnxruntime's own threads
+        (all cores), whatever ``intra_op_threads`` says for the lanes."""
         try:
             import onnxruntime as ort
             from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
         except ImportError:
             raise RuntimeError(NO_ONNXRUNTIME) from None
-        self.settings, self.name, self.lanes = settings, name, lanes
+        self.settings, self.name, self.lanes, self.solo = settings, name, lanes, solo
         providers = choose_providers(settings, ort.get_available_providers())
         self.requested = [p if isinstance(p, str) else p[0] for p in providers]
         wants_gpu = any(p in GPU_PROVIDERS for p in self.requested)
@@ -118,7 +120,9 @@ class Session:
 
     def _options(self, ort: Any) -> Any:
         options = ort.SessionOptions()
-        if self.settings.intra_op_threads:
+        if self.solo:
+            pass  # onnxruntime's own choice, as below
+        elif self.settings.intra_op_threads:
             options.intra_op_num_threads = self.settings.intra_op_threads
         elif self.lanes > 1:  # the lanes share the cores, they do not oversubscribe them
             options.intra_op_num_threads = max(1, (os.cpu_count() or 1) // self.lanes)
