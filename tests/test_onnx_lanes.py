@@ -39,7 +39,7 @@ def one_thread(tmp_path_factory) -> OnnxBackend:
 
 @pytest.fixture(scope="module")
 def two_lanes(tmp_path_factory) -> OnnxBackend:
-    backend = _joe(tmp_path_factory.mktemp("two"), lanes=2)
+    backend = _joe(tmp_path_factory.mktemp("two"), lanes=2, solo=False)
     yield backend
     backend.unload()
 

@@ -78,18 +78,17 @@ class OnnxSettings:
     providers: str | tuple[str, ...] = "auto"
     device_id: int = 0  # which GPU, for CUDA
     # Sentences run at once, each on its own onnxruntime thread(s), for one request's long
-    # text as for many requests; 0: one per core (on CUDA: 1). 1: one at a time on all cores,
-    # the default, fastest for a lone short request (1-client latency 1.07 of piper's on a
-    # quiet 2-core machine, 1.25 with two lanes); two lanes win under concurrent load
-    # (throughput 1.12-1.16 of piper's at 2-8 clients) and on a lone long text (0.98 of
-    # piper's against 1.12): docs/benchmarks.md.
-    lanes: int = 1
+    # text as for many requests; 0: one per core (the default; on CUDA: 1). 1: one at a time
+    # on all cores, as piper-tts runs.
+    lanes: int = 0
     max_concurrency: int = 0  # requests admitted at once, sharing the lanes; 0: 2 x lanes
     # With several lanes on the CPU: a sentence that would run alone (nothing else running or
     # waiting) runs on a second session with all cores' threads, the others one per lane.
-    # A lone short request is then as fast as with one lane, and a busy server as with
-    # several; it costs a second copy of the weights (about 2.2 x the model file).
-    solo: bool = False
+    # Measured on a quiet 2-core machine against piper-tts (docs/benchmarks.md): a lone
+    # request level (latency 1.01), a lone long text 0.93, throughput 1.18 / 1.15 at 4 / 8
+    # clients; one lane gave 1.00 / 1.00 / 1.02 / 1.15, lanes without solo 1.25 latency.
+    # It costs a second copy of the weights (about 2.2 x the model file).
+    solo: bool = True
     intra_op_threads: int = 0  # 0: cores / lanes, or onnxruntime's default with one lane
     # After a run of more phoneme ids than this, the arena memory it grew goes back once the
     # voice has rested ``arena_rest_s`` (a long sentence otherwise keeps hundreds of MiB for

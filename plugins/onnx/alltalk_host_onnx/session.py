@@ -76,7 +76,10 @@ class Session:
         except ImportError:
             raise RuntimeError(NO_ONNXRUNTIME) from None
         self.settings, self.name, self.lanes, self.solo = settings, name, lanes, solo
-        providers = choose_providers(settings, ort.get_available_providers())
+        # A solo session exists only beside a CPU one (the backend's rule): CPU, and no
+        # second try of CUDA.
+        providers = [CPU] if solo else choose_providers(settings,
+                                                        ort.get_available_providers())
         self.requested = [p if isinstance(p, str) else p[0] for p in providers]
         wants_gpu = any(p in GPU_PROVIDERS for p in self.requested)
         printed, before = "", None
