@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BadRequest, Code, HostError
+from ..languages import match_language
 from ..serving.registry import Serving
 from .speech_api import LANGUAGE_HEADER, VOICE_HEADER
 
@@ -165,8 +166,9 @@ def language_of(form: Any, name: str, serving: Serving) -> tuple[str | None, dic
     gen = serving.default
     if wanted == "auto" or gen is None:
         return None, {}
-    if wanted in gen.capabilities.languages:
-        return wanted, {}
+    matched = match_language(wanted, gen.capabilities.languages)
+    if matched is not None:
+        return matched, {}
     # The applied config's default, as the request will be spoken with (serving/speech.py), not the
     # generation's load-time definition: a runtime-only commit may have changed it since.
     used = (serving.config.models[gen.model.name].default_language

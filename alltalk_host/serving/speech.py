@@ -24,6 +24,7 @@ from ..backend import Audio, SpeechRequest
 from ..config.canary import STABLE
 from ..config.settings import SPEED_RANGE
 from ..errors import BadRequest, Code, HostError, NotFound
+from ..languages import match_language
 from ..numbers import number_in
 from ..text import has_speakable
 from .arms import Arms, server_side
@@ -382,10 +383,11 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
             code=Code.UNKNOWN_VOICE,
             details={"voices": voices[:100]},
         )
-    language = wanted.language or model.default_language or config.default_language
-    if language not in gen.capabilities.languages:
+    asked = wanted.language or model.default_language or config.default_language
+    language = match_language(asked, gen.capabilities.languages)
+    if language is None:
         raise BadRequest(
-            f"model {model.name} does not speak {language!r}",
+            f"model {model.name} does not speak {asked[:64]!r}",
             code=Code.UNSUPPORTED_LANGUAGE,
             details={"languages": list(gen.capabilities.languages)},
         )

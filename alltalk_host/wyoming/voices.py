@@ -18,6 +18,7 @@ from wyoming.tts import SynthesizeVoice
 from .. import __version__
 from ..errors import Code, NotFound
 from ..host import Host
+from ..languages import match_language
 from ..plugins import BackendCatalog
 from ..serving.registry import Generation, Serving
 
@@ -117,8 +118,5 @@ def _language(host: Host, model: str | None, language: str | None) -> str | None
     gen = serving.generations.get(model or serving.config.default_model) if serving else None
     if gen is None:
         return language
-    spoken = gen.capabilities.languages
-    for candidate in (language, language.replace("_", "-"), language.split("_")[0].split("-")[0]):
-        if candidate in spoken:
-            return candidate
-    return language  # refused with the request, naming the languages the model speaks
+    # Refused with the request when nothing matches, naming the languages the model speaks.
+    return match_language(language, gen.capabilities.languages) or language
