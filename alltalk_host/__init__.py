@@ -6,7 +6,8 @@ take (``BadRequest``) and the codes it gives it (``Code``: errors are part of th
 the host's sentence splitter for streaming (``split_sentences``, with ``first_clause`` to speak
 a long first sentence's first clause first), its checks of audio (``chunk_problem``: the
 sample format of every chunk; ``audio_problem``: the warm-up's) and of a number in a range
-(``number_in``); their tests use ``alltalk_host.testing``.
+(``number_in``), and a voice blend's parts (``parse_blend``, ``is_blend``) for backends that
+mix voices; their tests use ``alltalk_host.testing``.
 docs/plugins.md is their guide.
 """
 
@@ -24,6 +25,7 @@ from .backend import (
     SpeechRequest,
     parse_settings,
 )
+from .blends import is_blend, parse_blend
 from .errors import BadRequest, Code
 from .hookspecs import hookimpl
 from .numbers import number_in
@@ -50,7 +52,9 @@ __all__ = [
     "chunk_problem",
     "first_clause",
     "hookimpl",
+    "is_blend",
     "number_in",
+    "parse_blend",
     "parse_settings",
     "split_sentences",
 ]

@@ -89,6 +89,8 @@ class Capabilities:
     streaming: bool = False
     languages: tuple[str, ...] = ("en",)
     voice_cloning: bool = False
+    # Mixes its voices: ``a:0.6+b:0.4`` works wherever a voice name does (alltalk_host.blends).
+    voice_blending: bool = False
     # How many requests one loaded instance can serve at once; the host queues beyond that.
     max_concurrency: int = 1
     devices: tuple[str, ...] = ("cpu",)

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "alltalk_host"
 # Lowest first; one line each in docs/architecture.md. A module may import its own layer and
 # those below it. Matched by the longest prefix of its dotted name inside the package.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("contract", ("", "backend", "errors", "text", "languages", "numbers", "audio", "hookspecs", "logs")),
+    ("contract", ("", "backend", "errors", "text", "languages", "blends", "numbers", "audio",
+                  "hookspecs", "logs")),
     ("base", ("plugins", "events", "limits", "outputs")),
     ("config", ("config",)),
     ("workers", ("workers",)),

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..blends import voice_problem
 from ..errors import BadRequest, Code, HostError
 from ..languages import match_language
 from ..serving.registry import Serving
@@ -141,7 +142,7 @@ def voice_of(form: Any, name: str, serving: Serving) -> tuple[str | None, dict[s
         return None, {}
     gen = serving.default
     voices = gen.voices if gen else []
-    if not voices or value in voices:
+    if voice_problem(value, voices, bool(gen and gen.capabilities.voice_blending)) is None:
         return value, {}
     as_file = _VOICE_FILE.match(value)
     if as_file is None:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..blends import is_blend
 from ..config.settings import SPEED_RANGE
 from ..errors import BadRequest, Code, HostError
 from ..numbers import number_in
@@ -181,8 +182,9 @@ def resolve_model(serving: Serving, name: str) -> str:
 def resolve_voice(serving: Serving, model: str, voice: str) -> str | None:
     gen = serving.generations.get(model)
     voices = gen.voices if gen else []
-    if voice in voices:
-        return voice
+    if voice in voices or (gen is not None and gen.capabilities.voice_blending
+                           and is_blend(voice)):
+        return voice  # a blend's parts are checked with the request
     mapped = serving.config.openai.voices.get(model, {}).get(voice)
     if mapped:
         if voices and mapped not in voices:

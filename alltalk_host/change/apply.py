@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from ..backend import Backend
+from ..blends import voice_problem
 from ..config.settings import HostConfig, ModelDef
 from ..errors import ApplyFailed, Code, Conflict, HostError
 from ..events import MODEL, WORKER, Operation
@@ -237,10 +238,11 @@ def check_runtime_defaults(serving: Serving) -> None:
     for name, gen in serving.generations.items():
         model = serving.config.models[name]
         voices = gen.voices
-        if model.default_voice and voices and model.default_voice not in voices:
+        problem = model.default_voice and voice_problem(
+            model.default_voice, voices, gen.capabilities.voice_blending)
+        if problem:
             raise ApplyFailed(
-                f"model {name}: default_voice {model.default_voice!r} is not one of its "
-                f"voices {voices[:20]}",
+                f"model {name} {problem} (its default_voice); its voices: {voices[:20]}",
                 code=Code.UNKNOWN_VOICE, details={"model": name, "voices": voices[:100]})
         languages = gen.capabilities.languages
         if model.default_language and model.default_language not in languages:

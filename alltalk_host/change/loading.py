@@ -23,6 +23,7 @@ from typing import Any
 
 from ..audio import audio_problem
 from ..backend import Audio, Backend, ModelContext, SpeechRequest
+from ..blends import voice_problem
 from ..config.settings import HostConfig, ModelDef
 from ..errors import ApplyFailed, Code, HostError
 from ..plugins import BackendCatalog
@@ -161,10 +162,11 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> str:
     """Synthesise the model's warm-up phrase and insist on real audio in the contract's
     format; the phrase it spoke."""
     voices = instance.voices()
-    if model.default_voice and voices and model.default_voice not in voices:
+    blending = instance.capabilities.voice_blending
+    if model.default_voice and voice_problem(model.default_voice, voices, blending):
         raise ApplyFailed(
-            f"model {model.name}: default_voice {model.default_voice!r} is not one of its "
-            f"voices {voices[:20]}",
+            f"model {model.name} {voice_problem(model.default_voice, voices, blending)} "
+            f"(its default_voice); its voices: {voices[:20]}",
             code=Code.UNKNOWN_VOICE,
             details={"model": model.name, "step": "warm up"},
         )

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..backend import Audio, SpeechRequest
+from ..blends import voice_problem
 from ..config.canary import STABLE
 from ..config.settings import SPEED_RANGE
 from ..errors import BadRequest, Code, HostError, NotFound
@@ -377,9 +378,10 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
         )
     voice = wanted.voice or model.default_voice
     voices = gen.voices  # asked of the backend once per request
-    if voice is not None and voices and voice not in voices:
+    problem = voice_problem(voice, voices, gen.capabilities.voice_blending) if voice else None
+    if problem is not None:
         raise NotFound(
-            f"model {model.name} has no voice {voice!r}",
+            f"model {model.name} {problem}",
             code=Code.UNKNOWN_VOICE,
             details={"voices": voices[:100]},
         )
