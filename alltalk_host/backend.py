@@ -91,6 +91,8 @@ class Capabilities:
     voice_cloning: bool = False
     # Mixes its voices: ``a:0.6+b:0.4`` works wherever a voice name does (alltalk_host.blends).
     voice_blending: bool = False
+    # Takes phonemes instead of text (``SpeechRequest.phonemes``), in its own symbol set.
+    phoneme_input: bool = False
     # How many requests one loaded instance can serve at once; the host queues beyond that.
     max_concurrency: int = 1
     devices: tuple[str, ...] = ("cpu",)
@@ -140,6 +142,10 @@ class SpeechRequest:
     # that is already playing, so ``stream`` need not cut its first sentence for a fast start
     # (a cut costs a little prosody and length; it buys nothing here).
     continues: bool = False
+    # ``text`` is phonemes in the model's own symbols (a client sent ``phonemes``; only to a
+    # backend with ``capabilities.phoneme_input``): speak them as they are, and refuse symbols
+    # the model lacks with BadRequest(code=Code.UNKNOWN_PHONEMES), naming them.
+    phonemes: bool = False
     # Set when the caller has gone away; long-running backends check it between chunks.
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
 

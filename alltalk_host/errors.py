@@ -31,6 +31,8 @@ class Code(StrEnum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     BAD_SPEED = "bad_speed"
     BAD_OPTION = "bad_option"
+    # Phonemes a client sent (``phonemes`` instead of ``text``) that the model has no symbol for
+    UNKNOWN_PHONEMES = "unknown_phonemes"
     BAD_FILE_NAME = "bad_file_name"
     FILE_NOT_FOUND = "file_not_found"
     NOT_CAPABLE = "not_capable"

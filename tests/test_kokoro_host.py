@@ -73,6 +73,24 @@ async def test_bad_voices_blends_and_languages_are_refused_by_name(client, body,
     assert error["code"] == code and says in error["message"]
 
 
+async def test_phonemes_instead_of_text_and_their_refusals(client):
+    resp = await client.post("/tts", json={"phonemes": "koɲɲiʨiβa.", "model": "kokoro-ja"})
+    assert resp.status == 200, await resp.text()
+    by_phonemes, _ = read_wav(await resp.read())
+    by_text, _ = await tts(client, text="こんにちは。")
+    assert np.array_equal(by_phonemes, by_text)
+    for body, code, says in [
+            ({"phonemes": "koɲɲi☃", "model": "kokoro-ja"}, "unknown_phonemes", "☃"),
+            ({"phonemes": "koɲɲi", "text": "こんにちは", "model": "kokoro-ja"}, "bad_field",
+             "not both"),
+            ({"phonemes": "hɛloʊ"}, "not_capable", "takes text, not phonemes"),
+            ({"phonemes": 12, "model": "kokoro-ja"}, "bad_field", "wrong type")]:
+        resp = await client.post("/tts", json=body)
+        assert resp.status == 400, await resp.text()
+        error = await error_of(resp)
+        assert error["code"] == code and says in error["message"], error
+
+
 async def test_openai_speech_with_a_voice_a_blend_and_an_openai_voice_name(client):
     for voice in ("jm_kumo", BLEND, "alloy"):
         resp = await client.post("/v1/audio/speech", json={

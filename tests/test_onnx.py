@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from alltalk_host import ModelContext, SpeechRequest
+from alltalk_host import BadRequest, ModelContext, SpeechRequest
 from alltalk_host_onnx import phonemize
 from alltalk_host_onnx.backend import OnnxBackend
 from tools.benchlib import LONG, ONE, PARAGRAPH
@@ -541,3 +541,19 @@ async def test_a_voice_too_big_for_the_budget_is_refused_before_it_loads(
     assert resp.status == 409 and (await error_of(resp))["code"] == "insufficient_memory"
     status = await (await client.get("/control/status")).json()
     assert status["applied_commit"] == config_repo.initial  # the reference model serves on
+
+
+def test_phonemes_instead_of_text_speak_the_same_and_unknown_ones_are_named(joe):
+    """Issue 26: a request may carry espeak IPA as piper writes it; joe speaks it as the text
+    it came from, and a symbol outside the voice's map is a 400 naming it."""
+    phonemes = "".join(phonemize.EspeakPhonemizer().phonemize("en-us", "Hello world.")[0])
+    quiet = {"noise_scale": 0, "noise_w": 0}
+    by_text = joe.synthesize(SpeechRequest("Hello world.", options=quiet))
+    by_phonemes = joe.synthesize(SpeechRequest(phonemes, options=quiet, phonemes=True))
+    assert np.array_equal(by_text.samples, by_phonemes.samples)
+    two = joe.synthesize(SpeechRequest(f"{phonemes} {phonemes}", options=quiet, phonemes=True))
+    assert two.duration > 1.8 * by_text.duration
+    with pytest.raises(BadRequest) as caught:
+        joe.synthesize(SpeechRequest("həlˈoʊ ☃ 你", phonemes=True))
+    assert caught.value.code == "unknown_phonemes"
+    assert caught.value.details["unknown"] == ["☃", "你"]

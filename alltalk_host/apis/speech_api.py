@@ -61,9 +61,15 @@ def field(data: dict[str, Any], name: str, types: type | tuple[type, ...],
 
 
 def tts_input(body: dict[str, Any]) -> SpeechInput:
-    """``POST /tts``: ``{text, model?, voice?, language?, speed?, options?}``."""
+    """``POST /tts``: ``{text, model?, voice?, language?, speed?, options?}``, or ``phonemes``
+    (the model's own symbols) instead of ``text``, for a model that takes them."""
+    phonemes = field(body, "phonemes", str)
+    if phonemes is not None and "text" in body:
+        raise BadRequest("send text or phonemes, not both", code=Code.BAD_FIELD,
+                         details={"field": "phonemes"})
     return SpeechInput(
-        text=field(body, "text", str, required=True),
+        text=phonemes if phonemes is not None else field(body, "text", str, required=True),
+        phonemes=phonemes is not None,
         model=field(body, "model", str),
         voice=field(body, "voice", str),
         language=field(body, "language", str),

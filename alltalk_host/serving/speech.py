@@ -47,6 +47,7 @@ class SpeechInput:
     language: str | None = None
     speed: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    phonemes: bool = False  # ``text`` is the model's phonemes (backends with phoneme_input)
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,8 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
             code=Code.TEXT_TOO_LONG,
             details={"length": len(text), "limit": config.max_text_length},
         )
+    if wanted.phonemes and not gen.capabilities.phoneme_input:
+        raise BadRequest(f"model {model.name} takes text, not phonemes", code=Code.NOT_CAPABLE)
     voice = wanted.voice or model.default_voice
     voices = gen.voices  # asked of the backend once per request
     problem = voice_problem(voice, voices, gen.capabilities.voice_blending) if voice else None
@@ -399,8 +402,8 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
         raise BadRequest(f"speed must be a number from {lo} to {hi}", code=Code.BAD_SPEED)
     # Checked last, so that "nothing to speak" means everything else about the request is
     # valid: a route may then answer it with silence instead of an error.
-    if not has_speakable(text):
+    if not wanted.phonemes and not has_speakable(text):  # phonemes: the backend's to judge
         raise BadRequest("the text has nothing to speak (no letter or digit)",
                          code=Code.NOTHING_TO_SPEAK)
     return SpeechRequest(text=text, voice=voice, language=language, speed=speed,
-                         options=dict(wanted.options))
+                         options=dict(wanted.options), phonemes=wanted.phonemes)

@@ -95,7 +95,9 @@ S, N, B = {"type": "string"}, {"type": "number"}, {"type": "boolean"}
 AUTHOR = {"type": "string", "description": "recorded in the history; the git author of a "
                                            "commit the host writes"}
 SPEAK = {"text": S, "model": S, "voice": S, "language": S, "speed": N,
-         "options": {"type": "object", "description": "the backend's own parameters"}}
+         "options": {"type": "object", "description": "the backend's own parameters"},
+         "phonemes": {"type": "string", "description": "instead of text: the model's own "
+                                                        "phoneme symbols, as written"}}
 ALLTALK_FORM = {name: S for name in (
     "text_input", "text_filtering", "character_voice_gen", "narrator_enabled",
     "narrator_voice_gen", "text_not_inside", "language", "output_file_name",

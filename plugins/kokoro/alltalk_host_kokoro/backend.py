@@ -35,7 +35,7 @@ from alltalk_host import (
 )
 
 from .pack import PACKAGE_RE, PackError, PackFiles, assemble, language_of, package_files, read_vocab
-from .reading import first_clause_ja, japanese_reader, runs
+from .reading import first_clause_ja, japanese_reader, runs, unknown_symbols
 
 SAMPLE_RATE = 24_000  # every Kokoro v1.0 model
 STYLE_SHAPE = (1, 256)
@@ -93,7 +93,7 @@ class KokoroBackend(Backend):
     path_settings = ("model", "voices", "vocab")  # inside models_dir when a commit sets them
     # languages: narrowed at load to those its voices speak and a reader reads.
     capabilities = Capabilities(streaming=True, languages=("ja",), voice_blending=True,
-                                max_concurrency=1, devices=("cpu", "cuda"))
+                                phoneme_input=True, max_concurrency=1, devices=("cpu", "cuda"))
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> KokoroSettings:
@@ -248,6 +248,9 @@ class KokoroBackend(Backend):
                              code=Code.BAD_OPTION)
         style = self._style(request.voice)
         read = self._reader(request.language)
+        if request.phonemes:
+            yield from self._phonemes(request, style)
+            return
         sentences = split_sentences(request.text)
         pauses = [self.settings.sentence_pause_s] * len(sentences)
         if sentences and not request.continues:
@@ -270,6 +273,30 @@ class KokoroBackend(Backend):
                 gap = self.settings.sentence_pause_s
                 yield Audio(samples, SAMPLE_RATE)
             gap = pause if gap else 0.0
+
+    def _phonemes(self, request: SpeechRequest, style: np.ndarray) -> Iterator[Audio]:
+        """Kokoro's phonemes as a client sent them: refused by name when the vocabulary
+        lacks a symbol (read text drops those; a client's phonemes are meant as written),
+        spoken in runs as read text is."""
+        phonemes = " ".join(request.text.split())
+        unknown = unknown_symbols(phonemes, self._vocab)
+        if unknown:
+            raise BadRequest(f"Kokoro has no phonemes {unknown[:20]}; it takes the symbols of "
+                             "its vocab.json (misaki's)", code=Code.UNKNOWN_PHONEMES,
+                             details={"unknown": unknown[:100]})
+        spoken = False
+        for run in runs(phonemes):
+            if request.cancelled.is_set():
+                return
+            samples = self._speak(run, style, request.speed)
+            if spoken and len(samples):
+                samples = np.concatenate([np.zeros(int(self.settings.sentence_pause_s
+                                                       * SAMPLE_RATE), np.float32), samples])
+            if len(samples):
+                spoken = True
+                yield Audio(samples, SAMPLE_RATE)
+        if not spoken:
+            raise BadRequest("the phonemes have nothing to say", code=Code.NOTHING_TO_SAY)
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -188,3 +188,19 @@ def test_files_by_path_work_and_missing_ones_are_named(tmp_path, kokoro):
     parsed = KokoroBackend.validate_settings({**settings, "vocab": "missing/vocab.json"})
     with pytest.raises(RuntimeError, match=r"vocab\.json not found"):
         KokoroBackend.check_available(parsed, ModelContext("k", tmp_path, tmp_path))
+
+
+def test_phonemes_speak_as_the_text_they_were_read_from(kokoro):
+    phonemes = kokoro._readers["ja"]("こんにちは。")
+    assert phonemes == "koɲɲiʨiβa."
+    by_phonemes = kokoro.synthesize(SpeechRequest(phonemes, language="ja", phonemes=True))
+    assert np.array_equal(by_phonemes.samples, speak(kokoro, "こんにちは。"))
+
+
+@pytest.mark.parametrize(("phonemes", "unknown"), [
+    ("koɲɲiʨiβa☃.", ["☃"]), ("hello <b>", ["<", ">"]), ("ʘʘʘ", ["ʘ"])])
+def test_phonemes_the_model_lacks_are_refused_by_name(kokoro, phonemes, unknown):
+    with pytest.raises(BadRequest) as caught:
+        kokoro.synthesize(SpeechRequest(phonemes, language="ja", phonemes=True))
+    assert caught.value.code == "unknown_phonemes"
+    assert caught.value.details["unknown"] == unknown

@@ -140,6 +140,15 @@ def voice_paths(settings: OnnxSettings, context: ModelContext) -> tuple[Path, Pa
     return model, config or model.with_name(model.name + ".json")
 
 
+_PHONEME_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def phoneme_sentences(phonemes: str) -> list[str]:
+    """Phonemes a client sent, a sentence each: cut after ``.``, ``!`` or ``?`` and a space,
+    as espeak-ng writes a sentence's end; any run of whitespace is one space."""
+    return [s for s in _PHONEME_SENTENCE_END.split(" ".join(phonemes.split())) if s]
+
+
 def _gpu_likely() -> bool:
     """onnxruntime-gpu installed and a GPU listed by the driver: no import, no CUDA call."""
     try:
@@ -162,7 +171,8 @@ class OnnxBackend(Backend):
     name = "onnx"
     path_settings = ("model", "config")  # inside models_dir when a commit sets them
     capabilities = Capabilities(streaming=True, languages=("en",), max_concurrency=1,
-                                devices=("cpu", "cuda"), parameters=("noise_scale", "noise_w"))
+                                devices=("cpu", "cuda"), parameters=("noise_scale", "noise_w"),
+                                phoneme_input=True)
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> OnnxSettings:
@@ -356,7 +366,8 @@ class OnnxBackend(Backend):
                 "speakers": len(voice.speakers) if voice else 0}
 
     def synthesize(self, request: SpeechRequest) -> Audio:
-        chunks = [a.samples for a in self._sentences(request, [request.text])]
+        pieces = phoneme_sentences(request.text) if request.phonemes else [request.text]
+        chunks = [a.samples for a in self._sentences(request, pieces)]
         samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         return Audio(samples, self.sample_rate)
 
@@ -365,6 +376,9 @@ class OnnxBackend(Backend):
         # with the length of the text; cutting a long first sentence after its first clause
         # bounds it by one clause. Later sentences stay whole: by the time they run, the
         # first is playing; so does a piece that ``continues`` an utterance.
+        if request.phonemes:  # as the client wrote them: no cut inside a word's phonemes
+            yield from self._sentences(request, phoneme_sentences(request.text))
+            return
         pieces = split_sentences(request.text)
         s = self.settings
         cut = None
@@ -382,13 +396,20 @@ class OnnxBackend(Backend):
         if session is None or phonemizer is None or lanes is None:
             raise RuntimeError("model is not loaded")
         scales, sid = self._inputs(request, voice)
+        if request.phonemes:
+            unknown = [c for c in dict.fromkeys("".join(pieces)) if c not in voice.phoneme_id_map]
+            if unknown:
+                raise BadRequest(f"this voice has no phonemes {unknown[:20]}; it takes espeak-ng "
+                                 "IPA as piper writes it", code=Code.UNKNOWN_PHONEMES,
+                                 details={"unknown": unknown[:100]})
 
         def feeds(piece: str) -> list[dict[str, np.ndarray]]:
             """The model inputs of each sentence of ``piece`` that has something to say (the
             phonemiser does a whole piece at once anyway)."""
             inputs = []
-            for phonemes in phonemizer.phonemize(voice.espeak_voice, piece,
-                                                 voice.vowel_clusters):
+            sentences = ([list(piece)] if request.phonemes else phonemizer.phonemize(
+                voice.espeak_voice, piece, voice.vowel_clusters))
+            for phonemes in sentences:
                 ids, missing = phonemes_to_ids(phonemes, voice.phoneme_id_map)
                 self._warn_missing(missing)
                 if all(p in SILENT_PHONEMES or p in missing for p in phonemes):
@@ -412,7 +433,8 @@ class OnnxBackend(Backend):
                     spoken = True
                     yield partial(self._run, session, one, request.cancelled)
             if not spoken:
-                raise BadRequest("the text has nothing pronounceable", code=Code.NOTHING_TO_SAY)
+                raise BadRequest(f"the {'phonemes have' if request.phonemes else 'text has'} "
+                                 "nothing pronounceable", code=Code.NOTHING_TO_SAY)
 
         # The contract says not to compute far ahead: a request keeps at most two sentences
         # per lane queued or running beyond the one it waits for. One per spare lane was too
