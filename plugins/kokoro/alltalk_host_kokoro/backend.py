@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from alltalk_host import (
     MemoryNeed,
     ModelContext,
     SpeechRequest,
+    first_clause,
     is_blend,
     number_in,
     parse_blend,
@@ -35,7 +37,7 @@ from alltalk_host import (
 )
 
 from .pack import PACKAGE_RE, PackError, PackFiles, assemble, language_of, package_files, read_vocab
-from .reading import first_clause_ja, japanese_reader, runs, unknown_symbols
+from .reading import espeak_reader, first_clause_ja, japanese_reader, runs, unknown_symbols
 
 SAMPLE_RATE = 24_000  # every Kokoro v1.0 model
 STYLE_SHAPE = (1, 256)
@@ -51,6 +53,8 @@ TRIM_LEVEL = 0.01
 TRIM_PAD = int(0.03 * SAMPLE_RATE)
 LONG_RUN = 200  # symbols: a run this long grows the arena, given back once the model rests
 _PROVIDERS = ("auto", "cpu", "cuda")
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{1,8})*$")
+_BLEND_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,12 @@ class KokoroSettings:
     first_clause_min_chars: int = 10
     clause_pause_s: float = 0.12  # between the cut clause and the rest of its sentence
     max_concurrency: int = 1  # requests at once on one instance; the session's threads serve
+    # Languages read through espeak-ng's IPA (espeak voice names: "en-us", "fr", "de"), spoken
+    # by every voice with its own accent: a voice pack's voices are trained on their language.
+    espeak_languages: tuple[str, ...] = ()
+    # Named blends, listed and used as voices: {warm = "jf_alpha:0.6+jm_kumo:0.4"}. A commit
+    # that changes one reloads the model (it is a setting), and the blend is versioned.
+    blends: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def wants_cuda(self) -> bool:
@@ -123,6 +133,21 @@ class KokoroBackend(Backend):
             value = getattr(parsed, key)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{key}: {value!r:.40} is not a whole number from {lo} to {hi}")
+        bad = [code for code in parsed.espeak_languages
+               if not isinstance(code, str) or not _LANGUAGE_RE.match(code)]
+        if bad or len(parsed.espeak_languages) > 64:
+            raise ValueError(f"espeak_languages: {bad[:5]} are not espeak-ng language codes "
+                             "(like en-us, fr, de); at most 64")
+        if not isinstance(parsed.blends, Mapping) or len(parsed.blends) > 256:
+            raise ValueError("blends: expected a table of at most 256 name = \"a:0.6+b:0.4\"")
+        for name, blend in parsed.blends.items():
+            if not _BLEND_NAME_RE.match(str(name)):
+                raise ValueError(f"blends: {str(name)[:70]!r} is not a voice name (letters, "
+                                 "digits, _ . -; at most 64)")
+            try:
+                parse_blend(blend if isinstance(blend, str) else "")
+            except ValueError as exc:
+                raise ValueError(f"blends: {name}: {exc}") from None
         for key, hi in (("arena_rest_s", 3600.0), ("sentence_pause_s", 5.0),
                         ("clause_pause_s", 5.0)):
             if number_in(getattr(parsed, key), 0.0, hi) is None:
@@ -184,9 +209,22 @@ class KokoroBackend(Backend):
         if "ja" in languages.values():
             self.context.progress("loading the Japanese reader", 0.3)
             readers["ja"] = japanese_reader()
+        for number, language in enumerate(self.settings.espeak_languages):
+            self.context.progress(f"loading espeak-ng for {language}",
+                                  0.3 + 0.2 * number / len(self.settings.espeak_languages))
+            readers.setdefault(language, espeak_reader(language))
         if not readers:
             raise RuntimeError(f"none of the voices {sorted(styles)[:10]} speaks a language "
-                               "this plugin reads yet (Japanese: j*_ voices)")
+                               "this plugin reads (Japanese: the j*_ voices); name others in "
+                               "espeak_languages")
+        for name, blend in self.settings.blends.items():
+            if name in styles:
+                raise ValueError(f"blends: {name!r} is the name of a voice of the pack")
+            unknown = [v for v, _ in parse_blend(blend) if v not in styles]
+            if unknown:
+                raise ValueError(f"blends: {name}: the voice pack has no {unknown[:5]}")
+            styles[name] = _mix(styles, parse_blend(blend))
+            languages[name] = languages[parse_blend(blend)[0][0]]
         self.context.progress("creating the onnxruntime session", 0.6)
         try:
             session = Session(model, self.settings, self.context.name)
@@ -218,8 +256,11 @@ class KokoroBackend(Backend):
         return SAMPLE_RATE
 
     def voices(self) -> list[str]:
-        """The voices it speaks: those of a language it reads."""
-        return [v for v, language in self._languages.items() if language in self._readers]
+        """The voices it speaks: those of a language it reads (every voice, once espeak-ng
+        reads a language for them), then the named blends."""
+        every = len(self._readers) > ("ja" in self._readers)
+        return [v for v, language in self._languages.items()
+                if every or language in self._readers]
 
     def memory_estimate(self) -> int:
         if self._session is None:
@@ -254,7 +295,8 @@ class KokoroBackend(Backend):
         sentences = split_sentences(request.text)
         pauses = [self.settings.sentence_pause_s] * len(sentences)
         if sentences and not request.continues:
-            cut = first_clause_ja(sentences[0], self.settings.first_clause_min_chars)
+            cut = (first_clause_ja(sentences[0], self.settings.first_clause_min_chars)
+                   if request.language == "ja" else first_clause(sentences[0], 4, 12))
             if cut is not None:
                 sentences[:1] = cut
                 pauses.insert(0, self.settings.clause_pause_s)
@@ -326,8 +368,7 @@ class KokoroBackend(Backend):
         if unknown:
             raise BadRequest(f"no voice {unknown[0][:100]!r} for the blend",
                              code=Code.UNKNOWN_VOICE)
-        return sum((self._styles[v] * np.float32(w) for v, w in parts),
-                   np.zeros_like(next(iter(self._styles.values()))))
+        return _mix(self._styles, parts)
 
     def _reader(self, language: str) -> Callable[[str], str]:
         read = self._readers.get(language)
@@ -340,6 +381,12 @@ class KokoroBackend(Backend):
         if self._session is None:
             raise RuntimeError("model is not loaded")
         return self._session
+
+
+def _mix(styles: Mapping[str, np.ndarray], parts: tuple[tuple[str, float], ...]) -> np.ndarray:
+    """A blend's style: its voices' style arrays weighted (the weights sum to 1)."""
+    return sum((styles[v] * np.float32(w) for v, w in parts),
+               np.zeros_like(next(iter(styles.values()))))
 
 
 def _feeds(tokens: list[int], style_row: np.ndarray, speed: float) -> dict[str, np.ndarray]:

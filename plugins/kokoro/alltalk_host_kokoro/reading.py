@@ -42,6 +42,34 @@ def japanese_reader() -> Callable[[str], str]:
     return read
 
 
+# espeak-ng's IPA moved toward the symbols Kokoro was trained on, as Kokoro's first frontend
+# did: its vocabulary has no palatal mark (ʲ), and its English knows ɹ, not r, k, not x, and
+# l, not ɬ.
+_TO_KOKORO = str.maketrans({"ʲ": "j"})
+_TO_KOKORO_EN = str.maketrans({"ʲ": "j", "r": "ɹ", "x": "k", "ɬ": "l"})
+
+
+def espeak_reader(language: str) -> Callable[[str], str]:
+    """A reader of ``language`` (an espeak-ng voice: ``en-us``, ``fr``) through espeak-ng's IPA,
+    with the onnx plugin's phonemiser (plain espeak-ng 1.52 output, stress marks kept); a
+    language espeak-ng lacks fails here, naming it."""
+    from alltalk_host_onnx.phonemize import EspeakPhonemizer
+
+    phonemizer = EspeakPhonemizer(piper_compat=False)
+    table = _TO_KOKORO_EN if language.startswith("en") else _TO_KOKORO
+
+    def read(text: str) -> str:
+        sentences = phonemizer.phonemize(language, text)
+        return " ".join("".join(s) for s in sentences).translate(table)
+
+    try:
+        read("a")
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ValueError(f"espeak_languages: espeak-ng cannot read {language!r} ({exc})") \
+            from None
+    return read
+
+
 def unknown_symbols(phonemes: str, vocab: dict[str, int]) -> list[str]:
     """Symbols of ``phonemes`` the model does not know, each once, in order."""
     return list(dict.fromkeys(c for c in phonemes if c not in vocab))

