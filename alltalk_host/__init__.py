@@ -23,6 +23,7 @@ from .backend import (
     ModelContext,
     OptionScale,
     SpeechRequest,
+    VoiceSample,
     parse_settings,
 )
 from .blends import is_blend, parse_blend
@@ -47,6 +48,7 @@ __all__ = [
     "ModelContext",
     "OptionScale",
     "SpeechRequest",
+    "VoiceSample",
     "__version__",
     "audio_problem",
     "chunk_problem",

@@ -131,6 +131,22 @@ class ModelContext:
 
 
 @dataclass(frozen=True)
+class VoiceSample:
+    """A voice of the config repo's library: a reference recording kept in the commit
+    (``voices/``, described in ``voices.toml``), for backends that clone voices."""
+
+    name: str
+    path: Path  # the commit's own copy, named by its content (read it; never write it)
+    sha256: str  # of the file's bytes: a replaced sample is a new voice to a latents cache
+    model: str | None = None  # the model it is for; None: any model that clones
+    language: str | None = None  # the language spoken in it
+    transcript: str | None = None  # what is said in it, for backends that use one
+    source: str = ""  # where it comes from and the speaker's consent, as written
+    file: str = ""  # its path in the commit (``voices/NAME.wav``)
+    size: int = 0  # bytes
+
+
+@dataclass(frozen=True)
 class SpeechRequest:
     text: str
     voice: str | None = None
@@ -146,6 +162,10 @@ class SpeechRequest:
     # backend with ``capabilities.phoneme_input``): speak them as they are, and refuse symbols
     # the model lacks with BadRequest(code=Code.UNKNOWN_PHONEMES), naming them.
     phonemes: bool = False
+    # ``voice`` is a voice of the library (only for a backend with ``voice_cloning``): clone
+    # this sample. The request carries the sample of the commit it was admitted under, so a
+    # voice replaced or rolled back meanwhile changes no request already taken.
+    sample: VoiceSample | None = None
     # Set when the caller has gone away; long-running backends check it between chunks.
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
 

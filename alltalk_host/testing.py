@@ -422,10 +422,11 @@ class _Runner:
 
 @dataclass(frozen=True)
 class _WarmUp:
-    """The two settings of the host's config that the warm-up reads."""
+    """The settings of the host's config that the warm-up reads (no voice library)."""
 
     warmup_text: str = WARMUP_TEXT
     default_language: str = "en"
+    voices: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _model(cls: type[Backend], raw: dict[str, Any], parsed: Any) -> ModelDef:

@@ -118,6 +118,40 @@ async def test_latents_are_cached_by_content_and_new_files_need_no_restart(
     assert await cache() == {"computed": 0, "memory_hits": 0, "disk_hits": 1}
 
 
+async def test_a_library_voice_is_cloned_and_its_latents_follow_its_content(
+        start_server, config_repo, xtts_dir):
+    """Issue 25: a sample committed to the voice library is cloned by name with the real XTTS
+    code; a replaced sample gets new latents, a rolled-back one its old ones from the cache."""
+    use_xtts(config_repo, xtts_dir / "tiny-xtts-0", None)
+    write_reference_wav(config_repo.path / "voices" / "ann.wav", seconds=2.0)
+    config_repo.set("voices.toml", "voices.ann.model", "xtts")
+    first = config_repo.commit("voices: ann")
+    client = await start_server()
+
+    async def speak() -> str:
+        resp = await client.post("/tts", json={"text": "Hi.", "voice": "ann"})
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+        return resp.headers["X-AllTalk-Voice"]
+
+    async def cache() -> dict:
+        status = await (await client.get("/control/status")).json()
+        return next(m for m in status["models"] if m["name"] == "xtts")[
+            "backend_status"]["latents_cache"]
+
+    assert "ann" in (await (await client.get("/api/voices")).json())["voices"]
+    heard_first = await speak()
+    assert await cache() == {"computed": 1, "memory_hits": 0, "disk_hits": 0}
+    write_reference_wav(config_repo.path / "voices" / "ann.wav", seconds=2.0, amplitude=0.3)
+    second = config_repo.commit("voices: ann, re-recorded")
+    assert (await client.post("/control/config/apply", json={"commit": second})).status == 200
+    heard_second = await speak()
+    assert heard_second != heard_first and (await cache())["computed"] == 2
+    assert (await client.post("/control/config/rollback", json={"commit": first})).status == 200
+    assert await speak() == heard_first
+    assert await cache() == {"computed": 2, "memory_hits": 1, "disk_hits": 0}
+
+
 async def test_streaming_yields_at_least_two_chunks(start_server, config_repo, xtts_dir, voices):
     use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices, stream_chunk_size=20)
     client = await start_server()

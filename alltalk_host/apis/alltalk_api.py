@@ -69,8 +69,7 @@ def ready_text(ready: bool) -> str:
 
 
 def voices(serving: Serving) -> dict[str, Any]:
-    gen = serving.default
-    return {"status": "success", "voices": gen.voices if gen else []}
+    return {"status": "success", "voices": serving.voices_of(serving.config.default_model)}
 
 
 def current_settings(serving: Serving, backends: Iterable[str]) -> dict[str, Any]:
@@ -107,7 +106,7 @@ def current_settings(serving: Serving, backends: Iterable[str]) -> dict[str, Any
         "temperature_set": _setting(model, "temperature", 0),
         "ttsengines_installed": bool(installed),
         "languages_capable": bool(caps and len(caps.languages) > 1),
-        "multivoice_capable": bool(gen and len(gen.voices) > 1),
+        "multivoice_capable": len(serving.voices_of(config.default_model)) > 1,
         "multimodel_capable": len(config.models) > 1,
     }
 

@@ -141,7 +141,7 @@ def voice_of(form: Any, name: str, serving: Serving) -> tuple[str | None, dict[s
     if value in ("", "Disabled", "default"):
         return None, {}
     gen = serving.default
-    voices = gen.voices if gen else []
+    voices = serving.voices_of(serving.config.default_model)
     if voice_problem(value, voices, bool(gen and gen.capabilities.voice_blending)) is None:
         return value, {}
     as_file = _VOICE_FILE.match(value)

@@ -35,7 +35,10 @@ VOICE_HEADER = "X-AllTalk-Voice"
 
 def provenance_headers(p: Provenance) -> dict[str, str]:
     """Sent on every audio response: which config, loaded model and arm produced it."""
-    return {COMMIT_HEADER: p.commit, MODEL_HEADER: p.model_label, ARM_HEADER: p.arm}
+    headers = {COMMIT_HEADER: p.commit, MODEL_HEADER: p.model_label, ARM_HEADER: p.arm}
+    if p.voice:  # which sample of the voice library spoke
+        headers[VOICE_HEADER] = p.voice
+    return headers
 
 
 # What a client is told about a failure nobody expected; the log has the traceback.
@@ -187,7 +190,7 @@ def resolve_model(serving: Serving, name: str) -> str:
 
 def resolve_voice(serving: Serving, model: str, voice: str) -> str | None:
     gen = serving.generations.get(model)
-    voices = gen.voices if gen else []
+    voices = serving.voices_of(model)
     if voice in voices or (gen is not None and gen.capabilities.voice_blending
                            and is_blend(voice)):
         return voice  # a blend's parts are checked with the request

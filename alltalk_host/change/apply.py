@@ -237,7 +237,7 @@ def check_runtime_defaults(serving: Serving) -> None:
     have: a bad one fails the apply now, not every request later."""
     for name, gen in serving.generations.items():
         model = serving.config.models[name]
-        voices = gen.voices
+        voices = serving.voices_of(name)
         problem = model.default_voice and voice_problem(
             model.default_voice, voices, gen.capabilities.voice_blending)
         if problem:

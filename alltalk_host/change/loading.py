@@ -163,7 +163,13 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> str:
     format; the phrase it spoke."""
     voices = instance.voices()
     blending = instance.capabilities.voice_blending
-    if model.default_voice and voice_problem(model.default_voice, voices, blending):
+    # A default voice of the library (voices.toml) warms up cloning it.
+    sample = config.voices.get(model.default_voice or "")
+    if sample is not None and not (instance.capabilities.voice_cloning
+                                   and sample.model in (None, model.name)):
+        sample = None
+    if (model.default_voice and sample is None
+            and voice_problem(model.default_voice, voices, blending)):
         raise ApplyFailed(
             f"model {model.name} {voice_problem(model.default_voice, voices, blending)} "
             f"(its default_voice); its voices: {voices[:20]}",
@@ -177,7 +183,8 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> str:
     text = warmup_text(model, config, language)
     started = time.monotonic()
     audio = _warm_up_call(instance, model,
-                          SpeechRequest(text=text, voice=voice, language=language))
+                          SpeechRequest(text=text, voice=voice, language=language,
+                                        sample=sample))
     took = time.monotonic() - started
     if took > SLOW_WARMUP_S:
         log.warning("model %s: the warm-up took %.1f s speaking %r (language %s); if that is "

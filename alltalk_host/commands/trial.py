@@ -199,10 +199,11 @@ def _loaded(trial: Trial, instance: Backend, parsed: Any, say: Say) -> Audio:
 
 @dataclass(frozen=True)
 class _WarmUpConfig:
-    """The two settings of the host's config that the warm-up reads."""
+    """The settings of the host's config that the warm-up reads (no voice library)."""
 
     warmup_text: str
     default_language: str
+    voices: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _language(instance: Backend, wanted: str) -> str:

@@ -2,7 +2,8 @@
 
 The layers, lowest first:
   1. the commit's config folder: ``settings.toml``, then every other ``*.toml`` there in name
-     order (the template has ``models.toml``), each with ``[default]`` and per-environment
+     order (the template has ``models.toml``; ``voices.toml`` is the voice library's, read
+     by voices.py, not a layer), each with ``[default]`` and per-environment
      sections (``[development]``, ``[production]``, ...; ``ALLTALK_ENV`` picks one);
   2. the host-local file, outside git: flat TOML for machine specifics and secrets;
   3. ``ALLTALK_``-prefixed environment variables (``ALLTALK_MODELS__joe__settings__speed=1.1``).
@@ -28,6 +29,7 @@ from dynaconf.loaders.env_loader import load_from_env
 from ..errors import Code, ConfigInvalid
 from .untrusted import refuse_untrusted
 from .values import Layer
+from .voices import VOICES_FILE
 
 # The largest settings file read (the template's are a few kilobytes).
 MAX_TOML_BYTES = 1_048_576
@@ -110,7 +112,8 @@ def _layer_files(tree: Path) -> list[Path]:
     if not first.is_file():
         raise ConfigInvalid(f"the config folder has no {SETTINGS_FILE}",
                             code=Code.CONFIG_UNREADABLE)
-    rest = sorted(p for p in tree.glob("*.toml") if p.name != SETTINGS_FILE and p.is_file())
+    rest = sorted(p for p in tree.glob("*.toml")
+                  if p.name not in (SETTINGS_FILE, VOICES_FILE) and p.is_file())
     return [first, *rest]
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dynaconf import Dynaconf, ValidationError, Validator
 
+from ..backend import VoiceSample
 from ..errors import Code, ConfigInvalid
 from ..outputs import Retention
 from ..plugins import BackendCatalog
@@ -26,6 +27,7 @@ from .models import IDLE_UNLOAD_MAX_S, SPEED_RANGE, ModelDef, parse_models
 from .paths import OWNER_LAYERS, host_folder
 from .repo import REMOTE_NAME_RULE, is_remote_name
 from .values import Layer, flatten, layer_of_each_key, lower_top, redact, to_plain
+from .voices import read_voices
 from .workers import WorkerSettings, parse_workers
 
 __all__ = ["ENV_PREFIX", "SPEED_RANGE", "HostConfig", "ModelDef", "WatchSettings", "build_config",
@@ -180,6 +182,8 @@ class HostConfig:
     sources: Mapping[str, Layer]
     # Each layer's own keys, lowest first: where an edit of a key has to be written.
     layer_keys: tuple[tuple[Layer, frozenset[str]], ...]
+    # The voice library (voices.toml, voices/): name -> its sample, for models that clone.
+    voices: Mapping[str, VoiceSample] = field(default_factory=dict)
 
     @property
     def loaded_models(self) -> set[str]:
@@ -233,6 +237,7 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog, local_file: P
                  cache_dir: Path, host_dirs: tuple[Path, ...] = ()) -> HostConfig:
     """``host_dirs``: the host's own folders (state, config repo), which the folders a commit
     names may neither be nor hold (paths.py)."""
+    commit_tree = tree  # the commit's files (``loaded.tree`` holds copies of the layers alone)
     with _refusals(commit):
         loaded = load_layers(tree, local_file, HOST_VALIDATORS)
         loaded.settings.validators.validate_all()
@@ -256,6 +261,14 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog, local_file: P
             details=[f"default_model: {values['default_model']!r} is not one of "
                      f"{sorted(models)}"],
         )
+    voices, problems = read_voices(commit_tree, cache_dir / "voices")
+    problems += [f"voices.{name}: model {sample.model!r} is not one of the configured models"
+                 for name, sample in voices.items()
+                 if sample.model is not None and sample.model not in models]
+    if problems:
+        raise ConfigInvalid(f"the voice library is not valid: {problems[0]}"
+                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                            code=Code.VALIDATION_FAILED, details=problems)
     watch, alltalk, openai, http = (values["watch"], values["alltalk"], values["openai"],
                                     values["http"])
     return HostConfig(
@@ -293,6 +306,7 @@ def build_config(tree: Path, commit: str, catalog: BackendCatalog, local_file: P
                                    max_resident_models=values["on_demand"]["max_resident_models"]),
         sources=sources,
         layer_keys=tuple((layer, frozenset(flatten(lower_top(data)))) for layer, data in layers),
+        voices=voices,
     )
 
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
-from ..backend import Backend
+from ..backend import Backend, VoiceSample
 from ..config.settings import HostConfig, ModelDef
+from ..config.voices import library_for
 from ..errors import Code, HostError, Unavailable
 from ..workers import WorkerBackend
 
@@ -328,3 +329,21 @@ class Serving:
     def default(self) -> Generation | None:
         """The generation of the default model, if that model is loaded."""
         return self.generations.get(self.config.default_model)
+
+    def voices_of(self, name: str) -> list[str]:
+        """What a request to loaded model ``name`` may name as its voice: the backend's own
+        voices, then the library's (voices.toml) if its backend clones. Empty for a model not
+        loaded, as for a single-voice one."""
+        gen = self.generations.get(name)
+        if gen is None:
+            return []
+        own = gen.voices
+        library = library_for(self.config.voices, name, gen.capabilities.voice_cloning)
+        return own + [v for v in library if v not in own] if library else own
+
+    def sample_for(self, gen: Generation, voice: str | None) -> VoiceSample | None:
+        """The library sample ``voice`` names for ``gen``'s model, if it is one it speaks."""
+        sample = self.config.voices.get(voice) if voice else None
+        if sample is None or not gen.capabilities.voice_cloning:
+            return None
+        return sample if sample.model in (None, gen.model.name) else None

@@ -59,6 +59,8 @@ class Provenance:
     generation: int
     sample_rate: int
     arm: str = STABLE  # "canary" when a running canary's snapshot served it
+    # The library samples that spoke ("NAME; sha256=<12 hex>"), when a voice of voices.toml did
+    voice: str | None = None
 
     @property
     def model_label(self) -> str:
@@ -356,8 +358,12 @@ def _join(pieces: list[Audio], rate: int, pause_s: float) -> Audio:
 
 def _provenance(lease: Lease[Any]) -> Provenance:
     gen = lease.gen
+    requests = lease.value if isinstance(lease.value, list) else [lease.value]
+    samples = dict.fromkeys(r.sample for r in requests
+                            if isinstance(r, SpeechRequest) and r.sample is not None)
+    voice = ", ".join(f"{s.name}; sha256={s.sha256[:12]}" for s in samples) or None
     return Provenance(lease.serving.commit, gen.model.name, gen.number, gen.sample_rate,
-                      lease.arm)
+                      lease.arm, voice)
 
 
 def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> SpeechRequest:
@@ -381,7 +387,9 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
         raise BadRequest(f"model {model.name} takes text, not phonemes", code=Code.NOT_CAPABLE)
     voice = wanted.voice or model.default_voice
     voices = gen.voices  # asked of the backend once per request
-    problem = voice_problem(voice, voices, gen.capabilities.voice_blending) if voice else None
+    sample = serving.sample_for(gen, voice)  # a voice of the library
+    problem = (voice_problem(voice, voices, gen.capabilities.voice_blending)
+               if voice and sample is None else None)
     if problem is not None:
         raise NotFound(
             f"model {model.name} {problem}",
@@ -406,4 +414,5 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
         raise BadRequest("the text has nothing to speak (no letter or digit)",
                          code=Code.NOTHING_TO_SPEAK)
     return SpeechRequest(text=text, voice=voice, language=language, speed=speed,
-                         options=dict(wanted.options), phonemes=wanted.phonemes)
+                         options=dict(wanted.options), phonemes=wanted.phonemes,
+                         sample=sample)

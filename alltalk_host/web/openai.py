@@ -64,7 +64,7 @@ async def list_voices(request: web.Request) -> web.Response:
         raise NotFound(f"model {model!r} is not loaded", code=Code.MODEL_NOT_LOADED)
     mapped = serving.config.openai.voices.get(model, {})
     # A model not loaded yet (it loads on demand): its own voices are known once it is.
-    names = list(dict.fromkeys([*OPENAI_VOICES, *mapped, *(gen.voices if gen else [])]))
+    names = list(dict.fromkeys([*OPENAI_VOICES, *mapped, *serving.voices_of(model)]))
     return web.json_response({"model": model, "voices": [{"id": n, "name": n} for n in names]})
 
 

@@ -55,7 +55,8 @@ async def models(request: web.Request) -> web.Response:
                 entry.update(_takes(cls.capabilities, [], model, config))
         else:
             entry.update(state=GenerationState.SERVING, generation=gen.number,
-                         commit=gen.commit, **_takes(gen.capabilities, gen.voices, model, config))
+                         commit=gen.commit,
+                         **_takes(gen.capabilities, serving.voices_of(name), model, config))
         entries.append(entry)
     return web.json_response({"commit": serving.commit, "default_model": config.default_model,
                               "max_text_length": config.max_text_length,

@@ -122,7 +122,8 @@ def request_fields(request: SpeechRequest) -> dict[str, Any]:
     message)."""
     return {"text": request.text, "voice": request.voice, "language": request.language,
             "speed": request.speed, "options": dict(request.options),
-            "continues": request.continues, "phonemes": request.phonemes}
+            "continues": request.continues, "phonemes": request.phonemes,
+            "sample": request.sample}
 
 
 class RemoteError(RuntimeError):

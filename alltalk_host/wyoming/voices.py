@@ -48,7 +48,7 @@ def describe(host: Host) -> Info:
 
 def _model_voices(serving: Serving, name: str, gen: Generation,
                   catalog: BackendCatalog) -> list[TtsVoice]:
-    own = gen.voices
+    own = serving.voices_of(name)
     common = {
         "attribution": _attribution(catalog, gen.model.backend),
         "installed": True,

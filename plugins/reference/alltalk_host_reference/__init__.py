@@ -17,9 +17,11 @@ import re
 import threading
 import time
 import tomllib
+import wave
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,9 +91,10 @@ class ReferenceBackend(Backend):
     name = "reference"
     path_settings = ("model_file",)  # inside models_dir when a commit sets them
     # "pitch" is a reserved option: a factor on the voice's pitch, on the contract's scale.
+    # It "clones" a library voice by speaking at the pitch of its sample (a wav).
     capabilities = Capabilities(
         streaming=True, languages=("en", "de", "es", "fr", "it"), max_concurrency=2,
-        parameters=("pitch",),
+        parameters=("pitch",), voice_cloning=True,
     )
 
     @classmethod
@@ -213,8 +216,10 @@ class ReferenceBackend(Backend):
         """One voiced 'syllable' per letter group, pauses at spaces and punctuation."""
         sr = self.sample_rate
         voice = request.voice or self.settings.voices[0]
-        # Each voice gets its own pitch, deterministically from its name.
-        f0 = pitch * self._pitch * (0.8 + 0.4 * (zlib.crc32(voice.encode()) % 100) / 100)
+        if request.sample is not None:  # a library voice: the pitch its sample speaks at
+            f0 = pitch * sample_pitch(request.sample.path, request.sample.sha256)
+        else:  # each voice its own pitch, deterministically from its name
+            f0 = pitch * self._pitch * (0.8 + 0.4 * (zlib.crc32(voice.encode()) % 100) / 100)
         unit = int(0.075 * sr / request.speed)
         parts: list[np.ndarray] = []
         for ch in request.text:
@@ -268,6 +273,42 @@ def _pitch_factor(options: Mapping[str, Any]) -> float:
         raise BadRequest(f"pitch: {value!r:.40} is not a factor from {scale.low} to "
                          f"{scale.high} (1.0 is the voice's own pitch)", code=Code.BAD_OPTION)
     return factor
+
+
+_PITCHES: dict[str, float] = {}  # a sample's content hash -> its pitch (a latents cache's role)
+_PITCH_LOCK = threading.Lock()
+
+
+def sample_pitch(path: Path, sha256: str) -> float:
+    """The fundamental of a library sample (a 16-bit PCM wav), from the autocorrelation peak
+    between 60 and 400 Hz of its loudest second; computed once per content."""
+    with _PITCH_LOCK:
+        if sha256 in _PITCHES:
+            return _PITCHES[sha256]
+    try:
+        with wave.open(str(path), "rb") as wav:
+            if wav.getsampwidth() != 2:
+                raise BadRequest("the reference backend clones 16-bit PCM wav samples only",
+                                 code=Code.BAD_VOICE_FILE)
+            rate, channels = wav.getframerate(), wav.getnchannels()
+            frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    except (OSError, EOFError, wave.Error) as exc:
+        raise BadRequest(f"voice sample {path.name} is not a wav it can read: {exc}",
+                         code=Code.BAD_VOICE_FILE) from None
+    samples = frames.reshape(-1, channels).mean(axis=1).astype(np.float64) / 32768
+    if len(samples) < rate // 2 or float(np.sqrt(np.mean(samples ** 2))) < 1e-3:
+        raise BadRequest(f"voice sample {path.name} is shorter than 0.5 s or silent",
+                         code=Code.BAD_VOICE_FILE)
+    window = min(len(samples), rate)
+    energy = np.convolve(samples ** 2, np.ones(window), "valid")
+    start = int(np.argmax(energy))
+    x = samples[start:start + window] - samples[start:start + window].mean()
+    corr = np.fft.irfft(np.abs(np.fft.rfft(x, n=2 * len(x))) ** 2)[: len(x)]
+    first, last = int(rate / 400), int(rate / 60)
+    pitch = rate / (first + int(np.argmax(corr[first:last])))
+    with _PITCH_LOCK:
+        _PITCHES[sha256] = pitch
+    return pitch
 
 
 @hookimpl

@@ -27,6 +27,7 @@ from alltalk_host import (
     MemoryNeed,
     ModelContext,
     SpeechRequest,
+    VoiceSample,
     number_in,
     parse_settings,
 )
@@ -355,7 +356,8 @@ class XttsBackend(Backend):
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _prepare(self, request: SpeechRequest) -> tuple[Any, str, dict[str, Any]]:
+    def _prepare(self, request: SpeechRequest) -> tuple[Any, str | VoiceSample,
+                                                        dict[str, Any]]:
         """The model, voice and generation parameters of a request, checked before anything
         visits the GPU."""
         model = self._model
@@ -373,6 +375,8 @@ class XttsBackend(Backend):
             except ValueError as exc:
                 raise BadRequest(str(exc), code=Code.BAD_OPTION) from None
         params["top_k"] = int(params["top_k"])
+        if request.sample is not None:  # a voice of the library: the host checked its name
+            return model, request.sample, params
         voices = self.voices()
         voice = request.voice or (next(iter(self._speakers), None) or next(iter(voices), None))
         if voice is None:
@@ -382,12 +386,14 @@ class XttsBackend(Backend):
             raise BadRequest(f"unknown voice {voice!r}", code=Code.UNKNOWN_VOICE)
         return model, voice, params
 
-    def _latents(self, voice: str) -> tuple[Any, Any]:
+    def _latents(self, voice: str | VoiceSample) -> tuple[Any, Any]:
         """A voice's conditioning latents; computed (on the device, inside the request's one
-        visit in low-VRAM mode) the first time a voice file is used."""
+        visit in low-VRAM mode) the first time a voice file or library sample is used."""
+        assert self._library is not None
+        if isinstance(voice, VoiceSample):
+            return self._library.latents_of(voice.path)
         if voice in self._speakers:
             return self._speakers[voice]
-        assert self._library is not None
         return self._library.latents(voice)
 
     def _compute_latents(self, samples: np.ndarray, rate: int) -> tuple[Any, Any]:

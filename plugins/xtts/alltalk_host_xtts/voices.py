@@ -92,13 +92,19 @@ class VoiceLibrary:
         return list(names)
 
     def latents(self, name: str) -> tuple[Any, Any]:
+        """The latents of voice file ``name`` of the folder."""
         if self.folder is None:
             raise BadRequest(f"unknown voice {name!r}", code=Code.UNKNOWN_VOICE)
         path = self.folder / name
         if path.parent != self.folder or not path.is_file():
             raise BadRequest(f"unknown voice {name!r}", code=Code.UNKNOWN_VOICE)
+        return self.latents_of(path)
+
+    def latents_of(self, path: Path) -> tuple[Any, Any]:
+        """The latents of the reference recording at ``path`` (a file of the folder, or a
+        sample of the config repo's voice library), cached by its content."""
         stat = path.stat()
-        signature = (name, stat.st_mtime_ns, stat.st_size)
+        signature = (str(path), stat.st_mtime_ns, stat.st_size)
         with self._lock:  # an unchanged file is not even read again
             key = self._keys.get(signature)
             if key is not None and key in self._memory:
