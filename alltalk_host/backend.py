@@ -144,6 +144,7 @@ class VoiceSample:
     source: str = ""  # where it comes from and the speaker's consent, as written
     file: str = ""  # its path in the commit (``voices/NAME.wav``)
     size: int = 0  # bytes
+    seconds: float | None = None  # its length, read from a wav's header (None: another format)
 
 
 @dataclass(frozen=True)

@@ -189,3 +189,26 @@ async def test_a_bad_library_is_refused_whole_and_nothing_changes(client, config
     error = await error_of(resp)
     assert says in error["message"] or says in str(error.get("details")), error
     assert (await (await client.get("/control/status")).json())["serving_commit"] == serving
+
+
+async def test_the_plan_shows_voices_added_changed_and_removed(client, config_repo):
+    async def plan(commit: str) -> dict:
+        resp = await client.post("/control/config/plan", json={"commit": commit})
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    add_voice(config_repo, "ann", 200.0)
+    added = await plan(config_repo.commit("voices: add ann"))
+    sha = hashlib.sha256((config_repo.path / "voices" / "ann.wav").read_bytes()).hexdigest()
+    assert added["voices"] == [{"name": "ann", "change": "added", "file": "voices/ann.wav",
+                                "sha256": sha[:12], "seconds": 2.0, "old_sha256": None}]
+    assert added["runtime_only"] and added["reload"] == []
+    assert (await apply(client, added["commit"])).status == 200
+    write_sample(config_repo.path / "voices" / "ann.wav", 120.0, seconds=3.0)
+    changed = (await plan(config_repo.commit("voices: ann re-recorded")))["voices"]
+    assert [(v["change"], v["old_sha256"], v["seconds"]) for v in changed] == [
+        ("changed", sha[:12], 3.0)]
+    (config_repo.path / "voices" / "ann.wav").unlink()
+    config_repo.set(VOICE_FILE, "voices.ann", None)
+    removed = (await plan(config_repo.commit("voices: remove ann")))["voices"]
+    assert [(v["name"], v["change"]) for v in removed] == [("ann", "removed")]

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config.settings import HostConfig
 from ..config.values import diff
+from ..config.voices import voice_changes
 
 # Changing one of these for a loaded model means loading it again; anything else is runtime-only.
 _RELOAD_KEY = re.compile(r"^models\.[^.]+\.(backend|settings|instances)(\.|$)")
@@ -29,6 +30,8 @@ class Plan:
     availability: dict[str, dict[str, Any]]
     # Per model loaded beside what serves: memory needed and free, and whether it fits.
     memory: list[dict[str, Any]] = field(default_factory=list)
+    # The voice library's changes (voices.toml, voices/): runtime-only, like a default voice.
+    voices: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def runtime_only(self) -> bool:
@@ -72,4 +75,5 @@ def make_plan(current: HostConfig | None, loaded: Collection[str], new: HostConf
         keep=keep,
         runtime_changes=runtime,
         availability={n: m.availability for n, m in sorted(new.models.items())},
+        voices=voice_changes(current.voices if current else {}, new.voices),
     )

@@ -122,6 +122,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"  runtime-only: {data['runtime_only']}")
     for change in data["changes"]:
         print(f"  {change['key']}: {change['old']!r} -> {change['new']!r}")
+    for voice in data.get("voices", []):
+        length = f", {voice['seconds']:g} s" if voice.get("seconds") else ""
+        print(f"  voice {voice['name']}: {voice['change']} ({voice['file']}{length}, sha256 "
+              f"{voice['sha256']})")
     return 0
 
 

@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import tomllib
+import wave
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -87,7 +88,7 @@ def _sample(tree: Path, store: Path, name: str, fields: Any) -> VoiceSample:
     return VoiceSample(name=name, path=_store(store, digest, source.suffix.lower(), data),
                        sha256=digest, model=text["model"], language=language,
                        transcript=text["transcript"], source=text["source"] or "",
-                       file=file, size=len(data))
+                       file=file, size=len(data), seconds=_wav_seconds(source))
 
 
 def _text(fields: Mapping[str, Any], key: str) -> str | None:
@@ -115,6 +116,38 @@ def _inside_voices(tree: Path, file: str) -> Path:
         raise ValueError(f"file: {file[:100]} is {size / 2**20:.1f} MiB; at most "
                          f"{MAX_SAMPLE_BYTES // 2**20} MiB")
     return path
+
+
+def _wav_seconds(path: Path) -> float | None:
+    """A wav's length from its header (Python's own reader, nothing decoded); None for
+    another format or a header it cannot read."""
+    if path.suffix.lower() != ".wav":
+        return None
+    try:
+        with wave.open(str(path), "rb") as wav:
+            rate = wav.getframerate()
+            return round(wav.getnframes() / rate, 2) if rate else None
+    except (OSError, EOFError, wave.Error):
+        return None
+
+
+def voice_changes(old: Mapping[str, VoiceSample], new: Mapping[str, VoiceSample]
+                  ) -> list[dict[str, Any]]:
+    """The library's changes from ``old`` to ``new``: each voice added, removed or changed
+    (another sample, or other fields), by name."""
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        kind = "added" if before is None else "removed" if after is None else (
+            "changed" if before.sha256 != after.sha256 else "fields")
+        shown = after or before
+        assert shown is not None
+        changes.append({"name": name, "change": kind, "file": shown.file,
+                        "sha256": shown.sha256[:12], "seconds": shown.seconds,
+                        "old_sha256": before.sha256[:12] if before else None})
+    return changes
 
 
 def _store(store: Path, digest: str, suffix: str, data: bytes) -> Path:

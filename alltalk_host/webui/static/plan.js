@@ -108,7 +108,8 @@ function describe(plan, mode, target) {
     for (const name of plan[key]) actions.push([name, key]);
   }
   const unavailable = Object.entries(plan.availability || {}).filter(([, a]) => a.availability === "unavailable");
-  const nothing = !plan.changes.length && plan.runtime_only;
+  const voices = plan.voices || [];
+  const nothing = !plan.changes.length && !voices.length && plan.runtime_only;
   return [
     h("p", {}, mode === "switch"
       ? `Switching writes a commit on top of ${short(plan.base)} that sets default_model to ${target}.`
@@ -124,6 +125,13 @@ function describe(plan, mode, target) {
         h("td", {}, h("code", {}, c.key)), h("td", {}, h("span", {class: "layer"}, c.layer || "-")),
         h("td", {class: "old"}, value(c.old)), h("td", {class: "new"}, value(c.new))))))
       : h("p", {class: "empty"}, "No setting changes."),
+    voices.length ? [h("h2", {}, "Voices"), h("table", {class: "diff"},
+      h("caption", {}, "Voice library samples that change (voices.toml, voices/)"),
+      h("thead", {}, h("tr", {}, ["Voice", "Change", "File", "Length", "SHA-256"].map((t) => h("th", {scope: "col"}, t)))),
+      h("tbody", {}, voices.map((v) => h("tr", {},
+        h("td", {}, v.name), h("td", {}, v.change), h("td", {}, h("code", {}, v.file)),
+        h("td", {}, v.seconds ? `${v.seconds} s` : "-"),
+        h("td", {}, h("code", {}, v.old_sha256 && v.old_sha256 !== v.sha256 ? `${v.old_sha256} -> ${v.sha256}` : v.sha256))))))] : null,
     h("h2", {}, "Models"),
     actions.length ? h("table", {class: "actions"},
       h("caption", {}, plan.runtime_only ? "Runtime-only: nothing loads or unloads" : "What happens to each model"),
