@@ -26,6 +26,8 @@ class Code(StrEnum):
     # answer it with short silence (they test for this code).
     NOTHING_TO_SPEAK = "nothing_to_speak"
     UNKNOWN_VOICE = "unknown_voice"
+    # An upload under the name of a voice the library has (replace it with PUT)
+    VOICE_EXISTS = "voice_exists"
     BAD_VOICE_FILE = "bad_voice_file"
     UNSUPPORTED_LANGUAGE = "unsupported_language"
     UNSUPPORTED_FORMAT = "unsupported_format"

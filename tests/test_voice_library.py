@@ -8,6 +8,7 @@ which sample spoke; tests/test_xtts.py clones with the real XTTS code."""
 from __future__ import annotations
 
 import hashlib
+import io
 import wave
 
 import numpy as np
@@ -212,3 +213,177 @@ async def test_the_plan_shows_voices_added_changed_and_removed(client, config_re
     config_repo.set(VOICE_FILE, "voices.ann", None)
     removed = (await plan(config_repo.commit("voices: remove ann")))["voices"]
     assert [(v["name"], v["change"]) for v in removed] == [("ann", "removed")]
+
+
+# --- uploads (part 2) ------------------------------------------------------------------------
+
+def tone(pitch_hz: float = 200.0, seconds: float = 4.0, rate: int = 44100,
+         amplitude: float = 0.3, pad_s: float = 0.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    voiced = sum(np.sin(2 * np.pi * pitch_hz * k * t) / k for k in range(1, 6))
+    voiced = amplitude * voiced / np.max(np.abs(voiced))
+    pad = np.zeros(int(pad_s * rate))
+    return np.concatenate([pad, voiced, pad]).astype(np.float32)
+
+
+def encoded(samples: np.ndarray, fmt: str, rate: int = 44100) -> bytes:
+    """``samples`` in a container and codec a person uploads: wav, flac, mp3, ogg (opus),
+    m4a (AAC in MP4), made by PyAV as a recorder would."""
+    import av
+
+    if fmt == "wav":
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+        return out.getvalue()
+    container, codec, out_rate = {"flac": ("flac", "flac", rate),
+                                  "mp3": ("mp3", "libmp3lame", rate),
+                                  "ogg": ("ogg", "libopus", 48000),
+                                  "m4a": ("ipod", "aac", rate)}[fmt]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=out_rate, layout="mono")
+        resampler = av.AudioResampler(format=stream.codec_context.format, layout="mono",
+                                      rate=out_rate)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = rate
+        for piece in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(piece):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+async def upload(client, name: str | None, data: bytes, method: str = "POST",
+                 filename: str = "sample.wav", **fields):
+    import aiohttp
+
+    form = aiohttp.FormData()
+    if name is not None and method == "POST":
+        form.add_field("name", name)
+    for key, value in fields.items():
+        form.add_field(key, value)
+    form.add_field("file", io.BytesIO(data), filename=filename,  # bytes over 1 MB: a stream
+                   content_type="application/octet-stream")
+    path = "/control/voices" if method == "POST" else f"/control/voices/{name}"
+    return await client.request(method, path, data=form)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "ogg", "m4a"])
+async def test_an_upload_in_each_format_is_normalised_committed_and_spoken(client, config_repo,
+                                                                           fmt):
+    head = config_repo.head
+    resp = await upload(client, "ann", encoded(tone(200, pad_s=1.0), fmt),
+                        filename=f"ann.{fmt}", language="en", source="the tests' tone")
+    assert resp.status == 200, await resp.text()
+    result = await resp.json()
+    assert result["result"] == "applied" and config_repo.head == result["commit"] != head
+    assert config_repo.repo.head.commit.message.startswith("Add the voice ann")
+    with wave.open(str(config_repo.path / "voices" / "ann.wav")) as stored:
+        assert (stored.getnchannels(), stored.getsampwidth(), stored.getframerate()) == (
+            1, 2, 22050)
+        seconds = stored.getnframes() / 22050
+        pcm = np.frombuffer(stored.readframes(stored.getnframes()), "<i2") / 32768
+    assert 3.9 < seconds < 4.4  # the second of silence at either end trimmed
+    assert abs(20 * np.log10(np.sqrt(np.mean(pcm ** 2))) + 20) < 1.5  # -20 dBFS
+    shown = await (await client.get("/control/voices/ann")).json()
+    assert shown["language"] == "en" and shown["source"] == "the tests' tone"
+    assert shown["models"] == ["reference"] and abs(shown["seconds"] - seconds) < 0.01
+    pitch, headers = await heard(client, "ann")
+    assert abs(pitch - 200) < 8 and headers["X-AllTalk-Voice"].startswith("ann; sha256=")
+
+
+async def test_replace_and_remove_an_uploaded_voice(client, config_repo):
+    assert (await upload(client, "ann", encoded(tone(200), "wav"))).status == 200
+    first_sha = (await (await client.get("/control/voices/ann")).json())["sha256"]
+    resp = await upload(client, "ann", encoded(tone(120), "wav"), method="PUT",
+                        transcript="a lower tone")
+    assert resp.status == 200, await resp.text()
+    shown = await (await client.get("/control/voices/ann")).json()
+    assert shown["sha256"] != first_sha and shown["transcript"] == "a lower tone"
+    pitch, _ = await heard(client, "ann")
+    assert abs(pitch - 120) < 6
+    resp = await client.delete("/control/voices/ann")
+    assert resp.status == 200, await resp.text()
+    assert not (config_repo.path / "voices" / "ann.wav").exists()
+    assert (await client.get("/control/voices")).status == 200
+    assert (await (await client.get("/control/voices")).json())["voices"] == []
+    for resp in (await client.delete("/control/voices/ann"),
+                 await upload(client, "nobody", encoded(tone(), "wav"), method="PUT")):
+        assert resp.status == 404 and (await error_of(resp))["code"] == "unknown_voice"
+
+
+def _silence() -> bytes:
+    return encoded(np.zeros(4 * 44100, np.float32), "wav")
+
+
+def _clipped() -> bytes:
+    return encoded(np.sign(np.sin(np.arange(4 * 44100) * 2 * np.pi * 150 / 44100)).astype(
+        np.float32), "wav")
+
+
+def _png() -> bytes:
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", bytes([0, 0, 0, 1, 0, 0, 0, 1, 8, 0, 0, 0, 0]))
+            + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("make", "status", "code", "says"), [
+    (lambda: b"not audio at all" * 100, 400, "bad_voice_file", "not audio"),
+    (_png, 400, "bad_voice_file", "are not taken"),
+    (lambda: encoded(tone(seconds=1.0), "wav"), 400, "bad_voice_file", "at least 3 s"),
+    (lambda: encoded(tone(seconds=35.0), "wav"), 400, "bad_voice_file", "at most 30 s"),
+    # ten minutes of near-silence in a few kB of flac: decoding stops at 40 s
+    (lambda: encoded(np.full(600 * 44100, 1e-4, np.float32), "flac"), 400, "bad_voice_file",
+     "longer than 40 s"),
+    (_silence, 400, "bad_voice_file", "silent"),
+    (_clipped, 400, "bad_voice_file", "clipped"),
+    (lambda: encoded(tone(), "wav")[:60], 400, "bad_voice_file", ""),
+])
+async def test_an_unusable_upload_is_refused_and_nothing_is_committed(client, config_repo,
+                                                                      make, status, code,
+                                                                      says):
+    head = config_repo.head
+    resp = await upload(client, "ann", make())
+    assert resp.status == status, await resp.text()
+    error = await error_of(resp)
+    assert error["code"] == code and says in error["message"], error
+    assert config_repo.head == head
+    assert not (config_repo.path / "voices").exists()
+
+
+async def test_bad_names_fields_and_bodies_are_refused(client, config_repo):
+    head = config_repo.head
+    sample = encoded(tone(), "wav")
+    for name, code in (("../ann", "bad_file_name"), ("a b", "bad_file_name"),
+                       ("", "missing_field")):
+        resp = await upload(client, name, sample)
+        assert resp.status == 400 and (await error_of(resp))["code"] == code, name
+    resp = await upload(client, "ann", sample, model="nobody")
+    assert resp.status == 422 and "nobody" in (await error_of(resp))["message"]
+    resp = await upload(client, "ann", sample, colour="blue")
+    assert resp.status == 400 and (await error_of(resp))["code"] == "bad_field"
+    resp = await client.post("/control/voices", json={"name": "ann"})
+    assert resp.status == 415
+    resp = await upload(client, "ann", b"\0" * (21 * 2**20))
+    assert resp.status == 413
+    assert config_repo.head == head
+    assert (await upload(client, "ann", sample)).status == 200
+    resp = await upload(client, "ann", sample)
+    assert resp.status == 409 and (await error_of(resp))["code"] == "voice_exists"
+
+
+async def test_an_upload_on_a_branch_that_moved_on_is_refused(client, config_repo):
+    config_repo.change("an unapplied change", "settings.toml", "default.max_text_length", 900)
+    head = config_repo.head
+    resp = await upload(client, "ann", encoded(tone(), "wav"))
+    assert resp.status == 409 and (await error_of(resp))["code"] == "branch_diverged"
+    assert config_repo.head == head

@@ -42,6 +42,7 @@ from .report import HostReport
 from .rollout import Rollout
 from .sequence import ApplySequence
 from .state import StateStore
+from .voice_steps import removal_files, upload_files
 from .watch import BranchWatcher
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,40 @@ class Controller:
         """Change one backend setting of model ``name`` by a commit, like a switch."""
         return await self._edit("set", f"models.{name}.settings.{key}", value,
                                 f"Set {key} = {value!r} for model {name}", who, author, name)
+
+    async def put_voice(self, name: str, wav: bytes, fields: Mapping[str, str | None],
+                        who: str, author: str | None = None, replace: bool = False
+                        ) -> dict[str, Any]:
+        """Add voice ``name`` to the library (or replace its sample) by a commit, applied
+        before the branch moves, like a switch. ``wav`` is the normalised sample."""
+        verb = "Replace" if replace else "Add"
+        return await self._files_edit(
+            "voice-replace" if replace else "voice-add",
+            f"{verb} the voice {name}",
+            lambda config: upload_files(self.repo, config, name, wav, fields, replace), who,
+            author)
+
+    async def remove_voice(self, name: str, who: str,
+                           author: str | None = None) -> dict[str, Any]:
+        """Remove voice ``name`` from the library (not from the history) by a commit."""
+        return await self._files_edit("voice-remove", f"Remove the voice {name}",
+                                      lambda config: removal_files(self.repo, config, name),
+                                      who, author)
+
+    async def _files_edit(self, action: str, message: str,
+                          files: Callable[[HostConfig], Mapping[str, str | bytes | None]],
+                          who: str, author: str | None) -> dict[str, Any]:
+        async def steps(busy: Busy) -> dict[str, Any]:
+            def write() -> Any:
+                current = self._current_config()
+                config = current if current is not None else self.loader.load(self.repo.head())
+                return self.editor.edit_files(current, files(config), message, who, author)
+
+            edit = await self._run_io(write)
+            busy["commit"] = edit.commit
+            return await self.sequence.apply(edit.commit, who, action, config=edit.config,
+                                             move_from=edit.base)
+        return await self._command(action, None, who, steps)
 
     async def reload_model(self, name: str, who: str) -> dict[str, Any]:
         """Load ``name`` again from disk at the serving commit, swapping it like any change."""

@@ -9,7 +9,7 @@ were. Runs on the I/O thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,9 +71,23 @@ class SettingsEditor:
         change = self._change(applied, key, value, check, vet)
         return None if change is None else change.config
 
-    def _change(self, applied: HostConfig | None, key: str, value: Any,
-                check: Callable[[HostConfig], None] | None,
-                vet: Callable[[HostConfig], None] | None) -> _Change | None:
+    def edit_files(self, applied: HostConfig | None, files: Mapping[str, str | bytes | None],
+                   message: str, who: str, author: str | None,
+                   vet: Callable[[HostConfig], None] | None = None) -> Edit:
+        """The commit that writes ``files`` (text, bytes, None: removed) over the applied
+        commit, vetted like any commit (``vet`` too); refused like ``edit`` when the branch
+        has moved on from what serves. The voice library's uploads and removals."""
+        head = self._base(applied)
+        self.repo.check_editable(list(files))
+        vetted = self.loader.load(head, replace=files)
+        if vet is not None:
+            vet(vetted)
+        commit = self.repo.write_commit(head, f"{message}\n\nRequested-by: {who}",
+                                        self.repo.identity(author), files=files)
+        return Edit(commit=commit, base=head, config=replace(vetted, commit=commit))
+
+    def _base(self, applied: HostConfig | None) -> str:
+        """The branch head, which an edit starts from; Conflict if it is not what serves."""
         head = self.repo.head()
         if applied is not None and applied.commit != head:
             raise Conflict(
@@ -85,6 +99,12 @@ class SettingsEditor:
                 code=Code.BRANCH_DIVERGED,
                 details={"branch_head": head, "applied": applied.commit},
             )
+        return head
+
+    def _change(self, applied: HostConfig | None, key: str, value: Any,
+                check: Callable[[HostConfig], None] | None,
+                vet: Callable[[HostConfig], None] | None) -> _Change | None:
+        head = self._base(applied)
         config = applied if applied is not None else self.loader.load(head)
         if check is not None:
             check(config)

@@ -44,12 +44,22 @@ class ConfigLoader:
                 removed += 1
         return removed
 
-    def load(self, commit: str, replace: Mapping[str, str] | None = None) -> HostConfig:
-        """The config of ``commit``; ``replace`` swaps file contents first (to vet an edit)."""
+    def load(self, commit: str, replace: Mapping[str, str | bytes | None] | None = None
+             ) -> HostConfig:
+        """The config of ``commit``; ``replace`` swaps file contents first (to vet an edit:
+        text, bytes, or None for a file removed)."""
         with self._tmp() as tmp:
             tree = self.repo.materialise(commit, Path(tmp))
             for name, content in (replace or {}).items():
-                (tree / name).write_text(content, encoding="utf-8")
+                target = tree / name
+                if content is None:
+                    target.unlink(missing_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, bytes):
+                    target.write_bytes(content)
+                else:
+                    target.write_text(content, encoding="utf-8")
             return build_config(tree, commit, self.catalog, self.local_file, self.cache_dir,
                                 self.own_dirs)
 

@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import git
@@ -95,10 +96,12 @@ class RepoWriting:
                 )
 
     def write_commit(self, parent: str, message: str, author: git.Actor, *,
-                     files: dict[str, str] | None = None, config_from: str | None = None) -> str:
+                     files: Mapping[str, str | bytes | None] | None = None,
+                     config_from: str | None = None) -> str:
         """A commit on top of ``parent`` that is on no branch: ``parent``'s tree with ``files``
-        (names in the config folder) replaced, or with the config folder as it is in
-        ``config_from`` (a rollback that writes the old configuration as a new commit)."""
+        (names in the config folder) replaced (text, bytes, or None: removed), or with the
+        config folder as it is in ``config_from`` (a rollback that writes the old
+        configuration as a new commit)."""
         with self._lock, tempfile.TemporaryDirectory(prefix="alltalk-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             if config_from is not None and not self.subdir:
@@ -111,7 +114,11 @@ class RepoWriting:
                     self._repo.git.read_tree(f"--prefix={self.subdir}/",
                                              f"{config_from}:{self.subdir}", env=env)
                 for name, content in (files or {}).items():
-                    data = content.encode("utf-8")
+                    if content is None:
+                        self._repo.git.update_index("--force-remove", "--", self._path(name),
+                                                    env=env)
+                        continue
+                    data = content.encode("utf-8") if isinstance(content, str) else content
                     blob = self._repo.odb.store(IStream("blob", len(data), io.BytesIO(data)))
                     self._repo.git.update_index(
                         "--add", "--cacheinfo", f"100644,{blob.hexsha.decode()},{self._path(name)}",

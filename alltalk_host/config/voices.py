@@ -165,6 +165,31 @@ def _store(store: Path, digest: str, suffix: str, data: bytes) -> Path:
     return target
 
 
+def with_voice(toml_text: str | None, name: str, fields: Mapping[str, str | None]) -> str:
+    """``voices.toml`` with the table of voice ``name`` set to ``fields`` (None values left
+    out), the rest of the file (comments, order) as it was."""
+    import tomlkit
+
+    doc = tomlkit.parse(toml_text) if toml_text else tomlkit.document()
+    if "voices" not in doc:
+        doc["voices"] = tomlkit.table(is_super_table=True)
+    table = tomlkit.table()
+    for key, value in fields.items():
+        if value is not None:
+            table[key] = value
+    doc["voices"][name] = table  # type: ignore[index]
+    return tomlkit.dumps(doc)
+
+
+def without_voice(toml_text: str, name: str) -> str:
+    """``voices.toml`` without the table of voice ``name``."""
+    import tomlkit
+
+    doc = tomlkit.parse(toml_text)
+    doc["voices"].pop(name, None)  # type: ignore[union-attr]
+    return tomlkit.dumps(doc)
+
+
 def library_for(voices: Mapping[str, VoiceSample], model: str, clones: bool) -> list[str]:
     """The names of the library's voices model ``model`` speaks: all of those for it or for
     any model, if its backend clones; none otherwise."""

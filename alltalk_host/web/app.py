@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..apis.voice_audio import MAX_UPLOAD_BYTES
 from ..host import Host
 from ..outputs import OutputStores
 from ..webui import routes as webui
@@ -22,6 +23,7 @@ from . import (
     openai,
     openapi,
     tts,
+    voices,
 )
 from .access import echo_request_id, quiet_client_faults, request_id_middleware
 from .arms import arm_middleware
@@ -34,6 +36,7 @@ from .outputs_check import watch_outputs
 from .policy import policy
 
 log = logging.getLogger(__name__)
+UPLOAD_LIMIT = MAX_UPLOAD_BYTES + 64 * 1024  # the sample and the form's fields
 # Speech, health and read-only routes, and the web UI's files: open to every client that can
 # reach the port (the page calls control routes like any other client).
 ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
@@ -44,7 +47,8 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
 CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
                                               alltalk_control.control_routes,
                                               events.control_routes,
-                                              metrics.control_routes)
+                                              metrics.control_routes,
+                                              voices.upload_routes, voices.control_routes)
 
 
 def create_app(host: Host) -> web.Application:
@@ -86,7 +90,10 @@ def create_app(host: Host) -> web.Application:
 async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bodies beyond ``http.max_body_bytes`` are 413: aiohttp enforces the limit as the body
     is read, and the limit comes from the serving commit, so it is set per request."""
-    return await handler(request.clone(client_max_size=policy(request).max_body_bytes))
+    limit = policy(request).max_body_bytes
+    if request.method in ("POST", "PUT") and request.path.startswith("/control/voices"):
+        limit = max(limit, UPLOAD_LIMIT)  # a voice sample; read within its own limit
+    return await handler(request.clone(client_max_size=limit))
 
 
 async def _begin_shutdown(app: web.Application) -> None:

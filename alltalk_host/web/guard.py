@@ -45,8 +45,8 @@ from .policy import policy
 class ControlRoutes(web.RouteTableDef):
     """A route table whose routes ``create_app`` guards.
 
-    ``body`` is what the routes read: "json", or None for routes that take only query
-    parameters (their body, if any, is never read).
+    ``body`` is what the routes read: "json", "multipart" (an upload), or None for routes
+    that take only query parameters (their body, if any, is never read).
     """
 
     def __init__(self, body: str | None) -> None:
@@ -76,6 +76,10 @@ def check(request: web.Request, body: str | None) -> None:
     if body == "json" and request.body_exists and not is_json(request.content_type):
         raise UnsupportedMediaType(
             f"this route reads a JSON body: send Content-Type: application/json, not "
+            f"{request.content_type}")
+    if body == "multipart" and request.content_type != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"this route reads an upload: send Content-Type: multipart/form-data, not "
             f"{request.content_type}")
 
 

@@ -141,6 +141,14 @@ ARM = {"name": "X-AllTalk-Canary", "in": "header", "required": False, "schema": 
        "description": "while a canary runs: canary or stable sends the request to that arm"}
 
 
+VOICE_UPLOAD = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "contentMediaType": "application/octet-stream",
+                            "description": "wav, flac, mp3, ogg/opus or m4a; 3-30 s of speech"},
+                   "name": S, "model": S, "language": S, "transcript": S, "source": S,
+                   "author": AUTHOR}}}}}
+
+
 def _paths() -> dict[str, dict[str, Any]]:
     speech = (400, 404, 409, 413, 502, 503)
     return {
@@ -287,6 +295,23 @@ def _control_paths() -> dict[str, dict[str, Any]]:
             "Unload a model loaded on demand, after its requests (not a commit)", "control",
             {**_ok(), **change}, control=True, body=_json_body({}),
             params=[_path("name", "a model loaded on demand")])},
+        "/control/voices": {
+            "get": _op("The voice library of the serving commit", "control",
+                       {**_ok(), **_errors((*CONTROL_ERRORS, 503))}, control=True),
+            "post": _op("Upload a voice sample: checked, normalised, committed, applied",
+                        "control", {**_ok(), **change, **_errors((503,))}, control=True,
+                        body=VOICE_UPLOAD)},
+        "/control/voices/{name}": {
+            "get": _op("One voice of the library", "control",
+                       {**_ok(), **_errors((*CONTROL_ERRORS, 404, 503))}, control=True,
+                       params=[_path("name", "a voice of the library")]),
+            "put": _op("Replace a voice's sample (a commit)", "control",
+                       {**_ok(), **change, **_errors((503,))}, control=True, body=VOICE_UPLOAD,
+                       params=[_path("name", "a voice of the library")]),
+            "delete": _op("Remove a voice from the branch, not from history (a commit)",
+                          "control", {**_ok(), **change, **_errors((503,))}, control=True,
+                          params=[_path("name", "a voice of the library"),
+                                  _query("author", S, "the git author of the commit")])},
         "/control/events": {"get": _op(
             "Live events (Server-Sent Events): phases of changes, models' states", "control",
             {**_ok("text/event-stream"), **_errors((400, *CONTROL_ERRORS))}, control=True,

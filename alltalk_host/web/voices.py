@@ -1,0 +1,138 @@
+"""The voice library's routes: list and show the voices of the serving commit, upload one (a
+commit), replace its sample, remove it. Uploads are checked and normalised in-process
+(apis/voice_audio.py) before anything is committed; each change is a commit applied before the
+branch moves, as a model switch is.
+
+    POST   /control/voices           multipart: file, name, [model, language, transcript, source]
+    PUT    /control/voices/{name}    multipart: file, [the same fields]: a new sample
+    DELETE /control/voices/{name}
+    GET    /control/voices, /control/voices/{name}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from ..apis.voice_audio import MAX_UPLOAD_BYTES, normalise
+from ..backend import VoiceSample
+from ..errors import BadRequest, Code, NotFound, PayloadTooLarge
+from .errors import current_serving
+from .guard import ControlRoutes
+from .keys import HOST
+
+upload_routes = ControlRoutes(body="multipart")
+control_routes = ControlRoutes(body=None)
+FIELDS = ("name", "model", "language", "transcript", "source", "author")
+MAX_FIELD = 2000
+
+
+def describe(sample: VoiceSample, models: list[str]) -> dict[str, Any]:
+    return {"name": sample.name, "file": sample.file, "sha256": sample.sha256,
+            "seconds": sample.seconds, "bytes": sample.size, "model": sample.model,
+            "language": sample.language, "transcript": sample.transcript,
+            "source": sample.source, "models": models}
+
+
+def _listing(request: web.Request) -> tuple[str, dict[str, dict[str, Any]]]:
+    serving = current_serving(request)
+    speakers = {name: serving.voices_of(name) for name in serving.generations}
+    return serving.commit, {
+        name: describe(sample, [m for m, voices in speakers.items() if name in voices])
+        for name, sample in sorted(serving.config.voices.items())}
+
+
+@control_routes.get("/control/voices")
+async def list_voices(request: web.Request) -> web.Response:
+    commit, voices = _listing(request)
+    return web.json_response({"commit": commit, "voices": list(voices.values())})
+
+
+@control_routes.get("/control/voices/{name}")
+async def show_voice(request: web.Request) -> web.Response:
+    commit, voices = _listing(request)
+    name = request.match_info["name"]
+    if name not in voices:
+        raise NotFound(f"the library has no voice {name[:70]!r}", code=Code.UNKNOWN_VOICE)
+    return web.json_response({"commit": commit, **voices[name]})
+
+
+@upload_routes.post("/control/voices")
+async def add_voice(request: web.Request) -> web.Response:
+    fields, data = await _upload(request)
+    name = fields.pop("name", None)
+    if not name:
+        raise BadRequest("name is required: the voice's name", code=Code.MISSING_FIELD,
+                         details={"field": "name"})
+    return await _put(request, name, fields, data, replace=False)
+
+
+@upload_routes.put("/control/voices/{name}")
+async def replace_voice(request: web.Request) -> web.Response:
+    fields, data = await _upload(request)
+    fields.pop("name", None)
+    return await _put(request, request.match_info["name"], fields, data, replace=True)
+
+
+@control_routes.delete("/control/voices/{name}")
+async def remove_voice(request: web.Request) -> web.Response:
+    author = request.query.get("author", "").strip()[:80] or None
+    who = author or f"api@{request.remote}"
+    return web.json_response(await request.app[HOST].control.remove_voice(
+        request.match_info["name"], who, author))
+
+
+async def _put(request: web.Request, name: str, fields: dict[str, str], data: bytes,
+               replace: bool) -> web.Response:
+    sample = await asyncio.to_thread(normalise, data)
+    author = fields.pop("author", None)
+    who = author or f"api@{request.remote}"
+    return web.json_response(await request.app[HOST].control.put_voice(
+        name, sample.wav, {k: fields.get(k) for k in ("model", "language", "transcript",
+                                                      "source")},
+        who, author, replace=replace))
+
+
+async def _upload(request: web.Request) -> tuple[dict[str, str], bytes]:
+    """The form's text fields and its one file, read within the upload's size limit."""
+    if request.content_type != "multipart/form-data":
+        raise BadRequest("send the voice as multipart/form-data with a file field",
+                         code=Code.MALFORMED_FORM)
+    fields: dict[str, str] = {}
+    data: bytes | None = None
+    received = 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name is None:
+                raise BadRequest("a form part without a name", code=Code.MALFORMED_FORM)
+            value = bytearray()
+            while chunk := await part.read_chunk():
+                received += len(chunk)
+                if received > MAX_UPLOAD_BYTES + 64 * 1024:
+                    raise PayloadTooLarge(f"an upload is at most {MAX_UPLOAD_BYTES // 2**20} "
+                                          "MiB")
+                value.extend(chunk)
+            if part.name == "file":
+                data = bytes(value)
+            elif part.name in FIELDS:
+                if len(value) > MAX_FIELD:
+                    raise BadRequest(f"{part.name} is longer than {MAX_FIELD} bytes",
+                                     code=Code.BAD_FIELD, details={"field": part.name})
+                fields[part.name] = value.decode("utf-8", errors="replace").strip()
+            else:
+                raise BadRequest(f"unknown form field {part.name[:40]!r}; known: file, "
+                                 f"{', '.join(FIELDS)}", code=Code.BAD_FIELD)
+    # aiohttp's multipart reader: ValueError, AssertionError, HTTPException, and
+    # HttpProcessingError for a part header with control characters.
+    except (ValueError, LookupError, AssertionError, web.HTTPException,
+            HttpProcessingError) as exc:
+        raise BadRequest(f"the form body cannot be read: {str(exc)[:200]}",
+                         code=Code.MALFORMED_FORM) from None
+    if data is None:
+        raise BadRequest("file is required: the recording", code=Code.MISSING_FIELD,
+                         details={"field": "file"})
+    return {k: v for k, v in fields.items() if v}, data
