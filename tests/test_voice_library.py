@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import wave
 
 import numpy as np
@@ -387,3 +388,26 @@ async def test_an_upload_on_a_branch_that_moved_on_is_refused(client, config_rep
     resp = await upload(client, "ann", encoded(tone(), "wav"))
     assert resp.status == 409 and (await error_of(resp))["code"] == "branch_diverged"
     assert config_repo.head == head
+
+
+async def test_the_cli_adds_lists_renames_and_removes_voices(start_server, config_repo,
+                                                             tmp_path):
+    from .test_cli_and_docs import run_cli
+
+    client = await start_server()
+    url = f"http://127.0.0.1:{client.port}"
+    (tmp_path / "ann.flac").write_bytes(encoded(tone(200), "flac"))
+    out = await run_cli("voices", "add", "ann", str(tmp_path / "ann.flac"), "--language", "en",
+                        "--url", url)
+    assert out.startswith(f"applied {config_repo.head[:7]}"), out
+    out = await run_cli("voices", "list", "--url", url)
+    assert re.search(r"^ann\s+4 s\s+any\s+en\s+[0-9a-f]{12}\s+reference$", out, re.M), out
+    out = await run_cli("voices", "mv", "ann", "bea", "--url", url)
+    assert config_repo.repo.head.commit.message.startswith("Rename the voice ann to bea")
+    assert (config_repo.path / "voices" / "bea.wav").is_file()
+    assert not (config_repo.path / "voices" / "ann.wav").exists()
+    pitch, _ = await heard(client, "bea")
+    assert abs(pitch - 200) < 8
+    out = await run_cli("voices", "rm", "bea", "--url", url)
+    assert "no voices" in await run_cli("voices", "list", "--url", url)
+    assert config_repo.repo.head.commit.message.startswith("Remove the voice bea")

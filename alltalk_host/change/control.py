@@ -42,7 +42,7 @@ from .report import HostReport
 from .rollout import Rollout
 from .sequence import ApplySequence
 from .state import StateStore
-from .voice_steps import removal_files, upload_files
+from .voice_steps import edit_files, removal_files, upload_files
 from .watch import BranchWatcher
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,16 @@ class Controller:
             f"{verb} the voice {name}",
             lambda config: upload_files(self.repo, config, name, wav, fields, replace), who,
             author)
+
+    async def edit_voice(self, name: str, new_name: str | None,
+                         fields: Mapping[str, str | None], who: str,
+                         author: str | None = None) -> dict[str, Any]:
+        """Rename voice ``name`` and/or change its fields by a commit."""
+        what = f"Rename the voice {name} to {new_name}" if new_name and new_name != name \
+            else f"Edit the voice {name}"
+        return await self._files_edit(
+            "voice-edit", what,
+            lambda config: edit_files(self.repo, config, name, new_name, fields), who, author)
 
     async def remove_voice(self, name: str, who: str,
                            author: str | None = None) -> dict[str, Any]:

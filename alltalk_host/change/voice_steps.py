@@ -45,6 +45,39 @@ def upload_files(repo: ConfigRepo, config: HostConfig, name: str, wav: bytes,
     return files
 
 
+def edit_files(repo: ConfigRepo, config: HostConfig, name: str, new_name: str | None,
+               fields: Mapping[str, str | None]) -> dict[str, str | bytes | None]:
+    """The files that rename voice ``name`` to ``new_name`` and/or change its fields (an
+    empty string clears one): the sample moves to ``voices/NEW.wav``, unchanged."""
+    old = config.voices.get(name)
+    if old is None:
+        raise NotFound(f"the library has no voice {name[:70]!r}", code=Code.UNKNOWN_VOICE,
+                       details={"voices": sorted(config.voices)[:100]})
+    target = new_name or name
+    if target != name:
+        if not NAME_RE.match(target):
+            raise BadRequest(f"{target[:70]!r} is not a voice name: letters, digits, _ . - (at "
+                             "most 64, starting with a letter or digit)",
+                             code=Code.BAD_FILE_NAME)
+        if target in config.voices:
+            raise Conflict(f"the library has a voice {target!r} already",
+                           code=Code.VOICE_EXISTS)
+    table = {"file": old.file, "model": old.model, "language": old.language,
+             "transcript": old.transcript, "source": old.source or None}
+    table.update({k: (v or None) for k, v in fields.items()})
+    text = _voices_toml(repo, config.commit)
+    assert text is not None  # it lists the voice
+    files: dict[str, str | bytes | None] = {}
+    if target != name:
+        suffix = old.file.rsplit(".", 1)[-1]
+        table["file"] = f"{VOICES_DIR}/{target}.{suffix}"
+        files[old.file] = None
+        files[table["file"]] = old.path.read_bytes()
+        text = without_voice(text, name)
+    files[VOICES_FILE] = with_voice(text, target, table)
+    return files
+
+
 def removal_files(repo: ConfigRepo, config: HostConfig, name: str
                   ) -> dict[str, str | bytes | None]:
     """The files that remove voice ``name`` from the library at ``config``'s commit."""

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from .. import __version__
 from ..errors import HostError, PluginConflict
-from . import cli_events, cli_plugin, cli_ray, cli_words
+from . import cli_events, cli_plugin, cli_ray, cli_voices, cli_words
 from .cli_serve import cmd_serve
 
 DEFAULT_URL = "http://127.0.0.1:7851"
@@ -368,6 +368,7 @@ def _parser() -> argparse.ArgumentParser:
                                            "finish (not a commit)."))
     p.add_argument("model")
     p.set_defaults(func=cmd_unload)
+    cli_voices.add_commands(sub, remote, _call, _token)
     return parser
 
 

@@ -48,7 +48,8 @@ CONTROL_TABLES: tuple[ControlRoutes, ...] = (control.control_routes,
                                               alltalk_control.control_routes,
                                               events.control_routes,
                                               metrics.control_routes,
-                                              voices.upload_routes, voices.control_routes)
+                                              voices.upload_routes, voices.edit_routes,
+                                              voices.control_routes)
 
 
 def create_app(host: Host) -> web.Application:

@@ -5,6 +5,7 @@ branch moves, as a model switch is.
 
     POST   /control/voices           multipart: file, name, [model, language, transcript, source]
     PUT    /control/voices/{name}    multipart: file, [the same fields]: a new sample
+    PATCH  /control/voices/{name}    JSON: [name (a new one), model, language, transcript, source]
     DELETE /control/voices/{name}
     GET    /control/voices, /control/voices/{name}
 """
@@ -17,14 +18,17 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from ..apis.speech_api import field
 from ..apis.voice_audio import MAX_UPLOAD_BYTES, normalise
 from ..backend import VoiceSample
 from ..errors import BadRequest, Code, NotFound, PayloadTooLarge
+from .bodies import read_json
 from .errors import current_serving
 from .guard import ControlRoutes
 from .keys import HOST
 
 upload_routes = ControlRoutes(body="multipart")
+edit_routes = ControlRoutes(body="json")
 control_routes = ControlRoutes(body=None)
 FIELDS = ("name", "model", "language", "transcript", "source", "author")
 MAX_FIELD = 2000
@@ -75,6 +79,25 @@ async def replace_voice(request: web.Request) -> web.Response:
     fields, data = await _upload(request)
     fields.pop("name", None)
     return await _put(request, request.match_info["name"], fields, data, replace=True)
+
+
+@edit_routes.patch("/control/voices/{name}")
+async def edit_voice(request: web.Request) -> web.Response:
+    """Rename a voice (``name``) and/or change its fields; "" clears a field."""
+    body = await read_json(request)
+    unknown = set(body) - set(FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown fields {sorted(unknown)[:5]}; known: {', '.join(FIELDS)}",
+                         code=Code.BAD_FIELD)
+    values = {key: field(body, key, str) for key in FIELDS}
+    if any(len(v) > MAX_FIELD for v in values.values() if v):
+        raise BadRequest(f"fields are at most {MAX_FIELD} characters", code=Code.BAD_FIELD)
+    author = (values.pop("author") or "").strip()[:80] or None
+    new_name = values.pop("name")
+    fields = {k: v.strip() for k, v in values.items() if v is not None}
+    return web.json_response(await request.app[HOST].control.edit_voice(
+        request.match_info["name"], new_name, fields, author or f"api@{request.remote}",
+        author))
 
 
 @control_routes.delete("/control/voices/{name}")
