@@ -148,3 +148,59 @@ async def test_a_finished_branch_move_is_forgotten_on_disk(start_server, config_
     resp = await client.post("/control/models/switch", json={"model": "reference-low"})
     assert resp.status == 200
     await wait_until(client, lambda s: saved_state(tmp_path / "state")["branch_move"] is None)
+
+
+def upload_request(port: int, name: str, data: bytes) -> urllib.request.Request:
+    boundary = "alltalk-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{name}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"{name}.wav\"\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return urllib.request.Request(
+        f"http://127.0.0.1:{port}/control/voices", data=body, method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+@pytest.mark.parametrize("after_s", [0.02, 0.15, 0.4, None], ids=["sent", "decoding",
+                                                                   "committing", "replied"])
+def test_a_kill_during_a_voice_upload_leaves_the_voice_whole_or_absent(config_repo, tmp_path,
+                                                                       after_s):
+    """Issue 25: an upload killed at any point leaves a clean repo, and the voice either
+    listed with its file or not there at all, at the commit the state file says serves."""
+    from .test_voice_library import encoded, tone
+
+    base = config_repo.initial
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "local.toml").write_text(f'[outputs]\ndir = "{tmp_path / "outputs"}"\n')
+    sample = encoded(tone(200, seconds=20.0), "wav")  # a longer decode: a wider window
+    server = Server(config_repo.path, state)
+    try:
+        if after_s is None:
+            with urllib.request.urlopen(upload_request(server.port, "ann", sample),
+                                        timeout=60) as resp:
+                assert json.load(resp)["result"] == "applied"
+        else:
+            threading.Thread(target=send_and_forget,
+                             args=(upload_request(server.port, "ann", sample),),
+                             daemon=True).start()
+            time.sleep(after_s)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(10)
+
+        assert porcelain(config_repo) == ""
+        assert not (Path(config_repo.repo.git_dir) / "index.lock").exists()
+        head = config_repo.repo.head.commit
+        listed = (config_repo.path / "voices.toml").is_file() and "ann" in (
+            config_repo.path / "voices.toml").read_text()
+        assert listed == (config_repo.path / "voices" / "ann.wav").is_file()
+        assert listed == (head.hexsha != base)
+        if after_s is None:
+            assert listed
+
+        server = Server(config_repo.path, state)
+        assert get_json(f"{server.base}/control/status")["serving_commit"] == head.hexsha
+        voices = [v["name"] for v in get_json(f"{server.base}/control/voices")["voices"]]
+        assert voices == (["ann"] if listed else [])
+        assert porcelain(config_repo) == ""
+    finally:
+        server.stop()

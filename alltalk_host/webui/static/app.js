@@ -16,8 +16,9 @@ import generate from "./generate.js";
 import plan from "./plan.js";
 import {Operations} from "./progress.js";
 import status from "./status.js";
+import voices from "./voices.js";
 
-const PANELS = [generate, status, config, plan, effective, activity, connect];
+const PANELS = [generate, voices, status, config, plan, effective, activity, connect];
 
 const app = {
   status: null, // GET /control/status
