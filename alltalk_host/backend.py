@@ -89,6 +89,10 @@ class Capabilities:
     streaming: bool = False
     languages: tuple[str, ...] = ("en",)
     voice_cloning: bool = False
+    # For a backend that clones: how much speech a reference sample should hold (seconds, the
+    # library refuses an upload outside it) and the rate uploads are stored at.
+    clone_seconds: tuple[float, float] = (3.0, 30.0)
+    clone_rate: int = 22050
     # Mixes its voices: ``a:0.6+b:0.4`` works wherever a voice name does (alltalk_host.blends).
     voice_blending: bool = False
     # Takes phonemes instead of text (``SpeechRequest.phonemes``), in its own symbol set.

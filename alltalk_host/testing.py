@@ -15,6 +15,8 @@ of settings, availability or load stops the checks that need a loaded model. Wha
   as long as a whole synthesis (within ``length_tolerance``), and cancelling after the first
   chunk stops the stream (it needs three chunks: pass a ``stream_text`` that makes them);
 - concurrency: ``capabilities.max_concurrency`` requests at once all succeed;
+- cloning, for a backend that declares it: a voice of the library (``request.sample``, a
+  speech-like recording at its ``clone_rate``) is spoken, a silent one refused or spoken;
 - client errors: an unknown option, a reserved option off its scale, an unknown voice are
   ``BadRequest`` (an unknown voice may also be ignored), never another exception;
 - unload releases what load took (resident memory, measured around a second load), and
@@ -44,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .audio import audio_problem, chunk_problem
-from .backend import RESERVED_OPTIONS, Audio, Backend, ModelContext, SpeechRequest
+from .backend import RESERVED_OPTIONS, Audio, Backend, ModelContext, SpeechRequest, VoiceSample
 from .change.loading import warm_up
 from .change.memory import claimed, implausible
 from .commands.steps import Steps, StepSkipped, StepTimedOut
@@ -234,6 +236,8 @@ class _Runner:
             self.streaming(instance, tolerance, stream_text)
             self.concurrency(instance)
             self.client_errors(instance)
+            if instance.capabilities.voice_cloning:
+                self.cloning(instance)
         finally:
             with self.check("unload"):
                 self.steps.call("unload", self.limits.unload_s, instance.unload)
@@ -349,6 +353,23 @@ class _Runner:
             except BadRequest as exc:
                 c.detail = f"BadRequest: {exc}"
 
+    def cloning(self, instance: Backend) -> None:
+        """A backend that clones speaks a library sample (``request.sample``), and refuses a
+        silent one with a BadRequest (or speaks something all the same)."""
+        caps = instance.capabilities
+        seconds = min(max(caps.clone_seconds[0] + 1.0, 4.0), caps.clone_seconds[1])
+        folder = self.context.cache_dir.parent / "samples"
+        with self.check("speaks a voice of the library (cloning)") as c:
+            sample = _reference_sample(folder / "speech.wav", caps.clone_rate, seconds, 0.3)
+            c.detail = self.speak(instance, WARMUP_TEXT, voice=sample.name, sample=sample)
+        with self.check("a silent library sample is a BadRequest or spoken") as c:
+            silent = _reference_sample(folder / "silent.wav", caps.clone_rate, seconds, 0.0)
+            try:
+                c.detail = "spoken: " + self.speak(instance, WARMUP_TEXT, voice=silent.name,
+                                                   sample=silent)
+            except BadRequest as exc:
+                c.detail = f"BadRequest: {exc}"
+
     def memory(self, factor: float, floor: float) -> None:
         """A second load on a warm process, measured: what it takes, what unload gives back."""
         took: int | None = None
@@ -433,6 +454,29 @@ class _WarmUp:
     warmup_text: str = WARMUP_TEXT
     default_language: str = "en"
     voices: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _reference_sample(path: Path, rate: int, seconds: float, amplitude: float) -> VoiceSample:
+    """A speech-like recording (a 140 Hz harmonic stack in syllables) as a library sample."""
+    import hashlib
+    import wave
+
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    signal = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 12))
+    signal = signal * np.sin(2 * np.pi * 4 * t) ** 2
+    pcm = (amplitude * signal / np.max(np.abs(signal)) * 32767).astype("<i2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm.tobytes())
+    data = path.read_bytes()
+    return VoiceSample(name=f"conformance-{path.stem}", path=path,
+                       sha256=hashlib.sha256(data).hexdigest(), file=f"voices/{path.name}",
+                       size=len(data), seconds=seconds)
 
 
 def _model(cls: type[Backend], raw: dict[str, Any], parsed: Any) -> ModelDef:

@@ -20,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..apis.speech_api import field
 from ..apis.voice_audio import MAX_UPLOAD_BYTES, normalise
-from ..backend import VoiceSample
+from ..backend import Capabilities, VoiceSample
 from ..errors import BadRequest, Code, NotFound, PayloadTooLarge
 from .bodies import read_json
 from .errors import current_serving
@@ -108,9 +108,27 @@ async def remove_voice(request: web.Request) -> web.Response:
         request.match_info["name"], who, author))
 
 
+def _limits(request: web.Request, model: str | None) -> Capabilities:
+    """The cloning limits an upload is checked against: the named model's backend's, else
+    those of the default model or of the first loaded model that clones, else the contract's
+    defaults (a library may be filled before a cloning model loads)."""
+    serving = current_serving(request)
+    catalog = request.app[HOST].catalog
+    for name in ([model] if model else [serving.config.default_model, *serving.generations]):
+        gen = serving.generations.get(name)
+        defined = serving.config.models.get(name)
+        cls = catalog.get(defined.backend) if defined is not None else None
+        caps = gen.capabilities if gen else cls.capabilities if cls else None
+        if caps is not None and caps.voice_cloning:
+            return caps
+    return Capabilities()
+
+
 async def _put(request: web.Request, name: str, fields: dict[str, str], data: bytes,
                replace: bool) -> web.Response:
-    sample = await asyncio.to_thread(normalise, data)
+    caps = _limits(request, fields.get("model"))
+    low, high = caps.clone_seconds
+    sample = await asyncio.to_thread(normalise, data, caps.clone_rate, low, high)
     author = fields.pop("author", None)
     who = author or f"api@{request.remote}"
     return web.json_response(await request.app[HOST].control.put_voice(

@@ -100,7 +100,10 @@ class XttsBackend(Backend):
     worker_preload = ("torch", "TTS.tts.models.xtts")
     # One XTTS instance mixes audio under concurrent use: one request at a time per instance;
     # the model's `instances` setting loads more copies.
+    # clone_seconds: Coqui conditions on up to gpt_cond_len (30 s) of the reference; a few
+    # seconds are the least that sound like the speaker.
     capabilities = Capabilities(streaming=True, languages=XTTS_LANGUAGES, voice_cloning=True,
+                                clone_seconds=(3.0, 30.0), clone_rate=22050,
                                 max_concurrency=1, devices=("cpu", "cuda"),
                                 parameters=tuple(PARAMETERS), toggles=("low_vram", "deepspeed"))
 
