@@ -411,3 +411,46 @@ async def test_the_cli_adds_lists_renames_and_removes_voices(start_server, confi
     out = await run_cli("voices", "rm", "bea", "--url", url)
     assert "no voices" in await run_cli("voices", "list", "--url", url)
     assert config_repo.repo.head.commit.message.startswith("Remove the voice bea")
+
+
+async def test_sillytavern_and_the_openai_sdk_use_an_uploaded_voice_without_a_reload(
+        start_server, config_repo):
+    """The clients' own sequences (tests/test_alltalk_api.py, tests/test_openai_api.py) see a
+    voice uploaded while they run, and speak with it, on the generation that served before."""
+    import openai
+
+    client = await start_server()
+    assert (await client.get("/api/voices")).status == 200
+    assert (await upload(client, "ann", encoded(tone(200), "wav"))).status == 200
+
+    # SillyTavern: the voice list, a preview, a generation, then the file it plays.
+    voices = await (await client.get("/api/voices")).json()
+    assert voices == {"status": "success", "voices": ["female_01", "male_01", "ann"]}
+    resp = await client.post("/api/previewvoice/", data="voice=ann",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (await resp.json())["status"] == "generate-success"
+    resp = await client.post("/api/tts-generate", data={
+        "text_input": "Hello there, traveller.", "text_filtering": "standard",
+        "character_voice_gen": "ann", "narrator_enabled": "false",
+        "narrator_voice_gen": "male_01", "text_not_inside": "character", "language": "en",
+        "output_file_name": "st_output", "output_file_timestamp": "true", "autoplay": "false",
+        "autoplay_volume": "0.8"})
+    reply = await resp.json()
+    assert reply["status"] == "generate-success", reply
+    assert resp.headers["X-AllTalk-Voice"].startswith("ann; sha256=")
+    assert resp.headers["X-AllTalk-Model"] == "reference; generation=1"
+    played = await client.get(reply["output_file_url"])
+    samples, rate = read_wav(await played.read())
+    assert abs(dominant_pitch(samples, rate) - 200) < 8
+
+    # The openai SDK: the voice list, then speech with the voice.
+    api = openai.AsyncOpenAI(base_url=f"http://{client.host}:{client.port}/v1",
+                             api_key="not-needed", max_retries=0)
+    try:
+        response = await api.audio.speech.create(model="tts-1", voice="ann",
+                                                  input="Hello from the SDK.",
+                                                  response_format="wav")
+        samples, rate = read_wav(response.read())
+        assert abs(dominant_pitch(samples, rate) - 200) < 8
+    finally:
+        await api.close()

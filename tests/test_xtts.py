@@ -152,6 +152,50 @@ async def test_a_library_voice_is_cloned_and_its_latents_follow_its_content(
     assert await cache() == {"computed": 2, "memory_hits": 1, "disk_hits": 0}
 
 
+async def test_uploads_in_every_format_are_cloned_replaced_rolled_back_and_removed(
+        start_server, config_repo, xtts_dir, tmp_path):
+    """Issue 25 with the real cloning code: a sample uploaded in each accepted format speaks
+    (its latents computed from it), a replaced one gets new latents, a rolled-back one its old
+    ones from the cache, and a removed one is gone."""
+    from .test_voice_library import encoded, upload
+
+    use_xtts(config_repo, xtts_dir / "tiny-xtts-0", None)
+    config_repo.commit("xtts, no voices folder")
+    client = await start_server()
+    speech = tmp_path / "speech.wav"
+
+    async def cache() -> dict:
+        status = await (await client.get("/control/status")).json()
+        return next(m for m in status["models"] if m["name"] == "xtts")[
+            "backend_status"]["latents_cache"]
+
+    async def speak(voice: str) -> str:
+        resp = await client.post("/tts", json={"text": "Hi.", "voice": voice})
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+        return resp.headers["X-AllTalk-Voice"]
+
+    for n, fmt in enumerate(["wav", "flac", "mp3", "ogg", "m4a"]):
+        write_reference_wav(speech, seconds=4.0, amplitude=0.2 + 0.1 * n)
+        samples, rate = read_wav(speech.read_bytes())
+        resp = await upload(client, f"v{n}", encoded(samples, fmt, rate), filename=f"v.{fmt}")
+        assert resp.status == 200, await resp.text()
+        await speak(f"v{n}")
+    assert (await cache())["computed"] == 5
+    first = config_repo.head
+    heard = await speak("v0")
+    write_reference_wav(speech, seconds=5.0, amplitude=0.5)
+    samples, rate = read_wav(speech.read_bytes())
+    assert (await upload(client, "v0", encoded(samples, "wav", rate), method="PUT")).status \
+        == 200
+    assert await speak("v0") != heard and (await cache())["computed"] == 6
+    assert (await client.post("/control/config/rollback", json={"commit": first})).status == 200
+    assert await speak("v0") == heard and (await cache())["computed"] == 6
+    assert (await client.delete("/control/voices/v0")).status == 200
+    resp = await client.post("/tts", json={"text": "Hi.", "voice": "v0"})
+    assert resp.status == 404
+
+
 async def test_streaming_yields_at_least_two_chunks(start_server, config_repo, xtts_dir, voices):
     use_xtts(config_repo, xtts_dir / "tiny-xtts-0", voices, stream_chunk_size=20)
     client = await start_server()
