@@ -149,6 +149,7 @@ class VoiceSample:
     file: str = ""  # its path in the commit (``voices/NAME.wav``)
     size: int = 0  # bytes
     seconds: float | None = None  # its length, read from a wav's header (None: another format)
+    rate: int | None = None  # its sample rate, from the same header
 
 
 @dataclass(frozen=True)

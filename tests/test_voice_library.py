@@ -454,3 +454,17 @@ async def test_sillytavern_and_the_openai_sdk_use_an_uploaded_voice_without_a_re
         assert abs(dominant_pitch(samples, rate) - 200) < 8
     finally:
         await api.close()
+
+
+async def test_a_voice_says_where_it_came_from_and_its_sample_can_be_heard(client,
+                                                                          config_repo):
+    assert (await upload(client, "ann", encoded(tone(200), "wav"))).status == 200
+    added = config_repo.head
+    config_repo.change("an unrelated change", "settings.toml", "default.max_text_length", 900)
+    assert (await apply(client, config_repo.head)).status == 200
+    shown = await (await client.get("/control/voices/ann")).json()
+    assert shown["added_in"] == added and shown["sample_rate"] == 22050
+    resp = await client.get(shown["sample_url"])
+    assert resp.status == 200 and resp.content_type == "audio/wav"
+    assert hashlib.sha256(await resp.read()).hexdigest() == shown["sha256"]
+    assert (await client.get("/control/voices/nobody/sample")).status == 404

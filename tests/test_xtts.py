@@ -99,6 +99,10 @@ async def test_latents_are_cached_by_content_and_new_files_need_no_restart(
     for _ in range(2):
         assert (await client.post("/tts", json={"text": "Hi.", "voice": "ref.wav"})).status == 200
     assert await cache() == {"computed": 1, "memory_hits": 1, "disk_hits": 0}
+    # listed beside the library, as what it is
+    library = await (await client.get("/control/voices")).json()
+    assert library["unversioned"] == [{"name": "ref.wav", "model": "xtts",
+                                       "source": "voices_dir (unversioned)"}]
 
     write_reference_wav(voices / "ref.wav", amplitude=0.3)  # the file changes: new latents
     assert (await client.post("/tts", json={"text": "Hi.", "voice": "ref.wav"})).status == 200

@@ -135,6 +135,22 @@ class ConfigRepo(RepoWriting):
         with self._lock:
             return self._repo.heads[self.branch].commit.hexsha
 
+    def added_in(self, commit: str, folder: str) -> dict[str, str]:
+        """The commit that last added each file now under ``folder`` (in the config folder)
+        as of ``commit``: file name in the config folder -> hash."""
+        with self._lock:
+            out = self._repo.git.log("--format=%H", "--name-only", "--diff-filter=A", commit,
+                                     "--", self._path(folder))
+        added: dict[str, str] = {}
+        current = ""
+        prefix = f"{self.subdir}/" if self.subdir else ""
+        for line in out.splitlines():
+            if len(line) == 40 and all(c in "0123456789abcdef" for c in line):
+                current = line
+            elif line and current:
+                added.setdefault(line.removeprefix(prefix), current)  # newest first
+        return added
+
     def log(self, limit: int = 50) -> list[CommitInfo]:
         with self._lock:
             return [

@@ -88,7 +88,7 @@ def _sample(tree: Path, store: Path, name: str, fields: Any) -> VoiceSample:
     return VoiceSample(name=name, path=_store(store, digest, source.suffix.lower(), data),
                        sha256=digest, model=text["model"], language=language,
                        transcript=text["transcript"], source=text["source"] or "",
-                       file=file, size=len(data), seconds=_wav_seconds(source))
+                       file=file, size=len(data), **_wav_header(source))
 
 
 def _text(fields: Mapping[str, Any], key: str) -> str | None:
@@ -118,17 +118,19 @@ def _inside_voices(tree: Path, file: str) -> Path:
     return path
 
 
-def _wav_seconds(path: Path) -> float | None:
-    """A wav's length from its header (Python's own reader, nothing decoded); None for
-    another format or a header it cannot read."""
+def _wav_header(path: Path) -> dict[str, Any]:
+    """A wav's length and rate from its header (Python's own reader, nothing decoded); none
+    for another format or a header it cannot read."""
     if path.suffix.lower() != ".wav":
-        return None
+        return {}
     try:
         with wave.open(str(path), "rb") as wav:
             rate = wav.getframerate()
-            return round(wav.getnframes() / rate, 2) if rate else None
+            if not rate:
+                return {}
+            return {"seconds": round(wav.getnframes() / rate, 2), "rate": rate}
     except (OSError, EOFError, wave.Error):
-        return None
+        return {}
 
 
 def voice_changes(old: Mapping[str, VoiceSample], new: Mapping[str, VoiceSample]

@@ -317,6 +317,14 @@ def _control_paths() -> dict[str, dict[str, Any]]:
                           "control", {**_ok(), **change, **_errors((503,))}, control=True,
                           params=[_path("name", "a voice of the library"),
                                   _query("author", S, "the git author of the commit")])},
+        "/control/voices/{name}/sample": {"get": _op(
+            "A voice's sample as the serving commit holds it", "control",
+            {"200": {"description": "the sample", "content": {
+                kind: {"schema": {"type": "string", "format": "binary"}}
+                for kind in ("audio/wav", "audio/flac", "audio/mpeg", "audio/ogg",
+                             "audio/mp4")}},
+             **_errors((*CONTROL_ERRORS, 404, 503))},
+            control=True, params=[_path("name", "a voice of the library")])},
         "/control/events": {"get": _op(
             "Live events (Server-Sent Events): phases of changes, models' states", "control",
             {**_ok("text/event-stream"), **_errors((400, *CONTROL_ERRORS))}, control=True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -21,6 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ..apis.speech_api import field
 from ..apis.voice_audio import MAX_UPLOAD_BYTES, normalise
 from ..backend import Capabilities, VoiceSample
+from ..config.voices import AUDIO_SUFFIXES, VOICES_DIR
 from ..errors import BadRequest, Code, NotFound, PayloadTooLarge
 from .bodies import read_json
 from .errors import current_serving
@@ -32,36 +34,64 @@ edit_routes = ControlRoutes(body="json")
 control_routes = ControlRoutes(body=None)
 FIELDS = ("name", "model", "language", "transcript", "source", "author")
 MAX_FIELD = 2000
+SAMPLE_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg",
+                ".ogg": "audio/ogg", ".opus": "audio/ogg", ".m4a": "audio/mp4"}
 
 
-def describe(sample: VoiceSample, models: list[str]) -> dict[str, Any]:
+def describe(sample: VoiceSample, models: list[str], added_in: str | None) -> dict[str, Any]:
     return {"name": sample.name, "file": sample.file, "sha256": sample.sha256,
-            "seconds": sample.seconds, "bytes": sample.size, "model": sample.model,
-            "language": sample.language, "transcript": sample.transcript,
-            "source": sample.source, "models": models}
+            "seconds": sample.seconds, "sample_rate": sample.rate, "bytes": sample.size,
+            "model": sample.model, "language": sample.language,
+            "transcript": sample.transcript, "source": sample.source, "models": models,
+            "added_in": added_in, "sample_url": f"/control/voices/{quote(sample.name)}/sample"}
 
 
-def _listing(request: web.Request) -> tuple[str, dict[str, dict[str, Any]]]:
+async def _listing(request: web.Request) -> tuple[str, dict[str, dict[str, Any]],
+                                                  list[dict[str, Any]]]:
+    """The library of the serving commit, and the unversioned voice files (a voices_dir) of
+    the loaded models that clone."""
     serving = current_serving(request)
     speakers = {name: serving.voices_of(name) for name in serving.generations}
-    return serving.commit, {
-        name: describe(sample, [m for m, voices in speakers.items() if name in voices])
-        for name, sample in sorted(serving.config.voices.items())}
+    added = await asyncio.to_thread(request.app[HOST].control.repo.added_in, serving.commit,
+                                    VOICES_DIR) if serving.config.voices else {}
+    library = {name: describe(sample, [m for m, voices in speakers.items() if name in voices],
+                              added.get(sample.file))
+               for name, sample in sorted(serving.config.voices.items())}
+    unversioned = [{"name": voice, "model": name, "source": "voices_dir (unversioned)"}
+                   for name, gen in sorted(serving.generations.items())
+                   if gen.capabilities.voice_cloning
+                   for voice in gen.voices if voice.lower().endswith(AUDIO_SUFFIXES)]
+    return serving.commit, library, unversioned
 
 
 @control_routes.get("/control/voices")
 async def list_voices(request: web.Request) -> web.Response:
-    commit, voices = _listing(request)
-    return web.json_response({"commit": commit, "voices": list(voices.values())})
+    commit, voices, unversioned = await _listing(request)
+    return web.json_response({"commit": commit, "voices": list(voices.values()),
+                              "unversioned": unversioned})
 
 
 @control_routes.get("/control/voices/{name}")
 async def show_voice(request: web.Request) -> web.Response:
-    commit, voices = _listing(request)
+    commit, voices, _ = await _listing(request)
     name = request.match_info["name"]
     if name not in voices:
         raise NotFound(f"the library has no voice {name[:70]!r}", code=Code.UNKNOWN_VOICE)
     return web.json_response({"commit": commit, **voices[name]})
+
+
+@control_routes.get("/control/voices/{name}/sample")
+async def voice_sample(request: web.Request) -> web.StreamResponse:
+    """The sample as the serving commit holds it, to listen to."""
+    sample = current_serving(request).config.voices.get(request.match_info["name"])
+    if sample is None:
+        raise NotFound(f"the library has no voice {request.match_info['name'][:70]!r}",
+                       code=Code.UNKNOWN_VOICE)
+    kind = SAMPLE_TYPES.get(sample.path.suffix, "application/octet-stream")
+    return web.Response(body=await asyncio.to_thread(sample.path.read_bytes),
+                        content_type=kind, headers={
+                            "Content-Disposition": f'inline; filename="{quote(sample.name)}'
+                                                   f'{sample.path.suffix}"'})
 
 
 @upload_routes.post("/control/voices")

@@ -62,18 +62,22 @@ async function show() {
 
 function render() {
   const table = body.querySelector("#voices-table");
+  const unversioned = (data.unversioned || []).length ? h("table", {class: "voices"},
+    h("caption", {}, "From voices_dir (unversioned: not in the config repo, no rollback)"),
+    h("thead", {}, h("tr", {}, ["Voice file", "Model"].map((t) => h("th", {scope: "col"}, t)))),
+    h("tbody", {}, data.unversioned.map((v) => h("tr", {}, h("td", {}, v.name), h("td", {}, v.model))))) : null;
   if (!data.voices.length) {
-    fill(table, h("p", {class: "empty"}, `No voices in the library at ${short(data.commit)}.`));
+    fill(table, h("p", {class: "empty"}, `No voices in the library at ${short(data.commit)}.`), unversioned);
     return;
   }
-  fill(table, h("table", {class: "voices"},
+  fill(table, unversioned, h("table", {class: "voices"},
     h("caption", {}, `Voices of ${short(data.commit)}`),
     h("thead", {}, h("tr", {}, ["Voice", "Length", "Language", "Source", "SHA-256", "Spoken by", ""]
       .map((t) => h("th", {scope: "col"}, t)))),
     h("tbody", {}, data.voices.map((v) => h("tr", {"data-voice": v.name},
       h("td", {}, v.name), h("td", {}, v.seconds ? `${v.seconds} s` : "-"),
       h("td", {}, v.language || "-"), h("td", {}, v.source || "-"),
-      h("td", {}, h("code", {title: v.sha256}, v.sha256.slice(0, 12))),
+      h("td", {}, h("code", {title: `${v.sha256}, added in ${v.added_in || "?"}`}, v.sha256.slice(0, 12))),
       h("td", {}, v.models.join(", ") || "no loaded model clones"),
       h("td", {},
         h("button", {type: "button", disabled: !v.models.length, onclick: () => preview(v)}, `Preview ${v.name}`), " ",
