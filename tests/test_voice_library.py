@@ -15,9 +15,11 @@ import wave
 import numpy as np
 import pytest
 
+from . import test_wyoming
 from .helpers import ConfigRepoHelper, dominant_pitch, error_of, read_wav
 
 VOICE_FILE = "voices.toml"
+serve = test_wyoming.serve  # the fixture: a host in a child process with a Wyoming listener
 
 
 def write_sample(path, pitch_hz: float, seconds: float = 2.0, rate: int = 22050) -> None:
@@ -468,3 +470,22 @@ async def test_a_voice_says_where_it_came_from_and_its_sample_can_be_heard(clien
     assert resp.status == 200 and resp.content_type == "audio/wav"
     assert hashlib.sha256(await resp.read()).hexdigest() == shown["sha256"]
     assert (await client.get("/control/voices/nobody/sample")).status == 404
+
+
+async def test_wyoming_describes_a_library_voice_and_speaks_it(serve, config_repo):
+    """Home Assistant's view: the library's voice among the model's speakers, spoken by name."""
+    from wyoming.tts import SynthesizeVoice
+
+    from . import test_wyoming as wy
+
+    add_voice(config_repo, "ann", 200.0)
+    served = serve("voices: ann")
+    async with wy.connect(served) as client:
+        info = await wy.describe(client)
+        model = next(v for v in info.tts[0].voices if v.name == "reference")
+        assert "ann" in [s.name for s in model.speakers]
+        reply = await wy.synthesize(client, "Hello there.",
+                                    SynthesizeVoice(name="reference", speaker="ann"))
+    assert reply.error is None
+    pcm = np.frombuffer(reply.pcm, "<i2").astype(np.float32) / 32768
+    assert abs(dominant_pitch(pcm, reply.rates.pop()) - 200) < 8
