@@ -25,6 +25,7 @@ from ..audio import audio_problem
 from ..backend import Audio, Backend, ModelContext, SpeechRequest
 from ..blends import voice_problem
 from ..config.settings import HostConfig, ModelDef
+from ..config.voices import speaks
 from ..errors import ApplyFailed, Code, HostError
 from ..plugins import BackendCatalog
 from ..serving.registry import unload_instances
@@ -165,8 +166,8 @@ def warm_up(instance: Backend, model: ModelDef, config: HostConfig) -> str:
     blending = instance.capabilities.voice_blending
     # A default voice of the library (voices.toml) warms up cloning it.
     sample = config.voices.get(model.default_voice or "")
-    if sample is not None and not (instance.capabilities.voice_cloning
-                                   and sample.model in (None, model.name)):
+    if sample is not None and not speaks(sample, model.name,
+                                         instance.capabilities.voice_cloning):
         sample = None
     if (model.default_voice and sample is None
             and voice_problem(model.default_voice, voices, blending)):

@@ -192,9 +192,12 @@ def without_voice(toml_text: str, name: str) -> str:
     return tomlkit.dumps(doc)
 
 
+def speaks(sample: VoiceSample, model: str, clones: bool) -> bool:
+    """Whether model ``model`` speaks library ``sample``: its backend clones, and the sample
+    is for it or for any model. The one rule for listing, requests and the warm-up."""
+    return clones and sample.model in (None, model)
+
+
 def library_for(voices: Mapping[str, VoiceSample], model: str, clones: bool) -> list[str]:
-    """The names of the library's voices model ``model`` speaks: all of those for it or for
-    any model, if its backend clones; none otherwise."""
-    if not clones:
-        return []
-    return [name for name, sample in voices.items() if sample.model in (None, model)]
+    """The names of the library's voices model ``model`` speaks."""
+    return [name for name, sample in voices.items() if speaks(sample, model, clones)]

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..backend import Backend, VoiceSample
 from ..config.settings import HostConfig, ModelDef
-from ..config.voices import library_for
+from ..config.voices import library_for, speaks
 from ..errors import Code, HostError, Unavailable
 from ..workers import WorkerBackend
 
@@ -344,6 +344,5 @@ class Serving:
     def sample_for(self, gen: Generation, voice: str | None) -> VoiceSample | None:
         """The library sample ``voice`` names for ``gen``'s model, if it is one it speaks."""
         sample = self.config.voices.get(voice) if voice else None
-        if sample is None or not gen.capabilities.voice_cloning:
-            return None
-        return sample if sample.model in (None, gen.model.name) else None
+        clones = gen.capabilities.voice_cloning
+        return sample if sample is not None and speaks(sample, gen.model.name, clones) else None
