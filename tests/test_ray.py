@@ -312,9 +312,10 @@ async def test_rollouts_under_load_drop_nothing(config_repo: ConfigRepoHelper,
     cluster = LocalCluster(tmp_path / "cluster")
     info = await asyncio.to_thread(cluster.__enter__)
     try:
-        spec = FleetSpec(config_repo=repo.path, state_dir=tmp_path / "fleet-state", replicas=2,
-                         plugins=["reference"])
-        async with Fleet(spec, info.dashboard, info.serve, info.token) as fleet:
+        spec = FleetSpec(remote=str(repo.path), root=tmp_path / "fleet-root", replicas=2,
+                         plugins=["reference"], http_port=int(info.serve.rsplit(":", 1)[1]))
+        async with Fleet(info.dashboard, info.serve, info.token, spec=spec,
+                         state_dir=tmp_path / "fleet-state") as fleet:
             deployed = await fleet.apply(first, who="test")
             assert deployed["result"] == "applied", deployed
 

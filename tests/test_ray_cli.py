@@ -86,22 +86,37 @@ def ray_cli(*args: str, cwd: Path) -> Run:
 
 # --- mistakes, said plainly ----------------------------------------------------------------
 
-def test_apply_before_deploy_says_to_deploy_first(tmp_path: Path) -> None:
+@needs_ray
+def test_apply_before_deploy_says_to_deploy_first(cluster: Cluster, tmp_path: Path) -> None:
+    # First in the module: nothing is deployed on the cluster yet.
     for command in (["apply", "main"], ["status"], ["rollback"], ["log"]):
-        run = ray_cli(*command, "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+        run = ray_cli(*command, "--state-dir", str(tmp_path / "state"), *cluster.flags(),
+                      cwd=tmp_path)
         assert run.code == 1, run
-        assert "run `alltalk-host ray deploy --config-repo" in run.err, run
+        assert "run `alltalk-host ray deploy` first" in run.err, run
+        assert "--remote URL" in run.err, run
+
+
+def test_a_remote_that_names_a_command_is_refused(tmp_path: Path) -> None:
+    for remote, words in (("ext::sh -c touch% /tmp/pwned", "remote helper"),
+                          ("file:///srv/config\x07", "control characters"),
+                          ("-uhack", "starts with '-'"),
+                          ("ftp://example.org/x.git", "uses ftp://")):
+        run = ray_cli("deploy", f"--remote={remote}", "--address",
+                      f"http://127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"),
+                      cwd=tmp_path)
+        assert run.code == 1, run
+        assert words in run.err and "no Ray cluster" not in run.err, run
 
 
 def test_no_cluster_is_a_quick_clear_error(repo: ConfigRepoHelper, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    run = ray_cli("deploy", "--config-repo", str(repo.path), "--address", dead,
+    run = ray_cli("deploy", "--remote", str(repo.path), "--address", dead,
                   "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
     assert run.code == 1, run
     assert f"no Ray cluster at {dead}" in run.err and "--address" in run.err, run
     assert "alltalk-host ray local" in run.err or "pip install" in run.err, run
     assert run.seconds < 15, run  # refused at once, not a timeout
-    assert not (tmp_path / "state" / "fleet" / "spec.json").exists()
 
 
 @needs_ray
@@ -109,12 +124,11 @@ def test_no_cluster_is_a_quick_clear_error(repo: ConfigRepoHelper, tmp_path: Pat
 def test_an_unknown_commit_deploys_nothing(cluster: Cluster, repo: ConfigRepoHelper,
                                            tmp_path: Path) -> None:
     state = tmp_path / "state"
-    run = ray_cli("deploy", "--config-repo", str(repo.path), "--commit", "0badc0ffee",
+    run = ray_cli("deploy", "--remote", str(repo.path), "--commit", "0badc0ffee",
                   "--state-dir", str(state), *cluster.flags(), cwd=tmp_path)
     assert run.code == 2, run
     assert "no commit" in run.err or "unknown" in run.err.lower(), run
     assert APP_NAME not in cluster.applications()
-    assert not (state / "fleet" / "spec.json").exists()
     assert not (state / "fleet" / "state.json").exists()
 
 
@@ -139,15 +153,16 @@ def test_deploy_apply_refuse_rollback(cluster: Cluster, repo: ConfigRepoHelper,
         assert run.code == 0, run
         return json.loads(run.out)
 
-    run = ray("deploy", "--config-repo", str(repo.path), "--replicas", "2",
+    run = ray("deploy", "--remote", str(repo.path), "--replicas", "2",
               "--plugins", "reference", "--commit", first)
     assert run.code == 0, run
     assert f"2 replicas serve {first[:7]}" in run.out, run
     assert f"waiting for 2 replicas to take {first[:7]}..." in run.err, run
-    spec = json.loads((tmp_path / "state" / "fleet" / "spec.json").read_text())
-    assert (spec["replicas"], spec["plugins"]) == (2, ["reference"])
+    deployed = cluster.applications()[APP_NAME]["deployed_app_config"]
+    assert deployed["args"]["plugins"] == ["reference"], deployed
+    assert deployed["deployments"][0]["num_replicas"] == 2, deployed
 
-    # No --config-repo or --replicas again: the deploy remembered them.
+    # No --remote or --replicas again: Ray keeps what was deployed.
     run = ray("apply", second[:10])
     assert run.code == 0, run
     assert f"2 replicas serve {second[:7]}" in run.out, run
@@ -180,8 +195,19 @@ def test_deploy_apply_refuse_rollback(cluster: Cluster, repo: ConfigRepoHelper,
     assert f"2 replicas serve {first[:7]}" in run.out, run
     assert [r["commit"] for r in status()["replicas"]] == [first] * 2
 
+    # Another operator's machine (its own folder, no state): the same fleet and ledger,
+    # read from Ray and the board; the other state folder was never needed.
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    run = ray_cli("status", "--json", "--state-dir", str(other / "state"), *cluster.flags(),
+                  cwd=other)
+    assert run.code == 0, run
+    seen = json.loads(run.out)
+    assert (seen["applied"], seen["serving"], seen["wanted"]) == (first, 2, 2), seen
+    assert silent in seen["failed"] and seen["converged"], seen
+
     # The branch log, marked from the fleet's ledger as `config log` marks it.
-    run = ray_cli("log", *state, cwd=tmp_path)
+    run = ray_cli("log", *state, *cluster.flags(), cwd=tmp_path)
     assert run.code == 0, run
     lines = run.out.splitlines()
     marks = {c: next(line for line in lines if line.startswith(c[:10]))
@@ -206,7 +232,7 @@ def test_a_rollout_that_times_out_declares_the_previous_commit_again(
     slow = repo.change("slow to load", "models.toml",
                        "default.models.reference.settings.load_seconds", 12)
     state = ["--state-dir", str(tmp_path / "state")]
-    run = ray_cli("deploy", "--config-repo", str(repo.path), "--replicas", "1",
+    run = ray_cli("deploy", "--remote", str(repo.path), "--replicas", "1",
                   "--plugins", "reference", "--commit", good, *state, *cluster.flags(),
                   cwd=tmp_path)
     assert run.code == 0, run
@@ -241,8 +267,9 @@ def test_a_first_deploy_that_fails_is_reported_and_recorded(
     silent = repo.change("silent from the start", "models.toml",
                          "default.models.reference.settings.amplitude", 0.0)
     state = ["--state-dir", str(tmp_path / "state")]
+    delete_app(cluster)  # a first deploy: nothing runs
     try:
-        run = ray_cli("deploy", "--config-repo", str(repo.path), "--replicas", "1",
+        run = ray_cli("deploy", "--remote", str(repo.path), "--replicas", "1",
                       "--plugins", "reference", "--commit", silent, *state, *cluster.flags(),
                       cwd=tmp_path)
         assert run.code == 1, run
@@ -253,9 +280,16 @@ def test_a_first_deploy_that_fails_is_reported_and_recorded(
         for command in (["rollback"], ["apply", repo.initial]):
             run = ray_cli(*command, *state, *cluster.flags(), cwd=tmp_path)
             assert run.code == 1, run
-            assert "run `alltalk-host ray deploy --config-repo" in run.err, run
+            assert "run `alltalk-host ray deploy` first" in run.err, run
     finally:
-        request = urllib.request.Request(cluster.info.dashboard + APPS_PATH, method="DELETE",
-                                          headers={"Authorization":
-                                                   f"Bearer {cluster.info.token}"})
-        urllib.request.urlopen(request, timeout=30).close()
+        delete_app(cluster)
+
+
+def delete_app(cluster: Cluster) -> None:
+    request = urllib.request.Request(cluster.info.dashboard + APPS_PATH, method="DELETE",
+                                      headers={"Authorization": f"Bearer {cluster.info.token}"})
+    urllib.request.urlopen(request, timeout=30).close()
+    deadline = time.monotonic() + 60
+    while APP_NAME in cluster.applications():
+        assert time.monotonic() < deadline, "the application was not deleted"
+        time.sleep(0.5)

@@ -1,7 +1,7 @@
 """The fleet's rollout (ray/rollout.Fleet) against a stand-in for Ray's REST API and Serve proxy
 on loopback: what it does when a rollout cannot finish, without a Ray cluster. The stand-in
-speaks the few calls the rollout makes (GET and PUT /api/serve/applications/, each replica's
-/ray/status); tests/test_ray_cli.py runs the same rollouts on a real local cluster."""
+speaks the few calls the rollout makes (GET and PUT /api/serve/applications/, the board at
+/ray/fleet); tests/test_ray_cli.py and tests/test_ray_nodes.py run rollouts on real clusters."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from alltalk_host.change.state import StateStore
-from alltalk_host.ray.front import REPLICA_HEADER, STATUS_PATH
+from alltalk_host.ray.front import FLEET_PATH
 from alltalk_host.ray.rollout import APP_NAME, APPS_PATH, DEPLOYMENT, Fleet, FleetSpec
 
 from .helpers import ConfigRepoHelper
@@ -27,20 +27,26 @@ class StandInRay:
         self.serving: str | None = None
         self.stuck: set[str] = set()
         self.unreachable: set[str] = set()
+        self.config: dict[str, Any] = {}  # the last deploy config
+        self.ledger: tuple[dict[str, Any] | None, int] = (None, 0)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(APPS_PATH, self.applications)
         app.router.add_put(APPS_PATH, self.deploy)
-        app.router.add_get(STATUS_PATH, self.status)
+        app.router.add_get(FLEET_PATH, self.board)
+        app.router.add_put(FLEET_PATH, self.write_ledger)
         return app
 
     async def applications(self, request: web.Request) -> web.Response:
         if not self.declared:
             return web.json_response({"applications": {}})
-        replicas = [{"replica_id": "r1", "state": "RUNNING"}]
-        return web.json_response({"applications": {APP_NAME: {
-            "status": "RUNNING", "deployments": {DEPLOYMENT: {"replicas": replicas}}}}})
+        replicas = [{"replica_id": "r1", "state": "RUNNING", "node_ip": "127.0.0.1"}]
+        return web.json_response({
+            "http_options": self.config["http_options"],
+            "applications": {APP_NAME: {
+                "status": "RUNNING", "deployed_app_config": self.config["applications"][0],
+                "deployments": {DEPLOYMENT: {"replicas": replicas}}}}})
 
     async def deploy(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -51,16 +57,26 @@ class StandInRay:
             request.transport.close()
             return web.Response()
         self.declared.append(commit)
+        self.config = body
         if commit not in self.stuck:
             self.serving = commit
         return web.json_response({})
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def board(self, request: web.Request) -> web.Response:
         target = self.declared[-1]
         state = "starting" if target in self.stuck else "serving"
-        body: dict[str, Any] = {"replica": "r1", "state": state, "commit": self.serving,
-                                "target": target, "last_error": None}
-        return web.json_response(body, headers={REPLICA_HEADER: "r1"})
+        status: dict[str, Any] = {"replica": "r1", "state": state, "commit": self.serving,
+                                  "target": target, "last_error": None}
+        ledger, version = self.ledger
+        return web.json_response({"replicas": {"r1": status}, "ledger": ledger,
+                                  "version": version})
+
+    async def write_ledger(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["version"] != self.ledger[1]:
+            return web.json_response({"error": "conflict"}, status=409)
+        self.ledger = (body["ledger"], body["version"] + 1)
+        return web.json_response({"version": self.ledger[1]})
 
 
 @pytest.fixture
@@ -68,15 +84,16 @@ async def fleet(aiohttp_server, config_repo: ConfigRepoHelper, tmp_path):
     ray = StandInRay()
     server = await aiohttp_server(ray.app())
     url = str(server.make_url("/")).rstrip("/")
-    spec = FleetSpec(config_repo=config_repo.path, state_dir=tmp_path / "state", replicas=1)
-    async with Fleet(spec, url, url, timeout_s=1.5) as fleet:
+    spec = FleetSpec(remote=str(config_repo.path), root=tmp_path / "root", replicas=1)
+    async with Fleet(url, url, state_dir=tmp_path / "state", spec=spec,
+                     timeout_s=1.5) as fleet:
         first = await fleet.apply(config_repo.initial)
         assert first["result"] == "applied"
         yield fleet, ray
 
 
 def saved(fleet: Fleet):
-    return StateStore(fleet.spec.state_dir / "fleet").load()
+    return StateStore(fleet.state_dir / "fleet").load()
 
 
 async def test_a_rollout_that_times_out_declares_the_previous_commit_again(

@@ -160,10 +160,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"starting a local Ray cluster and one host in {work}...", file=sys.stderr)
     with LocalCluster(work / "cluster", num_cpus=4) as info, \
             Server(cfg, work / "single", env={"ALLTALK_PLUGINS": "reference"}) as single:
-        spec = FleetSpec(config_repo=cfg, state_dir=work / "fleet", replicas=args.replicas,
-                         plugins=["reference"])
+        spec = FleetSpec(remote=str(cfg.resolve()), root=(work / "fleet-root").resolve(),
+                         replicas=args.replicas, plugins=["reference"],
+                         http_port=int(info.serve.rsplit(":", 1)[1]))
         timeout = aiohttp.ClientTimeout(total=args.request_timeout)
-        async with Fleet(spec, info.dashboard, info.serve, info.token) as fleet, \
+        async with Fleet(info.dashboard, info.serve, info.token, spec=spec,
+                         state_dir=work / "fleet") as fleet, \
                 aiohttp.ClientSession(timeout=timeout) as session:
             if (await fleet.apply(c["a"], who="bench"))["result"] != "applied":
                 raise SystemExit("the fleet did not deploy commit A")

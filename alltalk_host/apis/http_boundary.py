@@ -8,6 +8,7 @@ lists them) and the Ray front for ``/ray/status``. Each front turns its own requ
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from collections.abc import Mapping
@@ -116,6 +117,16 @@ def check_token(given: str, token: str) -> None:
     given_bytes = given.encode("utf-8", "surrogateescape")
     # compare_digest: the time taken must not tell how much of a guess was right
     if not hmac.compare_digest(given_bytes, f"Bearer {token}".encode()):
+        raise Unauthorized("control routes need 'Authorization: Bearer <token>'"
+                           if not given else "the control token is wrong")
+
+
+def check_token_digest(given: str, digest: str) -> None:
+    """As ``check_token``, against the token's SHA-256 (hex): what a Ray fleet's replicas are
+    given, so the token itself never sits in Ray's deploy config."""
+    token = given.removeprefix("Bearer ").encode("utf-8", "surrogateescape")
+    if not given.startswith("Bearer ") or not hmac.compare_digest(
+            hashlib.sha256(token).hexdigest().encode(), digest.encode()):
         raise Unauthorized("control routes need 'Authorization: Bearer <token>'"
                            if not given else "the control token is wrong")
 

@@ -4,8 +4,9 @@ commit, ``status`` and ``log`` show the replicas and the fleet's marks on the br
 runs a one-machine cluster in the foreground.
 
 All but ``local`` talk HTTP to Ray's REST API and the Serve proxy (``ray/rollout.py``), so
-they need no Ray in this process. ``deploy`` saves what it deployed (``FleetSpec``) beside the
-fleet's ledger in ``<state dir>/fleet/``; the later commands need only the state folder.
+they need no Ray in this process. What was deployed (``FleetSpec``) is read back from Ray and
+the fleet's ledger from the cluster's board, so any machine that reaches the cluster runs the
+later commands with nothing but the cluster's addresses.
 """
 
 from __future__ import annotations
@@ -44,10 +45,26 @@ def add_commands(sub: Any) -> None:
     p = _fleet(rsub.add_parser(
         "deploy", help="start or update the application",
         description="Deploy the application with COMMIT (default: the commit the fleet runs, "
-                    "else the branch head), or update its replicas or resources. Remembers "
-                    "these options in <state dir>/fleet/spec.json for the other commands."))
-    p.add_argument("--config-repo", type=Path,
-                   help="the config repo, at this path on every node (required the first time)")
+                    "else the branch head), or update its replicas or resources. Ray keeps "
+                    "these options; later commands (from any machine) read them from Ray."))
+    p.add_argument("--remote", "--config-repo", dest="remote",
+                   help="the config repo every node fetches commits from: a git URL "
+                        "(https://, ssh://, git://) or a path that is the same on every node "
+                        "(required the first time)")
+    p.add_argument("--root", type=Path,
+                   help="an absolute folder, the same on every node: replicas keep their "
+                        "state and clone there, and relative models_dir and outputs.dir "
+                        "resolve there (default: the state folder, made absolute)")
+    p.add_argument("--models-dir", help="the replicas' models folder (absolute, or under "
+                                        "--root; default: as each commit says)")
+    p.add_argument("--outputs-dir", help="the replicas' outputs folder (absolute, or under "
+                                         "--root; default: as each commit says)")
+    p.add_argument("--max-replicas-per-node", type=int,
+                   help="at most this many replicas on one machine (1: one per machine)")
+    p.add_argument("--http-host", help="where Serve's proxies listen on each node (default: "
+                                       "127.0.0.1; 0.0.0.0 opens them to the network)")
+    p.add_argument("--http-port", type=int,
+                   help="their port (default: the --serve-url port)")
     p.add_argument("--replicas", type=int, help="how many replicas (default: 2, or as before)")
     p.add_argument("--plugins", help="the plugins each replica loads, comma-separated "
                                      "(default: every installed one, or as before)")
@@ -77,8 +94,7 @@ def add_commands(sub: Any) -> None:
 
     p = _fleet(rsub.add_parser("log", help="the branch log with the fleet's marks",
                                description="The config branch's commits, marked as `config "
-                                           "log` marks them, from the fleet's ledger."),
-               remote=False)
+                                           "log` marks them, from the fleet's ledger."))
     p.add_argument("-n", type=int, default=20, help="how many commits (default: %(default)s)")
     p.set_defaults(func=cmd_log)
 
@@ -94,97 +110,127 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_local)
 
 
-def _fleet(p: argparse.ArgumentParser, remote: bool = True) -> argparse.ArgumentParser:
+def _fleet(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path,
-                   help="the fleet's ledger and spec are in STATE_DIR/fleet (default: "
-                        "ALLTALK_STATE_DIR or var/state, as `serve`)")
+                   help="this machine's copy of the fleet's ledger and remote is in "
+                        "STATE_DIR/fleet (default: ALLTALK_STATE_DIR or var/state, as `serve`)")
     p.add_argument("--json", action="store_true", help="print JSON instead of words")
-    if remote:
-        p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS",
-                                                           DEFAULT_DASHBOARD),
-                       help="Ray's dashboard (REST API) (default: RAY_DASHBOARD_ADDRESS or "
-                            f"{DEFAULT_DASHBOARD})")
-        p.add_argument("--serve-url", default=os.environ.get("ALLTALK_RAY_SERVE_URL",
-                                                             DEFAULT_SERVE),
-                       help=f"Serve's HTTP proxy (default: ALLTALK_RAY_SERVE_URL or "
-                            f"{DEFAULT_SERVE})")
-        p.add_argument("--token-file", type=Path,
-                       help="Ray's auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
-                            "else ~/.ray/auth_token if it exists)")
-        p.add_argument("--timeout", type=float, default=300.0,
-                       help="seconds a rollout may take to settle (default: %(default)s)")
+    p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS",
+                                                       DEFAULT_DASHBOARD),
+                   help="Ray's dashboard (REST API) (default: RAY_DASHBOARD_ADDRESS or "
+                        f"{DEFAULT_DASHBOARD})")
+    p.add_argument("--serve-url", default=os.environ.get("ALLTALK_RAY_SERVE_URL",
+                                                         DEFAULT_SERVE),
+                   help=f"Serve's HTTP proxy (default: ALLTALK_RAY_SERVE_URL or "
+                        f"{DEFAULT_SERVE})")
+    p.add_argument("--token-file", type=Path,
+                   help="Ray's auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
+                        "else ~/.ray/auth_token if it exists)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds a rollout may take to settle (default: %(default)s)")
     return p
 
 
 # --- commands ------------------------------------------------------------------------------
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from ..ray.rollout import FleetSpec
+    from ..ray import source
+    from ..ray.rollout import FleetSpec, RolloutError, token_digest
 
-    spec = FleetSpec.load(_state_dir(args))
-    if spec is None:
-        if args.config_repo is None:
-            raise SystemExit("error: the first deploy needs --config-repo (the config repo's "
-                             "path, the same on every node)")
-        spec = FleetSpec(config_repo=args.config_repo, state_dir=_state_dir(args))
-    for name in ("config_repo", "replicas", "branch", "subdir"):
-        if getattr(args, name) is not None:
-            setattr(spec, name, getattr(args, name))
-    if args.plugins is not None:
-        spec.plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
-    for name in ("num_cpus", "num_gpus"):
-        if getattr(args, name) is not None:
-            spec.ray_actor_options = {**spec.ray_actor_options, name: getattr(args, name)}
+    if args.remote is not None:  # refused before anything is asked of Ray
+        try:
+            source.check_remote(_remote(args.remote))
+        except source.SourceError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    deployed = _with_fleet(args, lambda fleet: _noop(fleet), deployed_only=False)
+    try:
+        spec = deployed or _new_spec(args)
+        for name in ("replicas", "branch", "subdir", "max_replicas_per_node", "http_host",
+                     "http_port", "models_dir", "outputs_dir"):
+            if getattr(args, name) is not None:
+                setattr(spec, name, getattr(args, name))
+        if args.remote is not None:
+            spec.remote = _remote(args.remote)
+        if args.root is not None:
+            spec.root = args.root.resolve()
+        if args.plugins is not None:
+            spec.plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
+        for name in ("num_cpus", "num_gpus"):
+            if getattr(args, name) is not None:
+                spec.ray_actor_options = {**spec.ray_actor_options, name: getattr(args, name)}
+        spec.control_token_sha256 = token_digest(os.environ.get("ALLTALK_CONTROL_TOKEN"))
+        spec = FleetSpec(**vars(spec))  # checked again, as changed
+    except (RolloutError, source.SourceError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     if spec.replicas < 1:
         raise SystemExit("error: --replicas must be at least 1")
 
     async def run(fleet: Fleet) -> dict[str, Any]:
-        ref = args.commit or fleet.ledger.applied or spec.branch
-        result = await fleet.apply(ref, who=_who(), action="deploy")
-        spec.save()  # what Ray now runs, whatever the replicas made of the commit
-        return dict(result)
-    return _rollout(args, spec, run)
+        ref = args.commit or fleet.ledger.applied or fleet.declared or spec.branch
+        return dict(await fleet.apply(ref, who=_who(), action="deploy"))
+    return _rollout(args, run, spec=spec)
+
+
+def _new_spec(args: argparse.Namespace) -> FleetSpec:
+    from urllib.parse import urlsplit
+
+    from ..ray.rollout import FleetSpec
+
+    if args.remote is None:
+        raise SystemExit("error: the first deploy needs --remote (the config repo every node "
+                         "fetches from: a git URL, or a path that is the same on every node)")
+    port = urlsplit(args.serve_url).port or 8000
+    return FleetSpec(remote=_remote(args.remote), root=(args.root or _state_dir(args)).resolve(),
+                     http_port=port)
+
+
+def _remote(value: str) -> str:
+    """A URL as given; a path made absolute here (it must be the same on every node)."""
+    if "://" in value or ":" in value.split("/", 1)[0] or value.startswith("-"):
+        return value
+    return str(Path(value).resolve())
+
+
+async def _noop(fleet: Fleet) -> FleetSpec | None:
+    return fleet.spec
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    return _rollout(args, _spec(args), lambda fleet: fleet.apply(args.commit, who=_who()))
+    return _rollout(args, lambda fleet: fleet.apply(args.commit, who=_who()))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    return _rollout(args, _spec(args), lambda fleet: fleet.rollback(who=_who()))
+    return _rollout(args, lambda fleet: fleet.rollback(who=_who()))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    data = _with_fleet(args, _spec(args), lambda fleet: fleet.status())
+    data = _with_fleet(args, lambda fleet: fleet.status())
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"application {data['application']}; the fleet's commit {short(data['applied'])} "
-          f"({args.address})")
+    print(f"application {data['application']}: {data['serving']} of {data['wanted']} replicas "
+          f"serve the fleet's commit {short(data['applied'])} ({data['running']} running; "
+          f"{args.address})")
+    if data["declared"] != data["applied"]:
+        print(f"Ray declares {short(data['declared'])}, not the ledger's "
+              f"{short(data['applied'])}: the next `ray apply` or `ray rollback` converges")
+    if data.get("ledger_not_shared"):
+        print(f"note: {data['ledger_not_shared']}; this machine's copy of the ledger is shown")
     print(table(data["replicas"]) if data["replicas"] else "no replica running")
     return 0
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..change.ledger import Ledger
     from ..change.report import marked
-    from ..change.state import StateStore
-    from ..config.repo import ConfigRepo
 
-    spec = _spec(args)
-    repo = ConfigRepo(spec.config_repo, subdir=spec.subdir, branch=spec.branch)
-    try:
-        with ThreadPoolExecutor(1) as io:
-            ledger = Ledger(StateStore(spec.state_dir / "fleet"), io)
-            commits = marked(repo.log(args.n), ledger, ledger.applied)
-    finally:
-        repo.close()
+    async def commits(fleet: Fleet) -> list[dict[str, Any]]:
+        log = await asyncio.to_thread(fleet.repo.log, args.n)
+        return marked(log, fleet.ledger, fleet.ledger.applied)
+    found = _with_fleet(args, commits)
     if args.json:
-        print(json.dumps({"commits": commits}, indent=2))
+        print(json.dumps({"commits": found}, indent=2))
         return 0
-    for c in commits:
+    for c in found:
         print(commit_line(c))
     return 0
 
@@ -214,7 +260,7 @@ def cmd_local(args: argparse.Namespace) -> int:
               f"Serve (speech):             {info.serve}\n"
               f"log:                        {cluster.log_path}\n"
               "In another terminal:\n"
-              f"  alltalk-host ray deploy --config-repo var/config {' '.join(flags)}\n"
+              f"  alltalk-host ray deploy --remote var/config {' '.join(flags)}\n"
               f"  curl -X POST {info.serve}/tts -H 'Content-Type: application/json' "
               "-d '{\"text\": \"Hello.\"}' -o out.wav\n"
               "Ctrl-C stops the cluster.", flush=True)
@@ -254,21 +300,10 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir or HostOptions.from_env().state_dir)
 
 
-def _spec(args: argparse.Namespace) -> FleetSpec:
-    from ..ray.rollout import FleetSpec
-
-    spec = FleetSpec.load(_state_dir(args))
-    if spec is None:
-        raise SystemExit(f"error: nothing was deployed from state folder {_state_dir(args)}: "
-                         "run `alltalk-host ray deploy --config-repo PATH --replicas N` first "
-                         "(or give the --state-dir it used)")
-    return spec
-
-
-def _rollout(args: argparse.Namespace, spec: FleetSpec,
-             command: Callable[[Fleet], Awaitable[dict[str, Any]]]) -> int:
+def _rollout(args: argparse.Namespace, command: Callable[[Fleet], Awaitable[dict[str, Any]]],
+             spec: FleetSpec | None = None) -> int:
     """Run a rollout, its progress on stderr, the result on stdout; 1 if it failed."""
-    result = _with_fleet(args, spec, command, progress=Progress(spec.replicas))
+    result = _with_fleet(args, command, spec=spec, progress=True)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -276,17 +311,22 @@ def _rollout(args: argparse.Namespace, spec: FleetSpec,
     return 0 if result["result"] == "applied" else 1
 
 
-def _with_fleet(args: argparse.Namespace, spec: FleetSpec,
-                command: Callable[[Fleet], Awaitable[Any]],
-                progress: Progress | None = None) -> Any:
+def _with_fleet(args: argparse.Namespace, command: Callable[[Fleet], Awaitable[Any]], *,
+                spec: FleetSpec | None = None, progress: bool = False,
+                deployed_only: bool = True) -> Any:
+    """``command`` on the fleet. Without ``spec``, the deployed one (exit 1 when nothing is
+    deployed, unless ``deployed_only`` is off: then ``command`` is not run and None
+    returned)."""
     import aiohttp
 
-    from ..ray.rollout import Fleet, RolloutError
+    from ..ray.rollout import Fleet, NotDeployed, RolloutError
 
     async def run() -> Any:
-        async with Fleet(spec, args.address, args.serve_url, _token(args),
-                         timeout_s=args.timeout, progress=progress,
+        async with Fleet(args.address, args.serve_url, _token(args), state_dir=_state_dir(args),
+                         spec=spec, timeout_s=args.timeout,
                          control_token=os.environ.get("ALLTALK_CONTROL_TOKEN")) as fleet:
+            if progress:
+                fleet.progress = Progress(fleet.spec_.replicas)
             return await command(fleet)
     try:
         return asyncio.run(run())
@@ -296,6 +336,11 @@ def _with_fleet(args: argparse.Namespace, spec: FleetSpec,
                 f"Ray is not installed here either; {INSTALL} to start one")
         raise SystemExit(f"error: no Ray cluster at {args.address} ({exc}): {hint}, or give "
                          "its dashboard with --address") from None
+    except NotDeployed as exc:
+        if not deployed_only:
+            return None
+        raise SystemExit(f"error: {exc} (`alltalk-host ray deploy --remote URL --replicas N`)"
+                         ) from None
     except RolloutError as exc:
         raise SystemExit(f"error: {exc}") from None
 

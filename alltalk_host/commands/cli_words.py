@@ -146,18 +146,18 @@ class Progress:
 
 
 def table(replicas: list[dict[str, Any]]) -> str:
-    """One row per replica: id, commit, generations, state, last error."""
-    rows = [("replica", "commit", "generation", "state", "last error")]
+    """One row per replica: id, node, commit, generations, state, last error."""
+    rows = [("replica", "node", "commit", "generation", "state", "last error")]
     for r in replicas:
         gens = ", ".join(f"{name} {n}" for name, n in (r.get("generations") or {}).items())
         error = r.get("last_error") or {}
-        rows.append((str(r.get("replica", "?")), short(r.get("commit")), gens or "-",
-                     str(r.get("state", "?")),
+        rows.append((str(r.get("replica", "?")), str(r.get("node") or "-"),
+                     short(r.get("commit")), gens or "-", str(r.get("state", "?")),
                      f"{short(error.get('commit'))}: {error.get('reason', '')}" if error
                      else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True))
-                     + "  " + row[4] for row in rows)
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True))
+                     + "  " + row[5] for row in rows)
 
 
 def rollout_words(result: dict[str, Any]) -> str:

@@ -36,7 +36,14 @@ from ..apis.alltalk_api import CACHE_HEADERS, RVC_VOICES, WAV, AllTalkContext, F
 from ..apis.alltalk_fields import FORM_TYPES, Reply, alltalk_error, not_a_form
 from ..apis.bodies import parse_json, short
 from ..apis.encode import Format, StreamEncoder, encode
-from ..apis.http_boundary import Access, Caller, HttpPolicy, check_caller
+from ..apis.http_boundary import (
+    Access,
+    Caller,
+    HttpPolicy,
+    check_local,
+    check_origin,
+    check_token_digest,
+)
 from ..apis.speech_api import (
     INTERNAL_MESSAGE,
     openai_body,
@@ -54,12 +61,14 @@ from ..errors import BadRequest, Code, HostError, NotFound, PayloadTooLarge, Una
 from ..outputs import OutputStore, OutputStores
 from ..serving.registry import Serving
 from ..serving.speech import SpeechResult, SpeechStream
+from .board import Board, LedgerConflict, MemoryStore
 from .replica import Replica
 
 log = logging.getLogger(__name__)
 
 REPLICA_HEADER = "X-AllTalk-Replica"
 STATUS_PATH = "/ray/status"
+FLEET_PATH = "/ray/fleet"  # every replica's status and the fleet's ledger, from the board
 DEFAULT_BODY_LIMIT = 1_048_576  # before any config serves; then http.max_body_bytes
 
 RayHandler = Callable[[Request], Awaitable[Response]]
@@ -74,16 +83,24 @@ def outputs_folder(config: HostConfig, shared_dir: Path) -> Path:
 
 
 class RayFront:
-    def __init__(self, replica: Replica, shared_dir: Path) -> None:
+    def __init__(self, replica: Replica, shared_dir: Path, board: Board | None = None,
+                 token_sha256: str | None = None) -> None:
+        """``shared_dir``: the fleet's root, where relative output folders resolve;
+        ``token_sha256``: the control token's digest, from the deploy (the token itself
+        is never in Ray's config); without one, control routes answer loopback clients."""
         self.replica = replica
         self.host = replica.host
         self.speech = replica.host.speech
-        self.shared_dir = shared_dir  # the deployment's state_dir, which every replica shares
+        self.shared_dir = shared_dir
+        self.board = board or Board(MemoryStore())
+        self.token_sha256 = token_sha256
         self.outputs = OutputStores()
         self.routes: dict[tuple[str, str], RayHandler] = {
             ("POST", "/tts"): self.tts,
             ("POST", "/v1/audio/speech"): self.openai_speech,
             ("GET", STATUS_PATH): self.status,
+            ("GET", FLEET_PATH): self.fleet,
+            ("PUT", FLEET_PATH): self.write_ledger,
             ("GET", "/api/ready"): self.ready,
             ("GET", "/api/voices"): self.voices,
             ("GET", "/api/rvcvoices"): self.rvc_voices,
@@ -153,18 +170,43 @@ class RayFront:
         self._guard(request)
         return JSONResponse(self.replica.status())
 
+    async def fleet(self, request: Request) -> Response:
+        """What the board holds: every replica's last report, the ledger and its version."""
+        self._guard(request)
+        replicas = await asyncio.to_thread(self.board.replicas)
+        ledger, version = await asyncio.to_thread(self.board.ledger)
+        return JSONResponse({"replicas": replicas, "ledger": ledger, "version": version})
+
+    async def write_ledger(self, request: Request) -> Response:
+        """``{"ledger": {...}, "version": N}``: written if the board is still at N."""
+        self._guard(request)
+        body = parse_json(await self._body(request))
+        state, expect = body.get("ledger"), body.get("version")
+        if not isinstance(state, dict) or not isinstance(expect, int) or isinstance(expect,
+                                                                                    bool):
+            raise BadRequest("the body must be {'ledger': {...}, 'version': N}",
+                             code=Code.BAD_REQUEST)
+        try:
+            version = await asyncio.to_thread(self.board.write_ledger, state, expect)
+        except LedgerConflict as exc:
+            raise HostError(str(exc), code=Code.CONFLICT, status=409) from None
+        return JSONResponse({"version": version})
+
     def _guard(self, request: Request) -> None:
         """Refuse a control request as the aiohttp app's guard does (``http_boundary``).
         Behind Serve's proxy the client and headers are the caller's own: the proxy passes
         the ASGI scope through."""
-        options = self.host.options
         # No client in the scope: an unknown peer, so not a local one ("").
-        check_caller(Caller(remote=request.client.host if request.client else "",
-                            http_version=request.scope.get("http_version", "1.1"),
-                            headers=request.headers,
-                            origin_self=f"{request.url.scheme}://{request.url.netloc}"),
-                     Access(options.control_token, options.behind_proxy),
-                     HttpPolicy.of(self.host.registry.serving))
+        caller = Caller(remote=request.client.host if request.client else "",
+                        http_version=request.scope.get("http_version", "1.1"),
+                        headers=request.headers,
+                        origin_self=f"{request.url.scheme}://{request.url.netloc}")
+        rules = HttpPolicy.of(self.host.registry.serving)
+        check_origin(caller, rules)
+        if self.token_sha256:
+            check_token_digest(caller.headers.get("Authorization", ""), self.token_sha256)
+        else:
+            check_local(caller, Access(None, self.host.options.behind_proxy), rules)
 
     # --- AllTalk's routes: adapters over alltalk_api, as web/alltalk.py is ---------------
 

@@ -12,6 +12,7 @@ nothing to keep (its first commit failed) raises, so Ray reports the deployment 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from typing import Any
 
 from ..errors import BadRequest, Code, HostError
 from ..host import Host, HostOptions
+from . import source
+from .board import Board
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,17 @@ class Failure:
 
 
 class Replica:
-    def __init__(self, options: HostOptions, replica_id: str, host: Host | None = None) -> None:
+    def __init__(self, options: HostOptions, replica_id: str, host: Host | None = None, *,
+                 node: str = "", remote: str | None = None, board: Board | None = None) -> None:
+        """``node`` names the machine in statuses and refusals; ``remote`` is fetched into
+        the host's config repo when told a commit it lacks; ``board`` is where the replica
+        reports its status for the whole fleet to see."""
         if not options.directed:
             raise ValueError("a replica's host must be directed (HostOptions.directed)")
         self.id = replica_id
+        self.node = node
+        self.remote = remote
+        self.board = board
         self.host = host or Host(options)
         self.target: str | None = None  # the commit it was last told
         self.last_error: Failure | None = None  # kept after a later success, for the status
@@ -50,10 +60,19 @@ class Replica:
 
     async def start(self) -> None:
         await self.host.start()
+        await self.report()
 
     async def stop(self) -> None:
+        if self.board is not None:
+            await asyncio.to_thread(self.board.forget, self.id)
         await self.host.begin_shutdown()
         await self.host.stop()
+
+    async def report(self) -> None:
+        """Tell the fleet's board how this replica is (at start, after each commit, and at
+        each of Ray's health checks, so generations loaded on demand show too)."""
+        if self.board is not None:
+            await asyncio.to_thread(self.board.report, self.status())
 
     @property
     def commit(self) -> str | None:
@@ -76,10 +95,13 @@ class Replica:
                              code=Code.BAD_REQUEST)
         self.target = commit
         try:
+            await self._fetch(commit)
             await self.host.control.apply(commit, f"ray:{self.id}")
         except HostError as exc:
-            self.last_error = Failure(commit, exc.message, str(exc.code), time.time())
+            where = f"on {self.node}: " if self.node else ""
+            self.last_error = Failure(commit, where + exc.message, str(exc.code), time.time())
             self._failed = True
+            await self.report()
             if self.commit is None:
                 raise  # nothing to keep serving: let Ray say the replica failed to start
             log.warning("replica %s: commit %s failed, still serving %s: %s", self.id,
@@ -87,13 +109,25 @@ class Replica:
             return
         self._failed = False
         self.target = self.commit  # the full hash, however it was named
+        await self.report()
         log.info("replica %s serves %s", self.id, (self.commit or "-")[:10])
+
+    async def _fetch(self, commit: str) -> None:
+        """Fetch the fleet's remote into this replica's repo when it lacks ``commit``."""
+        repo = self.host.options.config_repo
+        if self.remote is None or await asyncio.to_thread(source.has_commit, repo, commit):
+            return
+        try:
+            await asyncio.to_thread(source.sync, self.remote, repo)
+        except source.SourceError as exc:
+            raise HostError(str(exc), code=Code.FETCH_FAILED) from None
 
     def status(self) -> dict[str, Any]:
         """What ``alltalk-host ray status`` shows per replica."""
         serving = self.host.registry.serving
         return {
             "replica": self.id,
+            "node": self.node,
             "state": self.state,
             "commit": self.commit,
             "target": self.target,

@@ -13,33 +13,38 @@ failed, deploy the previous known-good commit again, so the fleet converges on o
 So too when the fleet does not settle in time, Ray gives up, or Ray cannot be reached in
 mid-rollout: what Ray declares (``user_config``) may name the failed commit, and replicas
 would keep converging on it.
-The fleet's own ledger (``<state dir>/fleet/state.json``, the single host's format) records
-the attempt, the result and the known-good commits.
+The fleet's own ledger (the single host's ``state.json`` format) records the attempt, the
+result and the known-good commits. It lives on the fleet's board in the cluster
+(``board.py``), so any operator machine that reaches the cluster reads and writes the same
+one; ``<state dir>/fleet/state.json`` keeps this machine's copy. What is deployed (the
+``FleetSpec``) is read back from Ray's own record of the deploy, never from a local file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from ..change.ledger import Ledger
-from ..change.state import StateStore
+from ..change.state import BadState, StateStore, decode
 from ..config.repo import ConfigRepo
-from .front import REPLICA_HEADER, STATUS_PATH
+from . import source
+from .front import FLEET_PATH
 
 APP_NAME = "alltalk"
 DEPLOYMENT = "alltalk"  # deployment.DEPLOYMENT_NAME, without importing Ray
 IMPORT_PATH = "alltalk_host.ray.deployment:build"
 APPS_PATH = "/api/serve/applications/"
-SPEC_FILE = "spec.json"  # beside the fleet's state.json: what `alltalk-host ray deploy` chose
 
 # Told each time the fleet is looked at during a rollout: the commit, Ray's application
 # status, the replicas' statuses so far.
@@ -50,73 +55,135 @@ class RolloutError(Exception):
     pass
 
 
+class NotDeployed(RolloutError):
+    pass
+
+
 @dataclass
 class FleetSpec:
-    """What the deployment is: where the replicas find the config repo, how many there are."""
+    """What the deployment is, the same for every node: the git remote the replicas fetch
+    commits from, the root folder (the same absolute path on every node) under which each
+    replica keeps its state and relative model and output folders resolve, how many
+    replicas, and where Serve's proxies listen."""
 
-    config_repo: Path
-    state_dir: Path
+    remote: str
+    root: Path
     replicas: int = 2
     branch: str = "main"
     subdir: str = ""
     plugins: list[str] | None = None
     ray_actor_options: dict[str, Any] = field(default_factory=lambda: {"num_cpus": 0.5})
+    max_replicas_per_node: int | None = None  # 1: one replica per machine
+    http_host: str = "127.0.0.1"  # loopback unless the operator opens it
+    http_port: int = 8000
+    models_dir: str | None = None  # absolute, or under root; None: as each commit says
+    outputs_dir: str | None = None
+    control_token_sha256: str | None = None  # the control token's digest, never the token
+
+    def __post_init__(self) -> None:
+        source.check_remote(self.remote)
+        if not Path(self.root).is_absolute():
+            raise RolloutError(f"the fleet's root {str(self.root)!r} must be an absolute path, "
+                               "the same on every node")
 
     def deploy_config(self, commit: str) -> dict[str, Any]:
-        args: dict[str, Any] = {"config_repo": str(self.config_repo.resolve()),
-                                "state_dir": str(self.state_dir.resolve()),
+        args: dict[str, Any] = {"remote": self.remote, "root": str(self.root),
                                 "branch": self.branch, "subdir": self.subdir}
-        if self.plugins is not None:
-            args["plugins"] = self.plugins
-        return {"applications": [{
-            "name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args,
-            "deployments": [{"name": DEPLOYMENT, "num_replicas": self.replicas,
-                             "ray_actor_options": self.ray_actor_options,
-                             "user_config": {"commit": commit}}],
-        }]}
-
-    def save(self) -> Path:
-        """Write the spec beside the fleet's ledger, so later commands need only the state
-        folder; the path written."""
-        path = self.state_dir / "fleet" / SPEC_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {**asdict(self), "config_repo": str(self.config_repo.resolve()),
-                "state_dir": str(self.state_dir.resolve())}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
-        return path
+        for name in ("plugins", "models_dir", "outputs_dir", "control_token_sha256"):
+            if getattr(self, name) is not None:
+                args[name] = getattr(self, name)
+        deployment: dict[str, Any] = {"name": DEPLOYMENT, "num_replicas": self.replicas,
+                                      "ray_actor_options": self.ray_actor_options,
+                                      "user_config": {"commit": commit}}
+        if self.max_replicas_per_node is not None:
+            deployment["max_replicas_per_node"] = self.max_replicas_per_node
+        return {"http_options": {"host": self.http_host, "port": self.http_port},
+                "applications": [{"name": APP_NAME, "route_prefix": "/",
+                                  "import_path": IMPORT_PATH, "args": args,
+                                  "deployments": [deployment]}]}
 
     @classmethod
-    def load(cls, state_dir: Path) -> FleetSpec | None:
-        """The spec saved in ``state_dir``; None when nothing was deployed from it."""
-        path = state_dir / "fleet" / SPEC_FILE
-        if not path.is_file():
+    def from_ray(cls, instance: dict[str, Any]) -> FleetSpec | None:
+        """The spec Ray was last given, from its ``GET /api/serve/applications/``; None when
+        nothing is deployed."""
+        app = (instance.get("applications") or {}).get(APP_NAME) or {}
+        config = app.get("deployed_app_config") or {}
+        args = config.get("args") or {}
+        if "remote" not in args:
             return None
-        data = json.loads(path.read_text())
-        return cls(**{**data, "config_repo": Path(data["config_repo"]),
-                      "state_dir": Path(data["state_dir"])})
+        (deployment,) = config.get("deployments") or [{}]
+        http = instance.get("http_options") or {}
+        return cls(remote=args["remote"], root=Path(args["root"]),
+                   replicas=int(deployment.get("num_replicas", 2)),
+                   branch=args.get("branch", "main"), subdir=args.get("subdir", ""),
+                   plugins=args.get("plugins"),
+                   ray_actor_options=deployment.get("ray_actor_options") or {},
+                   max_replicas_per_node=deployment.get("max_replicas_per_node"),
+                   http_host=http.get("host", "127.0.0.1"), http_port=int(http.get("port", 8000)),
+                   models_dir=args.get("models_dir"), outputs_dir=args.get("outputs_dir"),
+                   control_token_sha256=args.get("control_token_sha256"))
+
+
+def declared_commit(instance: dict[str, Any]) -> str | None:
+    """The commit Ray declares (the deployment's ``user_config``)."""
+    app = (instance.get("applications") or {}).get(APP_NAME) or {}
+    for deployment in (app.get("deployed_app_config") or {}).get("deployments") or []:
+        commit = (deployment.get("user_config") or {}).get("commit")
+        if isinstance(commit, str):
+            return commit
+    return None
+
+
+def token_digest(token: str | None) -> str | None:
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
 
 
 class Fleet:
-    def __init__(self, spec: FleetSpec, dashboard: str, serve: str, token: str | None = None,
-                 timeout_s: float = 120.0, progress: Progress | None = None,
-                 control_token: str | None = None) -> None:
+    """``async with Fleet(...) as fleet:`` the deployed fleet (its spec read from Ray, or
+    ``spec`` for a deploy), the remote's commits (a bare clone in ``<state_dir>/fleet``) and
+    the fleet's ledger (pulled from the board, pushed back after each rollout)."""
+
+    def __init__(self, dashboard: str, serve: str, token: str | None = None, *,
+                 state_dir: Path, spec: FleetSpec | None = None, timeout_s: float = 120.0,
+                 progress: Progress | None = None, control_token: str | None = None,
+                 fetch_timeout_s: float = 60.0) -> None:
         self.spec = spec
+        self.state_dir = state_dir
         self.progress = progress
         self.dashboard = dashboard.rstrip("/")
         self.serve = serve.rstrip("/")
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
-        # The replicas' own control token: /ray/status is a control route, as /control/status.
+        # The replicas' own control token: the board is a control route, as /control/status.
         self._control = {"Authorization": f"Bearer {control_token}"} if control_token else {}
         self.timeout_s = timeout_s
-        self.repo = ConfigRepo(spec.config_repo, subdir=spec.subdir, branch=spec.branch)
+        self.fetch_timeout_s = fetch_timeout_s
+        self.declared: str | None = None  # the commit Ray declared when this fleet was opened
+        self.shared: str | None = None  # why the ledger could not be shared, if it was not
+        # The board's ledger version this ledger was read at; None: not read.
+        self._version: int | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="alltalk-fleet")
-        self.ledger = Ledger(StateStore(spec.state_dir / "fleet"), self._io)
         self._session: aiohttp.ClientSession | None = None
+        self._repo: ConfigRepo | None = None
+        self._ledger: Ledger | None = None
 
     async def __aenter__(self) -> Fleet:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        try:
+            instance = await self._instance()
+            self.declared = declared_commit(instance)
+            if self.spec is None:
+                self.spec = FleetSpec.from_ray(instance)
+                if self.spec is None:
+                    raise NotDeployed(f"nothing is deployed on the Ray cluster at "
+                                      f"{self.dashboard}: run `alltalk-host ray deploy` first")
+            cache = await self._run_io(source.sync, self.spec.remote,
+                                       source.cache_dir(self.state_dir / "fleet", self.spec.remote),
+                                       self.fetch_timeout_s)
+            self._repo = ConfigRepo(cache, subdir=self.spec.subdir, branch=self.spec.branch)
+            await self._pull_ledger(instance)
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -127,7 +194,21 @@ class Fleet:
             await self._session.close()
             self._session = None
         self._io.shutdown(wait=True)
-        self.repo.close()
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
+
+    @property
+    def repo(self) -> ConfigRepo:
+        if self._repo is None:
+            raise RuntimeError("use Fleet as 'async with'")
+        return self._repo
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            raise RuntimeError("use Fleet as 'async with'")
+        return self._ledger
 
     # --- commands ----------------------------------------------------------------------------
 
@@ -135,9 +216,24 @@ class Fleet:
         """Roll ``ref`` out; on any replica's failure, or a rollout that cannot finish, roll
         the fleet back to the previous known-good commit. The result says what each replica
         did."""
+        try:
+            result = await self._apply(ref, who, action)
+        except RolloutError:
+            await self._push_ledger()
+            raise
+        await self._push_ledger()
+        if self.shared:
+            result["ledger_not_shared"] = self.shared
+        return result
+
+    async def _apply(self, ref: str, who: str, action: str) -> dict[str, Any]:
+        # The remote as it is now; a HostError (400/404) for a name it does not have, and
+        # then nothing is deployed.
+        await self._run_io(source.sync, self.spec_.remote, self.repo.path, self.fetch_timeout_s)
         commit = await self._run_io(self.repo.resolve, ref)
-        await self._app_details()  # Ray answers, before anything is recorded
-        previous = self.ledger.applied
+        await self._instance()  # Ray answers, before anything is recorded
+        # What to go back to if this fails: the ledger's commit, else what Ray declares.
+        previous = self.ledger.applied or self.declared
         started = time.monotonic()
         await self.ledger.attempt(commit)
         try:
@@ -145,11 +241,15 @@ class Fleet:
             replicas = await self.wait_settled(commit)
         except (RolloutError, aiohttp.ClientError, TimeoutError) as exc:
             # Ray refused the deploy, gave up on it, could not be reached, or the fleet did
-            # not settle in time: the commit is recorded failed, as a single host records an
-            # apply that raised.
+            # not settle in time (a node lost, a replica that cannot be placed): the commit is
+            # recorded failed, as a single host records an apply that raised.
             reason = _reason(exc)
             await self.ledger.failed(commit, who=who, action=action, reason=reason,
                                      duration_s=time.monotonic() - started)
+            if previous is None:
+                # A first deploy that failed: Ray would go on restarting replicas that can
+                # serve nothing. Nothing is deployed afterwards, as before it.
+                await self._delete_app()
             if previous is None or previous == commit:
                 raise RolloutError(reason) from exc
             result = {"commit": commit, "result": "failed", "reason": reason, "replicas": [],
@@ -180,18 +280,23 @@ class Fleet:
         except (RolloutError, aiohttp.ClientError, TimeoutError) as exc:
             raise RolloutError(f"{commit[:10]} failed ({result['reason']}), and so did "
                                f"deploying {previous[:10]} again: {_reason(exc)}; Ray may "
-                               f"still declare {commit[:10]}") from exc
+                               f"still declare {commit[:10]} (`ray status` says; the next "
+                               "apply or rollback declares a good commit)") from exc
         result = {**result, "rolled_back_to": previous}
         try:
             result["after_rollback"] = await self.wait_settled(previous)
         except (RolloutError, aiohttp.ClientError, TimeoutError) as exc:
             # Declared: the replicas converge on it as they can (one still loading the failed
-            # commit takes it after), but not within this command's wait.
+            # commit, or a replacement waiting for a node, takes it after), but not within
+            # this command's wait.
             result["rollback_pending"] = _reason(exc)
         settled = "rollback_pending" not in result
         self.ledger.record_only(commit=previous, who=who, action="rollback",
                                 result="applied" if settled else "declared",
                                 reason=f"{commit[:10]} failed")
+        # The ledger's commit is the one Ray declares, whether or not every replica has
+        # taken it yet: what the fleet converges on.
+        self.ledger.state.applied = previous
         await self.ledger.save()
         return result
 
@@ -202,29 +307,55 @@ class Fleet:
         return await self.apply(target, who, action="rollback")
 
     async def status(self) -> dict[str, Any]:
-        details = await self._app_details()
+        instance = await self._instance()
+        details = (instance.get("applications") or {}).get(APP_NAME)
         replicas = await self.replica_statuses(details)
+        applied = self.ledger.applied
+        running = [r for r in replicas if r.get("ray_state") == "RUNNING"]
+        on_it = [r for r in running if r.get("commit") == applied]
+        declared = declared_commit(instance)
         return {"application": details.get("status") if details else "NOT_DEPLOYED",
-                "applied": self.ledger.applied, "known_good": self.ledger.state.known_good[-5:],
-                "failed": self.ledger.state.failed, "replicas": replicas}
+                "applied": applied, "declared": declared,
+                "converged": declared == applied and len(on_it) == self.spec_.replicas,
+                "wanted": self.spec_.replicas, "running": len(running), "serving": len(on_it),
+                "known_good": self.ledger.state.known_good[-5:],
+                "failed": self.ledger.state.failed, "replicas": replicas,
+                "remote": self.spec_.remote, "root": str(self.spec_.root),
+                "ledger_not_shared": self.shared}
 
-    # --- Ray's REST API and the replicas -----------------------------------------------------
+    # --- Ray's REST API, the board -----------------------------------------------------------
+
+    @property
+    def spec_(self) -> FleetSpec:
+        if self.spec is None:
+            raise RuntimeError("use Fleet as 'async with'")
+        return self.spec
 
     async def _deploy(self, commit: str) -> None:
         """Declare ``commit`` as the application's ``user_config``; RolloutError if Ray
         refuses, aiohttp.ClientError or TimeoutError if it cannot be told."""
-        async with self._http.put(self.dashboard + APPS_PATH, json=self.spec.deploy_config(commit),
+        async with self._http.put(self.dashboard + APPS_PATH,
+                                  json=self.spec_.deploy_config(commit),
                                   headers=self._auth) as resp:
             if resp.status != 200:
                 raise RolloutError(f"Ray refused the deploy ({resp.status}): "
                                    f"{(await resp.text())[:500]}")
 
-    async def _app_details(self) -> dict[str, Any] | None:
+    async def _delete_app(self) -> None:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with self._http.delete(self.dashboard + APPS_PATH, headers=self._auth):
+                pass
+
+    async def _instance(self) -> dict[str, Any]:
+        """Ray's whole answer: the applications, ``http_options``, the proxies."""
         async with self._http.get(self.dashboard + APPS_PATH, headers=self._auth) as resp:
             if resp.status != 200:
                 raise RolloutError(f"Ray's REST API answered {resp.status}: "
                                    f"{(await resp.text())[:500]}")
-            return (await resp.json()).get("applications", {}).get(APP_NAME)
+            return dict(await resp.json())
+
+    async def _app_details(self) -> dict[str, Any] | None:
+        return ((await self._instance()).get("applications") or {}).get(APP_NAME)
 
     async def wait_settled(self, commit: str) -> list[dict[str, Any]]:
         """Until Ray says the application runs its replicas and each of them has taken
@@ -246,7 +377,8 @@ class Fleet:
                 raise RolloutError(f"Ray could not deploy {commit[:10]}: "
                                    f"{(details or {}).get('message') or 'no reason given'}")
             if status == "RUNNING":
-                replicas = await self.replica_statuses(details)
+                replicas = [r for r in await self.replica_statuses(details)
+                            if r.get("ray_state") == "RUNNING"]
                 if replicas and all(r.get("target") == commit and r["state"] != "starting"
                                     for r in replicas):
                     if self.progress:
@@ -259,33 +391,84 @@ class Fleet:
         raise RolloutError(f"the fleet did not settle on {commit[:10]} within "
                            f"{self.timeout_s:.0f} s; last seen: {last}")
 
-    async def replica_statuses(self, details: dict[str, Any] | None,
-                               rounds: int = 10) -> list[dict[str, Any]]:
-        """Each running replica's own status. Serve's proxy picks the replica, so several
-        requests go out at once until every replica Ray lists has answered; one never
-        reached is listed as ``unreached``."""
+    async def replica_statuses(self, details: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Every replica Ray lists, with the status it last reported on the board (read
+        through any proxy: the board is in the cluster, so no replica is missed because the
+        proxy prefers another), and where Ray placed it. A running replica that has not
+        reported is ``unreported``; one Ray does not run shows Ray's state."""
         deployment = (details or {}).get("deployments", {}).get(DEPLOYMENT, {})
-        wanted = {r["replica_id"] for r in deployment.get("replicas", [])
-                  if r.get("state") == "RUNNING"}
-        seen: dict[str, dict[str, Any]] = {}
-        for _ in range(rounds):
-            if wanted <= set(seen):
-                break
-            for answer in await asyncio.gather(*(self._one_status()
-                                                 for _ in range(2 * len(wanted) or 1))):
-                if answer is not None:
-                    seen[answer["replica"]] = answer
-        return [seen.get(rid, {"replica": rid, "state": "unreached", "target": None})
-                for rid in sorted(wanted)]
+        board = (await self._board())["replicas"] if deployment.get("replicas") else {}
+        rows = []
+        for listed in sorted(deployment.get("replicas", []), key=lambda r: r["replica_id"]):
+            rid, ray_state = listed["replica_id"], listed.get("state")
+            own = board.get(rid) or {"replica": rid, "state": "unreported", "target": None,
+                                      "commit": None}
+            if ray_state != "RUNNING" and own["state"] != "starting":
+                own = {**own, "state": str(ray_state).lower()}
+            rows.append({**own, "ray_state": ray_state,
+                         "node": own.get("node") or listed.get("node_ip") or "",
+                         "node_id": listed.get("node_id")})
+        return rows
 
-    async def _one_status(self) -> dict[str, Any] | None:
+    async def _board(self) -> dict[str, Any]:
+        """The board through the Serve proxy: every replica's report and the ledger. Empty
+        when no replica answers (none running yet, or the proxy unreachable)."""
+        empty: dict[str, Any] = {"replicas": {}, "ledger": None, "version": None}
         try:
-            async with self._http.get(self.serve + STATUS_PATH, headers=self._control) as resp:
-                if resp.status != 200 or REPLICA_HEADER not in resp.headers:
-                    return None
-                return await resp.json()
-        except (aiohttp.ClientError, TimeoutError):
-            return None
+            async with self._http.get(self.serve + FLEET_PATH, headers=self._control,
+                                      timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                if resp.status != 200:
+                    return {**empty, "error": f"{resp.status}: {(await resp.text())[:200]}"}
+                return dict(await resp.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return {**empty, "error": _reason(exc)}
+
+    async def _pull_ledger(self, instance: dict[str, Any]) -> None:
+        """The board's ledger, when the fleet runs and has one, replaces this machine's copy;
+        else this machine's copy is used (and shared at the next push)."""
+        store = StateStore(self.state_dir / "fleet")
+        self._version = None
+        if (instance.get("applications") or {}).get(APP_NAME):
+            board = await self._board()
+            if board.get("error"):
+                self.shared = f"the fleet's board could not be read ({board['error']})"
+            elif board.get("ledger") is not None:
+                data = json.dumps(board["ledger"]).encode()
+                try:
+                    decode(data)
+                except BadState as exc:
+                    raise RolloutError(f"the fleet's ledger on the board is unusable: "
+                                       f"{exc}") from None
+                await self._run_io(store.write, data)
+                self._version = int(board["version"])
+            else:
+                self._version = 0
+        self._ledger = Ledger(store, self._io)
+
+    async def _push_ledger(self) -> None:
+        """Share the ledger on the board; a conflict or an unreachable board is said in the
+        result (``ledger_not_shared``), never lost: this machine's copy has it."""
+        if self._version is None:
+            # Nothing ran when this fleet was opened (a first deploy, or one after the
+            # application was deleted): this ledger is the new deployment's, whatever an
+            # earlier one left on the board.
+            self._version = (await self._board()).get("version")
+            if self._version is None:
+                self.shared = "no replica answered, so the ledger stays on this machine"
+                return
+        data = StateStore.encode(self.ledger.state)
+        try:
+            async with self._http.put(self.serve + FLEET_PATH, headers=self._control,
+                                      json={"ledger": json.loads(data),
+                                            "version": self._version}) as resp:
+                if resp.status == 200:
+                    self._version = int((await resp.json())["version"])
+                    self.shared = None
+                    return
+                self.shared = f"the board refused the ledger ({resp.status}): " \
+                              f"{(await resp.text())[:300]}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.shared = f"the board could not be reached: {_reason(exc)}"
 
     @property
     def _http(self) -> aiohttp.ClientSession:
