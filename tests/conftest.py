@@ -135,13 +135,15 @@ async def ray_front(host_options: Callable[..., HostOptions], config_repo: Confi
 
     running: list[tuple[Replica, Any, asyncio.Task[None]]] = []
 
-    async def start(replica_id: str = "r1", **overrides: Any) -> str:
+    async def start(replica_id: str = "r1", *, board: Any = None,
+                    token_sha256: str | None = None, **overrides: Any) -> str:
         shared = tmp_path / "ray"
         replica = Replica(host_options(state_dir=shared / "replicas" / replica_id,
-                                       directed=True, **overrides), replica_id)
+                                       directed=True, **overrides), replica_id,
+                          node=f"node-{replica_id}", board=board)
         await replica.start()
         await replica.reconfigure({"commit": config_repo.head})
-        front = RayFront(replica, shared_dir=shared)
+        front = RayFront(replica, shared_dir=shared, board=board, token_sha256=token_sha256)
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             response = await front.handle(Request(scope, receive))

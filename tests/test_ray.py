@@ -23,7 +23,7 @@ import pytest
 
 from alltalk_host.errors import HostError
 from alltalk_host.host import Host, HostOptions
-from alltalk_host.ray.replica import Replica, ReplicaState
+from alltalk_host.ray.replica import Replica, ReplicaState, local_settings
 from alltalk_host.serving.speech import SpeechInput
 
 from .helpers import ConfigRepoHelper, read_wav
@@ -77,6 +77,37 @@ async def test_a_replica_with_nothing_to_keep_raises(config_repo: ConfigRepoHelp
         with pytest.raises(HostError):
             await replica.reconfigure({"commit": bad})
         assert replica.state == ReplicaState.STARTING
+    finally:
+        await replica.stop()
+
+
+async def test_a_node_missing_a_models_file_refuses_the_commit_and_names_itself(
+        config_repo: ConfigRepoHelper, tmp_path: Path) -> None:
+    """The fleet's models folder is the same path on every node; a node where a file the
+    commit names is missing refuses that commit, saying which node, and serves the one it had."""
+    models = tmp_path / "node-b" / "models"
+    models.mkdir(parents=True)
+    state = tmp_path / "node-b" / "replica"
+    state.mkdir()
+    (state / "local.toml").write_text(local_settings(str(models), None))
+    replica = Replica(HostOptions(config_repo=config_repo.path, state_dir=state,
+                                  local_file=state / "local.toml", directed=True), "r2",
+                      node="node b2c4 (machine-b, 10.0.0.2)")
+    named = config_repo.change("a model file", "models.toml",
+                               "default.models.reference.settings.model_file", "voice.bin")
+    await replica.start()
+    try:
+        await replica.reconfigure({"commit": config_repo.initial})
+        await replica.reconfigure({"commit": named})
+        error = replica.status()["last_error"]
+        assert replica.commit == config_repo.initial and error["commit"] == named
+        assert error["reason"].startswith("on node b2c4 (machine-b, 10.0.0.2): "), error
+        assert str(models / "voice.bin") in error["reason"], error
+        assert replica.status()["node"] == "node b2c4 (machine-b, 10.0.0.2)"
+
+        (models / "voice.bin").write_text("pitch_hz = 140\n")  # the operator copies it there
+        await replica.reconfigure({"commit": named})
+        assert replica.commit == named and replica.status()["state"] == ReplicaState.SERVING
     finally:
         await replica.stop()
 

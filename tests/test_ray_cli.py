@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +22,8 @@ import pytest
 from alltalk_host.ray.local import ClusterInfo, free_port
 from alltalk_host.ray.rollout import APP_NAME, APPS_PATH
 
-from .helpers import ROOT, ConfigRepoHelper
+from .helpers import ConfigRepoHelper
+from .ray_nodes import Run, ray_cli
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(
@@ -62,26 +60,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConfigRepoHelper]
     helper = ConfigRepoHelper(tmp_path_factory.mktemp("repo") / "config")
     yield helper
     helper.repo.close()
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-    seconds: float
-
-
-def ray_cli(*args: str, cwd: Path) -> Run:
-    """``alltalk-host ray ARGS`` in a child process, with none of the developer's ALLTALK_ or
-    RAY_ variables and a HOME of its own (no ~/.ray/auth_token but the one given)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLTALK_", "RAY_"))}
-    env["HOME"] = str(cwd)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "alltalk_host", "ray", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=240)
-    return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
 
 # --- mistakes, said plainly ----------------------------------------------------------------

@@ -139,3 +139,32 @@ async def test_a_rollback_that_does_not_settle_in_time_is_still_declared(
     assert "did not settle" in result["rollback_pending"] and "after_rollback" not in result
     assert ray.declared[-1] == config_repo.initial
     assert saved(fleet).history[-1]["result"] == "declared"
+
+
+async def test_another_operator_machine_finds_the_fleet_and_its_ledger(
+        fleet, config_repo: ConfigRepoHelper, tmp_path):
+    """No spec and no state on the second machine: what is deployed comes from Ray, the
+    ledger from the board; its rollback is shared back, and a stale writer is told."""
+    fleet, ray = fleet
+    second = config_repo.change("second", "settings.toml", "default.max_text_length", 904)
+    assert (await fleet.apply(second))["result"] == "applied"
+    assert ray.ledger[0]["applied"] == second  # shared on the board
+
+    async with Fleet(fleet.dashboard, fleet.serve, state_dir=tmp_path / "elsewhere",
+                     timeout_s=1.5) as other:
+        assert other.spec == fleet.spec
+        assert other.ledger.applied == second
+        assert other.ledger.state.known_good == [config_repo.initial, second]
+        back = await other.rollback(who="second operator")
+        assert back["result"] == "applied" and back["commit"] == config_repo.initial
+    assert ray.ledger[0]["applied"] == config_repo.initial
+    assert ray.declared[-1] == config_repo.initial
+
+    # The first machine read the ledger before that rollback: its next write is refused by
+    # the board and said in the result; its own copy keeps the record.
+    third = config_repo.change("third", "settings.toml", "default.max_text_length", 905)
+    result = await fleet.apply(third)
+    assert result["result"] == "applied"
+    assert "another operator" in result["ledger_not_shared"] or "409" in \
+        result["ledger_not_shared"], result
+    assert saved(fleet).applied == third

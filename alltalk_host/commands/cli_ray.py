@@ -65,6 +65,8 @@ def add_commands(sub: Any) -> None:
                                        "127.0.0.1; 0.0.0.0 opens them to the network)")
     p.add_argument("--http-port", type=int,
                    help="their port (default: the --serve-url port)")
+    p.add_argument("--proxy-location", choices=["EveryNode", "HeadOnly"],
+                   help="a proxy on every node (default) or on the head only")
     p.add_argument("--replicas", type=int, help="how many replicas (default: 2, or as before)")
     p.add_argument("--plugins", help="the plugins each replica loads, comma-separated "
                                      "(default: every installed one, or as before)")
@@ -146,7 +148,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         spec = deployed or _new_spec(args)
         for name in ("replicas", "branch", "subdir", "max_replicas_per_node", "http_host",
-                     "http_port", "models_dir", "outputs_dir"):
+                     "http_port", "proxy_location", "models_dir", "outputs_dir"):
             if getattr(args, name) is not None:
                 setattr(spec, name, getattr(args, name))
         if args.remote is not None:

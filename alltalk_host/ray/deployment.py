@@ -12,7 +12,6 @@ resolve.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -31,7 +30,7 @@ from ..host import HostOptions
 from . import source
 from .board import Board
 from .front import RayFront
-from .replica import Replica
+from .replica import Replica, local_settings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class AllTalkReplica:
         # A commit's relative models_dir and outputs.dir resolve against the working folder:
         # the fleet's root, the same path on every node, not wherever Ray started the worker.
         os.chdir(top)
-        _write_local(state / "local.toml", models_dir, outputs_dir)
+        (state / "local.toml").write_text(local_settings(models_dir, outputs_dir))
         repo = state / "config.git"
         try:
             await asyncio.to_thread(source.sync, remote, repo)
@@ -104,14 +103,6 @@ class AllTalkReplica:
 
     async def __del__(self) -> None:
         await self.replica.stop()
-
-
-def _write_local(path: Path, models_dir: str | None, outputs_dir: str | None) -> None:
-    """The replica's host-local layer: the fleet's folders, which win over a commit's."""
-    lines = [f"models_dir = {json.dumps(models_dir)}"] if models_dir else []
-    if outputs_dir:
-        lines += ["[outputs]", f"dir = {json.dumps(outputs_dir)}"]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def build(args: dict[str, Any]) -> Application:

@@ -13,6 +13,7 @@ nothing to keep (its first commit failed) raises, so Ray reports the deployment 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -25,6 +26,15 @@ from . import source
 from .board import Board
 
 log = logging.getLogger(__name__)
+
+
+def local_settings(models_dir: str | None, outputs_dir: str | None) -> str:
+    """A replica's host-local layer (TOML): the fleet's folders, which win over a commit's.
+    Relative ones resolve against the fleet's root, the replica's working folder."""
+    lines = [f"models_dir = {json.dumps(models_dir)}"] if models_dir else []
+    if outputs_dir:
+        lines += ["[outputs]", f"dir = {json.dumps(outputs_dir)}"]
+    return "\n".join(lines) + "\n"
 
 
 class ReplicaState:

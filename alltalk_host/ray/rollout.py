@@ -76,12 +76,17 @@ class FleetSpec:
     max_replicas_per_node: int | None = None  # 1: one replica per machine
     http_host: str = "127.0.0.1"  # loopback unless the operator opens it
     http_port: int = 8000
+    # Where Serve runs proxies: "EveryNode" (each machine answers), or "HeadOnly".
+    proxy_location: str = "EveryNode"
     models_dir: str | None = None  # absolute, or under root; None: as each commit says
     outputs_dir: str | None = None
     control_token_sha256: str | None = None  # the control token's digest, never the token
 
     def __post_init__(self) -> None:
         source.check_remote(self.remote)
+        if self.proxy_location not in ("EveryNode", "HeadOnly"):
+            raise RolloutError(f"proxy_location must be EveryNode or HeadOnly, not "
+                               f"{self.proxy_location!r}")
         if not Path(self.root).is_absolute():
             raise RolloutError(f"the fleet's root {str(self.root)!r} must be an absolute path, "
                                "the same on every node")
@@ -98,6 +103,7 @@ class FleetSpec:
         if self.max_replicas_per_node is not None:
             deployment["max_replicas_per_node"] = self.max_replicas_per_node
         return {"http_options": {"host": self.http_host, "port": self.http_port},
+                "proxy_location": self.proxy_location,
                 "applications": [{"name": APP_NAME, "route_prefix": "/",
                                   "import_path": IMPORT_PATH, "args": args,
                                   "deployments": [deployment]}]}
@@ -120,6 +126,7 @@ class FleetSpec:
                    ray_actor_options=deployment.get("ray_actor_options") or {},
                    max_replicas_per_node=deployment.get("max_replicas_per_node"),
                    http_host=http.get("host", "127.0.0.1"), http_port=int(http.get("port", 8000)),
+                   proxy_location=instance.get("proxy_location") or "EveryNode",
                    models_dir=args.get("models_dir"), outputs_dir=args.get("outputs_dir"),
                    control_token_sha256=args.get("control_token_sha256"))
 
