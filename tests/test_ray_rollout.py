@@ -5,6 +5,7 @@ speaks the few calls the rollout makes (GET and PUT /api/serve/applications/, th
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from alltalk_host.change.state import StateStore
 from alltalk_host.ray.front import FLEET_PATH
-from alltalk_host.ray.rollout import APP_NAME, APPS_PATH, DEPLOYMENT, Fleet, FleetSpec
+from alltalk_host.ray.rollout import APP_NAME, APPS_PATH, DEPLOYMENT, Fleet, FleetSpec, RolloutError
 
 from .helpers import ConfigRepoHelper
 
@@ -168,3 +169,30 @@ async def test_another_operator_machine_finds_the_fleet_and_its_ledger(
     assert "another operator" in result["ledger_not_shared"] or "409" in \
         result["ledger_not_shared"], result
     assert saved(fleet).applied == third
+
+
+async def test_a_remote_that_is_gone_or_hangs_is_a_clear_error(aiohttp_server, tmp_path):
+    """The CLI's clone of the fleet's remote: a missing repo says git's reason, a remote that
+    accepts and never answers is given up after the deadline, with every git process ended."""
+    import socket
+
+    ray = StandInRay()
+    server = await aiohttp_server(ray.app())
+    url = str(server.make_url("/")).rstrip("/")
+    gone = FleetSpec(remote=str(tmp_path / "no-such-repo.git"), root=tmp_path / "root")
+    with pytest.raises(RolloutError, match="git could not fetch from the fleet's remote"):
+        async with Fleet(url, url, state_dir=tmp_path / "state", spec=gone):
+            pass
+
+    with socket.socket() as silent:  # listens, never speaks git
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        hung = FleetSpec(remote=f"git://127.0.0.1:{port}/config.git", root=tmp_path / "root")
+        started = time.monotonic()
+        with pytest.raises(RolloutError, match=r"did not reach the fleet.s remote .* within 2 s"):
+            async with Fleet(url, url, state_dir=tmp_path / "state", spec=hung,
+                             fetch_timeout_s=2):
+                pass
+        assert time.monotonic() - started < 30
+    assert not ray.declared  # nothing was deployed

@@ -146,6 +146,11 @@ class Ledger:
         _append(self.state.history, _entry(commit=commit, actor=who, action=action,
                                            result=result, duration_s=0.0, reason=reason))
 
+    def declared(self, commit: str) -> None:
+        """``commit`` is what serves from now on, though no apply of this ledger's own made it
+        so (a fleet that went back to the commit Ray declared); the next save carries it."""
+        self.state.applied = commit
+
     def branch_moved(self) -> None:
         """The journalled branch move is done; the next save forgets it."""
         self.state.branch_move = None

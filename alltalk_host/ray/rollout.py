@@ -183,9 +183,8 @@ class Fleet:
                 if self.spec is None:
                     raise NotDeployed(f"nothing is deployed on the Ray cluster at "
                                       f"{self.dashboard}: run `alltalk-host ray deploy` first")
-            cache = await self._run_io(source.sync, self.spec.remote,
-                                       source.cache_dir(self.state_dir / "fleet", self.spec.remote),
-                                       self.fetch_timeout_s)
+            cache = await self._sync(source.cache_dir(self.state_dir / "fleet",
+                                                      self.spec.remote))
             self._repo = ConfigRepo(cache, subdir=self.spec.subdir, branch=self.spec.branch)
             await self._pull_ledger(instance)
         except BaseException:
@@ -236,7 +235,7 @@ class Fleet:
     async def _apply(self, ref: str, who: str, action: str) -> dict[str, Any]:
         # The remote as it is now; a HostError (400/404) for a name it does not have, and
         # then nothing is deployed.
-        await self._run_io(source.sync, self.spec_.remote, self.repo.path, self.fetch_timeout_s)
+        await self._sync(self.repo.path)
         commit = await self._run_io(self.repo.resolve, ref)
         await self._instance()  # Ray answers, before anything is recorded
         # What to go back to if this fails: the ledger's commit, else what Ray declares.
@@ -303,7 +302,7 @@ class Fleet:
                                 reason=f"{commit[:10]} failed")
         # The ledger's commit is the one Ray declares, whether or not every replica has
         # taken it yet: what the fleet converges on.
-        self.ledger.state.applied = previous
+        self.ledger.declared(previous)
         await self.ledger.save()
         return result
 
@@ -482,6 +481,14 @@ class Fleet:
         if self._session is None:
             raise RuntimeError("use Fleet as 'async with'")
         return self._session
+
+    async def _sync(self, dest: Path) -> Path:
+        """This machine's clone of the fleet's remote, fetched now."""
+        try:
+            return Path(await self._run_io(source.sync, self.spec_.remote, dest,
+                                           self.fetch_timeout_s))
+        except source.SourceError as exc:
+            raise RolloutError(str(exc)) from None
 
     async def _run_io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
