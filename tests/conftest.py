@@ -130,6 +130,7 @@ async def ray_front(host_options: Callable[..., HostOptions], config_repo: Confi
     import uvicorn
     from starlette.requests import Request
 
+    from alltalk_host.ray.board import Board, MemoryStore
     from alltalk_host.ray.front import RayFront
     from alltalk_host.ray.replica import Replica
 
@@ -138,6 +139,7 @@ async def ray_front(host_options: Callable[..., HostOptions], config_repo: Confi
     async def start(replica_id: str = "r1", *, board: Any = None,
                     token_sha256: str | None = None, **overrides: Any) -> str:
         shared = tmp_path / "ray"
+        board = board or Board(MemoryStore())  # this front's own, unless shared
         replica = Replica(host_options(state_dir=shared / "replicas" / replica_id,
                                        directed=True, **overrides), replica_id,
                           node=f"node-{replica_id}", board=board)

@@ -107,8 +107,10 @@ def _session_members(session: int) -> list[int]:
 class TwoNodes:
     """A head and a worker node, a token shared by both; everything killed on leaving."""
 
-    def __init__(self, root: Path, env: Mapping[str, str], num_cpus: int = 2) -> None:
+    def __init__(self, root: Path, env: Mapping[str, str], num_cpus: int = 2,
+                 worker_env: Mapping[str, str] | None = None) -> None:
         self.root = root
+        self.worker_env = dict(worker_env or {})
         self.token = os.urandom(16).hex()
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="alltalk-ray2-"))
         self.env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
@@ -119,7 +121,8 @@ class TwoNodes:
         self.worker = self._worker()
 
     def _worker(self) -> RayNode:
-        return RayNode(self.root / "worker", {**self.env, "HOME": str(self.root / "worker")},
+        return RayNode(self.root / "worker", {**self.env, "HOME": str(self.root / "worker"),
+                                              **self.worker_env},
                        address=self.head.gcs_address, num_cpus=self.num_cpus)
 
     def __enter__(self) -> TwoNodes:

@@ -323,17 +323,28 @@ async def test_ray_status_without_a_token_answers_as_control_status(
             assert (await _answer(session, f"{base}/ray/status", {})) == (200, None)
 
 
-async def test_a_rollout_reads_ray_status_with_the_control_token(ray_front, config_repo,
-                                                                 tmp_path):
-    from alltalk_host.ray.rollout import Fleet, FleetSpec
+async def test_a_rollout_reads_the_board_with_the_control_token(ray_front, config_repo,
+                                                               aiohttp_server, tmp_path):
+    from alltalk_host.ray.rollout import APP_NAME, APPS_PATH, Fleet, FleetSpec
 
     base = await ray_front("r1", control_token=TOKEN)
-    spec = FleetSpec(config_repo=config_repo.path, state_dir=tmp_path / "fleet")
-    running = {"deployments": {"alltalk": {"replicas": [{"replica_id": "r1",
-                                                         "state": "RUNNING"}]}}}
-    async with Fleet(spec, "http://127.0.0.1:9", base, control_token=TOKEN) as fleet:
-        [status] = await fleet.replica_statuses(running, rounds=1)
+    spec = FleetSpec(remote=str(config_repo.path), root=tmp_path / "root")
+    config = spec.deploy_config(config_repo.head)
+
+    async def applications(request: web.Request) -> web.Response:  # Ray's, one replica
+        return web.json_response({"http_options": config["http_options"], "applications": {
+            APP_NAME: {"status": "RUNNING", "deployed_app_config": config["applications"][0],
+                       "deployments": {"alltalk": {"replicas": [
+                           {"replica_id": "r1", "state": "RUNNING"}]}}}}})
+    dashboard = web.Application()
+    dashboard.router.add_get(APPS_PATH, applications)
+    ray = str((await aiohttp_server(dashboard)).make_url("")).rstrip("/")
+
+    async with Fleet(ray, base, control_token=TOKEN, state_dir=tmp_path / "a") as fleet:
+        [status] = (await fleet.status())["replicas"]
         assert status["replica"] == "r1" and status["state"] == "serving", status
-    async with Fleet(spec, "http://127.0.0.1:9", base) as fleet:
-        [status] = await fleet.replica_statuses(running, rounds=1)
-        assert status["state"] == "unreached"
+        assert fleet.shared is None
+    async with Fleet(ray, base, state_dir=tmp_path / "b") as fleet:
+        [status] = (await fleet.status())["replicas"]
+        assert status["state"] == "unreported", status
+        assert "401" in fleet.shared, fleet.shared  # said, not silently empty

@@ -86,7 +86,11 @@ def test_two_nodes_roll_out_lose_a_node_and_converge(tmp_path: Path) -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLTALK_", "RAY_"))}
     http_port = free_port()
-    with GitDaemon(served) as daemon, TwoNodes(tmp_path / "nodes", env) as nodes:
+    # A setting in one node's environment, which on one host would be a settings layer: the
+    # fleet ignores it (its replicas would otherwise refuse every commit).
+    odd = {"ALLTALK_DEFAULT_MODEL": "no-such-model"}
+    with GitDaemon(served) as daemon, TwoNodes(tmp_path / "nodes", env,
+                                               worker_env=odd) as nodes:
         operator = tmp_path / "operator"
         operator.mkdir()
         token_file = operator / "ray-token"

@@ -25,6 +25,7 @@ from ray.serve import Application
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..config.settings import ENV_PREFIX
 from ..errors import Code, Unavailable
 from ..host import HostOptions
 from . import source
@@ -70,6 +71,14 @@ class AllTalkReplica:
         replica_id = context.replica_id.unique_id
         node = (f"node {ray.get_runtime_context().get_node_id()[:8]} "
                 f"({socket.gethostname()}, {ray.util.get_node_ip_address()})")
+        # Every node alike: a node's own ALLTALK_ variables (a settings layer on one host)
+        # would make its replicas differ from the others', so they are set aside, and said.
+        ignored = sorted(k for k in os.environ if k.startswith(ENV_PREFIX + "_"))
+        for key in ignored:
+            del os.environ[key]
+        if ignored:
+            log.warning("%s: ignoring this node's %s: a fleet's settings come from its "
+                        "commits and the deploy", replica_id, ", ".join(ignored))
         top = Path(root)
         state = top / "replicas" / replica_id
         state.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ another replica, so every replica keeps them in one folder (``outputs_folder``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.message import Message
@@ -93,7 +94,9 @@ class RayFront:
         self.speech = replica.host.speech
         self.shared_dir = shared_dir
         self.board = board or Board(MemoryStore())
-        self.token_sha256 = token_sha256
+        own = replica.host.options.control_token  # a front built with the host's own token
+        self.token_sha256 = token_sha256 or (
+            hashlib.sha256(own.encode()).hexdigest() if own else None)
         self.outputs = OutputStores()
         self.routes: dict[tuple[str, str], RayHandler] = {
             ("POST", "/tts"): self.tts,
