@@ -375,27 +375,19 @@ class _Runner:
         took: int | None = None
         with self.check("unload releases what load took") as c:
             self.steps.check()
-            release_memory()
-            before = _rss()
-            if before is None:
-                c.ok, c.detail = None, "resident memory cannot be read on this system"
-                return
-            instance = self.cls(self.parsed, self.context)
-            self.steps.call("load", self.limits.load_s, instance.load)
-            loaded, estimate = _rss() or 0, instance.memory_estimate()
-            self.steps.call("unload", self.limits.unload_s, instance.unload)
-            release_memory()
-            after = _rss() or 0  # the instance still exists: unload() itself must free
-            if after - before > max(floor / 2, (loaded - before) / 4):
-                # RSS is the whole process's: memory another thread held for a moment (a
-                # timer's run, the test's own server) is not the backend's. Look again.
-                time.sleep(1.0)
-                release_memory()
-                after = min(after, _rss() or after)
-            del instance
-            took, kept = loaded - before, after - before
-            c.detail = (f"load took {took / MIB:.0f} MiB, {kept / MIB:.0f} MiB still held "
-                        "after unload")
+            # RSS is the whole process's: memory another thread held for a moment (a timer's
+            # run, an arena shrinking, the test's own server) is not the backend's. So a cycle
+            # that seems to keep memory is measured once more: a real leak keeps it again.
+            for attempt in (1, 2):
+                measured = self._load_unload()
+                if measured is None:
+                    c.ok, c.detail = None, "resident memory cannot be read on this system"
+                    return
+                took, kept, estimate = measured
+                c.detail = (f"load took {took / MIB:.0f} MiB, {kept / MIB:.0f} MiB still held "
+                            "after unload" + (" (measured twice)" if attempt == 2 else ""))
+                if kept <= max(floor / 2, took / 4):
+                    break
             assert kept <= max(floor / 2, took / 4), c.detail
         with self.check("memory_estimate() fits the measured load") as e:
             self.steps.check()
@@ -409,6 +401,26 @@ class _Runner:
             assert estimate > 0, f"{e.detail}: memory_estimate() says nothing"
             ratio = max(estimate, floor) / max(took, floor)
             assert 1 / factor <= ratio <= factor, f"{e.detail}: off by more than {factor:g}x"
+
+    def _load_unload(self) -> tuple[int, int, int] | None:
+        """One load and unload of a new instance: (RSS it took, RSS still held after unload,
+        its memory_estimate()); None where RSS cannot be read."""
+        release_memory()
+        before = _rss()
+        if before is None:
+            return None
+        instance = self.cls(self.parsed, self.context)
+        self.steps.call("load", self.limits.load_s, instance.load)
+        loaded, estimate = _rss() or 0, instance.memory_estimate()
+        self.steps.call("unload", self.limits.unload_s, instance.unload)
+        release_memory()
+        after = _rss() or 0  # the instance still exists: unload() itself must free
+        if after - before > (loaded - before) / 4:
+            time.sleep(1.0)  # a moment for another thread's memory to go
+            release_memory()
+            after = min(after, _rss() or after)
+        del instance
+        return loaded - before, after - before, estimate
 
     def memory_needed(self) -> None:
         """What the backend claims before loading, judged against this machine."""
