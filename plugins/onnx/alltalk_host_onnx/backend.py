@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -32,6 +32,7 @@ from alltalk_host import (
     split_sentences,
 )
 
+from .join import split_words, trim_end, trim_start
 from .lanes import Lanes
 from .phonemize import EspeakPhonemizer, default_engine_problem, phonemes_to_ids
 from .session import CPU, CUDA, NO_ONNXRUNTIME, TENSORRT, Session, SessionError
@@ -104,10 +105,11 @@ class OnnxSettings:
     noise_w: float | None = None
     normalize: bool = True  # peak-normalise each sentence, as piper does
     piper_compat: bool = True  # phonemes exactly as piper-tts 1.8.0 (see phonemize.py)
-    # Streaming speaks a long first sentence's first clause alone, so first audio waits for
-    # one clause: cut at a clause mark after this many words (and as many left) ...
+    # Streaming speaks a first sentence's first clause alone, so first audio waits for one
+    # clause: cut at a clause mark after at least this many words (and as many left) ...
     first_clause_min_words: int = 4
-    # ... or at a word boundary after this many; 0: never cut (docs/benchmarks.md).
+    # ... found within this many words; without one, a sentence of twice min_words or more
+    # is cut after min_words words, seamlessly (join.py). 0: never cut (docs/benchmarks.md).
     first_clause_max_words: int = 12
 
     @property
@@ -379,18 +381,50 @@ class OnnxBackend(Backend):
         if request.phonemes:  # as the client wrote them: no cut inside a word's phonemes
             yield from self._sentences(request, phoneme_sentences(request.text))
             return
-        pieces = split_sentences(request.text)
+        pieces: list[str | list[str]] = list(split_sentences(request.text))
         s = self.settings
-        cut = None
-        if pieces and not request.continues:
-            cut = first_clause(pieces[0], s.first_clause_min_words, s.first_clause_max_words)
-        if cut:
-            pieces[:1] = cut
-        yield from self._sentences(request, pieces)
+        if not pieces or request.continues or s.first_clause_max_words <= 0:
+            yield from self._sentences(request, pieces)
+            return
+        first = str(pieces[0])
+        # A clause mark within max_words words (first_clause's own word-boundary fallback
+        # is not used: it made a pause where the sentence has none).
+        clause = first_clause(first, s.first_clause_min_words, len(first.split()) + 1)
+        if clause and len(clause[0].split()) <= s.first_clause_max_words:
+            pieces[:1] = clause
+            yield from self._sentences(request, pieces)
+            return
+        halves = self._word_cut(first)
+        if halves is None:
+            yield from self._sentences(request, pieces)
+            return
+        pieces[:1] = halves
+        rate = self.sample_rate
+        for i, chunk in enumerate(self._sentences(request, pieces)):
+            if i == 0:
+                chunk = Audio(trim_end(chunk.samples, rate), rate)
+            elif i == 1:
+                chunk = Audio(trim_start(chunk.samples, rate), rate)
+            yield chunk
+
+    def _word_cut(self, sentence: str) -> list[str | list[str]] | None:
+        """The sentence's phonemes (phonemised whole) cut after first_clause_min_words words,
+        when as many follow and the phonemiser reads it as one sentence; else None."""
+        voice, phonemizer = self._require_voice(), self._phonemizer
+        if phonemizer is None:
+            raise RuntimeError("model is not loaded")
+        sentences = phonemizer.phonemize(voice.espeak_voice, sentence, voice.vowel_clusters)
+        if len(sentences) != 1:
+            return None
+        halves = split_words(sentences[0], self.settings.first_clause_min_words)
+        return list(halves) if halves else None
 
     # --- inference -------------------------------------------------------------------------
 
-    def _sentences(self, request: SpeechRequest, pieces: list[str]) -> Iterator[Audio]:
+    def _sentences(self, request: SpeechRequest, pieces: Sequence[str | list[str]]
+                   ) -> Iterator[Audio]:
+        """Each piece's audio, in order: a piece is text (one or more sentences), the
+        client's phonemes (``request.phonemes``), or one sentence's phonemes (a list)."""
         voice, session, phonemizer = self._require_voice(), self._session, self._phonemizer
         lanes = self._lanes
         if session is None or phonemizer is None or lanes is None:
@@ -403,12 +437,15 @@ class OnnxBackend(Backend):
                                  "IPA as piper writes it", code=Code.UNKNOWN_PHONEMES,
                                  details={"unknown": unknown[:100]})
 
-        def feeds(piece: str) -> list[dict[str, np.ndarray]]:
+        def feeds(piece: str | list[str]) -> list[dict[str, np.ndarray]]:
             """The model inputs of each sentence of ``piece`` that has something to say (the
             phonemiser does a whole piece at once anyway)."""
             inputs = []
-            sentences = ([list(piece)] if request.phonemes else phonemizer.phonemize(
-                voice.espeak_voice, piece, voice.vowel_clusters))
+            if isinstance(piece, list):
+                sentences = [piece]
+            else:
+                sentences = ([list(piece)] if request.phonemes else phonemizer.phonemize(
+                    voice.espeak_voice, piece, voice.vowel_clusters))
             for phonemes in sentences:
                 ids, missing = phonemes_to_ids(phonemes, voice.phoneme_id_map)
                 self._warn_missing(missing)
