@@ -137,14 +137,14 @@ def _fleet(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from ..ray import source
-    from ..ray.rollout import FleetSpec, RolloutError, token_digest
+    from ..ray.rollout import FleetSpec, RolloutError, deployed_spec, token_digest
 
     if args.remote is not None:  # refused before anything is asked of Ray
         try:
             source.check_remote(_remote(args.remote))
         except source.SourceError as exc:
             raise SystemExit(f"error: {exc}") from None
-    deployed = _with_fleet(args, lambda fleet: _noop(fleet), deployed_only=False)
+    deployed = _talking(args, lambda: deployed_spec(args.address, _token(args)))
     try:
         spec = deployed or _new_spec(args)
         for name in ("replicas", "branch", "subdir", "max_replicas_per_node", "http_host",
@@ -191,10 +191,6 @@ def _remote(value: str) -> str:
     if "://" in value or ":" in value.split("/", 1)[0] or value.startswith("-"):
         return value
     return str(Path(value).resolve())
-
-
-async def _noop(fleet: Fleet) -> FleetSpec | None:
-    return fleet.spec
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -314,14 +310,10 @@ def _rollout(args: argparse.Namespace, command: Callable[[Fleet], Awaitable[dict
 
 
 def _with_fleet(args: argparse.Namespace, command: Callable[[Fleet], Awaitable[Any]], *,
-                spec: FleetSpec | None = None, progress: bool = False,
-                deployed_only: bool = True) -> Any:
-    """``command`` on the fleet. Without ``spec``, the deployed one (exit 1 when nothing is
-    deployed, unless ``deployed_only`` is off: then ``command`` is not run and None
-    returned)."""
-    import aiohttp
-
-    from ..ray.rollout import Fleet, NotDeployed, RolloutError
+                spec: FleetSpec | None = None, progress: bool = False) -> Any:
+    """``command`` on the fleet: ``spec`` for a deploy, else the deployed one (exit 1 when
+    nothing is deployed)."""
+    from ..ray.rollout import Fleet
 
     async def run() -> Any:
         async with Fleet(args.address, args.serve_url, _token(args), state_dir=_state_dir(args),
@@ -330,8 +322,17 @@ def _with_fleet(args: argparse.Namespace, command: Callable[[Fleet], Awaitable[A
             if progress:
                 fleet.progress = Progress(fleet.spec_.replicas)
             return await command(fleet)
+    return _talking(args, run)
+
+
+def _talking(args: argparse.Namespace, call: Callable[[], Awaitable[Any]]) -> Any:
+    """``call()`` run, and a failure to reach Ray or the fleet said as an exit."""
+    import aiohttp
+
+    from ..ray.rollout import NotDeployed, RolloutError
+
     try:
-        return asyncio.run(run())
+        return asyncio.run(call())
     except aiohttp.ClientConnectionError as exc:
         hint = ("start one with `alltalk-host ray local` (one machine) or `ray start --head`"
                 if importlib.util.find_spec("ray") else
@@ -339,8 +340,6 @@ def _with_fleet(args: argparse.Namespace, command: Callable[[Fleet], Awaitable[A
         raise SystemExit(f"error: no Ray cluster at {args.address} ({exc}): {hint}, or give "
                          "its dashboard with --address") from None
     except NotDeployed as exc:
-        if not deployed_only:
-            return None
         raise SystemExit(f"error: {exc} (`alltalk-host ray deploy --remote URL --replicas N`)"
                          ) from None
     except RolloutError as exc:

@@ -131,6 +131,18 @@ class FleetSpec:
                    control_token_sha256=args.get("control_token_sha256"))
 
 
+async def deployed_spec(dashboard: str, token: str | None = None) -> FleetSpec | None:
+    """What Ray was last told to deploy, or None: nothing else (no remote is fetched, no
+    ledger read), so a deploy that changes a broken remote can still read it."""
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
+            http.get(dashboard.rstrip("/") + APPS_PATH, headers=auth) as resp:
+        if resp.status != 200:
+            raise RolloutError(f"Ray's REST API answered {resp.status}: "
+                               f"{(await resp.text())[:500]}")
+        return FleetSpec.from_ray(dict(await resp.json()))
+
+
 def declared_commit(instance: dict[str, Any]) -> str | None:
     """The commit Ray declares (the deployment's ``user_config``)."""
     app = (instance.get("applications") or {}).get(APP_NAME) or {}
