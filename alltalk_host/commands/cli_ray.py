@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..ray.rollout import Fleet, FleetSpec
+    from ..ray.rollout import Fleet
+    from ..ray.spec import FleetSpec
 
 from .cli_words import Progress, author, commit_line, rollout_words, short, table
 
@@ -137,7 +138,7 @@ def _fleet(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from ..ray import source
-    from ..ray.rollout import FleetSpec, RolloutError, deployed_spec, token_digest
+    from ..ray.spec import FleetSpec, RolloutError, deployed_spec, token_digest
 
     if args.remote is not None:  # refused before anything is asked of Ray
         try:
@@ -176,7 +177,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def _new_spec(args: argparse.Namespace) -> FleetSpec:
     from urllib.parse import urlsplit
 
-    from ..ray.rollout import FleetSpec
+    from ..ray.spec import FleetSpec
 
     if args.remote is None:
         raise SystemExit("error: the first deploy needs --remote (the config repo every node "
@@ -329,7 +330,7 @@ def _talking(args: argparse.Namespace, call: Callable[[], Awaitable[Any]]) -> An
     """``call()`` run, and a failure to reach Ray or the fleet said as an exit."""
     import aiohttp
 
-    from ..ray.rollout import NotDeployed, RolloutError
+    from ..ray.spec import NotDeployed, RolloutError
 
     try:
         return asyncio.run(call())
