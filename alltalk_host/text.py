@@ -132,7 +132,8 @@ _DASHES = frozenset({"-", "--", "\u2013", "\u2014"})
 _TRAILING_CLOSERS = "\"'\u201d\u2019)]"
 
 
-def first_clause(sentence: str, min_words: int, max_words: int) -> tuple[str, str] | None:
+def first_clause(sentence: str, min_words: int, max_words: int, *,
+                 at_word: bool = True) -> tuple[str, str] | None:
     """``sentence`` cut in two after its first clause, or None where it should stay whole.
 
     Streaming speaks the head alone first, so the first audio waits for one clause, not one
@@ -143,6 +144,8 @@ def first_clause(sentence: str, min_words: int, max_words: int) -> tuple[str, st
     "Dr. | Smith" would be said as two sentences), and never inside a number ("1,000" has no
     space after its comma). The head keeps its punctuation, so the voice pauses there as it
     would mid-sentence instead of falling as at a sentence end. ``max_words = 0``: never.
+    ``at_word=False``: only at a clause mark within ``max_words`` words, never at a bare word
+    boundary (a backend that joins its own word cuts, as the onnx plugin does).
     """
     if max_words <= 0:
         return None
@@ -158,6 +161,8 @@ def first_clause(sentence: str, min_words: int, max_words: int) -> tuple[str, st
             elif ch in _CLOSERS and depth:
                 depth -= 1
         said = i + 1
+        if not at_word and said > max_words:
+            return None  # no clause mark in time
         if depth or straight_open or said < min_words:
             continue
         bare = word.rstrip(_TRAILING_CLOSERS)
@@ -166,7 +171,7 @@ def first_clause(sentence: str, min_words: int, max_words: int) -> tuple[str, st
             continue  # "well, - no": cut after the dash, not before it
         if bare.endswith(".") and not clause_end:
             continue
-        if clause_end or said >= max_words:
+        if clause_end or (at_word and said >= max_words):
             return sentence[:end].strip(), sentence[end:].strip()
     return None
 

@@ -176,3 +176,16 @@ def test_narrator_mode_and_filtering_take_linear_time(text):
     filtered_segments(text, "html", "narrator")
     filter_text(text, "html")
     assert time.perf_counter() - started < 3.0
+
+
+@pytest.mark.parametrize(("sentence", "head"), [
+    ("One two three four five six seven eight nine ten eleven twelve thirteen fourteen.", None),
+    ("One two three four five, six seven eight nine.", "One two three four five,"),
+    ("One two three four five six seven eight nine ten eleven twelve, thirteen fourteen "
+     "fifteen sixteen.", "One two three four five six seven eight nine ten eleven twelve,"),
+    ("One two three four five six seven eight nine ten eleven twelve thirteen, fourteen "
+     "fifteen sixteen seventeen.", None),
+])
+def test_without_word_cuts_only_a_clause_mark_in_time_cuts(sentence, head):
+    cut = first_clause(sentence, 4, 12, at_word=False)
+    assert (cut[0] if cut else None) == head

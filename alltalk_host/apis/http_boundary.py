@@ -112,18 +112,20 @@ def check_origin(caller: Caller, rules: HttpPolicy) -> None:
                         code=Code.ORIGIN_NOT_ALLOWED)
 
 
+def token_digest(token: str | None) -> str | None:
+    """The SHA-256 (hex) a token is checked against; None for no token."""
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
 def check_token(given: str, token: str) -> None:
-    # surrogateescape: a header with bytes that are no UTF-8 is just a wrong token, not a 500
-    given_bytes = given.encode("utf-8", "surrogateescape")
-    # compare_digest: the time taken must not tell how much of a guess was right
-    if not hmac.compare_digest(given_bytes, f"Bearer {token}".encode()):
-        raise Unauthorized("control routes need 'Authorization: Bearer <token>'"
-                           if not given else "the control token is wrong")
+    check_token_digest(given, token_digest(token) or "")
 
 
 def check_token_digest(given: str, digest: str) -> None:
-    """As ``check_token``, against the token's SHA-256 (hex): what a Ray fleet's replicas are
-    given, so the token itself never sits in Ray's deploy config."""
+    """``given`` must be ``Bearer <token>`` for the token whose SHA-256 (hex) is ``digest``: a
+    Ray fleet's replicas are given only the digest, so the token never sits in Ray's deploy
+    config. compare_digest: the time taken must not tell how much of a guess was right;
+    surrogateescape: a header with bytes that are no UTF-8 is just a wrong token, not a 500."""
     token = given.removeprefix("Bearer ").encode("utf-8", "surrogateescape")
     if not given.startswith("Bearer ") or not hmac.compare_digest(
             hashlib.sha256(token).hexdigest().encode(), digest.encode()):

@@ -137,8 +137,9 @@ def _fleet(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 # --- commands ------------------------------------------------------------------------------
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from ..apis.http_boundary import token_digest
     from ..ray import source
-    from ..ray.spec import FleetSpec, RolloutError, deployed_spec, token_digest
+    from ..ray.spec import FleetSpec, RolloutError, deployed_spec
 
     if args.remote is not None:  # refused before anything is asked of Ray
         try:

@@ -13,7 +13,6 @@ another replica, so every replica keeps them in one folder (``outputs_folder``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.message import Message
@@ -44,6 +43,7 @@ from ..apis.http_boundary import (
     check_local,
     check_origin,
     check_token_digest,
+    token_digest,
 )
 from ..apis.speech_api import (
     INTERNAL_MESSAGE,
@@ -94,9 +94,8 @@ class RayFront:
         self.speech = replica.host.speech
         self.shared_dir = shared_dir
         self.board = board or Board(MemoryStore())
-        own = replica.host.options.control_token  # a front built with the host's own token
-        self.token_sha256 = token_sha256 or (
-            hashlib.sha256(own.encode()).hexdigest() if own else None)
+        # A front built with the host's own token (the tests' uvicorn fronts) checks that.
+        self.token_sha256 = token_sha256 or token_digest(replica.host.options.control_token)
         self.outputs = OutputStores()
         self.routes: dict[tuple[str, str], RayHandler] = {
             ("POST", "/tts"): self.tts,

@@ -124,11 +124,11 @@ class Replica:
 
     async def _fetch(self, commit: str) -> None:
         """Fetch the fleet's remote into this replica's repo when it lacks ``commit``."""
-        repo = self.host.options.config_repo
-        if self.remote is None or await asyncio.to_thread(source.has_commit, repo, commit):
+        repo = self.host.control.repo
+        if self.remote is None or await asyncio.to_thread(repo.exists, commit):
             return
         try:
-            await asyncio.to_thread(source.sync, self.remote, repo)
+            await asyncio.to_thread(source.sync, self.remote, repo.path)
         except source.SourceError as exc:
             raise HostError(str(exc), code=Code.FETCH_FAILED) from None
 

@@ -48,7 +48,6 @@ from .spec import (
     RolloutError,
     declared_commit,
     deployed_spec,
-    token_digest,
 )
 
 __all__ = [
@@ -63,7 +62,6 @@ __all__ = [
     "RolloutError",
     "declared_commit",
     "deployed_spec",
-    "token_digest",
 ]
 
 # Told each time the fleet is looked at during a rollout: the commit, Ray's application
@@ -94,6 +92,7 @@ class Fleet:
         self.shared: str | None = None  # why the ledger could not be shared, if it was not
         # The board's ledger version this ledger was read at; None: not read.
         self._version: int | None = None
+        self._open_fetch_used = False  # the fetch made on opening serves the first apply
         self._io = ThreadPoolExecutor(1, thread_name_prefix="alltalk-fleet")
         self._session: aiohttp.ClientSession | None = None
         self._repo: ConfigRepo | None = None
@@ -159,9 +158,12 @@ class Fleet:
         return result
 
     async def _apply(self, ref: str, who: str, action: str) -> dict[str, Any]:
-        # The remote as it is now; a HostError (400/404) for a name it does not have, and
-        # then nothing is deployed.
-        await self._sync(self.repo.path)
+        # The remote as it is now (opening fetched it; a later apply on the same fleet
+        # fetches again); a HostError (400/404) for a name it does not have, and then
+        # nothing is deployed.
+        if self._open_fetch_used:
+            await self._sync(self.repo.path)
+        self._open_fetch_used = True
         commit = await self._run_io(self.repo.resolve, ref)
         await self._instance()  # Ray answers, before anything is recorded
         # What to go back to if this fails: the ledger's commit, else what Ray declares.

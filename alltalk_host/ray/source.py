@@ -81,12 +81,6 @@ def sync(url: str, dest: Path, timeout_s: float = 60.0) -> Path:
     return dest
 
 
-def has_commit(repo: Path, commit: str) -> bool:
-    done = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"],
-                          capture_output=True, env=_env(), timeout=30)
-    return done.returncode == 0
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
             # ssh may not ask anything either: a node has no one to answer

@@ -5,7 +5,6 @@ import, no state: ``rollout.py`` does the rolling out.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +118,3 @@ def declared_commit(instance: dict[str, Any]) -> str | None:
         if isinstance(commit, str):
             return commit
     return None
-
-
-def token_digest(token: str | None) -> str | None:
-    return hashlib.sha256(token.encode()).hexdigest() if token else None

@@ -387,10 +387,11 @@ class OnnxBackend(Backend):
             yield from self._sentences(request, pieces)
             return
         first = str(pieces[0])
-        # A clause mark within max_words words (first_clause's own word-boundary fallback
-        # is not used: it made a pause where the sentence has none).
-        clause = first_clause(first, s.first_clause_min_words, len(first.split()) + 1)
-        if clause and len(clause[0].split()) <= s.first_clause_max_words:
+        # A clause mark within max_words words; not first_clause's cut at a bare word
+        # boundary, which made a pause where the sentence has none (join.py does it here).
+        clause = first_clause(first, s.first_clause_min_words, s.first_clause_max_words,
+                              at_word=False)
+        if clause:
             pieces[:1] = clause
             yield from self._sentences(request, pieces)
             return
