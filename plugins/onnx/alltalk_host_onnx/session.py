@@ -63,13 +63,38 @@ def choose_providers(settings: SessionSettings, available: list[str]) -> list[An
     return [cuda if p == CUDA else tensorrt if p == TENSORRT else p for p in wanted]
 
 
+def lane_threads(settings: SessionSettings, lanes: int) -> int | None:
+    """The intra-op threads of the session the lanes share; None: onnxruntime's own choice."""
+    if settings.intra_op_threads:
+        return settings.intra_op_threads
+    if lanes > 1:  # the lanes share the cores, they do not oversubscribe them
+        return max(1, (os.cpu_count() or 1) // lanes)
+    # onnxruntime's own choice: a pinned thread per physical core, measured ~3 % faster here
+    # than asking for the same count explicitly.
+    return None
+
+
+def on_one_cpu_thread(settings: SessionSettings, lanes: int) -> bool:
+    """Whether the lanes' session will run on the CPU alone, one thread per run: where the
+    decoder's 2-D form is the faster (conv2d.py)."""
+    try:
+        import onnxruntime as ort
+        if choose_providers(settings, ort.get_available_providers()) != [CPU]:
+            return False
+    except (ImportError, RuntimeError):
+        return False  # the session's own creation says why
+    threads = lane_threads(settings, lanes)
+    return threads == 1 or (threads is None and os.cpu_count() == 1)
+
+
 class Session:
     """An onnxruntime InferenceSession and what is known about where it runs."""
 
-    def __init__(self, model_path: Path, settings: SessionSettings, name: str,
+    def __init__(self, model: Path | bytes, settings: SessionSettings, name: str,
                  lanes: int = 1, solo: bool = False) -> None:
-        """``solo``: the session a sentence running alone uses: onnxruntime's own threads
-        (all cores), whatever ``intra_op_threads`` says for the lanes."""
+        """``model``: the model file, or a model in memory (conv2d.py's rewrite). ``solo``:
+        the session a sentence running alone uses: onnxruntime's own threads (all cores),
+        whatever ``intra_op_threads`` says for the lanes."""
         try:
             import onnxruntime as ort
             from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
@@ -89,7 +114,8 @@ class Session:
         with captured_output() if wants_gpu else contextlib.nullcontext(Captured()) as out:
             try:
                 self.ort_session = ort.InferenceSession(
-                    str(model_path), sess_options=self._options(ort), providers=providers)
+                    model if isinstance(model, bytes) else str(model),
+                    sess_options=self._options(ort), providers=providers)
             except Exception as exc:
                 raise SessionError(str(exc)) from exc
         # Runs that fail on CUDA move to the CPU here, saying why (run), not inside onnxruntime.
@@ -123,14 +149,9 @@ class Session:
 
     def _options(self, ort: Any) -> Any:
         options = ort.SessionOptions()
-        if self.solo:
-            pass  # onnxruntime's own choice, as below
-        elif self.settings.intra_op_threads:
-            options.intra_op_num_threads = self.settings.intra_op_threads
-        elif self.lanes > 1:  # the lanes share the cores, they do not oversubscribe them
-            options.intra_op_num_threads = max(1, (os.cpu_count() or 1) // self.lanes)
-        # else onnxruntime's own choice: a pinned thread per physical core, measured ~3 %
-        # faster here than asking for the same count explicitly.
+        threads = None if self.solo else lane_threads(self.settings, self.lanes)
+        if threads is not None:
+            options.intra_op_num_threads = threads
         return options
 
     def _run_options(self, ort: Any) -> tuple[Any, Any]:
