@@ -186,3 +186,22 @@ def test_solo_needs_several_lanes_and_the_cpu(tmp_path):
         assert backend._solo is None and backend.status()["solo"] is False
     finally:
         backend.unload()
+
+
+def test_with_solo_no_job_runs_alone_while_another_request_is_under_way():
+    """Two requests under way: the second's sentence, ready while the first's is between
+    sentences, takes a lane instead of all cores (which would keep the first waiting)."""
+    lanes = Lanes(2, "open", solo=True)
+    try:
+        first = lanes.ordered(iter([lanes.alone, lanes.alone]), ahead=1)
+        assert next(first) is True  # the only request: its first sentence runs alone
+        second = lanes.ordered(iter([lanes.alone]), ahead=1)
+        assert next(second) is False  # the first is still under way
+        assert next(first) is False
+        first.close()
+        second.close()
+        third = lanes.ordered(iter([lanes.alone]), ahead=1)
+        assert next(third) is True  # both ended: alone again
+        third.close()
+    finally:
+        lanes.close()
