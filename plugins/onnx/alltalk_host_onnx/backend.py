@@ -97,17 +97,19 @@ class OnnxSettings:
     lanes: int = 0
     max_concurrency: int = 0  # requests admitted at once, sharing the lanes; 0: 2 x lanes
     # With several lanes on the CPU: a sentence that would run alone (nothing else running or
-    # waiting) runs on a second session with all cores' threads, the others one per lane.
-    # Measured on a quiet 2-core machine against piper-tts (docs/benchmarks.md): a lone
-    # request level (latency 1.01), a lone long text 0.93, throughput 1.18 / 1.15 at 4 / 8
-    # clients; one lane gave 1.00 / 1.00 / 1.02 / 1.15, lanes without solo 1.25 latency.
-    # It costs a second copy of the weights (about 2.2 x the model file).
+    # waiting, no other request under way) runs on a second session with all cores' threads,
+    # the others one per lane. Measured on a 2-core machine against piper-tts
+    # (docs/benchmarks.md), with decoder_2d: a lone request level (latency 0.95-1.06), a lone
+    # long text 0.77-0.83, throughput 1.27-1.29 / 1.30-1.35 at 4 / 8 clients; one lane gave
+    # 1.00 / 1.00 / 1.02 / 1.15, lanes without solo 1.25 latency. It costs a second copy of
+    # the weights (about 2.2 x the model file).
     solo: bool = True
     intra_op_threads: int = 0  # 0: cores / lanes, or onnxruntime's default with one lane
     # A session running one thread per sentence on the CPU (the lanes, on a machine with more
     # than one core) runs the decoder's 1-D convolutions as 2-D ones, onnxruntime's faster
-    # kernels (conv2d.py): ~20 % less time per sentence here, audio within 0.1 of a 16-bit
-    # step of the file's own, checked at load. False: the model file as it is.
+    # kernels (conv2d.py): 12-18 % less time per sentence here (tools/bench_decoder_2d.py),
+    # audio within 0.1 of a 16-bit step of the file's own, checked at load. False: the model
+    # file as it is.
     decoder_2d: bool = True
     # After a run of more phoneme ids than this, the arena memory it grew goes back once the
     # voice has rested ``arena_rest_s`` (a long sentence otherwise keeps hundreds of MiB for
@@ -329,7 +331,7 @@ class OnnxBackend(Backend):
             try:
                 return Session(lifted, self.settings, self.context.name, lanes), lifted
             except SessionError as exc:
-                log.warning("model %s: onnxruntime refused the decoder's 2-D form (%s); "
+                log.warning("model %s: the decoder's 2-D form could not be loaded (%s); "
                             "running the model file as it is", self.context.name, exc)
         try:
             return Session(model_path, self.settings, self.context.name, lanes), None

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,6 +89,20 @@ def on_one_cpu_thread(settings: SessionSettings, lanes: int) -> bool:
     return threads == 1 or (threads is None and os.cpu_count() == 1)
 
 
+@contextlib.contextmanager
+def _as_file(model: Path | bytes) -> Iterator[Path]:
+    """The model as a file: a model in memory is written to a temporary one for the session's
+    creation. onnxruntime keeps the bytes a session was made from for as long as it lives (its
+    own comment says so), a copy of the weights; from a file it keeps nothing."""
+    if isinstance(model, Path):
+        yield model
+        return
+    with tempfile.TemporaryDirectory(prefix="alltalk-onnx-") as folder:
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(model)
+        yield path
+
+
 class Session:
     """An onnxruntime InferenceSession and what is known about where it runs."""
 
@@ -113,9 +129,9 @@ class Session:
             before = DeviceUse.now()
         with captured_output() if wants_gpu else contextlib.nullcontext(Captured()) as out:
             try:
-                self.ort_session = ort.InferenceSession(
-                    model if isinstance(model, bytes) else str(model),
-                    sess_options=self._options(ort), providers=providers)
+                with _as_file(model) as path:
+                    self.ort_session = ort.InferenceSession(
+                        str(path), sess_options=self._options(ort), providers=providers)
             except Exception as exc:
                 raise SessionError(str(exc)) from exc
         # Runs that fail on CUDA move to the CPU here, saying why (run), not inside onnxruntime.
