@@ -127,8 +127,8 @@ def test_max_words_zero_turns_the_cut_off():
 # One Wyoming chunk of 60,000 dots once held the event loop for 47 s (every start inside a run
 # of marks rescanned the rest of it). Measured here on 2 shared cores: about 20 ms for 1 MB
 # of marks without white space, under 0.1 s for 100 kB of marks with white space (a Python
-# step per sentence end); the old splitter took 4.7 s for 20,000 dots. The bound is generous
-# so a busy machine does not fail the test; a quadratic splitter misses it by hours.
+# step per sentence end); the old splitter took 4.7 s for 20,000 dots. The bound (5 s) is
+# generous so a busy machine does not fail the test; a quadratic splitter misses it by hours.
 MB = 1_000_000
 NO_SPACE = {
     "dots": "." * MB,
@@ -159,7 +159,7 @@ SPACED = {
 def test_hostile_text_splits_in_linear_time(text):
     started = time.perf_counter()
     pieces = split_sentences(text)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 5.0
     assert all(len(p) <= 400 for p in pieces)
 
 
@@ -175,7 +175,9 @@ def test_narrator_mode_and_filtering_take_linear_time(text):
     started = time.perf_counter()
     filtered_segments(text, "html", "narrator")
     filter_text(text, "html")
-    assert time.perf_counter() - started < 3.0
+    # 1.6 s alone here, 3.02 s once in a full run on a busy day: the bound is for a quadratic
+    # filter, which takes hours on 1 MB, not for how busy the machine is.
+    assert time.perf_counter() - started < 15.0
 
 
 @pytest.mark.parametrize(("sentence", "head"), [
