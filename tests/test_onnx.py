@@ -406,8 +406,10 @@ def _piper_speaks(text: str) -> np.ndarray:
     return np.concatenate([c.audio_float_array for c in piper.synthesize(text, config)])
 
 
+# decoder_2d = false on the lanes serves the file: tests/test_onnx_conv2d.py checks its audio
+# equals the file's, so it needs no run of its own here.
 @pytest.mark.parametrize(("lanes", "solo", "decoder_2d"),
-                         [(1, False, True), (0, False, True), (0, True, True), (0, False, False)])
+                         [(1, False, True), (0, False, True), (0, True, True)])
 def test_audio_is_within_two_lsb_of_piper_tts_on_every_compared_text(lanes, solo, decoder_2d,
                                                                       tmp_path):
     """The tolerance the ONNX backend keeps to piper-tts, however it runs its sentences: with
