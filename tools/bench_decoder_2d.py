@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from alltalk_host_onnx.conv2d import audio_difference, lift_decoder
 from alltalk_host_onnx.phonemize import EspeakPhonemizer, phonemes_to_ids
-from alltalk_host_onnx.voice import read_voice_config
+from alltalk_host_onnx.voice import model_inputs, read_voice_config
 from tools.benchlib import ONE, PARAGRAPH, RESULTS_DIR, median_ci95, write_results
 
 
@@ -33,9 +33,7 @@ def sentences(text: str) -> list[dict[str, np.ndarray]]:
     for phonemes in EspeakPhonemizer().phonemize(voice.espeak_voice, text,
                                                  voice.vowel_clusters):
         ids, _ = phonemes_to_ids(phonemes, voice.phoneme_id_map)
-        feeds.append({"input": np.array([ids], dtype=np.int64),
-                      "input_lengths": np.array([len(ids)], dtype=np.int64),
-                      "scales": np.array([0.0, voice.length_scale, 0.0], dtype=np.float32)})
+        feeds.append(model_inputs(ids, [0.0, voice.length_scale, 0.0]))
     return feeds
 
 

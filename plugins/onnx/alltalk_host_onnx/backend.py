@@ -33,7 +33,7 @@ from alltalk_host import (
 )
 
 from .conv2d import audio_difference, check_feeds, lift_decoder
-from .join import split_words, trim_end, trim_start
+from .join import peak_normalised, split_words, trim_end, trim_start
 from .lanes import Lanes
 from .phonemize import EspeakPhonemizer, default_engine_problem, phonemes_to_ids
 from .session import (
@@ -45,7 +45,7 @@ from .session import (
     SessionError,
     on_one_cpu_thread,
 )
-from .voice import VoiceConfig, VoiceError, read_voice_config
+from .voice import VoiceConfig, VoiceError, model_inputs, read_voice_config
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +311,10 @@ class OnnxBackend(Backend):
         if self.settings.solo and lanes > 1 and not session.on_gpu:
             solo = Session(model_path, self.settings, self.context.name, solo=True)
             solo.rest_feeds = self._rest_feeds(voice)
-        self._decoder_2d = lifted is not None
+        self._decoder_2d = False
         if lifted is not None:
-            session = self._checked_2d(session, solo, model_path, voice, lanes)
+            session, self._decoder_2d = self._checked_2d(session, solo, model_path, voice,
+                                                         lanes)
         self._set_lanes(lanes)
         self._lanes = Lanes(lanes, self.context.name, solo=solo is not None)
         self._session, self._solo, self._voice = session, solo, voice
@@ -352,25 +353,24 @@ class OnnxBackend(Backend):
         return lifted
 
     def _checked_2d(self, session: Session, solo: Session | None, model_path: Path,
-                    voice: VoiceConfig, lanes: int) -> Session:
-        """``session`` (the 2-D form) if its audio for a test phrase is within
+                    voice: VoiceConfig, lanes: int) -> tuple[Session, bool]:
+        """``(session, True)`` (the 2-D form) if its audio for a test phrase is within
         DECODER_2D_TOLERANCE of the file's own (the solo session's, or a session of the file
-        made for the check); else a session of the file, saying why."""
+        made for the check); else a session of the file and False, saying why."""
         reference = solo or Session(model_path, self.settings, self.context.name, lanes)
         feeds = check_feeds(voice)
         error = audio_difference(session.run(feeds)[0], reference.run(feeds)[0])
         if error <= DECODER_2D_TOLERANCE:
             if reference is not solo:
                 reference.close()
-            return session
+            return session, True
         log.warning("model %s: the decoder's 2-D form differs from the model file's by %.1f "
                     "steps of 16-bit audio (at most %.0f taken); running the file as it is",
                     self.context.name, error * 32767, DECODER_2D_TOLERANCE * 32767)
-        self._decoder_2d = False
         session.close()
         if reference is solo:
-            return Session(model_path, self.settings, self.context.name, lanes)
-        return reference
+            return Session(model_path, self.settings, self.context.name, lanes), False
+        return reference, False
 
     def unload(self) -> None:
         for session in (self._session, self._solo):
@@ -384,13 +384,8 @@ class OnnxBackend(Backend):
     def _rest_feeds(self, voice: VoiceConfig) -> dict[str, np.ndarray]:
         """The smallest input the voice takes (one vowel): what a rested arena shrinks on."""
         ids, _ = phonemes_to_ids(["a"], voice.phoneme_id_map)
-        feeds = {"input": np.array([ids], dtype=np.int64),
-                 "input_lengths": np.array([len(ids)], dtype=np.int64),
-                 "scales": np.array([voice.noise_scale, voice.length_scale, voice.noise_w],
-                                    dtype=np.float32)}
-        if voice.multi_speaker:
-            feeds["sid"] = np.array([0], dtype=np.int64)
-        return feeds
+        return model_inputs(ids, [voice.noise_scale, voice.length_scale, voice.noise_w],
+                            0 if voice.multi_speaker else None)
 
     def _set_lanes(self, lanes: int) -> None:
         self.capabilities = replace(self.capabilities,
@@ -525,12 +520,7 @@ class OnnxBackend(Backend):
                 self._warn_missing(missing)
                 if all(p in SILENT_PHONEMES or p in missing for p in phonemes):
                     continue  # only punctuation: nothing to say in this sentence
-                one = {"input": np.array([ids], dtype=np.int64),
-                       "input_lengths": np.array([len(ids)], dtype=np.int64),
-                       "scales": scales}
-                if sid is not None:
-                    one["sid"] = np.array([sid], dtype=np.int64)
-                inputs.append(one)
+                inputs.append(model_inputs(ids, scales, sid))
             return inputs
 
         def runs() -> Iterator[Callable[[], np.ndarray | None]]:
@@ -568,8 +558,7 @@ class OnnxBackend(Backend):
         long = feeds["input"].shape[1] > self.settings.arena_shrink_above
         audio = session.run(feeds, long)[0].squeeze().astype(np.float32)
         if self.settings.normalize:
-            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-            audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
+            audio = peak_normalised(audio)
         return np.clip(audio, -1.0, 1.0)
 
     def _inputs(self, request: SpeechRequest, voice: VoiceConfig) -> tuple[np.ndarray, int | None]:

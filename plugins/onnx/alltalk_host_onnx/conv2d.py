@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from .join import peak_normalised
 from .phonemize import phonemes_to_ids
-from .voice import VoiceConfig
+from .voice import VoiceConfig, model_inputs
 
 PREFIX = "/dec/"  # piper's export (torch.onnx of VITS) names the decoder's nodes so
 ADDED = "/alltalk_2d/"  # the names of the nodes the rewrite adds (the region's way in and out)
@@ -168,12 +169,7 @@ def check_feeds(voice: VoiceConfig) -> dict[str, np.ndarray]:
     """A short phrase in the voice's own phonemes, noise off: what the rewrite is checked on
     at load (the voice's phoneme map skips the ones it lacks)."""
     ids, _ = phonemes_to_ids(list("həlˈoʊ, ðɪs ɪz ɐ tˈɛst."), voice.phoneme_id_map)
-    feeds = {"input": np.array([ids], dtype=np.int64),
-             "input_lengths": np.array([len(ids)], dtype=np.int64),
-             "scales": np.array([0.0, voice.length_scale, 0.0], dtype=np.float32)}
-    if voice.multi_speaker:
-        feeds["sid"] = np.array([0], dtype=np.int64)
-    return feeds
+    return model_inputs(ids, [0.0, voice.length_scale, 0.0], 0 if voice.multi_speaker else None)
 
 
 def audio_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -182,6 +178,5 @@ def audio_difference(a: np.ndarray, b: np.ndarray) -> float:
     a, b = (x.squeeze().astype(np.float32) for x in (a, b))
     if a.shape != b.shape:
         return float("inf")
-    a, b = (x / peak if (peak := float(np.max(np.abs(x))) if x.size else 0.0) >= 1e-8 else x
-            for x in (a, b))
+    a, b = peak_normalised(a), peak_normalised(b)
     return float(np.max(np.abs(a - b))) if a.size else 0.0

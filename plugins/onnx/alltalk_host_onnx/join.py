@@ -21,6 +21,13 @@ TAIL_KEEPS_S = 0.01  # of the tail's opening silence
 FADE_S = 0.005  # at each trimmed edge, so a cut inside low noise does not click
 
 
+def peak_normalised(samples: np.ndarray) -> np.ndarray:
+    """``samples`` scaled so the loudest is at full scale, as piper-tts does; near-silence
+    (a peak under 1e-8) becomes silence rather than noise blown up to full scale."""
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    return np.zeros_like(samples) if peak < 1e-8 else samples / peak
+
+
 def split_words(phonemes: list[str], words: int) -> tuple[list[str], list[str]] | None:
     """``phonemes`` cut after the ``words``-th word, when as many words follow; else None."""
     spaces = [i for i, p in enumerate(phonemes) if p == " "]

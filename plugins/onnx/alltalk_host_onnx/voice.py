@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from alltalk_host import number_in
 
 from .phonemize import BOS, EOS, PAD
@@ -35,6 +37,19 @@ class VoiceConfig:
     @property
     def multi_speaker(self) -> bool:
         return len(self.speakers) > 1
+
+
+def model_inputs(ids: list[int], scales: np.ndarray | list[float], sid: int | None = None
+                 ) -> dict[str, np.ndarray]:
+    """A Piper model's inputs for one sentence of phoneme ids: ``scales`` is (noise_scale,
+    length_scale, noise_w); ``sid`` is given for a voice with several speakers only (the
+    model has no such input otherwise)."""
+    feeds = {"input": np.array([ids], dtype=np.int64),
+             "input_lengths": np.array([len(ids)], dtype=np.int64),
+             "scales": np.asarray(scales, dtype=np.float32)}
+    if sid is not None:
+        feeds["sid"] = np.array([sid], dtype=np.int64)
+    return feeds
 
 
 def read_voice_config(path: Path) -> VoiceConfig:
