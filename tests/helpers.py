@@ -29,6 +29,7 @@ from alltalk_host.config.template import template_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = template_dir()  # the packaged template, as `config init` copies it
+TINY_XTTS_AUDIO_TOKENS = 32  # the GPT cap of the tests' tiny XTTS checkpoints (conftest)
 
 
 class ConfigRepoHelper:
