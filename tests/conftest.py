@@ -6,8 +6,10 @@ Fixtures only: what tests share besides them is in ``helpers.py``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,35 +27,46 @@ from . import strict_reference
 from .helpers import ROOT, TINY_XTTS_AUDIO_TOKENS, ConfigRepoHelper
 
 
+def built_once(factory: pytest.TempPathFactory, name: str, code: str, *args: str) -> Path:
+    """A folder of test models that ``code`` (run in a child process, so torch stays out of
+    this one, with the folder and ``args`` as its arguments) builds once per run. Under
+    pytest-xdist the workers share it: the first to need it builds it under a lock while the
+    other waits (each used to build its own: 10-25 s of CPU each time). Tests only read it."""
+    base = factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, built = shared / name, shared / f"{name}.built"  # the folder holds models only
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not built.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed half-way
+            root.mkdir()
+            subprocess.run([sys.executable, "-c", code, str(root), *args], cwd=ROOT,
+                           check=True, capture_output=True, timeout=600)
+            built.touch()
+    return root
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny real Piper-format voices built once per run: test-voice (one speaker) and
-    test-voice-multi (three), built in a child process so torch stays out of this one."""
-    root = tmp_path_factory.mktemp("models")
-    code = (
+    """Tiny real Piper-format voices: test-voice (one speaker) and test-voice-multi (three)."""
+    return built_once(tmp_path_factory, "models", (
         "import sys; from tools.build_test_voice import build; "
         "build(sys.argv[1] + '/test-voice', speakers=1, seed=0); "
-        "build(sys.argv[1] + '/test-voice-multi', speakers=3, seed=1)"
-    )
-    subprocess.run([sys.executable, "-c", code, str(root)], cwd=ROOT, check=True,
-                   capture_output=True, timeout=600)
-    return root
+        "build(sys.argv[1] + '/test-voice-multi', speakers=3, seed=1)"))
 
 
 @pytest.fixture(scope="session")
 def xtts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two tiny random-weight XTTS checkpoints (tiny-xtts-0, tiny-xtts-1), built once per run
-    in a child process. Every generation runs to the GPT's audio-token cap, and the decoder
-    (full size) takes most of a request's time: a cap of 32 (1.35 s of audio) instead of the
-    builder's 64 halves every XTTS request of the suite."""
-    root = tmp_path_factory.mktemp("xtts")
-    code = ("import sys; from tools.build_tiny_xtts import build; "
-            "cap = int(sys.argv[2]); "
-            "build(sys.argv[1] + '/tiny-xtts-0', seed=0, gpt_max_audio_tokens=cap); "
-            "build(sys.argv[1] + '/tiny-xtts-1', seed=1, gpt_max_audio_tokens=cap)")
-    subprocess.run([sys.executable, "-c", code, str(root), str(TINY_XTTS_AUDIO_TOKENS)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=600)
-    return root
+    """Two tiny random-weight XTTS checkpoints (tiny-xtts-0, tiny-xtts-1). Every generation
+    runs to the GPT's audio-token cap, and the decoder (full size) takes most of a request's
+    time: a cap of 32 (1.35 s of audio) instead of the builder's 64 halves every XTTS request
+    of the suite."""
+    return built_once(tmp_path_factory, "xtts", (
+        "import sys; from tools.build_tiny_xtts import build; "
+        "cap = int(sys.argv[2]); "
+        "build(sys.argv[1] + '/tiny-xtts-0', seed=0, gpt_max_audio_tokens=cap); "
+        "build(sys.argv[1] + '/tiny-xtts-1', seed=1, gpt_max_audio_tokens=cap)"),
+        str(TINY_XTTS_AUDIO_TOKENS))
 
 
 @pytest.fixture(autouse=True)

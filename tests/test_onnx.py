@@ -343,7 +343,8 @@ async def test_switching_joe_and_the_test_voice_under_load_drops_nothing(
         start_server, template_repo, models_dir, monkeypatch):
     monkeypatch.setenv("ALLTALK_MODELS_DIR", str(models_dir))
     client = await start_server(config_repo=template_repo.path)
-    results = await switch_under_load(client, ["test-voice", "joe", "test-voice", "joe"],
+    # There and back once (tests/test_swaps.py repeats swaps on the fast reference backend).
+    results = await switch_under_load(client, ["test-voice", "joe"],
                                       "Keep talking while we swap.", clients=4, pause_s=0.3)
     assert [s for s, _ in results if s != 200] == []
     served = {label.split(";")[0] for _, label in results}
