@@ -59,13 +59,14 @@ run: install
 		--state-dir $(STATE_DIR) --host $(HOST) --port $(PORT)
 
 # The suite runs in TEST_JOBS processes (pytest-xdist), a test file to each, so module-scoped
-# fixtures (one Ray cluster, one built checkpoint) are made once. Most tests wait on servers,
-# workers and subprocesses: on 2 cores the suite took 10 min this way, against 26 min in one
-# process in CI. Tests serve inline unless marked process_workers (tests/conftest.py).
+# fixtures (one Ray cluster, one built checkpoint) are made once. Many tests wait on servers,
+# workers, subprocesses and deadlines: with 2 jobs on 2 cores the CPU stood idle a fifth of
+# the time; 3 jobs took the host's light test files from 450 s to 355 s (4 jobs: 336 s).
+# Tests serve inline unless marked process_workers (tests/conftest.py).
 # 45 min means something hangs that
 # per-test timeouts missed, and stopping with pytest's summary beats CI (90 min) killing the
 # job without one. --durations names the slowest tests in every run, to find where time goes.
-TEST_JOBS ?= 2
+TEST_JOBS ?= 3
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	timeout --signal=INT --kill-after=60 45m $(BIN)/pytest --ignore=tests/browser --durations=25 \

@@ -96,12 +96,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "(every model in a worker process); unmarked tests serve inline, see ConfigRepoHelper")
 
 
-# The longest test files (make test's --durations), longest first. Each of the two workers
-# takes a file at a time (--dist loadfile): a long file collected last (the XTTS, Ray and
-# plugin suites sort late) kept one worker busy a minute or more after the other ran out.
-LONG_FILES = ("test_xtts.py", "test_ray_nodes.py", "test_onnx.py", "test_ray_cli.py",
-              "test_ray.py", "test_kokoro.py", "test_kokoro_host.py", "test_workers.py",
-              "test_conformance.py", "test_voice_library.py")
+# The longest test files (their summed test times in a run of make test), longest first. Each
+# worker takes a file at a time (--dist loadfile): a long file collected last (the XTTS, Ray
+# and plugin suites sort late) kept one worker busy a minute or more after the others ran out.
+LONG_FILES = ("test_xtts.py", "test_kokoro.py", "test_kokoro_host.py", "test_onnx.py",
+              "test_ray_cli.py", "test_ray_nodes.py", "test_plugin_kit.py", "test_wyoming.py",
+              "test_workers.py", "test_wheel_install.py", "test_ray.py", "test_apply.py",
+              "test_wyoming_hostile.py", "test_drain.py", "test_swaps.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
