@@ -27,7 +27,7 @@ BROWSER ?= /usr/bin/chromium-headless-shell
 BROWSER_VERSION ?= 156.0.8078.108-1~deb12u1
 APT := DEBIAN_FRONTEND=noninteractive apt-get -qq
 
-.PHONY: install run test test-browser test-voice lint bench espeak-ng-cli clean
+.PHONY: install run test test-browser browser test-voice lint bench espeak-ng-cli clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,21 +62,25 @@ run: install
 # fixtures (one Ray cluster, one built checkpoint) are made once. Many tests wait on servers,
 # workers, subprocesses and deadlines: with 2 jobs on 2 cores the CPU stood idle a fifth of
 # the time; 3 jobs took the host's light test files from 450 s to 355 s (4 jobs: 336 s).
-# Tests serve inline unless marked process_workers (tests/conftest.py).
-# 45 min means something hangs that
-# per-test timeouts missed, and stopping with pytest's summary beats CI (90 min) killing the
-# job without one. --durations names the slowest tests in every run, to find where time goes.
+# The browser tests (tests/browser/) run among the others, where a worker is free, rather
+# than in a run of their own after them. Tests serve inline unless marked process_workers
+# (tests/conftest.py). 45 min means something hangs that per-test timeouts missed, and
+# stopping with pytest's summary beats CI (90 min) killing the job without one. --durations
+# names the slowest tests in every run, to find where time goes.
 TEST_JOBS ?= 3
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test browser
 	$(BIN)/ruff check .
-	timeout --signal=INT --kill-after=60 45m $(BIN)/pytest --ignore=tests/browser --durations=25 \
-		-n $(TEST_JOBS) --dist loadfile
-	@$(MAKE) --no-print-directory test-browser
+	ALLTALK_TEST_BROWSER=$(BROWSER) timeout --signal=INT --kill-after=60 45m $(BIN)/pytest \
+		--durations=25 -n $(TEST_JOBS) --dist loadfile
 
-# tests/browser/ in a pytest run of its own. The browser is installed when missing where that
-# can be done (root on Debian: CI); elsewhere the suite is skipped, saying how to install it.
-# In CI (CI set) it must run.
-test-browser: $(VENV)/.installed-test
+# The browser tests alone.
+test-browser: $(VENV)/.installed-test browser
+	ALLTALK_TEST_BROWSER=$(BROWSER) timeout --signal=INT --kill-after=60 20m $(BIN)/pytest \
+		tests/browser
+
+# The browser is installed when missing where that can be done (root on Debian: CI);
+# elsewhere tests/browser/ skips, saying how to install it. In CI (CI set) it must be there.
+browser:
 	@if [ ! -x $(BROWSER) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing chromium-headless-shell for the browser tests"; \
 	  $(APT) install -y chromium-headless-shell=$(BROWSER_VERSION) >/dev/null 2>&1 \
@@ -84,13 +88,10 @@ test-browser: $(VENV)/.installed-test
 	    || { echo "chromium-headless-shell $(BROWSER_VERSION) is no longer in the archive: installing its current version"; \
 	         $(APT) install -y chromium-headless-shell >/dev/null; }; \
 	fi
-	@if [ -x $(BROWSER) ]; then \
-	  echo "ALLTALK_TEST_BROWSER=$(BROWSER) $(BIN)/pytest tests/browser"; \
-	  ALLTALK_TEST_BROWSER=$(BROWSER) timeout --signal=INT --kill-after=60 20m $(BIN)/pytest tests/browser; \
-	elif [ -n "$$CI" ]; then \
+	@if [ ! -x $(BROWSER) ] && [ -n "$$CI" ]; then \
 	  echo "error: CI runs the browser tests, but $(BROWSER) could not be installed" >&2; exit 1; \
-	else \
-	  echo "browser tests skipped: no $(BROWSER); install it with: sudo apt-get install chromium-headless-shell (Debian)"; \
+	elif [ ! -x $(BROWSER) ]; then \
+	  echo "browser tests will skip: no $(BROWSER); install it with: sudo apt-get install chromium-headless-shell (Debian)"; \
 	fi
 
 # The template's second model, a tiny test voice (random weights), built with PyTorch.

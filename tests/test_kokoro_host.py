@@ -169,7 +169,8 @@ async def test_switching_between_joe_and_kokoro_under_load_drops_nothing(start_s
     config_repo.commit("joe and kokoro-ja")
     client = await start_server()
     # An English text: joe reads it, and Kokoro's Japanese reader spells it in kana.
-    results = await switch_under_load(client, ["kokoro-ja", "joe", "kokoro-ja", "joe"],
-                                      "Keep talking.", clients=4, pause_s=0.5)
+    # There and back once (tests/test_swaps.py repeats swaps on the fast reference backend).
+    results = await switch_under_load(client, ["kokoro-ja", "joe"], "Keep talking.",
+                                      clients=4, pause_s=0.5)
     assert [s for s, _ in results if s != 200] == []
     assert {label.split(";")[0] for _, label in results} == {"joe", "kokoro-ja"}

@@ -2,9 +2,10 @@
 real server (tests/conftest.py's ``start_server``: real git, real HTTP on loopback).
 
 Playwright's async API runs on the test's own event loop, beside the server, so these tests use
-the suite's fixtures as they are. ``make test`` runs this folder as its own pytest invocation
-(and installs the browser first where it can). Never ``playwright install``: it downloads a
-browser build, which cannot work here; the Debian package is the browser.
+the suite's fixtures as they are (there is no pytest-playwright, whose sync API could not share
+a session with them). ``make test`` runs this folder with the rest of the suite, installing the
+browser first where it can; ``make test-browser`` runs it alone. Never ``playwright install``:
+it downloads a browser build, which cannot work here; the Debian package is the browser.
 
 Every page a test opens records its requests; at the end of the test each must have gone to the
 server's own origin (or be a blob: URL of it: audio the page made itself).
