@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from alltalk_host.ray.local import ClusterInfo, free_port
-from alltalk_host.ray.rollout import APP_NAME, APPS_PATH
+from alltalk_host.ray.rollout import APP_NAME, APPS_PATH, refusal_reason
 
 from .helpers import ConfigRepoHelper
 from .ray_nodes import Run, ray_cli
@@ -73,6 +73,16 @@ def test_apply_before_deploy_says_to_deploy_first(cluster: Cluster, tmp_path: Pa
         assert run.code == 1, run
         assert "run `alltalk-host ray deploy` first" in run.err, run
         assert "--remote URL" in run.err, run
+
+
+def test_a_refusal_with_a_traceback_is_named_by_its_exception() -> None:
+    # A deploy refused with a 500 once said only "Traceback ... File \"/...": the reason is
+    # the traceback's last line.
+    body = ('Traceback (most recent call last):\n  File "/x/ray/dashboard/head.py", line 9, '
+            'in put\n    raise\nray.exceptions.GetTimeoutError: Get timed out after 30 s.\n')
+    assert refusal_reason(body) == "ray.exceptions.GetTimeoutError: Get timed out after 30 s."
+    assert refusal_reason("  bad config: replicas  ") == "bad config: replicas"
+    assert len(refusal_reason("x" * 9000)) == 500
 
 
 def test_a_remote_that_names_a_command_is_refused(tmp_path: Path) -> None:

@@ -69,6 +69,15 @@ __all__ = [
 Progress = Callable[[str, str | None, list[dict[str, Any]]], None]
 
 
+def refusal_reason(body: str, limit: int = 500) -> str:
+    """What a refusal from Ray's dashboard says, within ``limit`` characters. Its 500s carry a
+    Python traceback, whose first lines name only files: the exception is its last line."""
+    lines = [line.strip() for line in body.strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback (most recent call last)"):
+        return lines[-1][:limit]
+    return body.strip()[:limit]
+
+
 class Fleet:
     """``async with Fleet(...) as fleet:`` the deployed fleet (its spec read from Ray, or
     ``spec`` for a deploy), the remote's commits (a bare clone in ``<state_dir>/fleet``) and
@@ -273,7 +282,7 @@ class Fleet:
                                   headers=self._auth) as resp:
             if resp.status != 200:
                 raise RolloutError(f"Ray refused the deploy ({resp.status}): "
-                                   f"{(await resp.text())[:500]}")
+                                   f"{refusal_reason(await resp.text())}")
 
     async def _delete_app(self) -> None:
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
