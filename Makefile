@@ -2,7 +2,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+# pip installs PyTorch (with its CUDA libraries), which this machine's pip takes from a local
+# disk; uv then installs the rest, resolving in parallel: a fresh clone's test install fell
+# from 263 s to 48 s here (2026-12-07). uv does not read pip's configuration (local indexes),
+# so PyTorch, when wanted, is always installed first and uv finds it satisfied. Neither
+# byte-compiles every installed module: Python compiles what is imported, when it is.
+PIP := $(BIN)/pip install --disable-pip-version-check --no-compile -c constraints.txt
+UV := $(BIN)/uv pip install --python $(BIN)/python -c constraints.txt
 # onnxruntime and onnxruntime-gpu install one module and must never meet in one environment:
 # the ONNX plugin takes exactly one of its [cpu] / [gpu] extras. GPU machines get [gpu].
 ONNX_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
@@ -32,10 +38,15 @@ APT := DEBIAN_FRONTEND=noninteractive apt-get -qq
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+$(BIN)/uv: $(BIN)/python constraints.txt
+	$(PIP) uv
+	touch $@
+
 # Re-install when any pyproject changes. With XTTS=1, [tools] too: Coqui and PyTorch, which
 # also build the template's tiny test voice.
-$(INSTALLED): $(BIN)/python pyproject.toml $(wildcard plugins/*/pyproject.toml) constraints.txt
-	$(PIP) -e '.$(if $(XTTS),[tools])' $(foreach p,$(PLUGINS),-e '$(p)')
+$(INSTALLED): $(BIN)/uv pyproject.toml $(wildcard plugins/*/pyproject.toml) constraints.txt
+	$(if $(XTTS),$(PIP) torch)
+	$(UV) -e '.$(if $(XTTS),[tools])' $(foreach p,$(PLUGINS),-e '$(p)')
 	touch $@
 
 # Everything, for the tests: [tools] builds the tiny test models (with Coqui), plus the XTTS
@@ -43,10 +54,11 @@ $(INSTALLED): $(BIN)/python pyproject.toml $(wildcard plugins/*/pyproject.toml) 
 # onnxruntime-gpu: where the GPU package is installed it is left out, its comparisons skip
 # with that reason, and the CUDA provider tests run instead. One command on both machines.
 $(VENV)/.installed-test: $(INSTALLED)
-	$(PIP) -e '.[tools,test]' -e plugins/xtts
+	$(PIP) torch
+	$(UV) -e '.[tools,test]' -e plugins/xtts
 	@if $(BIN)/pip show -q onnxruntime-gpu 2>/dev/null; then \
 	  echo "onnxruntime-gpu is installed: piper-tts is left out, its comparisons will skip"; \
-	else $(PIP) -e '.[piper-reference]'; fi
+	else $(UV) -e '.[piper-reference]'; fi
 	touch $@
 
 install: $(INSTALLED)
