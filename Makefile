@@ -71,25 +71,25 @@ run: install
 		--state-dir $(STATE_DIR) --host $(HOST) --port $(PORT)
 
 # The suite runs in TEST_JOBS processes (pytest-xdist), a test file to each, so module-scoped
-# fixtures (one Ray cluster, one built checkpoint) are made once. Many tests wait on servers,
-# workers, subprocesses and deadlines: with 2 jobs on 2 cores the CPU stood idle a fifth of
-# the time, and 3 jobs took the host's light test files from 450 s to 355 s; but the whole
-# suite is CPU-bound where it is long (1,098 s with 2 jobs, 1,100 s with 3), and with 3 a
-# Ray deploy was refused once under the load (2026-12-07). So 2.
-# The browser tests (tests/browser/) run among the others, where a worker is free, rather
-# than in a run of their own after them. Tests serve inline unless marked process_workers
-# (tests/conftest.py). 45 min means something hangs that per-test timeouts missed, and
-# stopping with pytest's summary beats CI (90 min) killing the job without one. --durations
-# names the slowest tests in every run, to find where time goes.
+# fixtures (one Ray cluster, one built checkpoint) are made once. Two on two cores: three
+# gained nothing on the whole suite, CPU-bound where it is long, and once starved a Ray
+# deploy. The browser tests (tests/browser/) run among the others. Tests serve inline unless
+# marked process_workers (tests/conftest.py). 45 min means something hangs that per-test
+# timeouts missed: stopping with pytest's summary beats CI (90 min) killing the job without
+# one. --durations names the slowest tests, to find where time goes.
+# PYTHONDONTWRITEBYTECODE is emptied: set (as here), each of the suite's hundreds of Python
+# processes (servers, CLI runs, workers) compiled the host's modules again (+9 % of the
+# Wyoming and CLI tests' time).
 TEST_JOBS ?= 2
+TEST_ENV := PYTHONDONTWRITEBYTECODE= ALLTALK_TEST_BROWSER=$(BROWSER)
 test: $(VENV)/.installed-test browser
 	$(BIN)/ruff check .
-	ALLTALK_TEST_BROWSER=$(BROWSER) timeout --signal=INT --kill-after=60 45m $(BIN)/pytest \
+	$(TEST_ENV) timeout --signal=INT --kill-after=60 45m $(BIN)/pytest \
 		--durations=25 -n $(TEST_JOBS) --dist loadfile
 
 # The browser tests alone.
 test-browser: $(VENV)/.installed-test browser
-	ALLTALK_TEST_BROWSER=$(BROWSER) timeout --signal=INT --kill-after=60 20m $(BIN)/pytest \
+	$(TEST_ENV) timeout --signal=INT --kill-after=60 20m $(BIN)/pytest \
 		tests/browser
 
 # The browser is installed when missing where that can be done (root on Debian: CI);
