@@ -76,7 +76,8 @@ run: install
 # deploy. The browser tests (tests/browser/) run among the others. Tests serve inline unless
 # marked process_workers (tests/conftest.py). 45 min means something hangs that per-test
 # timeouts missed: stopping with pytest's summary beats CI (90 min) killing the job without
-# one. --durations names the slowest tests, to find where time goes.
+# one. --durations names the slowest tests, to find where time goes. Files are given out
+# longest first (LONG_FILES, tests/conftest.py), not by their number of tests.
 # PYTHONDONTWRITEBYTECODE is emptied: set (as here), each of the suite's hundreds of Python
 # processes (servers, CLI runs, workers) compiled the host's modules again (+9 % of the
 # Wyoming and CLI tests' time).
@@ -85,7 +86,7 @@ TEST_ENV := PYTHONDONTWRITEBYTECODE= ALLTALK_TEST_BROWSER=$(BROWSER)
 test: $(VENV)/.installed-test browser
 	$(BIN)/ruff check .
 	$(TEST_ENV) timeout --signal=INT --kill-after=60 45m $(BIN)/pytest \
-		--durations=25 -n $(TEST_JOBS) --dist loadfile
+		--durations=25 -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 # The browser tests alone.
 test-browser: $(VENV)/.installed-test browser

@@ -97,12 +97,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # The longest test files (their summed test times in a run of make test), longest first. Each
-# worker takes a file at a time (--dist loadfile): a long file collected last (the XTTS, Ray
-# and plugin suites sort late) kept one worker busy a minute or more after the others ran out.
-LONG_FILES = ("test_xtts.py", "test_kokoro.py", "test_kokoro_host.py", "test_onnx.py",
-              "test_ray_cli.py", "test_ray_nodes.py", "test_plugin_kit.py", "test_wyoming.py",
-              "test_workers.py", "test_wheel_install.py", "test_ray.py", "test_apply.py",
-              "test_wyoming_hostile.py", "test_drain.py", "test_swaps.py")
+# worker takes a file at a time (--dist loadfile): a long file given out last keeps one worker
+# busy while the other has nothing left. xdist gives files out by their number of tests unless
+# told not to (--no-loadscope-reorder, Makefile): then a one-test file of 90 s (Ray's nodes)
+# ran last, alone, and this order was not used at all.
+LONG_FILES = ("test_xtts.py", "test_kokoro.py", "test_onnx.py", "test_kokoro_host.py",
+              "test_wyoming.py", "test_ray_cli.py", "test_plugin_kit.py", "test_ray_nodes.py",
+              "test_xtts_gpu.py", "test_workers.py", "test_commit_hostile.py", "test_swaps.py",
+              "test_voice_library.py", "test_crash_commits.py", "test_wyoming_hostile.py",
+              "test_drain.py", "test_wheel_install.py", "test_ray.py", "test_apply.py",
+              "test_conformance.py", "test_commit_untrusted.py", "test_on_demand.py",
+              "test_openai_api.py", "test_generate.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
