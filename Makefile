@@ -53,12 +53,16 @@ $(INSTALLED): $(BIN)/uv pyproject.toml $(wildcard plugins/*/pyproject.toml) cons
 # plugin. piper-tts (the ONNX tests' reference) needs the CPU onnxruntime, which must not meet
 # onnxruntime-gpu: where the GPU package is installed it is left out, its comparisons skip
 # with that reason, and the CUDA provider tests run instead. One command on both machines.
+# In CI (CI set) the downloaded wheels are dropped from uv's cache once installed: where the
+# cache is on another filesystem than the checkout, uv copies instead of linking, and the
+# copies (~2 GB) would sit beside the suite's files for nothing.
 $(VENV)/.installed-test: $(INSTALLED)
 	$(PIP) torch
 	$(UV) -e '.[tools,test]' -e plugins/xtts
 	@if $(BIN)/pip show -q onnxruntime-gpu 2>/dev/null; then \
 	  echo "onnxruntime-gpu is installed: piper-tts is left out, its comparisons will skip"; \
 	else $(UV) -e '.[piper-reference]'; fi
+	@if [ -n "$$CI" ]; then $(BIN)/uv cache prune --ci -q; fi
 	touch $@
 
 install: $(INSTALLED)
