@@ -62,6 +62,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConfigRepoHelper]
     helper.repo.close()
 
 
+@pytest.fixture
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CLI's --state-dir for a test that deploys. Kept to the end of the run, not deleted
+    with the test's tmp_path: a first deploy makes it the fleet's root, later deploys keep the
+    deployed root, and the replicas on the module's cluster keep their clones under it."""
+    return tmp_path_factory.mktemp("state")
+
+
 # --- mistakes, said plainly ----------------------------------------------------------------
 
 @needs_ray
@@ -125,14 +133,14 @@ def test_an_unknown_commit_deploys_nothing(cluster: Cluster, repo: ConfigRepoHel
 @needs_ray
 @pytest.mark.timeout(300)
 def test_a_first_deploy_that_fails_is_reported_and_recorded(
-        cluster: Cluster, repo: ConfigRepoHelper, tmp_path: Path) -> None:
+        cluster: Cluster, repo: ConfigRepoHelper, tmp_path: Path, state_dir: Path) -> None:
     """No replica has a commit to keep, so each one raises and Ray gives up on the
     deployment: the command says so without waiting out its timeout and records the commit as
     failed; the fleet's settings are not kept, so the next command asks for a deploy again.
     (Before the module's first deploy, so nothing has to be torn down first.)"""
     silent = repo.change("silent from the start", "models.toml",
                          "default.models.reference.settings.amplitude", 0.0)
-    state = ["--state-dir", str(tmp_path / "state")]
+    state = ["--state-dir", str(state_dir)]
     delete_app(cluster)  # a first deploy: nothing runs
     try:
         run = ray_cli("deploy", "--remote", str(repo.path), "--replicas", "1",
@@ -140,7 +148,7 @@ def test_a_first_deploy_that_fails_is_reported_and_recorded(
                       cwd=tmp_path)
         assert run.code == 1, run
         assert f"Ray could not deploy {silent[:10]}" in run.err, run
-        ledger = json.loads((tmp_path / "state" / "fleet" / "state.json").read_text())
+        ledger = json.loads((state_dir / "fleet" / "state.json").read_text())
         assert silent in ledger["failed"] and not ledger.get("known_good"), ledger
 
         for command in (["rollback"], ["apply", repo.initial]):
@@ -157,13 +165,13 @@ def test_a_first_deploy_that_fails_is_reported_and_recorded(
 @needs_ray
 @pytest.mark.timeout(300)
 def test_deploy_apply_refuse_rollback(cluster: Cluster, repo: ConfigRepoHelper,
-                                      tmp_path: Path) -> None:
+                                      tmp_path: Path, state_dir: Path) -> None:
     first = repo.initial
     second = repo.change("lower", "models.toml", "default.models.reference.settings.pitch_hz",
                          120)
     silent = repo.change("silent", "models.toml",
                          "default.models.reference.settings.amplitude", 0.0)
-    state = ["--state-dir", str(tmp_path / "state")]
+    state = ["--state-dir", str(state_dir)]
 
     def ray(*args: str) -> Run:
         return ray_cli(*args, *state, *cluster.flags(), cwd=tmp_path)
@@ -243,7 +251,7 @@ def test_deploy_apply_refuse_rollback(cluster: Cluster, repo: ConfigRepoHelper,
 @needs_ray
 @pytest.mark.timeout(300)
 def test_a_rollout_that_times_out_declares_the_previous_commit_again(
-        cluster: Cluster, repo: ConfigRepoHelper, tmp_path: Path) -> None:
+        cluster: Cluster, repo: ConfigRepoHelper, tmp_path: Path, state_dir: Path) -> None:
     """A replica slower than --timeout: the commit is recorded failed, Ray declares the
     previous one again, and the replica, once its load ends, goes back to it instead of
     staying on the failed commit."""
@@ -251,7 +259,7 @@ def test_a_rollout_that_times_out_declares_the_previous_commit_again(
                        "default.models.reference.settings.amplitude", 0.3)
     slow = repo.change("slow to load", "models.toml",
                        "default.models.reference.settings.load_seconds", 12)
-    state = ["--state-dir", str(tmp_path / "state")]
+    state = ["--state-dir", str(state_dir)]
     run = ray_cli("deploy", "--remote", str(repo.path), "--replicas", "1",
                   "--plugins", "reference", "--commit", good, *state, *cluster.flags(),
                   cwd=tmp_path)
@@ -263,7 +271,7 @@ def test_a_rollout_that_times_out_declares_the_previous_commit_again(
     assert f"rolled back to {good[:7]}" in run.out, run
     declared = json.dumps(cluster.applications()[APP_NAME]["deployed_app_config"])
     assert good in declared and slow not in declared, declared
-    ledger = json.loads((tmp_path / "state" / "fleet" / "state.json").read_text())
+    ledger = json.loads((state_dir / "fleet" / "state.json").read_text())
     assert ledger["applied"] == good and slow in ledger["failed"], ledger
 
     deadline = time.monotonic() + 120
