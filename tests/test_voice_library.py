@@ -122,6 +122,10 @@ async def test_the_openai_and_alltalk_routes_speak_a_library_voice(client, confi
     models = await (await client.get("/tts/models")).json()
     reference = next(m for m in models["models"] if m["name"] == "reference")
     assert reference["voices"] == ["female_01", "male_01", "ann"]
+    # A name it does not have: the error lists what the model does speak, the library's too.
+    resp = await client.post("/tts", json={"text": "Hello.", "voice": "bob"})
+    assert resp.status == 404
+    assert (await error_of(resp))["details"]["voices"] == ["female_01", "male_01", "ann"]
 
 
 async def test_a_voice_for_one_model_is_not_offered_by_another(client, config_repo):
@@ -134,6 +138,7 @@ async def test_a_voice_for_one_model_is_not_offered_by_another(client, config_re
     assert "ann" not in models["reference"]["voices"]
     resp = await client.post("/tts", json={"text": "Hello.", "voice": "ann"})
     assert resp.status == 404
+    assert (await error_of(resp))["details"]["voices"] == ["female_01", "male_01"]
     pitch, _ = await heard(client, "ann", model="reference-low")
     assert abs(pitch - 200) < 8
 
