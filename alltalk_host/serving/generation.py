@@ -335,10 +335,13 @@ class Serving:
         voices, then the library's (voices.toml) if its backend clones. Empty for a model not
         loaded, as for a single-voice one."""
         gen = self.generations.get(name)
-        if gen is None:
-            return []
-        own = gen.voices
-        library = library_for(self.config.voices, name, gen.capabilities.voice_cloning)
+        return self.offered(gen, gen.voices) if gen is not None else []
+
+    def offered(self, gen: Generation, own: list[str]) -> list[str]:
+        """``own`` (the backend's voices, already asked of it), then the library's voices
+        ``gen``'s model speaks: ``voices_of`` without asking the backend again."""
+        library = library_for(self.config.voices, gen.model.name,
+                              gen.capabilities.voice_cloning)
         return own + [v for v in library if v not in own] if library else own
 
     def sample_for(self, gen: Generation, voice: str | None) -> VoiceSample | None:

@@ -394,7 +394,7 @@ def _build_request(wanted: SpeechInput, serving: Serving, gen: Generation) -> Sp
         raise NotFound(
             f"model {model.name} {problem}",
             code=Code.UNKNOWN_VOICE,
-            details={"voices": serving.voices_of(model.name)[:100]},  # the library's too
+            details={"voices": serving.offered(gen, voices)[:100]},  # the library's too
         )
     asked = wanted.language or model.default_language or config.default_language
     language = match_language(asked, gen.capabilities.languages)
